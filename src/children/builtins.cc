@@ -1,0 +1,24 @@
+#include "children/builtins.h"
+
+#include <cstdio>
+#include <map>
+
+#include "children/echo_job.h"
+
+namespace workerpool {
+
+int RunBuiltin(const std::string& name, const std::vector<std::string>& args) {
+  static const std::map<std::string, int (*)(const std::vector<std::string>&)>
+      kBuiltins = {{"echo-job", RunEchoJob}};
+  auto found = kBuiltins.find(name);
+  if (found == kBuiltins.end()) {
+    std::fprintf(stderr,
+                 "workerpool builtin: unknown child '%s' (known: echo-job, "
+                 "http-reactor, rabbitmq-service)\n",
+                 name.c_str());
+    return 1;
+  }
+  return found->second(args);
+}
+
+}  // namespace workerpool

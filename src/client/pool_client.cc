@@ -1,0 +1,1119 @@
+// The client library behind include/workerpool/client.h.
+//
+// Data path: the Watcher hands this process one end of a socketpair per peer
+// (kPeerAdded, fd by SCM_RIGHTS) and steps out; requests, replies, progress
+// and cancels then flow directly between the two children. This process
+// balances its own requests over the peers of a group (least in flight, at
+// most max_inflight each, then a bounded priority queue).
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <unordered_map>
+#include <vector>
+
+#include "client/stream_writer.h"
+#include "core/frame_codec.h"
+#include "workerpool/client.h"
+
+namespace workerpool {
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+using wire::ErrorCode;
+using wire::FrameType;
+
+// A job that ignores a cancel this long is killed.
+constexpr auto kCancelGrace = std::chrono::seconds(5);
+// Counters reach the Watcher at most this often, and only when they moved.
+constexpr uint64_t kStatsIntervalMs = 1000;
+// After the pool channel closes, the process exits at the latest after this.
+constexpr uint64_t kPoolGoneExitMs = 2000;
+
+json ParseJsonObject(std::string_view text) {
+  json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!value.is_object()) return json::object();
+  return value;
+}
+
+template <typename T>
+T JsonField(const json& object, const char* key, T fallback) {
+  auto found = object.find(key);
+  if (found == object.end()) return fallback;
+  // get<T> may throw on a type mismatch: a malformed control frame from a
+  // peer must not take the child down.
+  try {
+    return found->get<T>();
+  } catch (const json::exception&) {
+    return fallback;
+  }
+}
+
+class Client;
+struct Link;
+struct Route;
+
+// A request this process sent (or will send).
+struct OutRequest {
+  uint64_t id = 0;
+  Route* route = nullptr;
+  std::string body;  // kept only while queued
+  std::string meta;
+  int32_t priority = 0;
+  uint64_t sequence = 0;  // arrival order within a priority
+  PoolClient::ReplyCallback done;
+  std::function<void(const Progress&)> on_progress;
+  Link* link = nullptr;  // while in flight
+  std::multimap<Clock::time_point, uint64_t>::iterator deadline;
+  bool has_deadline = false;
+  bool cancelled = false;  // answered kCancelled; waiting for the server
+};
+
+struct QueueKey {
+  int32_t priority;
+  uint64_t sequence;
+  bool operator<(const QueueKey& other) const {
+    return priority != other.priority ? priority < other.priority
+                                      : sequence < other.sequence;
+  }
+};
+
+// The target side of a route: the peers of one group this process sends to.
+struct Route {
+  enum class State { kOpening, kOpen, kRefused } state = State::kOpening;
+  std::string group;
+  std::string refusal;  // why, when refused
+  int max_inflight = 1;
+  int queue_limit = 1000;
+  std::chrono::milliseconds request_timeout{30000};
+  std::vector<Link*> peers;
+  std::map<QueueKey, OutRequest*> queue;
+};
+
+class ServerRequest;
+
+// One socketpair end to a peer process.
+struct Link {
+  enum class Role { kSender, kServer };  // our role on this link
+  Client* client = nullptr;
+  Role role = Role::kSender;
+  uv_pipe_t pipe;
+  std::unique_ptr<StreamWriter> writer;
+  FrameDecoder decoder;
+  std::string peer_group;
+  int peer_index = -1;
+  int peer_pid = 0;
+  Route* route = nullptr;                              // kSender
+  std::unordered_map<uint64_t, OutRequest*> inflight;  // kSender
+  std::unordered_map<uint64_t, std::shared_ptr<ServerRequest>> serving;
+  bool draining = false;   // the peer takes no new requests
+  bool condemned = false;  // we asked the Watcher to kill the peer
+  bool closed = false;
+  bool dirty = false;
+  std::string Describe() const {
+    return peer_group + "[" + std::to_string(peer_index) + "] pid " +
+           std::to_string(peer_pid);
+  }
+};
+
+class ServerRequest : public IncomingRequest,
+                      public std::enable_shared_from_this<ServerRequest> {
+ public:
+  ServerRequest(Client* client, Link* link, uint64_t id, std::string body,
+                std::string meta, int32_t priority)
+      : client_(client),
+        link_(link),
+        id_(id),
+        body_(std::move(body)),
+        meta_(std::move(meta)),
+        priority_(priority) {}
+
+  uint64_t id() const override { return id_; }
+  std::string_view body() const override { return body_; }
+  std::string_view meta() const override { return meta_; }
+  int32_t priority() const override { return priority_; }
+  const std::string& sender_group() const override { return sender_group_; }
+  void Reply(std::string_view body, std::string_view meta) override;
+  void Fail(std::string_view message) override;
+  void SendProgress(double fraction, std::string_view text) override;
+  bool cancelled() const override { return cancelled_; }
+  void OnCancel(std::function<void()> callback) override {
+    on_cancel_ = std::move(callback);
+  }
+
+  void MarkCancelled() {
+    cancelled_ = true;
+    if (on_cancel_) on_cancel_();
+  }
+  void Detach() { link_ = nullptr; }
+  Link* link() const { return link_; }
+  bool answered() const { return answered_; }
+  bool started = false;
+  std::string sender_group_;
+
+ private:
+  void Answer(FrameType type, uint32_t aux, std::string_view meta,
+              std::string_view body);
+  Client* client_;
+  Link* link_;
+  uint64_t id_;
+  std::string body_;
+  std::string meta_;
+  int32_t priority_;
+  bool cancelled_ = false;
+  bool answered_ = false;
+  std::function<void()> on_cancel_;
+};
+
+class Client : public PoolClient {
+ public:
+  Client(uv_loop_t* loop, bool owns_loop)
+      : loop_(loop), owns_loop_(owns_loop) {}
+  ~Client() override {
+    if (owns_loop_) {
+      uv_loop_close(loop_);
+      delete loop_;
+    }
+  }
+
+  bool Open(int fd, std::string* error);
+
+  void Serve(SyncHandler handler) override {
+    sync_handler_ = std::move(handler);
+    async_handler_ = nullptr;
+  }
+  void Serve(AsyncHandler handler) override {
+    async_handler_ = std::move(handler);
+    sync_handler_ = nullptr;
+  }
+  uint64_t Send(const std::string& group, std::string_view body,
+                ReplyCallback done, SendOptions options) override;
+  void Cancel(uint64_t request_id) override;
+  void OnStop(std::function<void()> callback) override {
+    on_stop_ = std::move(callback);
+  }
+  int Run() override {
+    uv_run(loop_, UV_RUN_DEFAULT);
+    return 0;
+  }
+  void Stop() override;
+  ClientStats stats() const override {
+    ClientStats copy = stats_;
+    copy.inflight = 0;
+    copy.queued = 0;
+    for (auto& [id, request] : requests_) {
+      if (request->link != nullptr) {
+        ++copy.inflight;
+      } else if (!request->cancelled) {
+        ++copy.queued;
+      }
+    }
+    return copy;
+  }
+  uv_loop_t* loop() override { return loop_; }
+  const std::string& group() const override { return group_; }
+  int index() const override { return index_; }
+
+  // Used by ServerRequest.
+  void SendOnLink(Link* link, FrameType type, uint64_t id, uint32_t aux,
+                  std::string_view meta, std::string_view body);
+  void ServerRequestDone(const ServerRequest& request, bool ok);
+
+ private:
+  // Pool channel.
+  void OnPoolFrame(const FrameView& frame);
+  void SendToPool(FrameType type, const json& body);
+  void PoolGone(const char* why);
+
+  // Links.
+  Link* AdoptLink(const json& info);
+  void OnLinkFrame(Link* link, const FrameView& frame);
+  void OnLinkClosed(Link* link, const std::string& why);
+  void CloseLink(Link* link);
+  void MarkDirty(Link* link);
+  void FlushAll();
+
+  // Sending side.
+  Route* RouteTo(const std::string& group);
+  void Dispatch(Route* route);
+  void Complete(OutRequest* request, Reply reply);
+  void CompleteLater(OutRequest* request, Reply reply);
+  void FailRoute(Route* route, ErrorCode code, const std::string& text);
+  void FailLinkRequests(Link* link, ErrorCode code, const std::string& text);
+  void ArmDeadlineTimer();
+  void OnDeadlines();
+
+  // Serving side.
+  void OnIncomingRequest(Link* link, const FrameView& frame);
+  void StartServing(const std::shared_ptr<ServerRequest>& request);
+  void ServeNextQueued();
+
+  void CountChanged();
+  void MaybeFinishStop();
+
+  uv_loop_t* loop_;
+  bool owns_loop_;
+  std::string group_;
+  int index_ = -1;
+  uv_pipe_t pool_pipe_;
+  std::unique_ptr<StreamWriter> pool_writer_;
+  FrameDecoder pool_decoder_;
+  bool pool_open_ = false;
+
+  uv_prepare_t flusher_;
+  uv_timer_t deadline_timer_;
+  uv_timer_t heartbeat_timer_;
+  uv_timer_t stats_timer_;
+  uv_signal_t sigterm_;
+  std::vector<Link*> dirty_;
+  std::set<Link*> links_;
+
+  std::map<std::string, std::unique_ptr<Route>> routes_;
+  std::unordered_map<uint64_t, std::unique_ptr<OutRequest>> requests_;
+  std::multimap<Clock::time_point, uint64_t> deadlines_;
+  std::vector<std::pair<OutRequest*, Reply>> completions_;
+  uint64_t next_id_ = 0;
+  uint64_t next_sequence_ = 0;
+
+  SyncHandler sync_handler_;
+  AsyncHandler async_handler_;
+  int serve_limit_ = 1;  // max_inflight of our own group
+  int serving_now_ = 0;
+  std::map<QueueKey, std::shared_ptr<ServerRequest>> serve_queue_;
+
+  std::function<void()> on_stop_;
+  bool stopping_ = false;
+  bool finished_ = false;
+  ClientStats stats_;
+};
+
+// ---------------------------------------------------------------- requests
+
+void ServerRequest::Answer(FrameType type, uint32_t aux, std::string_view meta,
+                           std::string_view body) {
+  if (answered_) return;
+  answered_ = true;
+  if (link_ != nullptr) client_->SendOnLink(link_, type, id_, aux, meta, body);
+  client_->ServerRequestDone(*this, type == FrameType::kReply);
+}
+
+void ServerRequest::Reply(std::string_view body, std::string_view meta) {
+  if (!FrameFits(meta, body)) {
+    Answer(FrameType::kError, static_cast<uint32_t>(ErrorCode::kTooLarge), {},
+           "reply of " + std::to_string(body.size()) +
+               " bytes is over the frame limit");
+    return;
+  }
+  Answer(FrameType::kReply, 0, meta, body);
+}
+
+void ServerRequest::Fail(std::string_view message) {
+  Answer(FrameType::kError, static_cast<uint32_t>(ErrorCode::kHandlerError), {},
+         message.substr(0, 64 * 1024));
+}
+
+void ServerRequest::SendProgress(double fraction, std::string_view text) {
+  if (answered_ || link_ == nullptr) return;
+  if (!(fraction >= 0)) fraction = 0;  // also catches NaN
+  if (fraction > 1) fraction = 1;
+  client_->SendOnLink(link_, FrameType::kProgress, id_,
+                      static_cast<uint32_t>(fraction * wire::kProgressScale),
+                      {}, text.substr(0, 4096));
+}
+
+// ---------------------------------------------------------------- set-up
+
+template <typename T>
+T* OwnerOf(void* handle) {
+  return static_cast<T*>(static_cast<uv_handle_t*>(handle)->data);
+}
+
+bool Client::Open(int fd, std::string* error) {
+  if (const char* group = std::getenv("WORKERPOOL_GROUP")) group_ = group;
+  if (const char* index = std::getenv("WORKERPOOL_INDEX")) index_ = atoi(index);
+
+  uv_pipe_init(loop_, &pool_pipe_, /*ipc=*/1);
+  pool_pipe_.data = this;
+  int rc = uv_pipe_open(&pool_pipe_, fd);
+  if (rc != 0) {
+    *error = std::string("workerpool: cannot use pool channel fd ") +
+             std::to_string(fd) + ": " + uv_strerror(rc);
+    uv_close(reinterpret_cast<uv_handle_t*>(&pool_pipe_), nullptr);
+    uv_run(loop_, UV_RUN_NOWAIT);
+    return false;
+  }
+  pool_open_ = true;
+  pool_writer_ = std::make_unique<StreamWriter>(
+      reinterpret_cast<uv_stream_t*>(&pool_pipe_),
+      [this](int) { PoolGone("write to the pool failed"); });
+
+  uv_prepare_init(loop_, &flusher_);
+  flusher_.data = this;
+  uv_timer_init(loop_, &deadline_timer_);
+  deadline_timer_.data = this;
+  uv_timer_init(loop_, &heartbeat_timer_);
+  heartbeat_timer_.data = this;
+  uv_timer_init(loop_, &stats_timer_);
+  stats_timer_.data = this;
+  uv_signal_init(loop_, &sigterm_);
+  sigterm_.data = this;
+  uv_signal_start(
+      &sigterm_,
+      [](uv_signal_t* handle, int) { OwnerOf<Client>(handle)->Stop(); },
+      SIGTERM);
+  // A peer that goes away mid-write must not kill us.
+  signal(SIGPIPE, SIG_IGN);
+
+  auto on_alloc = [](uv_handle_t*, size_t, uv_buf_t* buf) {
+    static char buffer[64 * 1024];
+    *buf = uv_buf_init(buffer, sizeof(buffer));
+  };
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&pool_pipe_), on_alloc,
+                [](uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
+                  Client* self = OwnerOf<Client>(stream);
+                  if (nread < 0) {
+                    self->PoolGone(nread == UV_EOF
+                                       ? "the pool closed its channel"
+                                       : uv_strerror(static_cast<int>(nread)));
+                    return;
+                  }
+                  self->pool_decoder_.Feed(std::string_view(buf->base, nread));
+                  FrameView frame;
+                  while (self->pool_open_ && self->pool_decoder_.Next(&frame)) {
+                    self->OnPoolFrame(frame);
+                  }
+                  if (!self->pool_decoder_.error().ok()) {
+                    fprintf(stderr, "workerpool: bad frame from the pool: %s\n",
+                            self->pool_decoder_.error().message().c_str());
+                    self->PoolGone("protocol error");
+                  }
+                  self->FlushAll();
+                });
+
+  SendToPool(FrameType::kHello,
+             json{{"pid", getpid()}, {"protocol", wire::kWireVersion}});
+  FlushAll();
+  return true;
+}
+
+void Client::SendToPool(FrameType type, const json& body) {
+  if (!pool_open_) return;
+  AppendFrame(pool_writer_->pending(), type, 0, 0, {}, body.dump());
+  if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&flusher_))) {
+    uv_prepare_start(&flusher_, [](uv_prepare_t* handle) {
+      OwnerOf<Client>(handle)->FlushAll();
+    });
+  }
+}
+
+void Client::FlushAll() {
+  for (Link* link : dirty_) {
+    link->dirty = false;
+    if (!link->closed) link->writer->Flush();
+  }
+  dirty_.clear();
+  if (pool_open_) pool_writer_->Flush();
+  // Deferred completions run here, outside any caller's stack.
+  while (!completions_.empty()) {
+    auto batch = std::move(completions_);
+    completions_.clear();
+    for (auto& [request, reply] : batch) Complete(request, std::move(reply));
+  }
+  if (dirty_.empty() && completions_.empty()) uv_prepare_stop(&flusher_);
+}
+
+void Client::MarkDirty(Link* link) {
+  if (!link->dirty) {
+    link->dirty = true;
+    dirty_.push_back(link);
+  }
+  if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&flusher_))) {
+    uv_prepare_start(&flusher_, [](uv_prepare_t* handle) {
+      OwnerOf<Client>(handle)->FlushAll();
+    });
+  }
+}
+
+void Client::SendOnLink(Link* link, FrameType type, uint64_t id, uint32_t aux,
+                        std::string_view meta, std::string_view body) {
+  if (link->closed) return;
+  AppendFrame(link->writer->pending(), type, id, aux, meta, body);
+  MarkDirty(link);
+}
+
+// ---------------------------------------------------------------- pool frames
+
+void Client::OnPoolFrame(const FrameView& frame) {
+  json body = ParseJsonObject(frame.body);
+  switch (frame.header.type) {
+    case FrameType::kConfig: {
+      serve_limit_ = std::max(1, JsonField<int>(body, "max_inflight", 1));
+      int heartbeat_ms = JsonField<int>(body, "heartbeat_ms", 0);
+      if (heartbeat_ms > 0) {
+        uint64_t every = std::max(1, heartbeat_ms / 3);
+        uv_timer_start(
+            &heartbeat_timer_,
+            [](uv_timer_t* timer) {
+              OwnerOf<Client>(timer)->SendToPool(FrameType::kHeartbeat,
+                                                 json::object());
+            },
+            every, every);
+      } else {
+        uv_timer_stop(&heartbeat_timer_);
+      }
+      ServeNextQueued();
+      break;
+    }
+    case FrameType::kPeerAdded: {
+      Link* link = AdoptLink(body);
+      if (link != nullptr && link->route != nullptr) Dispatch(link->route);
+      break;
+    }
+    case FrameType::kRouteOpened:
+    case FrameType::kRouteRefused: {
+      std::string group = JsonField<std::string>(body, "group", "");
+      auto found = routes_.find(group);
+      if (found == routes_.end()) break;
+      Route* route = found->second.get();
+      if (frame.header.type == FrameType::kRouteRefused) {
+        route->state = Route::State::kRefused;
+        route->refusal = JsonField<std::string>(body, "error", "refused");
+        FailRoute(route, ErrorCode::kRefused, route->refusal);
+        break;
+      }
+      route->state = Route::State::kOpen;
+      route->max_inflight =
+          std::max(1, JsonField<int>(body, "max_inflight", 1));
+      route->queue_limit =
+          std::max(0, JsonField<int>(body, "queue_limit", 1000));
+      route->request_timeout = std::chrono::milliseconds(
+          JsonField<int64_t>(body, "request_timeout_ms", 30000));
+      Dispatch(route);
+      break;
+    }
+    case FrameType::kPeerGone:
+    case FrameType::kPeerDraining: {
+      int pid = JsonField<int>(body, "pid", 0);
+      std::string how = JsonField<std::string>(body, "how", "exited");
+      std::vector<Link*> matching;
+      for (Link* link : links_) {
+        if (link->peer_pid == pid) matching.push_back(link);
+      }
+      for (Link* link : matching) {
+        if (frame.header.type == FrameType::kPeerDraining) {
+          link->draining = true;
+          if (link->inflight.empty() && link->role == Link::Role::kSender) {
+            CloseLink(link);
+          }
+          continue;
+        }
+        FailLinkRequests(link, ErrorCode::kWorkerDied,
+                         "worker died: " + link->Describe() + " " + how);
+        CloseLink(link);
+      }
+      break;
+    }
+    case FrameType::kDrain:
+      Stop();
+      break;
+    default:
+      break;  // unknown control frames are ignored (forward compatible)
+  }
+}
+
+void Client::PoolGone(const char* why) {
+  if (!pool_open_) return;
+  pool_open_ = false;
+  fprintf(stderr, "workerpool: %s; exiting\n", why);
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(&pool_pipe_));
+  pool_writer_->Abandon();
+  uv_close(reinterpret_cast<uv_handle_t*>(&pool_pipe_), nullptr);
+  for (auto& [name, route] : routes_) {
+    FailRoute(route.get(), ErrorCode::kShuttingDown, "the pool is gone");
+  }
+  Stop();
+  // The Watcher is gone: do not linger if the application keeps handles.
+  static uv_timer_t exit_timer;
+  uv_timer_init(loop_, &exit_timer);
+  uv_timer_start(
+      &exit_timer, [](uv_timer_t*) { _exit(0); }, kPoolGoneExitMs, 0);
+  uv_unref(reinterpret_cast<uv_handle_t*>(&exit_timer));
+}
+
+// ---------------------------------------------------------------- links
+
+Link* Client::AdoptLink(const json& info) {
+  if (uv_pipe_pending_count(&pool_pipe_) <= 0) {
+    fprintf(stderr, "workerpool: peer announced without a socket\n");
+    return nullptr;
+  }
+  auto* link = new Link;
+  link->client = this;
+  link->role = JsonField<std::string>(info, "role", "") == "server"
+                   ? Link::Role::kServer
+                   : Link::Role::kSender;
+  link->peer_group = JsonField<std::string>(info, "group", "");
+  link->peer_index = JsonField<int>(info, "index", -1);
+  link->peer_pid = JsonField<int>(info, "pid", 0);
+  uv_pipe_init(loop_, &link->pipe, 0);
+  link->pipe.data = link;
+  if (uv_accept(reinterpret_cast<uv_stream_t*>(&pool_pipe_),
+                reinterpret_cast<uv_stream_t*>(&link->pipe)) != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&link->pipe),
+             [](uv_handle_t* h) { delete OwnerOf<Link>(h); });
+    return nullptr;
+  }
+  link->writer = std::make_unique<StreamWriter>(
+      reinterpret_cast<uv_stream_t*>(&link->pipe),
+      [link](int) { link->client->OnLinkClosed(link, "write failed"); });
+  links_.insert(link);
+  if (link->role == Link::Role::kSender) {
+    link->route = RouteTo(link->peer_group);
+    link->route->peers.push_back(link);
+  }
+  auto on_alloc = [](uv_handle_t*, size_t, uv_buf_t* buf) {
+    static char buffer[256 * 1024];
+    *buf = uv_buf_init(buffer, sizeof(buffer));
+  };
+  uv_read_start(
+      reinterpret_cast<uv_stream_t*>(&link->pipe), on_alloc,
+      [](uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
+        Link* link = OwnerOf<Link>(stream);
+        Client* self = link->client;
+        if (nread < 0) {
+          self->OnLinkClosed(link, nread == UV_EOF
+                                       ? "closed"
+                                       : uv_strerror(static_cast<int>(nread)));
+          self->FlushAll();
+          return;
+        }
+        link->decoder.Feed(std::string_view(buf->base, nread));
+        FrameView frame;
+        while (!link->closed && link->decoder.Next(&frame)) {
+          self->OnLinkFrame(link, frame);
+        }
+        if (!link->closed && !link->decoder.error().ok()) {
+          fprintf(stderr, "workerpool: bad frame from %s: %s\n",
+                  link->Describe().c_str(),
+                  link->decoder.error().message().c_str());
+          self->FailLinkRequests(link, ErrorCode::kProtocol,
+                                 "protocol error from " + link->Describe());
+          self->CloseLink(link);
+        }
+        self->FlushAll();
+      });
+  return link;
+}
+
+void Client::OnLinkFrame(Link* link, const FrameView& frame) {
+  const uint64_t id = frame.header.id;
+  if (link->role == Link::Role::kServer) {
+    if (frame.header.type == FrameType::kRequest) {
+      OnIncomingRequest(link, frame);
+    } else if (frame.header.type == FrameType::kCancel) {
+      auto found = link->serving.find(id);
+      if (found == link->serving.end()) return;
+      std::shared_ptr<ServerRequest> request = found->second;
+      if (!request->started) {
+        for (auto it = serve_queue_.begin(); it != serve_queue_.end(); ++it) {
+          if (it->second == request) {
+            serve_queue_.erase(it);
+            break;
+          }
+        }
+        link->serving.erase(found);
+        SendOnLink(link, FrameType::kError, id,
+                   static_cast<uint32_t>(ErrorCode::kCancelled), {},
+                   "cancelled before it started");
+      } else {
+        request->MarkCancelled();
+      }
+    }
+    return;
+  }
+  // We are the sender on this link: answers to our requests.
+  if (frame.header.type == FrameType::kRequest) {
+    // The peer only serves us; a request from it breaks the routing rules.
+    ++stats_.refused;
+    SendOnLink(
+        link, FrameType::kError, id, static_cast<uint32_t>(ErrorCode::kRefused),
+        {},
+        "refused: " + link->peer_group + " may not send requests to " + group_);
+    return;
+  }
+  auto found = link->inflight.find(id);
+  if (found == link->inflight.end()) return;  // late answer to a timeout
+  OutRequest* request = found->second;
+  if (frame.header.type == FrameType::kProgress) {
+    if (request->on_progress && !request->cancelled) {
+      request->on_progress(
+          Progress{static_cast<double>(frame.header.aux) / wire::kProgressScale,
+                   std::string(frame.body)});
+    }
+    return;
+  }
+  if (frame.header.type != FrameType::kReply &&
+      frame.header.type != FrameType::kError) {
+    return;
+  }
+  link->inflight.erase(found);
+  Reply reply;
+  reply.ok = frame.header.type == FrameType::kReply;
+  reply.code = reply.ok ? ErrorCode::kHandlerError
+                        : static_cast<ErrorCode>(frame.header.aux);
+  reply.body.assign(frame.body);
+  reply.meta.assign(frame.meta);
+  Route* route = request->route;
+  Complete(request, std::move(reply));
+  if (link->draining && link->inflight.empty()) CloseLink(link);
+  Dispatch(route);
+}
+
+void Client::OnLinkClosed(Link* link, const std::string& why) {
+  if (link->closed) return;
+  if (link->role == Link::Role::kSender && !link->inflight.empty()) {
+    // The peer died; the Watcher's kPeerGone names how, so keep the
+    // requests until then. Without a pool there is nobody to ask.
+    if (!pool_open_) {
+      FailLinkRequests(link, ErrorCode::kWorkerDied,
+                       "worker died: " + link->Describe() + " (" + why + ")");
+    } else {
+      link->draining = true;
+      auto& peers = link->route->peers;
+      std::erase(peers, link);
+      uv_read_stop(reinterpret_cast<uv_stream_t*>(&link->pipe));
+      return;
+    }
+  }
+  CloseLink(link);
+}
+
+void Client::FailLinkRequests(Link* link, ErrorCode code,
+                              const std::string& text) {
+  std::vector<OutRequest*> failed;
+  for (auto& [id, request] : link->inflight) failed.push_back(request);
+  link->inflight.clear();
+  for (OutRequest* request : failed) {
+    Complete(request, Reply{false, code, text, ""});
+  }
+  // Requests this link was serving: their answers have nowhere to go.
+  for (auto& [id, request] : link->serving) request->Detach();
+}
+
+void Client::CloseLink(Link* link) {
+  if (link->closed) return;
+  link->closed = true;
+  FailLinkRequests(link, ErrorCode::kWorkerDied,
+                   "worker died: " + link->Describe());
+  for (auto it = serve_queue_.begin(); it != serve_queue_.end();) {
+    if (it->second->link() == nullptr) {
+      it = serve_queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  link->serving.clear();
+  if (link->route != nullptr) {
+    std::erase(link->route->peers, link);
+    Route* route = link->route;
+    link->route = nullptr;
+    Dispatch(route);
+  }
+  links_.erase(link);
+  link->writer->Abandon();
+  uv_close(reinterpret_cast<uv_handle_t*>(&link->pipe),
+           [](uv_handle_t* h) { delete OwnerOf<Link>(h); });
+  MaybeFinishStop();
+}
+
+// ---------------------------------------------------------------- sending
+
+Route* Client::RouteTo(const std::string& group) {
+  auto& route = routes_[group];
+  if (!route) {
+    route = std::make_unique<Route>();
+    route->group = group;
+    SendToPool(FrameType::kRouteOpen, json{{"group", group}});
+  }
+  return route.get();
+}
+
+uint64_t Client::Send(const std::string& group, std::string_view body,
+                      ReplyCallback done, SendOptions options) {
+  auto owned = std::make_unique<OutRequest>();
+  OutRequest* request = owned.get();
+  request->id = ++next_id_;
+  request->done = std::move(done);
+  request->on_progress = std::move(options.on_progress);
+  request->priority = options.priority;
+  request->sequence = ++next_sequence_;
+  requests_[request->id] = std::move(owned);
+  ++stats_.sent;
+  CountChanged();
+
+  if (!FrameFits(options.meta, body)) {
+    CompleteLater(request, Reply{false, ErrorCode::kTooLarge,
+                                 "request of " + std::to_string(body.size()) +
+                                     " bytes is over the frame limit of " +
+                                     std::to_string(wire::kMaxPayload),
+                                 ""});
+    return request->id;
+  }
+  if (stopping_ || !pool_open_) {
+    CompleteLater(request, Reply{false, ErrorCode::kShuttingDown,
+                                 "this process is stopping", ""});
+    return request->id;
+  }
+  Route* route = RouteTo(group);
+  request->route = route;
+  if (route->state == Route::State::kRefused) {
+    CompleteLater(request,
+                  Reply{false, ErrorCode::kRefused, route->refusal, ""});
+    return request->id;
+  }
+  if (route->state == Route::State::kOpen &&
+      static_cast<int>(route->queue.size()) >= route->queue_limit) {
+    bool has_room = false;
+    for (Link* peer : route->peers) {
+      has_room |= !peer->draining && !peer->condemned &&
+                  static_cast<int>(peer->inflight.size()) < route->max_inflight;
+    }
+    if (!has_room) {
+      CompleteLater(request, Reply{false, ErrorCode::kQueueFull,
+                                   "queue of group " + group + " is full (" +
+                                       std::to_string(route->queue_limit) + ")",
+                                   ""});
+      return request->id;
+    }
+  }
+  request->body.assign(body);
+  request->meta = std::move(options.meta);
+  route->queue.emplace(QueueKey{request->priority, request->sequence}, request);
+  if (route->state == Route::State::kOpen) Dispatch(route);
+  return request->id;
+}
+
+void Client::Dispatch(Route* route) {
+  if (route->state != Route::State::kOpen) return;
+  while (!route->queue.empty()) {
+    Link* best = nullptr;
+    for (Link* peer : route->peers) {
+      if (peer->draining || peer->condemned || peer->closed) continue;
+      if (static_cast<int>(peer->inflight.size()) >= route->max_inflight) {
+        continue;
+      }
+      if (best == nullptr || peer->inflight.size() < best->inflight.size()) {
+        best = peer;
+      }
+    }
+    if (best == nullptr) break;
+    auto head = route->queue.begin();
+    OutRequest* request = head->second;
+    route->queue.erase(head);
+    request->link = best;
+    best->inflight[request->id] = request;
+    SendOnLink(best, FrameType::kRequest, request->id,
+               static_cast<uint32_t>(request->priority), request->meta,
+               request->body);
+    request->body.clear();
+    request->body.shrink_to_fit();
+    if (route->request_timeout.count() > 0) {
+      request->deadline = deadlines_.emplace(
+          Clock::now() + route->request_timeout, request->id);
+      request->has_deadline = true;
+      if (deadlines_.begin() == request->deadline) ArmDeadlineTimer();
+    }
+  }
+  bool any_live = false;
+  for (Link* peer : route->peers) {
+    any_live |= !peer->draining && !peer->condemned && !peer->closed;
+  }
+  if (!route->queue.empty() && !any_live) {
+    FailRoute(route, ErrorCode::kNoWorkers,
+              "group " + route->group + " has no live process");
+  }
+}
+
+void Client::FailRoute(Route* route, ErrorCode code, const std::string& text) {
+  std::vector<OutRequest*> failed;
+  for (auto& [key, request] : route->queue) failed.push_back(request);
+  route->queue.clear();
+  for (OutRequest* request : failed) {
+    Complete(request, Reply{false, code, text, ""});
+  }
+}
+
+void Client::CompleteLater(OutRequest* request, Reply reply) {
+  completions_.emplace_back(request, std::move(reply));
+  if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&flusher_))) {
+    uv_prepare_start(&flusher_, [](uv_prepare_t* handle) {
+      OwnerOf<Client>(handle)->FlushAll();
+    });
+  }
+}
+
+void Client::Complete(OutRequest* request, Reply reply) {
+  auto owned = requests_.find(request->id);
+  if (owned == requests_.end()) return;
+  std::unique_ptr<OutRequest> keep = std::move(owned->second);
+  requests_.erase(owned);
+  if (request->has_deadline) deadlines_.erase(request->deadline);
+  if (request->link != nullptr) request->link->inflight.erase(request->id);
+  if (request->cancelled) return;  // already answered kCancelled
+  if (reply.ok) {
+    ++stats_.replied;
+  } else if (reply.code == ErrorCode::kRefused) {
+    ++stats_.refused;
+  } else if (reply.code == ErrorCode::kTimeout) {
+    ++stats_.timed_out;
+  } else if (reply.code == ErrorCode::kCancelled) {
+    ++stats_.cancelled;
+  } else {
+    ++stats_.failed;
+  }
+  CountChanged();
+  if (request->done) request->done(std::move(reply));
+  MaybeFinishStop();
+}
+
+void Client::Cancel(uint64_t request_id) {
+  auto found = requests_.find(request_id);
+  if (found == requests_.end()) return;
+  OutRequest* request = found->second.get();
+  if (request->cancelled) return;
+  if (request->link == nullptr) {
+    // Still queued (or about to fail): drop it.
+    if (request->route != nullptr) {
+      request->route->queue.erase(
+          QueueKey{request->priority, request->sequence});
+    }
+    CompleteLater(request, Reply{false, ErrorCode::kCancelled,
+                                 "cancelled while queued", ""});
+    return;
+  }
+  // Running: tell the server, answer the caller now, and give the server a
+  // grace period before it is killed.
+  Link* link = request->link;
+  SendOnLink(link, FrameType::kCancel, request->id, 0, {}, {});
+  ++stats_.cancelled;
+  CountChanged();
+  ReplyCallback done = std::move(request->done);
+  request->cancelled = true;
+  if (request->has_deadline) deadlines_.erase(request->deadline);
+  request->deadline =
+      deadlines_.emplace(Clock::now() + kCancelGrace, request_id);
+  request->has_deadline = true;
+  ArmDeadlineTimer();
+  if (done) done(Reply{false, ErrorCode::kCancelled, "cancelled", ""});
+}
+
+void Client::ArmDeadlineTimer() {
+  if (deadlines_.empty()) {
+    uv_timer_stop(&deadline_timer_);
+    return;
+  }
+  auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadlines_.begin()->first - Clock::now());
+  uv_timer_start(
+      &deadline_timer_,
+      [](uv_timer_t* timer) { OwnerOf<Client>(timer)->OnDeadlines(); },
+      static_cast<uint64_t>(std::max<int64_t>(0, wait.count()) + 1), 0);
+}
+
+void Client::OnDeadlines() {
+  const auto now = Clock::now();
+  while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+    uint64_t id = deadlines_.begin()->second;
+    deadlines_.erase(deadlines_.begin());
+    auto found = requests_.find(id);
+    if (found == requests_.end()) continue;
+    OutRequest* request = found->second.get();
+    request->has_deadline = false;
+    Link* link = request->link;
+    if (link == nullptr) continue;
+    std::string reason =
+        request->cancelled
+            ? "ignored a cancel for " + std::to_string(kCancelGrace.count()) +
+                  "s"
+            : "request timed out after " +
+                  std::to_string(request->route->request_timeout.count()) +
+                  "ms";
+    link->condemned = true;
+    SendToPool(FrameType::kKillPeer,
+               json{{"pid", link->peer_pid}, {"reason", reason}});
+    Complete(
+        request,
+        Reply{false, ErrorCode::kTimeout,
+              "timeout: " + reason + "; " + link->Describe() + " killed", ""});
+    if (link->route != nullptr) Dispatch(link->route);
+  }
+  ArmDeadlineTimer();
+  FlushAll();
+}
+
+// ---------------------------------------------------------------- serving
+
+void Client::OnIncomingRequest(Link* link, const FrameView& frame) {
+  auto request = std::make_shared<ServerRequest>(
+      this, link, frame.header.id, std::string(frame.body),
+      std::string(frame.meta), static_cast<int32_t>(frame.header.aux));
+  request->sender_group_ = link->peer_group;
+  if (!sync_handler_ && !async_handler_) {
+    SendOnLink(link, FrameType::kError, frame.header.id,
+               static_cast<uint32_t>(ErrorCode::kRefused), {},
+               "group " + group_ + " does not serve requests");
+    return;
+  }
+  link->serving[frame.header.id] = request;
+  if (serving_now_ < serve_limit_ && serve_queue_.empty()) {
+    StartServing(request);
+  } else {
+    serve_queue_.emplace(QueueKey{request->priority(), ++next_sequence_},
+                         request);
+  }
+}
+
+void Client::StartServing(const std::shared_ptr<ServerRequest>& request) {
+  request->started = true;
+  ++serving_now_;
+  if (async_handler_) {
+    async_handler_(request);
+    return;
+  }
+  HandlerResult result = sync_handler_(*request);
+  if (result.ok) {
+    request->Reply(result.body, {});
+  } else {
+    request->Fail(result.body);
+  }
+}
+
+void Client::ServerRequestDone(const ServerRequest& request, bool ok) {
+  if (request.started) --serving_now_;
+  ++(ok ? stats_.served : stats_.served_errors);
+  CountChanged();
+  if (Link* link = request.link()) link->serving.erase(request.id());
+  ServeNextQueued();
+  MaybeFinishStop();
+}
+
+void Client::ServeNextQueued() {
+  while (serving_now_ < serve_limit_ && !serve_queue_.empty()) {
+    auto head = serve_queue_.begin();
+    std::shared_ptr<ServerRequest> request = head->second;
+    serve_queue_.erase(head);
+    if (request->link() == nullptr) continue;  // its sender went away
+    StartServing(request);
+  }
+}
+
+// ---------------------------------------------------------------- stopping
+
+void Client::CountChanged() {
+  if (!pool_open_ ||
+      uv_is_active(reinterpret_cast<uv_handle_t*>(&stats_timer_))) {
+    return;
+  }
+  uv_timer_start(
+      &stats_timer_,
+      [](uv_timer_t* timer) {
+        Client* self = OwnerOf<Client>(timer);
+        ClientStats s = self->stats();
+        self->SendToPool(FrameType::kStats,
+                         json{{"sent", s.sent},
+                              {"replied", s.replied},
+                              {"failed", s.failed},
+                              {"refused", s.refused},
+                              {"cancelled", s.cancelled},
+                              {"timed_out", s.timed_out},
+                              {"served", s.served},
+                              {"served_errors", s.served_errors},
+                              {"queued", s.queued},
+                              {"inflight", s.inflight}});
+        self->FlushAll();
+      },
+      kStatsIntervalMs, 0);
+}
+
+void Client::Stop() {
+  if (stopping_) return;
+  stopping_ = true;
+  if (on_stop_) on_stop_();
+  MaybeFinishStop();
+}
+
+void Client::MaybeFinishStop() {
+  if (!stopping_ || finished_) return;
+  if (!requests_.empty() || serving_now_ > 0) return;
+  for (Link* link : links_) {
+    // Senders still linked to us may have requests on the way.
+    if (link->role == Link::Role::kServer && pool_open_) return;
+  }
+  finished_ = true;
+  // Close every handle of ours; Run() returns once the application's
+  // handles are closed too.
+  std::vector<Link*> open(links_.begin(), links_.end());
+  for (Link* link : open) {
+    link->closed = true;
+    link->writer->Flush();
+    links_.erase(link);
+    uv_close(reinterpret_cast<uv_handle_t*>(&link->pipe),
+             [](uv_handle_t* h) { delete OwnerOf<Link>(h); });
+  }
+  if (pool_open_) {
+    pool_open_ = false;
+    pool_writer_->Flush();
+    uv_close(reinterpret_cast<uv_handle_t*>(&pool_pipe_), nullptr);
+  }
+  for (uv_handle_t* handle : {reinterpret_cast<uv_handle_t*>(&flusher_),
+                              reinterpret_cast<uv_handle_t*>(&deadline_timer_),
+                              reinterpret_cast<uv_handle_t*>(&heartbeat_timer_),
+                              reinterpret_cast<uv_handle_t*>(&stats_timer_),
+                              reinterpret_cast<uv_handle_t*>(&sigterm_)}) {
+    if (!uv_is_closing(handle)) uv_close(handle, nullptr);
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<PoolClient> PoolClient::FromFd(int fd, uv_loop_t* loop,
+                                               std::string* error) {
+  bool owns = loop == nullptr;
+  if (owns) {
+    loop = new uv_loop_t;
+    uv_loop_init(loop);
+  }
+  auto client = std::make_unique<Client>(loop, owns);
+  if (!client->Open(fd, error)) return nullptr;
+  return client;
+}
+
+std::unique_ptr<PoolClient> PoolClient::FromEnvironment(uv_loop_t* loop,
+                                                        std::string* error) {
+  const char* text = std::getenv("WORKERPOOL_IPC_FD");
+  if (text == nullptr || *text == '\0') {
+    *error =
+        "workerpool: WORKERPOOL_IPC_FD is not set; this program is a "
+        "workerpool child and must be started by `workerpool run`";
+    return nullptr;
+  }
+  char* end = nullptr;
+  long fd = std::strtol(text, &end, 10);
+  if (*end != '\0' || fd < 0 || fd > 65535) {
+    *error = std::string(
+                 "workerpool: WORKERPOOL_IPC_FD is not a file "
+                 "descriptor number: '") +
+             text + "'";
+    return nullptr;
+  }
+  return FromFd(static_cast<int>(fd), loop, error);
+}
+
+}  // namespace workerpool

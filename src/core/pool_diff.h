@@ -1,0 +1,40 @@
+// What a reload changes: the difference between the running pool definition
+// and a new, already validated one. Pure; the Watcher applies it.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+
+namespace workerpool {
+
+struct GroupChange {
+  enum class Kind {
+    kUnchanged,  // nothing to do (limits and routes may still be updated)
+    kAdded,      // start every process
+    kRemoved,    // drain and stop every process
+    kResized,    // processes grew or shrank; children kept
+    kRestarted,  // what a child is started with changed: rolling restart
+  };
+  Kind kind = Kind::kUnchanged;
+  std::string group;
+  int old_processes = 0;
+  int new_processes = 0;
+};
+
+struct PoolDiff {
+  std::vector<GroupChange> changes;    // one per group in either pool
+  bool pool_settings_changed = false;  // stop_timeout, log, metrics, ...
+  // "web: 2 -> 4 processes; compute: restarted (command changed); ..."
+  std::string Summary() const;
+};
+
+// True when children of OLD_GROUP must be restarted to run as NEW_GROUP:
+// type, command, env, cwd, user or listen differ.
+bool SpawnSettingsDiffer(const GroupConfig& old_group,
+                         const GroupConfig& new_group);
+
+PoolDiff DiffPools(const PoolConfig& old_pool, const PoolConfig& new_pool);
+
+}  // namespace workerpool

@@ -1,0 +1,53 @@
+#include "core/restart_policy.h"
+
+#include <algorithm>
+
+namespace workerpool {
+
+RestartPolicy::RestartPolicy(RestartConfig config, int slots)
+    : config_(config), quick_deaths_(std::max(slots, 0), 0) {}
+
+RestartDecision RestartPolicy::OnChildExit(int slot, TimePoint started,
+                                           TimePoint now) {
+  RestartDecision decision;
+  if (failed_) {
+    decision.group_failed = true;
+    return decision;
+  }
+  if (slot >= static_cast<int>(quick_deaths_.size())) Resize(slot + 1);
+
+  // Intensity: forget restarts older than the period, then count this one.
+  while (!recent_.empty() && now - recent_.front() > config_.intensity.period) {
+    recent_.pop_front();
+  }
+  if (static_cast<int>(recent_.size()) >= config_.intensity.max_restarts) {
+    failed_ = true;
+    decision.group_failed = true;
+    return decision;
+  }
+  recent_.push_back(now);
+  ++restarts_;
+
+  int& deaths = quick_deaths_[slot];
+  if (now - started >= config_.backoff.reset_after) deaths = 0;
+  if (deaths > 0) {
+    Duration delay = config_.backoff.initial;
+    for (int i = 1; i < deaths && delay < config_.backoff.max; ++i) delay *= 2;
+    decision.delay = std::min(delay, config_.backoff.max);
+  }
+  ++deaths;
+  return decision;
+}
+
+void RestartPolicy::Reset() {
+  std::fill(quick_deaths_.begin(), quick_deaths_.end(), 0);
+  recent_.clear();
+  failed_ = false;
+  restarts_ = 0;
+}
+
+void RestartPolicy::Resize(int slots) {
+  quick_deaths_.resize(std::max(slots, 0), 0);
+}
+
+}  // namespace workerpool

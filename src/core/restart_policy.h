@@ -1,0 +1,55 @@
+// When to restart a dead child, and when to give up on its group.
+// Pure: the caller passes the clock readings in; no timers, no processes.
+//
+// Backoff is per slot (one index of a group): the first death after a stable
+// run restarts at once; each further quick death waits initial, 2*initial,
+// 4*initial, ... capped at max. A child that stayed up reset_after or longer
+// counts as stable and resets its slot.
+//
+// Intensity is per group: more than max_restarts restarts within period
+// marks the group failed; a failed group restarts nothing until Reset()
+// (reload or `workerpool restart GROUP`).
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <vector>
+
+#include "core/config.h"
+
+namespace workerpool {
+
+using Clock = std::chrono::steady_clock;
+using TimePoint = Clock::time_point;
+
+struct RestartDecision {
+  bool group_failed = false;  // give up: do not restart
+  Duration delay{0};          // wait this long, then restart the slot
+};
+
+class RestartPolicy {
+ public:
+  RestartPolicy(RestartConfig config, int slots);
+
+  // The child in SLOT, started at STARTED, died at NOW.
+  RestartDecision OnChildExit(int slot, TimePoint started, TimePoint now);
+
+  // Clears every slot's backoff and the group's failed state and history.
+  void Reset();
+  // Grows or shrinks the number of slots (new slots start clean).
+  void Resize(int slots);
+  void SetConfig(RestartConfig config) { config_ = config; }
+
+  bool failed() const { return failed_; }
+  // Restarts decided since the last Reset() (for status and metrics).
+  long restarts() const { return restarts_; }
+
+ private:
+  RestartConfig config_;
+  std::vector<int> quick_deaths_;  // per slot, since its last stable run
+  std::deque<TimePoint> recent_;   // restart times within the period
+  bool failed_ = false;
+  long restarts_ = 0;
+};
+
+}  // namespace workerpool

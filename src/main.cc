@@ -1,0 +1,107 @@
+// Argument parsing and dispatch; the only place that exits.
+// Exit codes (DESIGN.md): 0 success, 1 bad input, 2 runtime failure.
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "children/builtins.h"
+#include "core/config.h"
+#include "version.h"
+#include "watcher/control_client.h"
+#include "watcher/watcher.h"
+
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitBadInput = 1;
+
+int RunCheck(const std::string& path) {
+  workerpool::ConfigLoad load = workerpool::LoadConfigFile(path);
+  if (!load.ok()) {
+    std::fputs(load.ErrorText().c_str(), stderr);
+    return kExitBadInput;
+  }
+  std::printf("%s: ok (pool '%s', %zu groups)\n", path.c_str(),
+              load.config->name.c_str(), load.config->groups.size());
+  return kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "workerpool: a multi-process worker pool supervisor.\n"
+      "One Watcher runs groups of reactor, job and service children from a\n"
+      "YAML pool definition, restarts what dies and routes requests.",
+      "workerpool"};
+  app.set_version_flag("--version", "workerpool " WORKERPOOL_VERSION);
+  app.require_subcommand(1);
+  app.fallthrough(false);
+
+  std::string config_path;
+  auto* run = app.add_subcommand(
+      "run", "run the Watcher in the foreground (what systemd starts)");
+  run->add_option("CONFIG", config_path, "pool definition (YAML)")->required();
+
+  auto* check = app.add_subcommand(
+      "check", "validate only; exit 0, or print errors and exit 1");
+  check->add_option("CONFIG", config_path, "pool definition (YAML)")
+      ->required();
+
+  workerpool::ControlOptions control;
+  auto add_socket = [&](CLI::App* sub) {
+    sub->add_option("--socket", control.socket_path,
+                    "the pool's control socket");
+    sub->add_option("--config", control.config_path,
+                    "take the control socket from this pool definition");
+  };
+  auto* status = app.add_subcommand("status", "show the pool's groups");
+  add_socket(status);
+  status->add_flag("--json", control.json, "machine-readable output");
+  auto* scale = app.add_subcommand("scale", "set a group's process count");
+  add_socket(scale);
+  scale->add_option("GROUP", control.group)->required();
+  scale->add_option("N", control.count_text)->required();
+  auto* restart = app.add_subcommand("restart", "rolling restart of one group");
+  add_socket(restart);
+  restart->add_option("GROUP", control.group)->required();
+  auto* reload = app.add_subcommand("reload", "same as SIGHUP");
+  add_socket(reload);
+  auto* stop = app.add_subcommand("stop", "same as SIGTERM");
+  add_socket(stop);
+
+  std::string builtin_name;
+  std::vector<std::string> builtin_args;
+  auto* builtin =
+      app.add_subcommand("builtin",
+                         "run a built-in child: echo-job, http-reactor, "
+                         "rabbitmq-service");
+  builtin->add_option("NAME", builtin_name)->required();
+  builtin->add_option("ARGS", builtin_args);
+  builtin->prefix_command();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int code = app.exit(e);
+    return code == 0 ? kExitOk : kExitBadInput;
+  }
+
+  if (*run) return workerpool::RunWatcher(config_path, argv[0]);
+  if (*check) return RunCheck(config_path);
+  if (*builtin) {
+    for (const std::string& extra : builtin->remaining()) {
+      builtin_args.push_back(extra);
+    }
+    return workerpool::RunBuiltin(builtin_name, builtin_args);
+  }
+  if (*status) control.command = "status";
+  if (*scale) control.command = "scale";
+  if (*restart) control.command = "restart";
+  if (*reload) control.command = "reload";
+  if (*stop) control.command = "stop";
+  return workerpool::RunControlCommand(control);
+}

@@ -1,0 +1,129 @@
+#include "os/spawn.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace workerpool {
+namespace {
+
+// Async-signal-safe report from the child after fork: write and exit 127.
+[[noreturn]] void ChildFail(const char* what, const char* arg) {
+  const char* reason = strerror(errno);
+  const char* parts[] = {"workerpool: ", what, " ", arg, ": ", reason, "\n"};
+  for (const char* part : parts) {
+    ssize_t ignored = write(STDERR_FILENO, part, strlen(part));
+    (void)ignored;
+  }
+  _exit(127);
+}
+
+std::vector<char*> CStrings(const std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  out.reserve(strings.size() + 1);
+  for (const std::string& s : strings)
+    out.push_back(const_cast<char*>(s.c_str()));
+  out.push_back(nullptr);
+  return out;
+}
+
+void CloseFrom(int first_fd) {
+#ifdef SYS_close_range
+  if (syscall(SYS_close_range, first_fd, ~0U, 0) == 0) return;
+#endif
+  long max_fd = sysconf(_SC_OPEN_MAX);
+  for (long fd = first_fd; fd < max_fd; ++fd) close(static_cast<int>(fd));
+}
+
+}  // namespace
+
+Result<SpawnedChild> SpawnChild(const SpawnSpec& spec) {
+  if (spec.argv.empty()) return Status::Error("empty command");
+  std::vector<char*> argv = CStrings(spec.argv);
+  std::vector<char*> envp = CStrings(spec.env);
+
+  int output[2];
+  if (pipe2(output, O_CLOEXEC) != 0) {
+    return Status::Error(std::string("pipe: ") + strerror(errno));
+  }
+  const pid_t watcher_pid = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    int saved = errno;
+    close(output[0]);
+    close(output[1]);
+    return Status::Error(std::string("fork: ") + strerror(saved));
+  }
+  if (pid == 0) {
+    // Child: only async-signal-safe work until exec.
+    sigset_t all;
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, nullptr);
+    for (int sig = 1; sig < NSIG; ++sig) signal(sig, SIG_DFL);
+    setpgid(0, 0);
+
+    int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (devnull >= 0) dup2(devnull, STDIN_FILENO);
+    dup2(output[1], STDOUT_FILENO);
+    dup2(output[1], STDERR_FILENO);
+
+    // Move passed fds out of the way first so a source may equal a target.
+    const int count = static_cast<int>(spec.pass_fds.size());
+    int staged[64];
+    if (count > 64) {
+      errno = EMFILE;
+      ChildFail("pass", "fds");
+    }
+    for (int i = 0; i < count; ++i) {
+      staged[i] = fcntl(spec.pass_fds[i], F_DUPFD_CLOEXEC, 3 + count);
+    }
+    for (int i = 0; i < count; ++i) dup2(staged[i], 3 + i);
+    CloseFrom(3 + count);
+
+    if (!spec.cwd.empty() && chdir(spec.cwd.c_str()) != 0) {
+      ChildFail("chdir", spec.cwd.c_str());
+    }
+    if (spec.gid >= 0) {
+      if (setgroups(0, nullptr) != 0 && errno != EPERM) {
+        ChildFail("setgroups", "");
+      }
+      if (setgid(static_cast<gid_t>(spec.gid)) != 0) ChildFail("setgid", "");
+    }
+    if (spec.uid >= 0 && setuid(static_cast<uid_t>(spec.uid)) != 0) {
+      ChildFail("setuid", "");
+    }
+    // After setuid: a credential change clears the parent-death signal.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != watcher_pid) _exit(1);  // the Watcher is already gone
+
+    execvpe(argv[0], argv.data(), envp.data());
+    ChildFail("exec", argv[0]);
+  }
+  close(output[1]);
+  fcntl(output[0], F_SETFL, fcntl(output[0], F_GETFL) | O_NONBLOCK);
+  return SpawnedChild{pid, output[0]};
+}
+
+std::string SignalName(int signal_number) {
+  const char* abbrev = sigabbrev_np(signal_number);
+  if (abbrev == nullptr) return "signal " + std::to_string(signal_number);
+  return std::string("SIG") + abbrev;
+}
+
+void RaiseFileLimit() {
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 &&
+      limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
+
+}  // namespace workerpool

@@ -1,0 +1,47 @@
+// fork+exec of one child, the only place the Watcher forks. Runs in the
+// Watcher's loop thread (PR_SET_PDEATHSIG follows the forking thread).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/status.h"
+
+namespace workerpool {
+
+struct SpawnSpec {
+  std::vector<std::string> argv;  // argv[0] is looked up in PATH
+  std::vector<std::string> env;   // the child's whole environment, "K=V"
+  std::string cwd;                // empty: inherit
+  std::int64_t uid = -1;          // -1: keep
+  std::int64_t gid = -1;
+  // Parent fds handed to the child as fds 3, 4, ... in this order (IPC
+  // socket, listen sockets). Every other fd of the parent is closed.
+  std::vector<int> pass_fds;
+};
+
+struct SpawnedChild {
+  pid_t pid = -1;
+  // Read end of the pipe that is the child's stdout and stderr (one pipe:
+  // fewer fds per child, and the two streams stay in order). Owned by the
+  // caller; close-on-exec, non-blocking.
+  int output_fd = -1;
+};
+
+// Forks and execs. The child gets its own process group, stdin from
+// /dev/null, PR_SET_PDEATHSIG(SIGKILL), default signal dispositions and an
+// empty signal mask. A failing chdir/setuid/exec in the child is reported on
+// its output pipe and it exits 127; the parent learns of it as an exit.
+Result<SpawnedChild> SpawnChild(const SpawnSpec& spec);
+
+// "SIGKILL" for 9; "signal 77" when unknown.
+std::string SignalName(int signal_number);
+
+// Raises RLIMIT_NOFILE's soft limit to the hard limit (3 fds per child).
+void RaiseFileLimit();
+
+}  // namespace workerpool

@@ -1,0 +1,14 @@
+// The Watcher: runs a pool definition in the foreground until SIGTERM/SIGINT
+// or `workerpool stop`. Owns the libuv loop, every child, and the reload.
+#pragma once
+
+#include <string>
+
+namespace workerpool {
+
+// Loads CONFIG_PATH, starts every group and runs until stopped. Returns the
+// process exit code: 0 after a graceful stop, 1 when the config is invalid at
+// start, 2 on a runtime failure at start (e.g. control socket in use).
+int RunWatcher(const std::string& config_path, const char* argv0);
+
+}  // namespace workerpool

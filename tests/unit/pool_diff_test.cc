@@ -1,0 +1,72 @@
+#include "core/pool_diff.h"
+
+#include <doctest/doctest.h>
+
+namespace workerpool {
+namespace {
+
+GroupConfig Group(const std::string& name, int processes) {
+  GroupConfig group;
+  group.name = name;
+  group.type = GroupType::kJob;
+  group.processes = processes;
+  group.command = {"sleep", "100"};
+  return group;
+}
+
+const GroupChange& ChangeOf(const PoolDiff& diff, const std::string& name) {
+  for (const GroupChange& change : diff.changes) {
+    if (change.group == name) return change;
+  }
+  FAIL("no change for " << name);
+  static GroupChange none;
+  return none;
+}
+
+TEST_CASE("reload diff: grown, shrunk, restarted, added, removed, same") {
+  PoolConfig old_pool;
+  old_pool.groups = {Group("same", 2), Group("grow", 2), Group("shrink", 3),
+                     Group("cmd", 2), Group("gone", 1)};
+  PoolConfig new_pool;
+  new_pool.groups = {Group("same", 2), Group("grow", 4), Group("shrink", 1),
+                     Group("cmd", 2), Group("new", 2)};
+  new_pool.groups[3].command = {"sleep", "200"};
+  PoolDiff diff = DiffPools(old_pool, new_pool);
+  using Kind = GroupChange::Kind;
+  CHECK(ChangeOf(diff, "same").kind == Kind::kUnchanged);
+  CHECK(ChangeOf(diff, "grow").kind == Kind::kResized);
+  CHECK(ChangeOf(diff, "grow").new_processes == 4);
+  CHECK(ChangeOf(diff, "shrink").kind == Kind::kResized);
+  CHECK(ChangeOf(diff, "cmd").kind == Kind::kRestarted);
+  CHECK(ChangeOf(diff, "gone").kind == Kind::kRemoved);
+  CHECK(ChangeOf(diff, "new").kind == Kind::kAdded);
+  CHECK_FALSE(diff.pool_settings_changed);
+  CHECK(diff.Summary().find("cmd: restarted") != std::string::npos);
+}
+
+TEST_CASE("env, cwd and user changes restart; limits change in place") {
+  GroupConfig base = Group("g", 1);
+  GroupConfig env = base;
+  env.env["A"] = "1";
+  CHECK(SpawnSettingsDiffer(base, env));
+  GroupConfig cwd = base;
+  cwd.cwd = "/srv";
+  CHECK(SpawnSettingsDiffer(base, cwd));
+  GroupConfig user = base;
+  user.user = "nobody";
+  CHECK(SpawnSettingsDiffer(base, user));
+  GroupConfig limits = base;
+  limits.max_inflight = 8;
+  limits.queue_limit = 5;
+  limits.routes_to = {"x"};
+  CHECK_FALSE(SpawnSettingsDiffer(base, limits));
+}
+
+TEST_CASE("an identical pool has nothing to do") {
+  PoolConfig pool;
+  pool.groups = {Group("a", 1), Group("b", 2)};
+  CHECK(DiffPools(pool, pool).Summary() == "no group changed");
+}
+
+}  // namespace
+}  // namespace workerpool

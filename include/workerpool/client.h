@@ -136,6 +136,10 @@ class PoolClient {
   virtual void Stop() = 0;
 
   virtual ClientStats stats() const = 0;
+  // Application figures (a JSON object, e.g. a RabbitMQ service's queue
+  // depth and acks) sent to the Watcher with the library's own counters,
+  // for `workerpool status` and metrics. Cheap: sent at most once a second.
+  virtual void SetAppStats(std::string json_object) = 0;
   virtual uv_loop_t* loop() = 0;
   // This process's group, type and index, from the environment.
   virtual const std::string& group() const = 0;

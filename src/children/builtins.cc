@@ -4,12 +4,16 @@
 #include <map>
 
 #include "children/echo_job.h"
+#include "children/http_reactor.h"
+#include "children/rabbitmq_service.h"
 
 namespace workerpool {
 
 int RunBuiltin(const std::string& name, const std::vector<std::string>& args) {
   static const std::map<std::string, int (*)(const std::vector<std::string>&)>
-      kBuiltins = {{"echo-job", RunEchoJob}};
+      kBuiltins = {{"echo-job", RunEchoJob},
+                   {"http-reactor", RunHttpReactor},
+                   {"rabbitmq-service", RunRabbitmqService}};
   auto found = kBuiltins.find(name);
   if (found == kBuiltins.end()) {
     std::fprintf(stderr,

@@ -218,6 +218,10 @@ class Client : public PoolClient {
     return copy;
   }
   uv_loop_t* loop() override { return loop_; }
+  void SetAppStats(std::string json_object) override {
+    app_stats_ = std::move(json_object);
+    CountChanged();
+  }
   const std::string& group() const override { return group_; }
   int index() const override { return index_; }
 
@@ -292,6 +296,7 @@ class Client : public PoolClient {
   bool stopping_ = false;
   bool finished_ = false;
   ClientStats stats_;
+  std::string app_stats_;
 };
 
 // ---------------------------------------------------------------- requests

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include <yaml-cpp/depthguard.h>  // YAML::DeepRecursion, not in yaml.h
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -19,6 +20,7 @@
 #include <system_error>
 #include <utility>
 
+#include "core/listen_address.h"
 #include "core/routing.h"
 
 namespace workerpool {
@@ -194,7 +196,7 @@ Status CheckPort(std::string_view address, std::string_view port) {
 // HOST:PORT as a listener or endpoint address; IPv6 hosts in brackets.
 Status CheckHostPort(std::string_view address) {
   static constexpr char kExpected[] =
-      "expected HOST:PORT such as 127.0.0.1:8080 or [::1]:8080";
+      "expected HOST:PORT such as 127.0.0.1:9464 or [::1]:9464";
   std::size_t colon = address.rfind(':');
   if (colon == std::string_view::npos) {
     return Status::Error("address " + Quote(address) +
@@ -208,13 +210,17 @@ Status CheckHostPort(std::string_view address) {
     }
   } else if (host.find(':') != std::string_view::npos) {
     return Status::Error("invalid address " + Quote(address) +
-                         ": put an IPv6 host in brackets, as in [::1]:8080");
+                         ": put an IPv6 host in brackets, as in [::1]:9464");
   }
   if (host.empty()) {
     return Status::Error("address " + Quote(address) + " has no host: " +
                          kExpected + " (0.0.0.0 for every interface)");
   }
   return CheckPort(address, address.substr(colon + 1));
+}
+
+Status CheckListenAddress(std::string_view text) {
+  return ParseListenAddress(std::string(text)).status();
 }
 
 // The URL with any password replaced, fit for messages and logs.
@@ -944,15 +950,16 @@ void ReadGroup(ErrorList* errors, const YAML::Node& node, std::size_t index,
   reader.Int("processes", &group->processes);
   bool command_ok =
       reader.TextList("command", &group->command,
-                      {.example = "[./my_job, --flag]", .check = nullptr});
+                      {.allow_empty = false, .example = "[./my_job, --flag]"});
   reader.TextMap("env", &group->env, CheckReservedEnvName);
   reader.Text("cwd", &group->cwd, Need::kOptional, CheckNotEmpty);
   bool user_ok =
       reader.Text("user", &group->user, Need::kOptional, CheckNotEmpty);
-  reader.TextList("listen", &group->listen,
-                  {.example = "[\"127.0.0.1:8080\"]", .check = CheckHostPort});
+  reader.TextList(
+      "listen", &group->listen,
+      {.example = "[\"127.0.0.1:8080\"]", .check = CheckListenAddress});
   if (reader.TextList("routes_to", &group->routes_to,
-                      {.example = "[compute]", .check = nullptr})) {
+                      {.example = "[compute]"})) {
     source->routes_to = reader.Lookup("routes_to")->value;
   }
   reader.Int("max_inflight", &group->max_inflight, {.min = 1});
@@ -970,14 +977,10 @@ void ReadGroup(ErrorList* errors, const YAML::Node& node, std::size_t index,
   }
   reader.Finish();
 
-  if (command_ok && !group->command.empty() && group->command[0].empty()) {
+  if (command_ok && group->command[0].empty()) {
     errors->Add(reader.Lookup("command")->value[0].Mark(),
                 reader.PathOf("command") + "[0]",
                 "the program to run must not be empty");
-  }
-  if (command_ok && group->command.empty()) {
-    reader.ValueError("command",
-                      "must name the program to run, e.g. [./my_job, --flag]");
   }
   if (!reader.Has("command") && !reader.Has("rabbitmq")) {
     errors->Add(mark, reader.PathOf("command"),

@@ -31,9 +31,14 @@ RestartDecision RestartPolicy::OnChildExit(int slot, TimePoint started,
   int& deaths = quick_deaths_[slot];
   if (now - started >= config_.backoff.reset_after) deaths = 0;
   if (deaths > 0) {
+    const Duration max = config_.backoff.max;
     Duration delay = config_.backoff.initial;
-    for (int i = 1; i < deaths && delay < config_.backoff.max; ++i) delay *= 2;
-    decision.delay = std::min(delay, config_.backoff.max);
+    // Doubling stops at max; comparing against max / 2 first keeps a huge
+    // max (up to int64 milliseconds from the YAML) from overflowing.
+    for (int i = 1; i < deaths && delay < max; ++i) {
+      delay = delay > max / 2 ? max : delay * 2;
+    }
+    decision.delay = std::min(delay, max);
   }
   ++deaths;
   return decision;

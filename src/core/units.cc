@@ -3,7 +3,7 @@
 #include <charconv>
 #include <cstdint>
 #include <limits>
-#include <optional>
+#include <span>
 #include <system_error>
 
 namespace workerpool {
@@ -11,126 +11,111 @@ namespace {
 
 constexpr std::int64_t kInt64Max = std::numeric_limits<std::int64_t>::max();
 
-struct NumberAndUnit {
-  std::int64_t number = 0;
-  std::string_view unit;
+struct Unit {
+  std::string_view name;
+  std::int64_t factor;  // base units (ms, bytes) per one of this unit
 };
 
-// Splits "512KB" into 512 and "KB". Fails on a missing or signed number, on a
-// number too large for int64 and on anything that is not a plain run of
-// decimal digits (fractions, exponents, spaces).
-std::optional<NumberAndUnit> SplitNumberAndUnit(std::string_view text) {
-  NumberAndUnit split;
-  const char* first = text.data();
-  const char* last = text.data() + text.size();
-  // from_chars accepts a leading '-'; a negative amount is never meant here.
-  if (first == last || *first < '0' || *first > '9') return std::nullopt;
-  auto [end, error] = std::from_chars(first, last, split.number);
-  if (error != std::errc()) return std::nullopt;
-  split.unit = std::string_view(end, static_cast<std::size_t>(last - end));
-  return split;
-}
+constexpr Unit kDurationUnits[] = {
+    {"ms", 1}, {"s", 1000}, {"m", 60 * 1000}, {"h", 60 * 60 * 1000}};
+constexpr Unit kSizeUnits[] = {{"B", 1},
+                               {"KB", std::int64_t{1} << 10},
+                               {"MB", std::int64_t{1} << 20},
+                               {"GB", std::int64_t{1} << 30}};
 
-// NUMBER * FACTOR, or nullopt when it does not fit in int64.
-std::optional<std::int64_t> Scale(std::int64_t number, std::int64_t factor) {
-  if (number > kInt64Max / factor) return std::nullopt;
-  return number * factor;
-}
+// How one kind of amount is written, for parsing and for messages.
+struct AmountSyntax {
+  std::string_view kind;  // "duration", "size"
+  std::span<const Unit> units;
+  // Whether a number without a unit is in base units (sizes: bytes) or an
+  // error (durations, except 0: "10" could mean anything).
+  bool bare_number_is_base_unit;
+  std::string_view accepted;          // the end of every syntax error
+  std::string_view fraction_example;  // how to avoid a fraction
+};
 
-// Why UNIT is not a unit, when a common slip explains it; "" otherwise.
-std::string ExplainBadUnit(std::string_view unit, std::string_view example) {
-  if (unit.starts_with('.') || unit.starts_with(',')) {
-    return "fractions are not accepted; use a smaller unit (" +
-           std::string(example) + ")";
-  }
-  if (unit.find_first_of(" \t") != std::string_view::npos) {
-    return "write the number and unit without a space";
-  }
-  return "";
-}
-
-bool IsAllDigits(std::string_view text) {
-  if (text.empty()) return false;
-  for (char c : text) {
-    if (c < '0' || c > '9') return false;
-  }
-  return true;
-}
+constexpr AmountSyntax kDurationSyntax = {
+    "duration", kDurationUnits, false,
+    "expected a whole number followed by ms, s, m or h (e.g. 100ms, 10s, 5m, "
+    "1h), or 0",
+    "1500ms, not 1.5s"};
+constexpr AmountSyntax kSizeSyntax = {
+    "size", kSizeUnits, true,
+    "expected a whole number of bytes, optionally followed by B, KB, MB or GB "
+    "(e.g. 512KB, 1MB, 2GB)",
+    "1536KB, not 1.5MB"};
 
 std::string Quote(std::string_view text) {
   return "'" + std::string(text) + "'";
 }
 
+const Unit* FindUnit(std::span<const Unit> units, std::string_view name) {
+  for (const Unit& unit : units) {
+    if (unit.name == name) return &unit;
+  }
+  return nullptr;
+}
+
+// TEXT as a count of SYNTAX's base unit. A non-negative whole number and a
+// unit, nothing else: no sign, no fraction, no exponent, no spaces.
+Result<std::int64_t> ParseAmount(std::string_view text,
+                                 const AmountSyntax& syntax) {
+  std::string invalid =
+      "invalid " + std::string(syntax.kind) + " " + Quote(text) + ": ";
+  std::string accepted(syntax.accepted);
+  // from_chars alone would accept a leading '-'.
+  if (text.empty() || text.front() < '0' || text.front() > '9') {
+    return Status::Error(invalid + accepted);
+  }
+  std::int64_t number = 0;
+  auto [end, error] =
+      std::from_chars(text.data(), text.data() + text.size(), number);
+  bool too_large = error == std::errc::result_out_of_range;
+  std::string_view unit_name(end, text.data() + text.size() - end);
+
+  std::int64_t factor = 1;
+  if (unit_name.empty()) {
+    if (!syntax.bare_number_is_base_unit && (number != 0 || too_large)) {
+      return Status::Error(std::string(syntax.kind) + " " + Quote(text) +
+                           " has no unit: add ms, s, m or h (e.g. " +
+                           std::string(text) + "s)");
+    }
+  } else if (const Unit* unit = FindUnit(syntax.units, unit_name)) {
+    factor = unit->factor;
+  } else if (unit_name.front() == '.' || unit_name.front() == ',') {
+    return Status::Error(
+        invalid + "fractions are not accepted; use a smaller unit (" +
+        std::string(syntax.fraction_example) + "); " + accepted);
+  } else {
+    std::string_view trimmed = unit_name;
+    while (!trimmed.empty() &&
+           (trimmed.front() == ' ' || trimmed.front() == '\t')) {
+      trimmed.remove_prefix(1);
+    }
+    if (trimmed != unit_name && FindUnit(syntax.units, trimmed) != nullptr) {
+      return Status::Error(
+          invalid + "write the number and unit without a space; " + accepted);
+    }
+    return Status::Error(invalid + "unknown unit " + Quote(unit_name) + "; " +
+                         accepted);
+  }
+  if (too_large || number > kInt64Max / factor) {
+    return Status::Error(std::string(syntax.kind) + " " + Quote(text) +
+                         " is too large");
+  }
+  return number * factor;
+}
+
 }  // namespace
 
 Result<Duration> ParseDuration(std::string_view text) {
-  static constexpr char kAccepted[] =
-      "expected a whole number followed by ms, s, m or h (e.g. 100ms, 10s, "
-      "5m, 1h), or 0";
-  std::optional<NumberAndUnit> split = SplitNumberAndUnit(text);
-  if (!split) {
-    if (IsAllDigits(text)) {  // digits only, but too many of them
-      return Status::Error("duration " + Quote(text) + " is too large");
-    }
-    return Status::Error("invalid duration " + Quote(text) + ": " + kAccepted);
-  }
-  if (split->unit.empty()) {
-    if (split->number == 0) return Duration(0);
-    return Status::Error("duration " + Quote(text) +
-                         " has no unit: add ms, s, m or h (e.g. " +
-                         std::string(text) + "s)");
-  }
-  std::int64_t millis_per_unit = 0;
-  if (split->unit == "ms") {
-    millis_per_unit = 1;
-  } else if (split->unit == "s") {
-    millis_per_unit = 1000;
-  } else if (split->unit == "m") {
-    millis_per_unit = 60 * 1000;
-  } else if (split->unit == "h") {
-    millis_per_unit = 60 * 60 * 1000;
-  } else {
-    std::string why = ExplainBadUnit(split->unit, "1500ms, not 1.5s");
-    if (why.empty()) why = "unknown unit " + Quote(split->unit);
-    return Status::Error("invalid duration " + Quote(text) + ": " + why + "; " +
-                         kAccepted);
-  }
-  std::optional<std::int64_t> millis = Scale(split->number, millis_per_unit);
-  if (!millis) {
-    return Status::Error("duration " + Quote(text) + " is too large");
-  }
+  Result<std::int64_t> millis = ParseAmount(text, kDurationSyntax);
+  if (!millis.ok()) return millis.status();
   return Duration(*millis);
 }
 
 Result<std::int64_t> ParseSize(std::string_view text) {
-  static constexpr char kAccepted[] =
-      "expected a whole number of bytes, optionally followed by B, KB, MB or "
-      "GB (e.g. 512KB, 1MB, 2GB)";
-  std::optional<NumberAndUnit> split = SplitNumberAndUnit(text);
-  if (!split) {
-    if (IsAllDigits(text)) {
-      return Status::Error("size " + Quote(text) + " is too large");
-    }
-    return Status::Error("invalid size " + Quote(text) + ": " + kAccepted);
-  }
-  std::int64_t bytes_per_unit = 0;
-  if (split->unit.empty() || split->unit == "B") {
-    bytes_per_unit = 1;
-  } else if (split->unit == "KB") {
-    bytes_per_unit = std::int64_t{1} << 10;
-  } else if (split->unit == "MB") {
-    bytes_per_unit = std::int64_t{1} << 20;
-  } else if (split->unit == "GB") {
-    bytes_per_unit = std::int64_t{1} << 30;
-  } else {
-    std::string why = ExplainBadUnit(split->unit, "1536KB, not 1.5MB");
-    if (why.empty()) why = "unknown unit " + Quote(split->unit);
-    return Status::Error("invalid size " + Quote(text) + ": " + why + "; " +
-                         kAccepted);
-  }
-  std::optional<std::int64_t> bytes = Scale(split->number, bytes_per_unit);
-  if (!bytes) return Status::Error("size " + Quote(text) + " is too large");
-  return *bytes;
+  return ParseAmount(text, kSizeSyntax);
 }
 
 std::string FormatDuration(Duration d) {

@@ -47,7 +47,10 @@ void CloseFrom(int first_fd) {
 Result<SpawnedChild> SpawnChild(const SpawnSpec& spec) {
   if (spec.argv.empty()) return Status::Error("empty command");
   std::vector<char*> argv = CStrings(spec.argv);
+  // Room for the pid, written by the child itself after fork.
+  std::string listen_pid = "LISTEN_PID=0000000000000000000";
   std::vector<char*> envp = CStrings(spec.env);
+  if (spec.set_listen_pid) envp.insert(envp.end() - 1, listen_pid.data());
 
   int output[2];
   if (pipe2(output, O_CLOEXEC) != 0) {
@@ -68,6 +71,16 @@ Result<SpawnedChild> SpawnChild(const SpawnSpec& spec) {
     sigprocmask(SIG_SETMASK, &all, nullptr);
     for (int sig = 1; sig < NSIG; ++sig) signal(sig, SIG_DFL);
     setpgid(0, 0);
+    if (spec.set_listen_pid) {
+      char digits[24];
+      int count = 0;
+      for (pid_t self = getpid(); self > 0; self /= 10) {
+        digits[count++] = static_cast<char>('0' + self % 10);
+      }
+      char* out = listen_pid.data() + strlen("LISTEN_PID=");
+      while (count > 0) *out++ = digits[--count];
+      *out = '\0';
+    }
 
     int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (devnull >= 0) dup2(devnull, STDIN_FILENO);

@@ -22,6 +22,9 @@ struct SpawnSpec {
   // Parent fds handed to the child as fds 3, 4, ... in this order (IPC
   // socket, listen sockets). Every other fd of the parent is closed.
   std::vector<int> pass_fds;
+  // Adds LISTEN_PID=<the child's pid> to its environment (sd_listen_fds
+  // checks it), which only the child knows.
+  bool set_listen_pid = false;
 };
 
 struct SpawnedChild {

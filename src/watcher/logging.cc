@@ -5,6 +5,8 @@
 #include <spdlog/spdlog.h>
 
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
 
 namespace workerpool {
 namespace {
@@ -14,34 +16,12 @@ class JsonEscapedMessage : public spdlog::custom_flag_formatter {
  public:
   void format(const spdlog::details::log_msg& msg, const std::tm&,
               spdlog::memory_buf_t& dest) override {
-    static const char kHex[] = "0123456789abcdef";
-    for (char c : msg.payload) {
-      switch (c) {
-        case '"':
-          dest.append(std::string_view("\\\""));
-          break;
-        case '\\':
-          dest.append(std::string_view("\\\\"));
-          break;
-        case '\n':
-          dest.append(std::string_view("\\n"));
-          break;
-        case '\r':
-          dest.append(std::string_view("\\r"));
-          break;
-        case '\t':
-          dest.append(std::string_view("\\t"));
-          break;
-        default:
-          if (static_cast<unsigned char>(c) < 0x20) {
-            const char escaped[] = {
-                '\\', 'u', '0', '0', kHex[(c >> 4) & 0xf], kHex[c & 0xf]};
-            dest.append(escaped, escaped + sizeof(escaped));
-          } else {
-            dest.push_back(c);
-          }
-      }
-    }
+    // Children write arbitrary bytes: invalid UTF-8 becomes U+FFFD so every
+    // line stays one valid JSON object.
+    std::string quoted =
+        nlohmann::json(std::string(msg.payload.data(), msg.payload.size()))
+            .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    dest.append(quoted.data() + 1, quoted.data() + quoted.size() - 1);
   }
   std::unique_ptr<custom_flag_formatter> clone() const override {
     return std::make_unique<JsonEscapedMessage>();

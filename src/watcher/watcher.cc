@@ -13,15 +13,19 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <string_view>
 
 #include "core/config.h"
 #include "core/line_splitter.h"
 #include "core/pool_diff.h"
 #include "core/restart_policy.h"
+#include "core/listen_address.h"
 #include "core/routing.h"
+#include "os/listen_socket.h"
 #include "os/notify.h"
 #include "os/spawn.h"
 #include "watcher/channel.h"
+#include "watcher/control.h"
 #include "watcher/logging.h"
 
 extern char** environ;
@@ -70,7 +74,7 @@ T* Owner(uv_handle_t* handle) {
 
 }  // namespace
 
-class Watcher {
+class Watcher : public ControlTarget {
  public:
   Watcher(uv_loop_t* loop, std::string config_path, std::string self_exe)
       : loop_(loop),
@@ -78,6 +82,13 @@ class Watcher {
         self_exe_(std::move(self_exe)) {}
 
   int Run(PoolConfig config);
+
+  // ControlTarget: what `workerpool status|scale|restart|reload|stop` ask.
+  nlohmann::json StatusJson() override;
+  Status Scale(const std::string& group, int processes) override;
+  Status RestartGroup(const std::string& group) override;
+  Status Reload() override;
+  void Stop() override { BeginStop("workerpool stop"); }
 
  private:
   struct Group;
@@ -111,7 +122,9 @@ class Watcher {
     RestartPolicy policy;
     std::map<int, Slot*> slots;  // by index
     bool failed = false;
-    bool removing = false;     // dropped by a reload: drain, then delete
+    bool removing = false;       // dropped by a reload: drain, then delete
+    bool scaled = false;         // `workerpool scale` set processes
+    uint64_t recycled = 0;
     std::vector<int> rolling;  // indices still to restart, in order
     Group(GroupConfig c)
         : config(std::move(c)), policy(config.restart, config.processes) {}
@@ -162,8 +175,12 @@ class Watcher {
   // Output capture.
   void StartOutputReader(int fd, const Slot& slot);
 
-  // Reload.
-  void Reload();
+  // Listen sockets, bound once here and inherited by every reactor.
+  Status BindListenSockets(const PoolConfig& config);
+  void CloseUnusedListenSockets();
+
+  Status StartControl();
+  void StartRollingRestart(Group* group);
 
   void ReportStatus();
   Group* FindGroup(const std::string& name);
@@ -182,6 +199,7 @@ class Watcher {
   // Target group -> children that opened a route to it.
   std::map<std::string, std::set<Slot*>> subscribers_;
   uint64_t refused_requests_ = 0;
+  std::map<std::string, int> listen_fds_;  // by the address as written
   bool jobs_signalled_ = false;  // stop: second phase started
   std::vector<std::string> base_environment_;
 
@@ -189,6 +207,10 @@ class Watcher {
   uv_timer_t stop_timer_;
   bool stopping_ = false;
   bool closed_ = false;
+  std::unique_ptr<ControlServer> control_server_;
+  std::unique_ptr<MetricsServer> metrics_server_;
+  Clock::time_point started_at_ = Clock::now();
+  nlohmann::json last_reload_ = nullptr;
 };
 
 int Watcher::Run(PoolConfig config) {
@@ -199,6 +221,14 @@ int Watcher::Run(PoolConfig config) {
   // Orphaned grandchildren are re-parented to us, so we reap them too.
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   RaiseFileLimit();
+  if (Status bound = BindListenSockets(config_); !bound.ok()) {
+    spdlog::critical("{}", bound.message());
+    return 2;
+  }
+  if (Status control = StartControl(); !control.ok()) {
+    spdlog::critical("{}", control.message());
+    return 2;
+  }
   StartSignals();
   uv_timer_init(loop_, &stop_timer_);
   stop_timer_.data = this;
@@ -268,6 +298,21 @@ Watcher::Slot* Watcher::NewSlot(Group* group, int index) {
   return slot;
 }
 
+// Later entries win: a group's `env` overrides the Watcher's environment, and
+// the WORKERPOOL_* variables override both. getenv() returns the first of
+// duplicate names, so duplicates must not reach the child.
+static std::vector<std::string> WithoutShadowedVariables(
+    std::vector<std::string> env) {
+  std::set<std::string_view> seen;
+  std::vector<std::string> kept;
+  for (auto entry = env.rbegin(); entry != env.rend(); ++entry) {
+    std::string_view name(*entry);
+    name = name.substr(0, name.find('='));
+    if (seen.insert(name).second) kept.push_back(*entry);
+  }
+  return {kept.rbegin(), kept.rend()};
+}
+
 std::vector<std::string> Watcher::ChildEnvironment(const Group& group,
                                                    int index) {
   std::vector<std::string> env = base_environment_;
@@ -279,6 +324,16 @@ std::vector<std::string> Watcher::ChildEnvironment(const Group& group,
   env.push_back(std::string("WORKERPOOL_TYPE=") +
                 GroupTypeName(group.config.type));
   env.push_back("WORKERPOOL_INDEX=" + std::to_string(index));
+  if (const auto& rabbitmq = group.config.rabbitmq) {
+    nlohmann::json section = {{"url", rabbitmq->url},
+                              {"queues", rabbitmq->queues},
+                              {"declare", rabbitmq->declare},
+                              {"prefetch", rabbitmq->prefetch},
+                              {"max_retries", rabbitmq->max_retries},
+                              {"dead_letter_queue", rabbitmq->dead_letter_queue},
+                              {"routes_to", group.config.routes_to}};
+    env.push_back("WORKERPOOL_RABBITMQ=" + section.dump());
+  }
   return env;
 }
 
@@ -296,10 +351,23 @@ void Watcher::Spawn(Slot* slot) {
     ScheduleRestart(slot, Clock::now());
     return;
   }
-  spec.pass_fds.push_back(channel_fds[1]);
   spec.env = ChildEnvironment(*slot->group, slot->index);
+  if (config.type == GroupType::kReactor && !config.listen.empty()) {
+    // systemd's socket activation protocol: fds from 3, then our channel.
+    std::string names;
+    for (const std::string& address : config.listen) {
+      spec.pass_fds.push_back(listen_fds_.at(address));
+      if (!names.empty()) names += ":";
+      names += ParseListenAddress(address)->FdName();
+    }
+    spec.env.push_back("LISTEN_FDS=" + std::to_string(spec.pass_fds.size()));
+    spec.env.push_back("LISTEN_FDNAMES=" + names);
+    spec.set_listen_pid = true;
+  }
+  spec.pass_fds.push_back(channel_fds[1]);
   spec.env.push_back("WORKERPOOL_IPC_FD=" +
                      std::to_string(2 + spec.pass_fds.size()));
+  spec.env = WithoutShadowedVariables(std::move(spec.env));
   spec.cwd = config.cwd;
   if (geteuid() == 0) {
     spec.uid = config.uid;
@@ -570,6 +638,7 @@ void Watcher::BeginStop(const char* why) {
     return;
   }
   stopping_ = true;
+  if (metrics_server_) metrics_server_->Close();
   spdlog::info("{}: stopping {} children (SIGKILL after {})", why,
                children_.size(), FormatDuration(config_.stop_timeout));
   NotifySystemd("STOPPING=1\nSTATUS=stopping");
@@ -619,6 +688,7 @@ void Watcher::FinishIfStopped() {
 
 void Watcher::CloseEverything() {
   closed_ = true;
+  if (control_server_) control_server_->Close();
   auto close_handle = [](void* handle) {
     uv_handle_t* h = static_cast<uv_handle_t*>(handle);
     if (!uv_is_closing(h)) uv_close(h, nullptr);
@@ -641,8 +711,8 @@ void Watcher::CloseEverything() {
   }
 }
 
-void Watcher::Reload() {
-  if (stopping_) return;
+Status Watcher::Reload() {
+  if (stopping_) return Status::Error("the pool is stopping");
   NotifySystemd("RELOADING=1\nSTATUS=reloading " + config_path_);
   spdlog::info("SIGHUP: reloading {}", config_path_);
   ConfigLoad load = LoadConfigFile(config_path_);
@@ -653,9 +723,22 @@ void Watcher::Reload() {
     }
     NotifySystemd("READY=1\nSTATUS=reload failed (" +
                   load.errors.front().ToString() + "); running the old pool");
-    return;
+    std::string text = load.ErrorText();
+    if (!text.empty() && text.back() == '\n') text.pop_back();
+    last_reload_ = {{"ok", false}, {"error", text}, {"unix", time(nullptr)}};
+    return Status::Error(text);
   }
   PoolConfig next = std::move(*load.config);
+  if (Status bound = BindListenSockets(next); !bound.ok()) {
+    spdlog::error("reload failed, keeping the running pool: {}",
+                  bound.message());
+    CloseUnusedListenSockets();  // the ones this attempt bound
+    NotifySystemd("READY=1\nSTATUS=reload failed (" + bound.message() +
+                  "); running the old pool");
+    last_reload_ = {
+        {"ok", false}, {"error", bound.message()}, {"unix", time(nullptr)}};
+    return bound;
+  }
   PoolDiff diff = DiffPools(config_, next);
   spdlog::info("reload: {}", diff.Summary());
   if (next.log != config_.log) SetupLogging(next.log);
@@ -690,6 +773,7 @@ void Watcher::Reload() {
       case GroupChange::Kind::kRestarted: {
         const bool restart = change.kind == GroupChange::Kind::kRestarted;
         group->config = *next_config;
+        group->scaled = false;  // the file's processes win again
         group->policy.SetConfig(next_config->restart);
         if (group->failed) {
           // A reload gives a failed group a fresh start.
@@ -699,21 +783,187 @@ void Watcher::Reload() {
             if (slot->pid <= 0 && !slot->retiring) Spawn(slot);
           }
         }
-        if (restart) {
-          group->rolling.clear();
-          for (auto& [index, slot] : group->slots) {
-            if (index < next_config->processes) group->rolling.push_back(index);
-          }
-        }
         ResizeGroup(group);
-        if (restart) ContinueRollingRestart(group);
+        if (restart) StartRollingRestart(group);
         break;
       }
     }
   }
   config_ = std::move(next);
+  // Reactors still draining keep their own copies of removed sockets.
+  CloseUnusedListenSockets();
+  last_reload_ = {{"ok", true}, {"summary", diff.Summary()},
+                  {"unix", time(nullptr)}};
   NotifySystemd("READY=1");
   ReportStatus();
+  return Status::Ok();
+}
+
+void Watcher::StartRollingRestart(Group* group) {
+  group->rolling.clear();
+  for (auto& [index, slot] : group->slots) {
+    if (!slot->retiring) group->rolling.push_back(index);
+  }
+  ContinueRollingRestart(group);
+}
+
+Status Watcher::StartControl() {
+  Result<std::unique_ptr<ControlServer>> control =
+      ControlServer::Start(loop_, config_.control_socket, this);
+  if (!control.ok()) return control.status();
+  control_server_ = std::move(*control);
+  spdlog::info("control socket {}", config_.control_socket);
+  if (!config_.metrics.empty()) {
+    Result<std::unique_ptr<MetricsServer>> metrics =
+        MetricsServer::Start(loop_, config_.metrics, this);
+    if (!metrics.ok()) return metrics.status();
+    metrics_server_ = std::move(*metrics);
+    spdlog::info("metrics on http://{}/metrics", config_.metrics);
+  }
+  return Status::Ok();
+}
+
+Status Watcher::Scale(const std::string& name, int processes) {
+  if (stopping_) return Status::Error("the pool is stopping");
+  Group* group = FindGroup(name);
+  if (group == nullptr) return Status::Error("unknown group '" + name + "'");
+  if (processes < 0 || processes > 100000) {
+    return Status::Error("processes must be 0..100000, got " +
+                         std::to_string(processes));
+  }
+  spdlog::info("scale {}: {} -> {} processes (until the next reload)", name,
+               group->config.processes, processes);
+  group->config.processes = processes;
+  group->scaled = true;
+  ResizeGroup(group);
+  ReportStatus();
+  return Status::Ok();
+}
+
+Status Watcher::RestartGroup(const std::string& name) {
+  if (stopping_) return Status::Error("the pool is stopping");
+  Group* group = FindGroup(name);
+  if (group == nullptr) return Status::Error("unknown group '" + name + "'");
+  spdlog::info("rolling restart of group {}", name);
+  if (group->failed) {
+    group->failed = false;
+    group->policy.Reset();
+    for (auto& [index, slot] : group->slots) {
+      if (slot->pid <= 0 && !slot->retiring) Spawn(slot);
+    }
+  }
+  StartRollingRestart(group);
+  return Status::Ok();
+}
+
+nlohmann::json Watcher::StatusJson() {
+  using nlohmann::json;
+  const auto now = Clock::now();
+  json groups = json::array();
+  for (auto& group : groups_) {
+    json children = json::array();
+    json app = json::array();
+    json requests = json::object();
+    uint64_t inflight = 0, queued = 0;
+    int live = 0, ready = 0;
+    for (auto& [index, slot] : group->slots) {
+      if (slot->pid <= 0) continue;
+      ++live;
+      if (slot->ready) ++ready;
+      children.push_back(
+          {{"index", index},
+           {"pid", slot->pid},
+           {"uptime_ms",
+            std::chrono::duration_cast<Duration>(now - slot->started).count()},
+           {"ready", slot->ready},
+           {"draining", slot->draining || slot->retiring}});
+      for (auto& [key, value] : slot->stats.items()) {
+        if (key == "app") {
+          if (value.is_object() && !value.empty()) {
+            json entry = value;
+            entry["index"] = index;
+            entry["pid"] = slot->pid;
+            app.push_back(entry);
+          }
+        } else if (value.is_number_unsigned()) {
+          uint64_t number = value.get<uint64_t>();
+          if (key == "inflight") {
+            inflight += number;
+          } else if (key == "queued") {
+            queued += number;
+          } else {
+            requests[key] = requests.value(key, uint64_t{0}) + number;
+          }
+        }
+      }
+    }
+    std::string state = group->removing                   ? "removing"
+                        : group->failed                   ? "failed"
+                        : live < group->config.processes ? "starting"
+                                                          : "running";
+    groups.push_back({{"name", group->config.name},
+                      {"type", GroupTypeName(group->config.type)},
+                      {"desired", group->config.processes},
+                      {"live", live},
+                      {"ready", ready},
+                      {"restarts", group->policy.restarts()},
+                      {"state", state},
+                      {"scaled_until_reload", group->scaled},
+                      {"inflight", inflight},
+                      {"queued", queued},
+                      {"requests", requests},
+                      {"recycled", group->recycled},
+                      {"app", app},
+                      {"children", children}});
+  }
+  return {{"pool", config_.name},
+          {"config", config_path_},
+          {"pid", getpid()},
+          {"state", stopping_ ? "stopping" : "running"},
+          {"uptime_ms",
+           std::chrono::duration_cast<Duration>(now - started_at_).count()},
+          {"last_reload", last_reload_},
+          {"refused_routes", refused_requests_},
+          {"groups", groups}};
+}
+
+
+Status Watcher::BindListenSockets(const PoolConfig& config) {
+  for (const GroupConfig& group : config.groups) {
+    if (group.type != GroupType::kReactor) continue;
+    for (const std::string& text : group.listen) {
+      if (listen_fds_.count(text) != 0) continue;
+      Result<ListenAddress> address = ParseListenAddress(text);
+      if (!address.ok()) {
+        return Status::Error("group " + group.name + ": listen " +
+                             address.status().message());
+      }
+      Result<int> fd = BindListenSocket(*address);
+      if (!fd.ok()) {
+        return Status::Error("group " + group.name + ": " +
+                             fd.status().message());
+      }
+      listen_fds_[text] = *fd;
+      spdlog::info("listening on {} for group {}", text, group.name);
+    }
+  }
+  return Status::Ok();
+}
+
+void Watcher::CloseUnusedListenSockets() {
+  for (auto it = listen_fds_.begin(); it != listen_fds_.end();) {
+    bool used = false;
+    for (const GroupConfig& group : config_.groups) {
+      for (const std::string& address : group.listen) used |= address == it->first;
+    }
+    if (used) {
+      ++it;
+      continue;
+    }
+    spdlog::info("closing listen socket {}", it->first);
+    close(it->second);
+    it = listen_fds_.erase(it);
+  }
 }
 
 void Watcher::CloseSlotHandles(Slot* slot) {

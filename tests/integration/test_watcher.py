@@ -170,9 +170,11 @@ groups:
         victim = pool.child("w", 1)
         other = pool.child("w", 0)
         os.kill(victim.pid, signal.SIGKILL)
+        def new_child():
+            child = pool.child("w", 1)  # one look: the slot may be empty
+            return child if child and child.pid != victim.pid else None
         replacement = wp.wait_until(
-            lambda: (pool.child("w", 1) if pool.child("w", 1)
-                     and pool.child("w", 1).pid != victim.pid else None),
+            new_child,
             what="a new pid in slot w[1]",
             on_timeout=lambda: "children: %s\n%s" % (pool.children(),
                                                     pool.log_tail()))

@@ -1,0 +1,1267 @@
+"""workerpool for Python: take part in a workerpool pool as a child process.
+
+Standard library only (Python 3.9+). Implements the wire protocol of
+docs/PROTOCOL.md: the serving side (a job, or a service that serves
+reactors) and the sending side (a reactor or service sending requests to the
+groups in its routes_to).
+
+A job in three lines:
+
+    import workerpool
+
+    def handler(body, meta):          # bytes, dict
+        return body.upper()           # bytes (or str); raise to answer an error
+
+    workerpool.serve(handler)
+
+With progress and cancellation:
+
+    def handler(request):
+        for step in range(10):
+            if request.cancelled:
+                raise RuntimeError("cancelled")
+            request.progress((step + 1) / 10, "step %d" % step)
+            ...
+        return b"done"
+
+    workerpool.serve(handler, with_request=True)
+
+Sending (from a reactor or service; from inside a handler, use
+request.client.send):
+
+    client = workerpool.Client()      # WORKERPOOL_IPC_FD
+    client.start()                    # I/O on a background thread
+    reply = client.send("compute", b"payload", timeout=30)
+    if reply.ok: ... reply.body ... else: ... reply.code, reply.text ...
+
+Threading: one I/O thread owns every socket; handlers run on their own
+threads (at most max_inflight at once), so a slow handler never stops
+heartbeats or the reading of cancels. Every public method may be called from
+any thread except send(), which blocks and so must not be called from the
+I/O thread (callbacks given to send_async run there).
+"""
+
+import collections
+import enum
+import heapq
+import itertools
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+
+__all__ = [
+    "FrameType", "ErrorCode", "Frame", "FrameDecoder", "ProtocolError",
+    "encode_frame", "Reply", "Request", "Client", "serve", "WIRE_VERSION",
+    "HEADER_SIZE", "MAX_PAYLOAD", "PROGRESS_SCALE",
+]
+
+# --- the wire format (include/workerpool/wire.h) ---------------------------
+
+WIRE_VERSION = 1
+HEADER = struct.Struct("<IBBHQII")  # length, version, type, flags, id, aux, meta
+HEADER_SIZE = HEADER.size  # 24
+MAX_PAYLOAD = 16 * 1024 * 1024
+PROGRESS_SCALE = 1000000
+
+# Same limits as the C++ library.
+CANCEL_GRACE = 5.0          # a server ignoring a cancel this long is killed
+POOL_GONE_EXIT = 2.0        # after the pool channel closes, exit within this
+STATS_INTERVAL = 1.0        # counters reach the Watcher at most this often
+MAX_ERROR_TEXT = 64 * 1024
+MAX_PROGRESS_TEXT = 4096
+
+
+class FrameType(enum.IntEnum):
+    REQUEST = 1
+    REPLY = 2
+    ERROR = 3
+    PROGRESS = 4
+    CANCEL = 5
+    HELLO = 16
+    ROUTE_OPEN = 17
+    ROUTE_REFUSED = 18
+    PEER_ADDED = 19
+    PEER_GONE = 20
+    PEER_DRAINING = 21
+    KILL_PEER = 22
+    HEARTBEAT = 23
+    STATS = 24
+    DRAIN = 25
+    CONFIG = 26
+    ROUTE_OPENED = 27
+
+
+class ErrorCode(enum.IntEnum):
+    HANDLER_ERROR = 1
+    WORKER_DIED = 2
+    TIMEOUT = 3
+    QUEUE_FULL = 4
+    NO_WORKERS = 5
+    REFUSED = 6
+    CANCELLED = 7
+    TOO_LARGE = 8
+    PROTOCOL = 9
+    SHUTTING_DOWN = 10
+
+
+_KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+
+Frame = collections.namedtuple("Frame", "type flags id aux meta body")
+
+
+class ProtocolError(Exception):
+    """A malformed frame: the stream it came on is unusable."""
+
+
+def encode_frame(type_, id_=0, aux=0, meta=b"", body=b"", flags=0):
+    """The bytes of one frame. META and BODY are bytes (str is UTF-8)."""
+    if isinstance(meta, str):
+        meta = meta.encode()
+    if isinstance(body, str):
+        body = body.encode()
+    if len(meta) + len(body) > MAX_PAYLOAD:
+        raise ValueError("frame payload of %d bytes is over the limit of %d"
+                         % (len(meta) + len(body), MAX_PAYLOAD))
+    return b"".join((HEADER.pack(len(meta) + len(body), WIRE_VERSION,
+                                 int(type_), flags, id_,
+                                 aux & 0xFFFFFFFF, len(meta)), meta, body))
+
+
+class FrameDecoder:
+    """Incremental decoder: feed() what recv() returned, then take frames
+    with next() until it returns None. Raises ProtocolError on a bad header
+    (version, unknown type, length over MAX_PAYLOAD, meta longer than the
+    payload); the stream is then unusable."""
+
+    def __init__(self):
+        self._buffer = bytearray()
+        self._offset = 0
+
+    def feed(self, data):
+        if self._offset and self._offset * 2 >= len(self._buffer):
+            del self._buffer[:self._offset]
+            self._offset = 0
+        self._buffer += data
+
+    def buffered(self):
+        return len(self._buffer) - self._offset
+
+    def next(self):
+        if self.buffered() < HEADER_SIZE:
+            return None
+        (length, version, type_, flags, id_, aux,
+         meta_length) = HEADER.unpack_from(self._buffer, self._offset)
+        if version != WIRE_VERSION:
+            raise ProtocolError("unsupported protocol version %d (expected %d)"
+                                % (version, WIRE_VERSION))
+        if type_ not in _KNOWN_TYPES:
+            raise ProtocolError("unknown frame type %d" % type_)
+        if length > MAX_PAYLOAD:
+            raise ProtocolError("frame of %d bytes is over the limit of %d"
+                                % (length, MAX_PAYLOAD))
+        if meta_length > length:
+            raise ProtocolError("frame metadata length %d is larger than its "
+                                "payload %d" % (meta_length, length))
+        if self.buffered() < HEADER_SIZE + length:
+            return None
+        start = self._offset + HEADER_SIZE
+        meta = bytes(self._buffer[start:start + meta_length])
+        body = bytes(self._buffer[start + meta_length:start + length])
+        self._offset = start + length
+        return Frame(FrameType(type_), flags, id_, aux, meta, body)
+
+
+def _json_object(data):
+    try:
+        value = json.loads(data) if data else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _signed32(value):
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+def _as_bytes(value):
+    if value is None:
+        return b""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    raise TypeError("a handler must return bytes or str, not %s"
+                    % type(value).__name__)
+
+
+def _log(message):
+    # The Watcher captures stderr and logs it line by line, prefixed with
+    # the group, index and pid.
+    try:
+        sys.stderr.write("workerpool: %s\n" % message)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+# --- public value types ------------------------------------------------------
+
+class Reply:
+    """The outcome of a request, as the sender sees it. ok: the body is the
+    answer; else code (ErrorCode) and text say what went wrong."""
+
+    __slots__ = ("ok", "code", "body", "meta")
+
+    def __init__(self, ok, code=None, body=b"", meta=b""):
+        self.ok = ok
+        self.code = None if ok else ErrorCode(code) if code in _ERROR_CODES \
+            else code
+        self.body = body
+        self.meta = meta
+
+    @property
+    def text(self):
+        """The body as text (the error message when not ok)."""
+        return self.body.decode(errors="replace")
+
+    def __repr__(self):
+        if self.ok:
+            return "Reply(ok, %r)" % (self.body[:80],)
+        return "Reply(error %s, %r)" % (int(self.code), self.text[:200])
+
+
+_ERROR_CODES = frozenset(int(c) for c in ErrorCode)
+
+
+class Request:
+    """A request being served (what a with_request handler receives)."""
+
+    def __init__(self, client, link, id_, priority, meta_raw, body):
+        self.client = client  # the Client: request.client.send(...)
+        self.id = id_
+        self.priority = priority
+        self.body = body
+        self.meta_raw = meta_raw
+        self.meta = _json_object(meta_raw)
+        self.sender_group = link.peer_group
+        self._link = link
+        self._cancelled = threading.Event()
+        self._callbacks = []
+        self._answered = False
+        self._started = False
+        self._sequence = 0
+
+    @property
+    def cancelled(self):
+        """True once the sender cancelled; the answer is then discarded."""
+        return self._cancelled.is_set()
+
+    def wait_cancelled(self, timeout=None):
+        """Sleeps up to TIMEOUT seconds, waking early on a cancel; returns
+        True when cancelled (a cancellable time.sleep)."""
+        return self._cancelled.wait(timeout)
+
+    def on_cancel(self, callback):
+        """Calls CALLBACK() (on the I/O thread) when the sender cancels."""
+        self._callbacks.append(callback)
+        if self.cancelled:
+            callback()
+
+    def progress(self, fraction, text=""):
+        """Sends a progress update (FRACTION 0..1, TEXT) before the answer."""
+        self.client._call_soon(self.client._send_progress, self, fraction,
+                               text)
+
+    def __repr__(self):
+        return "Request(id=%d from %s, %d bytes)" % (
+            self.id, self.sender_group, len(self.body))
+
+
+# --- internals ---------------------------------------------------------------
+
+class _Conn:
+    """A non-blocking stream socket with an output buffer and a decoder."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.out = bytearray()
+        self.decoder = FrameDecoder()
+        self.closed = False
+        self.reading = True
+        self.events = 0
+
+
+class _Link(_Conn):
+    SENDER = "sender"  # our role: we send requests to the peer
+    SERVER = "server"  # our role: we serve the peer's requests
+
+    def __init__(self, sock, role, group, index, pid):
+        super().__init__(sock)
+        self.role = role
+        self.peer_group = group
+        self.peer_index = index
+        self.peer_pid = pid
+        self.route = None      # SENDER
+        self.inflight = {}     # SENDER: id -> _Out
+        self.serving = {}      # SERVER: id -> Request
+        self.draining = False  # the peer takes no new requests
+        self.condemned = False  # we asked the pool to kill the peer
+
+    def describe(self):
+        return "%s[%d] pid %d" % (self.peer_group, self.peer_index,
+                                  self.peer_pid)
+
+
+class _Route:
+    OPENING, OPEN, REFUSED = "opening", "open", "refused"
+
+    def __init__(self, group):
+        self.group = group
+        self.state = _Route.OPENING
+        self.refusal = ""
+        self.max_inflight = 1
+        self.queue_limit = 1000
+        self.request_timeout = 30.0
+        self.peers = []
+        self.queue = []  # heap of (priority, sequence, _Out)
+        self.queued = 0  # live entries in the heap
+
+
+class _Out:
+    """A request this process sent (or will send)."""
+
+    def __init__(self, id_, group, body, meta, priority, done, on_progress):
+        self.id = id_
+        self.group = group
+        self.body = body
+        self.meta = meta
+        self.priority = priority
+        self.done = done
+        self.on_progress = on_progress
+        self.route = None
+        self.link = None
+        self.queued = False
+        self.deadline = None
+        self.cancelled = False  # answered CANCELLED; waiting for the server
+        self.finished = False
+
+
+class Client:
+    """This process's connection to its pool (the pool channel at
+    WORKERPOOL_IPC_FD, or FD).
+
+    serve(handler) runs the I/O loop in the calling thread until the process
+    should exit; start() runs it on a background thread instead (for a
+    sender that does not serve). send() and send_async() send requests."""
+
+    def __init__(self, fd=None, handle_sigterm=True):
+        if fd is None:
+            text = os.environ.get("WORKERPOOL_IPC_FD", "")
+            if not text:
+                raise RuntimeError(
+                    "WORKERPOOL_IPC_FD is not set; this program is a "
+                    "workerpool child and must be started by `workerpool run`")
+            try:
+                fd = int(text)
+                if fd < 0:
+                    raise ValueError
+            except ValueError:
+                raise RuntimeError("WORKERPOOL_IPC_FD is not a file descriptor "
+                                   "number: %r" % text) from None
+        try:
+            pool_sock = socket.socket(fileno=fd)
+        except OSError as e:
+            raise RuntimeError("cannot use pool channel fd %d: %s"
+                               % (fd, e.strerror or e)) from None
+        os.set_inheritable(pool_sock.fileno(), False)
+        pool_sock.setblocking(False)
+        self.group = os.environ.get("WORKERPOOL_GROUP", "")
+        self.type = os.environ.get("WORKERPOOL_TYPE", "")
+        self.pool_name = os.environ.get("WORKERPOOL_POOL", "")
+        try:
+            self.index = int(os.environ.get("WORKERPOOL_INDEX", "-1"))
+        except ValueError:
+            self.index = -1
+
+        self._sel = selectors.DefaultSelector()
+        self._pool = _Conn(pool_sock)
+        self._pool_open = True
+        self._pending_fds = collections.deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._register(self._pool)
+        self._calls = collections.deque()
+        self._calls_lock = threading.Lock()
+        self._dirty = set()
+        self._links = set()
+        self._loop_thread = None
+        self._ready = threading.Event()     # config received
+        self._finished = threading.Event()  # the loop ended
+
+        # Serving side.
+        self._handler = None
+        self._with_request = False
+        self._serve_limit = 1
+        self._running = 0
+        self._serve_queue = []  # heap of (priority, sequence, Request)
+        self._sequence = itertools.count(1)
+        self._on_ready = None
+
+        # Sending side.
+        self._routes = {}
+        self._requests = {}
+        self._next_id = itertools.count(1)
+        self._deadlines = []  # heap of (when, id)
+
+        # Timers.
+        self._heartbeat_every = None
+        self._next_heartbeat = None
+        self._stats_due = None
+        self._exit_at = None
+
+        self._stopping = False
+        self._on_stop = []
+        self.exit_code = 0
+        self.stats = collections.Counter()
+
+        # SIGTERM is a drain; handled from before the hello, so a child told
+        # to stop as soon as it is known does not die mid-request.
+        if handle_sigterm and threading.current_thread() is \
+                threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        self._send_pool(FrameType.HELLO,
+                        {"pid": os.getpid(), "protocol": WIRE_VERSION})
+        self._flush_all()
+
+    # -- public ---------------------------------------------------------------
+
+    def serve(self, handler, with_request=False, on_ready=None):
+        """Serves requests with HANDLER until the process should exit (the
+        pool drained it, SIGTERM, or the pool is gone); returns the exit
+        code (0). HANDLER(body, meta) -> bytes|str, or with WITH_REQUEST
+        HANDLER(request) -> bytes|str; an exception answers an error
+        (ErrorCode.HANDLER_ERROR) with its text. A (body, meta_dict) tuple
+        replies with metadata too. ON_READY() is called once the pool sent
+        its configuration."""
+        self._handler = handler
+        self._with_request = with_request
+        self._on_ready = on_ready
+        self._loop()
+        return self.exit_code
+
+    def start(self):
+        """Runs the I/O loop on a daemon thread (for a process that only
+        sends). Returns self."""
+        self._in_loop = True  # from now on: send() may wait for the loop
+        self._loop_thread = threading.Thread(target=self._loop,
+                                             name="workerpool-io", daemon=True)
+        self._loop_thread.start()
+        return self
+
+    def wait(self, timeout=None):
+        """Waits until the loop ended (drained, stopped or the pool is gone);
+        True when it did."""
+        return self._finished.wait(timeout)
+
+    def wait_ready(self, timeout=None):
+        """Waits until the pool sent this process its configuration."""
+        return self._ready.wait(timeout)
+
+    @property
+    def stopping(self):
+        return self._stopping
+
+    def on_stop(self, callback):
+        """CALLBACK() runs (on the I/O thread) when the pool asks this process
+        to stop taking work (drain, SIGTERM) or the pool is gone."""
+        self._on_stop.append(callback)
+
+    def stop(self):
+        """Stop taking work, finish what is in flight, then end the loop.
+        Safe from a signal handler."""
+        self._stop_requested = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def send(self, group, body, meta=None, priority=0, timeout=None,
+             on_progress=None):
+        """Sends BODY to a process of GROUP and waits for the Reply. Never
+        raises for pool errors: a refused route, a full queue, a group with
+        no live process, ... come back as a Reply with a code. TIMEOUT
+        (seconds) only bounds this call's wait (the pool's request_timeout
+        applies anyway); on expiry the request is cancelled."""
+        if threading.get_ident() == self._loop_ident:
+            raise RuntimeError("Client.send() would block the I/O thread; use "
+                               "send_async() there")
+        if not self._in_loop:
+            raise RuntimeError("the I/O loop is not running: call start() "
+                               "(or send from inside a handler)")
+        done = threading.Event()
+        box = []
+
+        def finished(reply):
+            box.append(reply)
+            done.set()
+        id_ = self.send_async(group, body, finished, meta=meta,
+                              priority=priority, on_progress=on_progress)
+        limit = None if timeout is None else time.monotonic() + timeout
+        cancelled = False
+        while not done.wait(0.2):
+            if self._finished.is_set() and not done.is_set():
+                return Reply(False, ErrorCode.SHUTTING_DOWN,
+                             b"this process is stopping")
+            if not cancelled and limit is not None and \
+                    time.monotonic() >= limit:
+                self.cancel(id_)
+                cancelled = True
+        return box[0]
+
+    def send_async(self, group, body, done, meta=None, priority=0,
+                   on_progress=None):
+        """Sends BODY to GROUP; DONE(reply) is called exactly once on the I/O
+        thread. ON_PROGRESS(fraction, text) too. Returns the request id."""
+        id_ = next(self._next_id)
+        meta_bytes = b"" if meta is None else (
+            meta.encode() if isinstance(meta, str) else
+            bytes(meta) if isinstance(meta, (bytes, bytearray)) else
+            json.dumps(meta).encode())
+        out = _Out(id_, group, _as_bytes(body), meta_bytes, int(priority),
+                   done, on_progress)
+        self._call_soon(self._submit, out)
+        return id_
+
+    def cancel(self, request_id):
+        """Cancels a request: a queued one is dropped, a running one's server
+        is told (and killed if it does not answer within 5 s). Its DONE gets
+        ErrorCode.CANCELLED. No-op for an unknown or finished id."""
+        self._call_soon(self._cancel, request_id)
+
+    # -- the loop ---------------------------------------------------------------
+
+    _in_loop = False
+    _loop_ident = None
+    _stop_requested = False
+
+    def _call_soon(self, function, *args):
+        with self._calls_lock:
+            self._calls.append((function, args))
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already awake (or closed)
+
+    def _loop(self):
+        self._in_loop = True
+        self._loop_ident = threading.get_ident()
+        try:
+            while not self._finished.is_set():
+                timeout = self._next_timeout()
+                for key, mask in self._sel.select(timeout):
+                    if key.data is None:
+                        try:
+                            while self._wake_r.recv(4096):
+                                pass
+                        except (BlockingIOError, OSError):
+                            pass
+                        continue
+                    conn = key.data
+                    if mask & selectors.EVENT_WRITE:
+                        self._flush(conn)
+                    if mask & selectors.EVENT_READ and not conn.closed:
+                        if conn is self._pool:
+                            self._read_pool()
+                        else:
+                            self._read_link(conn)
+                self._run_calls()
+                self._run_timers()
+                self._flush_all()
+        finally:
+            self._in_loop = False
+            self._loop_ident = None
+            self._finished.set()
+
+    def _run_calls(self):
+        if self._stop_requested:
+            self._stop_requested = False
+            self._begin_stop()
+        while True:
+            with self._calls_lock:
+                if not self._calls:
+                    return
+                function, args = self._calls.popleft()
+            try:
+                function(*args)
+            except Exception as e:  # a callback must not kill the loop
+                _log("error in %s: %r" % (getattr(function, "__name__", "?"),
+                                          e))
+            self._flush_all()
+
+    def _next_timeout(self):
+        when = [t for t in (self._next_heartbeat, self._stats_due,
+                            self._exit_at) if t is not None]
+        if self._deadlines:
+            when.append(self._deadlines[0][0])
+        if not when:
+            return None
+        return max(0.0, min(when) - time.monotonic())
+
+    def _run_timers(self):
+        now = time.monotonic()
+        if self._exit_at is not None and now >= self._exit_at:
+            _log("the pool is gone and work is still running; exiting")
+            os._exit(0)
+        if self._next_heartbeat is not None and now >= self._next_heartbeat:
+            self._send_pool(FrameType.HEARTBEAT, {})
+            self._next_heartbeat = now + self._heartbeat_every
+        if self._stats_due is not None and now >= self._stats_due:
+            self._stats_due = None
+            self._send_stats()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, id_ = heapq.heappop(self._deadlines)
+            self._on_deadline(id_, now)
+
+    # -- sockets ------------------------------------------------------------------
+
+    def _register(self, conn):
+        events = (selectors.EVENT_READ if conn.reading else 0) | (
+            selectors.EVENT_WRITE if conn.out else 0)
+        if events == conn.events:
+            return
+        if conn.events == 0:
+            self._sel.register(conn.sock, events, conn)
+        elif events == 0:
+            self._sel.unregister(conn.sock)
+        else:
+            self._sel.modify(conn.sock, events, conn)
+        conn.events = events
+
+    def _write(self, conn, data):
+        if conn.closed:
+            return
+        conn.out += data
+        self._dirty.add(conn)
+
+    def _flush_all(self):
+        dirty, self._dirty = self._dirty, set()
+        for conn in dirty:
+            self._flush(conn)
+
+    def _flush(self, conn):
+        if conn.closed:
+            return
+        while conn.out:
+            try:
+                sent = conn.sock.send(conn.out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                conn.out.clear()
+                self._conn_failed(conn, "write failed: %s" % (e.strerror or e))
+                return
+            del conn.out[:sent]
+        self._register(conn)
+
+    def _conn_failed(self, conn, why):
+        if conn is self._pool:
+            self._pool_gone(why)
+        else:
+            self._link_eof(conn, why)
+
+    def _close_conn(self, conn):
+        if conn.closed:
+            return
+        conn.closed = True
+        if conn.events:
+            self._sel.unregister(conn.sock)
+            conn.events = 0
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+
+    # -- the pool channel -------------------------------------------------------------
+
+    def _send_pool(self, type_, body):
+        if self._pool_open:
+            self._write(self._pool, encode_frame(type_,
+                                                 body=json.dumps(body)))
+
+    def _read_pool(self):
+        conn = self._pool
+        while self._pool_open:
+            try:
+                data, fds, flags, _ = socket.recv_fds(
+                    conn.sock, 65536, 16,
+                    getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._pool_gone(e.strerror or str(e))
+                return
+            self._pending_fds.extend(fds)
+            if flags & getattr(socket, "MSG_CTRUNC", 0):
+                _log("passed file descriptors were truncated")
+            if not data:
+                self._pool_gone("the pool closed its channel")
+                return
+            conn.decoder.feed(data)
+            try:
+                while self._pool_open:
+                    frame = conn.decoder.next()
+                    if frame is None:
+                        break
+                    self._on_pool_frame(frame)
+            except ProtocolError as e:
+                _log("bad frame from the pool: %s" % e)
+                self._pool_gone("protocol error")
+                return
+
+    def _on_pool_frame(self, frame):
+        body = _json_object(frame.body)
+        t = frame.type
+        if t == FrameType.CONFIG:
+            try:
+                self._serve_limit = max(1, int(body.get("max_inflight", 1)))
+            except (TypeError, ValueError):
+                self._serve_limit = 1
+            try:
+                heartbeat_ms = int(body.get("heartbeat_ms", 0))
+            except (TypeError, ValueError):
+                heartbeat_ms = 0
+            if heartbeat_ms > 0:
+                self._heartbeat_every = max(1, heartbeat_ms // 3) / 1000.0
+                self._next_heartbeat = time.monotonic() + self._heartbeat_every
+            else:
+                self._heartbeat_every = self._next_heartbeat = None
+            first = not self._ready.is_set()
+            self._ready.set()
+            self._serve_next()
+            if first and self._on_ready is not None:
+                self._on_ready()
+        elif t == FrameType.PEER_ADDED:
+            self._adopt_link(body)
+        elif t in (FrameType.ROUTE_OPENED, FrameType.ROUTE_REFUSED):
+            route = self._routes.get(body.get("group", ""))
+            if route is None:
+                return
+            if t == FrameType.ROUTE_REFUSED:
+                route.state = _Route.REFUSED
+                route.refusal = str(body.get("error", "refused"))
+                self._fail_route(route, ErrorCode.REFUSED, route.refusal)
+                return
+            route.state = _Route.OPEN
+            try:
+                route.max_inflight = max(1, int(body.get("max_inflight", 1)))
+                route.queue_limit = max(0, int(body.get("queue_limit", 1000)))
+                route.request_timeout = int(
+                    body.get("request_timeout_ms", 30000)) / 1000.0
+            except (TypeError, ValueError):
+                pass
+            self._dispatch(route)
+        elif t in (FrameType.PEER_GONE, FrameType.PEER_DRAINING):
+            pid = body.get("pid", 0)
+            how = str(body.get("how", "exited"))
+            for link in [l for l in self._links if l.peer_pid == pid]:
+                if t == FrameType.PEER_DRAINING:
+                    link.draining = True
+                    if link.role == _Link.SENDER and not link.inflight:
+                        self._close_link(link)
+                    continue
+                self._fail_link_requests(
+                    link, ErrorCode.WORKER_DIED,
+                    "worker died: %s %s" % (link.describe(), how))
+                self._close_link(link)
+        elif t == FrameType.DRAIN:
+            self._begin_stop()
+        # Anything else is ignored (forward compatible).
+
+    def _pool_gone(self, why):
+        if not self._pool_open:
+            return
+        self._pool_open = False
+        _log("%s; exiting" % why)
+        self._close_conn(self._pool)
+        for route in list(self._routes.values()):
+            self._fail_route(route, ErrorCode.SHUTTING_DOWN,
+                             "the pool is gone")
+        self._exit_at = time.monotonic() + POOL_GONE_EXIT
+        self._begin_stop()
+
+    def _send_stats(self):
+        queued = sum(1 for o in self._requests.values()
+                     if o.link is None and not o.cancelled)
+        inflight = sum(1 for o in self._requests.values()
+                       if o.link is not None)
+        body = {k: self.stats[k] for k in (
+            "sent", "replied", "failed", "refused", "cancelled", "timed_out",
+            "served", "served_errors")}
+        body.update(queued=queued, inflight=inflight)
+        self._send_pool(FrameType.STATS, body)
+
+    def _count(self, key):
+        self.stats[key] += 1
+        if self._stats_due is None and self._pool_open:
+            self._stats_due = time.monotonic() + STATS_INTERVAL
+
+    # -- links ----------------------------------------------------------------------
+
+    def _adopt_link(self, info):
+        if not self._pending_fds:
+            _log("peer announced without a socket")
+            return
+        fd = self._pending_fds.popleft()
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:
+            os.close(fd)
+            _log("cannot use a passed socket: %s" % e)
+            return
+        sock.setblocking(False)
+
+        def number(key):
+            try:
+                return int(info.get(key, -1))
+            except (TypeError, ValueError):
+                return -1
+        role = _Link.SERVER if info.get("role") == "server" else _Link.SENDER
+        link = _Link(sock, role, str(info.get("group", "")), number("index"),
+                     number("pid"))
+        self._links.add(link)
+        self._register(link)
+        if role == _Link.SENDER:
+            link.route = self._route_to(link.peer_group)
+            link.route.peers.append(link)
+            self._dispatch(link.route)
+
+    def _read_link(self, link):
+        while not link.closed and link.reading:
+            try:
+                data = link.sock.recv(262144)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._link_eof(link, e.strerror or str(e))
+                return
+            if not data:
+                self._link_eof(link, "closed")
+                return
+            link.decoder.feed(data)
+            try:
+                while not link.closed:
+                    frame = link.decoder.next()
+                    if frame is None:
+                        break
+                    self._on_link_frame(link, frame)
+            except ProtocolError as e:
+                _log("bad frame from %s: %s" % (link.describe(), e))
+                self._fail_link_requests(link, ErrorCode.PROTOCOL,
+                                         "protocol error from %s"
+                                         % link.describe())
+                self._close_link(link)
+                return
+
+    def _on_link_frame(self, link, frame):
+        if link.role == _Link.SERVER:
+            if frame.type == FrameType.REQUEST:
+                self._on_request(link, frame)
+            elif frame.type == FrameType.CANCEL:
+                self._on_cancel_frame(link, frame.id)
+            return
+        # We are the sender on this link: answers to our requests.
+        if frame.type == FrameType.REQUEST:
+            # The peer only serves us; a request from it breaks the rules.
+            self._count("refused")
+            self._write(link, encode_frame(
+                FrameType.ERROR, frame.id, ErrorCode.REFUSED,
+                body="refused: %s may not send requests to %s"
+                % (link.peer_group, self.group)))
+            return
+        out = link.inflight.get(frame.id)
+        if out is None:
+            return  # a late answer to a timeout
+        if frame.type == FrameType.PROGRESS:
+            if out.on_progress is not None and not out.cancelled:
+                out.on_progress(frame.aux / PROGRESS_SCALE,
+                                frame.body.decode(errors="replace"))
+            return
+        if frame.type not in (FrameType.REPLY, FrameType.ERROR):
+            return
+        del link.inflight[frame.id]
+        out.link = None
+        if frame.type == FrameType.REPLY:
+            reply = Reply(True, body=frame.body, meta=frame.meta)
+        else:
+            reply = Reply(False, frame.aux, frame.body, frame.meta)
+        route = out.route
+        self._complete(out, reply)
+        if link.draining and not link.inflight:
+            self._close_link(link)
+        self._dispatch(route)
+
+    def _link_eof(self, link, why):
+        if link.closed:
+            return
+        if link.role == _Link.SENDER and link.inflight and self._pool_open:
+            # The peer died; the pool's peer_gone names how: keep the
+            # requests until then.
+            link.draining = True
+            if link.route is not None and link in link.route.peers:
+                link.route.peers.remove(link)
+            link.reading = False
+            self._register(link)
+            return
+        if link.role == _Link.SENDER and link.inflight:
+            self._fail_link_requests(link, ErrorCode.WORKER_DIED,
+                                     "worker died: %s (%s)"
+                                     % (link.describe(), why))
+        self._close_link(link)
+
+    def _fail_link_requests(self, link, code, text):
+        for out in list(link.inflight.values()):
+            out.link = None
+            self._complete(out, Reply(False, code, text.encode()))
+        link.inflight.clear()
+        # Requests this link was serving: their answers have nowhere to go.
+        for request in link.serving.values():
+            request._link = None
+
+    def _close_link(self, link):
+        if link.closed:
+            return
+        self._fail_link_requests(link, ErrorCode.WORKER_DIED,
+                                 "worker died: %s" % link.describe())
+        link.serving.clear()
+        self._close_conn(link)
+        self._links.discard(link)
+        self._dirty.discard(link)
+        route = link.route
+        if route is not None:
+            link.route = None
+            if link in route.peers:
+                route.peers.remove(link)
+            self._dispatch(route)
+        self._maybe_finish_stop()
+
+    # -- serving ------------------------------------------------------------------------
+
+    def _on_request(self, link, frame):
+        if self._handler is None:
+            self._write(link, encode_frame(
+                FrameType.ERROR, frame.id, ErrorCode.REFUSED,
+                body="group %s does not serve requests" % self.group))
+            return
+        request = Request(self, link, frame.id, _signed32(frame.aux),
+                          frame.meta, frame.body)
+        link.serving[frame.id] = request
+        if self._running < self._serve_limit and not self._serve_queue:
+            self._start(request)
+        else:
+            request._sequence = next(self._sequence)
+            heapq.heappush(self._serve_queue,
+                           (request.priority, request._sequence, request))
+
+    def _on_cancel_frame(self, link, id_):
+        request = link.serving.get(id_)
+        if request is None:
+            return
+        if not request._started:
+            # Still queued here: drop it (lazily removed from the heap).
+            request._answered = True
+            del link.serving[id_]
+            self._write(link, encode_frame(
+                FrameType.ERROR, id_, ErrorCode.CANCELLED,
+                body="cancelled before it started"))
+            return
+        request._cancelled.set()
+        for callback in request._callbacks:
+            try:
+                callback()
+            except Exception as e:
+                _log("error in a cancel callback: %r" % e)
+
+    def _serve_next(self):
+        while self._running < self._serve_limit and self._serve_queue:
+            _, _, request = heapq.heappop(self._serve_queue)
+            if request._answered or request._link is None:
+                continue  # cancelled, or its sender went away
+            self._start(request)
+
+    def _start(self, request):
+        request._started = True
+        self._running += 1
+        thread = threading.Thread(target=self._run_handler, args=(request,),
+                                  name="workerpool-request-%d" % request.id,
+                                  daemon=True)
+        thread.start()
+
+    def _run_handler(self, request):
+        meta = b""
+        try:
+            if self._with_request:
+                result = self._handler(request)
+            else:
+                result = self._handler(request.body, request.meta)
+            if isinstance(result, tuple):
+                result, meta = result
+                if isinstance(meta, dict):
+                    meta = json.dumps(meta)
+                meta = _as_bytes(meta)
+            answer = (True, _as_bytes(result), meta)
+        except Exception as e:
+            text = str(e) or type(e).__name__
+            answer = (False, text.encode(errors="replace")[:MAX_ERROR_TEXT],
+                      b"")
+        except BaseException as e:  # SystemExit, KeyboardInterrupt
+            answer = (False, ("handler exited: %r" % e).encode(), b"")
+        self._call_soon(self._answer, request, *answer)
+
+    def _answer(self, request, ok, body, meta):
+        self._running -= 1
+        if not request._answered:
+            request._answered = True
+            link = request._link
+            if ok and len(body) + len(meta) > MAX_PAYLOAD:
+                ok, meta = False, b""
+                body = ("reply of %d bytes is over the frame limit"
+                        % len(body)).encode()
+                code = ErrorCode.TOO_LARGE
+            else:
+                code = ErrorCode.HANDLER_ERROR
+            if request.cancelled and not ok:
+                code, body = ErrorCode.CANCELLED, b"cancelled"
+            if link is not None and not link.closed:
+                if ok:
+                    frame = encode_frame(FrameType.REPLY, request.id, 0, meta,
+                                         body)
+                else:
+                    frame = encode_frame(FrameType.ERROR, request.id, code,
+                                         body=body)
+                self._write(link, frame)
+                link.serving.pop(request.id, None)
+            self._count("served" if ok else "served_errors")
+        self._serve_next()
+        self._maybe_finish_stop()
+
+    def _send_progress(self, request, fraction, text):
+        link = request._link
+        if request._answered or link is None or link.closed:
+            return
+        try:
+            fraction = float(fraction)
+        except (TypeError, ValueError):
+            fraction = 0.0
+        if not fraction >= 0:
+            fraction = 0.0  # also NaN
+        fraction = min(fraction, 1.0)
+        text = _as_bytes(text)[:MAX_PROGRESS_TEXT]
+        self._write(link, encode_frame(FrameType.PROGRESS, request.id,
+                                       int(fraction * PROGRESS_SCALE),
+                                       body=text))
+
+    # -- sending -----------------------------------------------------------------------
+
+    def _route_to(self, group):
+        route = self._routes.get(group)
+        if route is None:
+            route = self._routes[group] = _Route(group)
+            self._send_pool(FrameType.ROUTE_OPEN, {"group": group})
+        return route
+
+    def _complete_now(self, out, code, text):
+        self._complete(out, Reply(False, code, text.encode()))
+
+    def _submit(self, out):
+        self._requests[out.id] = out
+        self._count("sent")
+        if len(out.meta) + len(out.body) > MAX_PAYLOAD:
+            return self._complete_now(
+                out, ErrorCode.TOO_LARGE,
+                "request of %d bytes is over the frame limit of %d"
+                % (len(out.body), MAX_PAYLOAD))
+        if self._stopping or not self._pool_open:
+            return self._complete_now(out, ErrorCode.SHUTTING_DOWN,
+                                      "this process is stopping")
+        route = self._route_to(out.group)
+        out.route = route
+        if route.state == _Route.REFUSED:
+            return self._complete_now(out, ErrorCode.REFUSED, route.refusal)
+        if route.state == _Route.OPEN and route.queued >= route.queue_limit:
+            has_room = any(not p.draining and not p.condemned and
+                           len(p.inflight) < route.max_inflight
+                           for p in route.peers)
+            if not has_room:
+                return self._complete_now(
+                    out, ErrorCode.QUEUE_FULL,
+                    "queue of group %s is full (%d)"
+                    % (out.group, route.queue_limit))
+        out.queued = True
+        route.queued += 1
+        heapq.heappush(route.queue, (out.priority, out.id, out))
+        self._dispatch(route)
+
+    def _dispatch(self, route):
+        if route.state != _Route.OPEN:
+            return
+        while route.queued:
+            best = None
+            for peer in route.peers:
+                if peer.draining or peer.condemned or peer.closed:
+                    continue
+                if len(peer.inflight) >= route.max_inflight:
+                    continue
+                if best is None or len(peer.inflight) < len(best.inflight):
+                    best = peer
+            if best is None:
+                break
+            _, _, out = heapq.heappop(route.queue)
+            if not out.queued:
+                continue  # cancelled while queued
+            out.queued = False
+            route.queued -= 1
+            out.link = best
+            best.inflight[out.id] = out
+            self._write(best, encode_frame(FrameType.REQUEST, out.id,
+                                           out.priority, out.meta, out.body))
+            out.body = b""
+            if route.request_timeout > 0:
+                out.deadline = time.monotonic() + route.request_timeout
+                heapq.heappush(self._deadlines, (out.deadline, out.id))
+        if route.queued and not any(
+                not p.draining and not p.condemned and not p.closed
+                for p in route.peers):
+            self._fail_route(route, ErrorCode.NO_WORKERS,
+                             "group %s has no live process" % route.group)
+
+    def _fail_route(self, route, code, text):
+        failed = [out for _, _, out in route.queue if out.queued]
+        route.queue = []
+        route.queued = 0
+        for out in failed:
+            out.queued = False
+            self._complete_now(out, code, text)
+
+    def _complete(self, out, reply):
+        if out.finished:
+            return
+        out.finished = True
+        self._requests.pop(out.id, None)
+        if out.link is not None:
+            out.link.inflight.pop(out.id, None)
+            out.link = None
+        if out.cancelled:
+            return  # already answered CANCELLED
+        if reply.ok:
+            self._count("replied")
+        elif reply.code == ErrorCode.REFUSED:
+            self._count("refused")
+        elif reply.code == ErrorCode.TIMEOUT:
+            self._count("timed_out")
+        elif reply.code == ErrorCode.CANCELLED:
+            self._count("cancelled")
+        else:
+            self._count("failed")
+        self._deliver(out, reply)
+        self._maybe_finish_stop()
+
+    def _deliver(self, out, reply):
+        if out.done is not None:
+            try:
+                out.done(reply)
+            except Exception as e:
+                _log("error in a reply callback: %r" % e)
+
+    def _cancel(self, id_):
+        out = self._requests.get(id_)
+        if out is None or out.cancelled or out.finished:
+            return
+        if out.link is None:
+            if out.queued and out.route is not None:
+                out.queued = False
+                out.route.queued -= 1
+            self._complete_now(out, ErrorCode.CANCELLED,
+                               "cancelled while queued")
+            return
+        # Running: tell the server, answer now, and give the server a grace
+        # period to answer before it is killed.
+        self._write(out.link, encode_frame(FrameType.CANCEL, out.id))
+        self._count("cancelled")
+        out.cancelled = True
+        out.deadline = time.monotonic() + CANCEL_GRACE
+        heapq.heappush(self._deadlines, (out.deadline, out.id))
+        self._deliver(out, Reply(False, ErrorCode.CANCELLED, b"cancelled"))
+
+    def _on_deadline(self, id_, now):
+        out = self._requests.get(id_)
+        if out is None or out.deadline is None or out.deadline > now:
+            return  # finished, or a newer deadline replaced this one
+        link = out.link
+        if link is None:
+            return
+        if out.cancelled:
+            reason = "ignored a cancel for %ds" % CANCEL_GRACE
+        else:
+            reason = "request timed out after %dms" % round(
+                out.route.request_timeout * 1000)
+        link.condemned = True
+        self._send_pool(FrameType.KILL_PEER, {"pid": link.peer_pid,
+                                              "reason": reason})
+        self._complete(out, Reply(False, ErrorCode.TIMEOUT, (
+            "timeout: %s; %s killed" % (reason, link.describe())).encode()))
+        if link.route is not None:
+            self._dispatch(link.route)
+
+    # -- stopping ---------------------------------------------------------------------
+
+    def _begin_stop(self):
+        if self._stopping:
+            return
+        self._stopping = True
+        for callback in self._on_stop:
+            try:
+                callback()
+            except Exception as e:
+                _log("error in a stop callback: %r" % e)
+        self._maybe_finish_stop()
+
+    def _maybe_finish_stop(self):
+        if not self._stopping or self._finished.is_set():
+            return
+        if self._requests or self._running > 0:
+            return
+        if self._pool_open and any(link.role == _Link.SERVER
+                                   for link in self._links):
+            return  # senders still linked to us may have requests on the way
+        self._flush_all()
+        conns = list(self._links)
+        if self._pool_open:
+            self._pool_open = False
+            conns.append(self._pool)
+        for conn in conns:
+            if conn.out and not conn.closed:
+                # Last words (answers, stats): give them a moment to go out.
+                try:
+                    conn.sock.settimeout(1.0)
+                    conn.sock.sendall(conn.out)
+                except OSError:
+                    pass
+                conn.out.clear()
+            self._close_conn(conn)
+        self._links.clear()
+        self._finished.set()
+
+
+def serve(handler, with_request=False, on_ready=None):
+    """Serves requests from the pool with HANDLER until this process should
+    exit; returns the exit code (0). See Client.serve."""
+    return Client().serve(handler, with_request=with_request,
+                          on_ready=on_ready)

@@ -1,0 +1,118 @@
+// The RabbitMQ side of `workerpool builtin rabbitmq-service`: one thread
+// that owns the librabbitmq connection (librabbitmq is blocking and one
+// connection belongs to one thread) and talks to the loop thread only
+// through two queues:
+//
+//   loop -> AMQP thread: AmqpCommand (settle a delivery after publishing its
+//     retry copy / dead letter / RPC reply, publish a progress message, stop
+//     consuming, shut down), woken through an eventfd;
+//   AMQP thread -> loop: AmqpEvent (deliveries, connection state, settled
+//     deliveries, queue depth), woken through the callback given (a
+//     uv_async_send).
+//
+// Delivery tags only mean something on the connection that produced them:
+// every (re)connection gets a new generation number, and a command for an
+// older generation is dropped (RabbitMQ has already requeued that delivery).
+//
+// Publishing uses publisher confirms: a delivery is acked only once every
+// message published on its behalf was confirmed, so a crash at any point
+// leaves the original unacked (RabbitMQ redelivers it): at-least-once.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/amqp_message.h"
+#include "core/amqp_service_config.h"
+
+namespace workerpool {
+
+// One line on stderr (the Watcher logs it with the child's name), written
+// with a single write(2) so lines of the two threads never interleave.
+void AmqpLog(const std::string& line);
+
+struct AmqpDelivery {
+  std::uint64_t generation = 0;
+  std::uint64_t tag = 0;
+  std::string queue;
+  std::string exchange;
+  std::string routing_key;
+  bool redelivered = false;
+  AmqpProperties properties;
+  std::string body;
+};
+
+// A message for the default exchange: ROUTING_KEY names the queue.
+struct AmqpPublish {
+  std::string routing_key;
+  AmqpProperties properties;
+  std::string body;
+};
+
+// How a delivery ends, for the figures and the AMQP operation:
+// kAcked, kRetried, kDeadLettered: basic.ack (after its publishes);
+// kRejected: basic.reject without requeue (the queue's own DLX, if any);
+// kRequeued: basic.reject with requeue (also what a nacked publish becomes).
+enum class AmqpOutcome {
+  kAcked,
+  kRetried,
+  kDeadLettered,
+  kRejected,
+  kRequeued
+};
+
+struct AmqpCommand {
+  enum class Type { kSettle, kPublish, kStopConsuming, kShutdown };
+  Type type = Type::kSettle;
+  std::uint64_t generation = 0;  // kSettle
+  std::uint64_t tag = 0;         // kSettle
+  std::string queue;             // kSettle: for the figures
+  AmqpOutcome outcome = AmqpOutcome::kAcked;
+  // kSettle: published (and confirmed) before the settle; kPublish: sent
+  // when connected, not waited for (progress messages).
+  std::vector<AmqpPublish> publishes;
+};
+
+struct AmqpEvent {
+  enum class Type {
+    kConnected,     // generation: the new connection's
+    kDisconnected,  // text: why
+    kDelivery,      // delivery
+    kSettled,       // queue, outcome
+    kQueueStats,    // queue, messages, consumers
+    kStopped,       // the thread is about to exit
+  };
+  Type type = Type::kConnected;
+  std::uint64_t generation = 0;
+  std::unique_ptr<AmqpDelivery> delivery;
+  std::string queue;
+  AmqpOutcome outcome = AmqpOutcome::kAcked;
+  std::string text;
+  long messages = -1;
+  long consumers = -1;
+};
+
+class AmqpSession {
+ public:
+  // WAKE is called on the AMQP thread whenever events are waiting.
+  AmqpSession(AmqpServiceConfig config, std::function<void()> wake);
+  ~AmqpSession();  // joins the thread (after kShutdown)
+
+  void Start();
+  // Thread-safe.
+  void Post(AmqpCommand command);
+  // Thread-safe; the events in order.
+  std::deque<AmqpEvent> TakeEvents();
+  // Waits for the thread to exit (post kShutdown first).
+  void Join();
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace workerpool

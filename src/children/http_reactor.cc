@@ -1,0 +1,866 @@
+// `workerpool builtin http-reactor`: HTTP/1.1 on libuv, requests parsed by
+// http-parser (children/http_codec.h), `POST /jobs/<group>` turned into pool
+// requests through the client library.
+//
+// One process, one loop thread. Every connection answers its requests in
+// the order they came (pipelining) whatever order the pool replies in, reads
+// at most --max-pipeline requests ahead of its answers, and is bounded in
+// time: a request must arrive whole within --read-timeout, an idle
+// keep-alive connection lasts --idle-timeout, a client that does not read
+// its answers is dropped after --write-timeout. A connection that must end
+// after an answer (an error, "Connection: close") is shut down for writing
+// and then drained for a moment ("lingering close", as nginx does), so the
+// client reads the answer instead of a reset.
+#include "children/http_reactor.h"
+
+#include <sys/socket.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "children/http_codec.h"
+#include "core/listen_address.h"
+#include "core/units.h"
+#include "os/listen_socket.h"
+#include "workerpool/client.h"
+
+namespace workerpool {
+namespace {
+
+struct Options {
+  std::vector<std::string> listen;  // used when no socket is inherited
+  std::size_t max_body = 1024 * 1024;
+  uint64_t read_timeout_ms = 10000;
+  uint64_t idle_timeout_ms = 15000;
+  uint64_t write_timeout_ms = 30000;
+  std::size_t max_pipeline = 16;
+};
+
+// After the last answer, how long a connection is drained before closing.
+constexpr uint64_t kLingerMs = 2000;
+// A connection whose unsent answers pass this stops reading requests.
+constexpr std::size_t kMaxWriteBacklog = 1024 * 1024;
+// Distinct group names sent to the pool, so that random names from clients
+// cannot grow the client library's and the Watcher's route tables.
+constexpr std::size_t kMaxGroupNames = 256;
+
+constexpr const char kUsage[] =
+    "usage: workerpool builtin http-reactor [--listen HOST:PORT]... "
+    "[--max-body BYTES] [--read-timeout DURATION] [--idle-timeout DURATION] "
+    "[--write-timeout DURATION] [--max-pipeline N]";
+
+bool ParseOptions(const std::vector<std::string>& args, Options* options,
+                  std::string* error) {
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    std::string name = args[i];
+    std::string value;
+    bool has_value = false;
+    if (auto equals = name.find('=');
+        name.starts_with("--") && equals != std::string::npos) {
+      value = name.substr(equals + 1);
+      name.resize(equals);
+      has_value = true;
+    }
+    if (name == "--help" || name == "-h") {
+      *error = kUsage;
+      return false;
+    }
+    if (!has_value) {
+      if (i + 1 >= args.size()) {
+        *error = "http-reactor: " + name + " needs a value\n" + kUsage;
+        return false;
+      }
+      value = args[++i];
+    }
+    auto duration = [&](uint64_t* out) {
+      Result<Duration> parsed = ParseDuration(value);
+      if (!parsed.ok() || parsed->count() <= 0) {
+        *error = "http-reactor: " + name + " " + value +
+                 ": expected a positive duration such as 500ms or 10s";
+        return false;
+      }
+      *out = static_cast<uint64_t>(parsed->count());
+      return true;
+    };
+    auto count = [&](std::size_t* out, std::size_t low) {
+      std::size_t parsed = 0;
+      auto [end, code] =
+          std::from_chars(value.data(), value.data() + value.size(), parsed);
+      if (code == std::errc() && end == value.data() + value.size() &&
+          !value.empty() && parsed >= low) {
+        *out = parsed;
+        return true;
+      }
+      Result<std::int64_t> size = ParseSize(value);
+      if (size.ok() && *size >= static_cast<std::int64_t>(low)) {
+        *out = static_cast<std::size_t>(*size);
+        return true;
+      }
+      *error = "http-reactor: " + name + " " + value + ": expected a number" +
+               (low > 0 ? " of at least " + std::to_string(low) : "");
+      return false;
+    };
+    if (name == "--listen") {
+      options->listen.push_back(value);
+    } else if (name == "--max-body") {
+      if (!count(&options->max_body, 0)) return false;
+    } else if (name == "--read-timeout") {
+      if (!duration(&options->read_timeout_ms)) return false;
+    } else if (name == "--idle-timeout") {
+      if (!duration(&options->idle_timeout_ms)) return false;
+    } else if (name == "--write-timeout") {
+      if (!duration(&options->write_timeout_ms)) return false;
+    } else if (name == "--max-pipeline") {
+      if (!count(&options->max_pipeline, 1)) return false;
+    } else {
+      *error = "http-reactor: unknown option '" + name + "'\n" + kUsage;
+      return false;
+    }
+  }
+  return true;
+}
+
+// Printable, bounded text for the access log.
+std::string LogSafe(std::string_view text) {
+  std::string out;
+  for (char c : text.substr(0, 256)) {
+    auto byte = static_cast<unsigned char>(c);
+    out.push_back(byte < 0x21 || byte > 0x7e || c == '"' ? '?' : c);
+  }
+  if (text.size() > 256) out += "...";
+  return out.empty() ? "-" : out;
+}
+
+union StreamHandle {
+  uv_handle_t handle;
+  uv_stream_t stream;
+  uv_tcp_t tcp;
+  uv_pipe_t pipe;
+};
+
+class Server;
+class Connection;
+
+// One request on a connection, from parse to answer.
+struct Exchange {
+  Connection* connection = nullptr;  // null once the connection is gone
+  std::string method = "-";
+  std::string path = "-";
+  bool head = false;
+  bool http10 = false;
+  bool keep_alive = true;
+  uint64_t started_ns = 0;
+  bool ready = false;
+  http::Response response;
+};
+
+class Server {
+ public:
+  Server(PoolClient* client, Options options)
+      : client_(client), options_(std::move(options)) {}
+
+  bool Listen(int fd, std::string* error);
+  void Stop();
+  void Track(Connection* connection) { connections_.insert(connection); }
+  void Forget(Connection* connection) { connections_.erase(connection); }
+  // False when GROUP would be one name too many (see kMaxGroupNames).
+  bool AdmitGroup(const std::string& group) {
+    if (groups_.count(group) != 0) return true;
+    if (groups_.size() >= kMaxGroupNames) return false;
+    groups_.insert(group);
+    return true;
+  }
+
+  PoolClient* client() const { return client_; }
+  uv_loop_t* loop() const { return client_->loop(); }
+  const Options& options() const { return options_; }
+  bool stopping() const { return stopping_; }
+
+ private:
+  static void OnConnection(uv_stream_t* listener, int status);
+
+  PoolClient* client_;
+  Options options_;
+  std::vector<StreamHandle*> listeners_;
+  std::set<Connection*> connections_;
+  std::set<std::string> groups_;
+  bool stopping_ = false;
+  bool accept_error_logged_ = false;
+};
+
+class Connection {
+ public:
+  // Accepts one connection from LISTENER and starts reading from it.
+  static void Accept(Server* server, uv_stream_t* listener);
+  // The pool asks this process to stop: finish what was asked, then close.
+  void Drain();
+
+ private:
+  enum class State {
+    kOpen,        // reading requests
+    kLastAnswer,  // no more requests: answer those in the pipeline, then end
+    kLingering,   // answers sent and write side shut: draining input
+    kClosed,
+  };
+
+  struct WriteRequest {
+    uv_write_t request;
+    Connection* connection;
+    std::string data;
+  };
+
+  uv_stream_t* stream() { return &handle_.stream; }
+  uint64_t now() const { return uv_now(server_->loop()); }
+
+  void OnRead(ssize_t nread, const uv_buf_t* buf);
+  void ProcessInput();
+  void StartExchange(http::Request request, uint64_t started_ns);
+  void Answer(const std::shared_ptr<Exchange>& exchange,
+              http::Response response);
+  void AnswerError(const std::shared_ptr<Exchange>& exchange, int status,
+                   std::string_view text, int code = 0);
+  void OnReply(const std::shared_ptr<Exchange>& exchange, Reply reply);
+  // An answer that ends the connection, after those already in the pipeline.
+  void EndWith(int status, std::string_view text);
+  void Flush();
+  void Write(std::string data);
+  void OnWritten(int status);
+  void StartLinger();
+  void UpdateReading();
+  void ArmTimer();
+  void OnTimer();
+  void Close();
+  void LogAccess(const Exchange& exchange, int status, std::size_t bytes);
+
+  Connection(Server* server)
+      : server_(server),
+        parser_(http::ParserLimits{server->options().max_body}) {}
+
+  Server* server_;
+  StreamHandle handle_;
+  uv_timer_t timer_;
+  uv_shutdown_t shutdown_;
+  int open_handles_ = 0;
+  State state_ = State::kOpen;
+  http::RequestParser parser_;
+  std::string input_;  // received, not yet parsed (the pipeline is full)
+  std::deque<std::shared_ptr<Exchange>> pipeline_;
+  std::string remote_ = "-";
+  bool reading_ = false;
+  bool processing_ = false;  // inside ProcessInput (no re-entry)
+  bool served_one_ = false;
+  uint64_t request_started_ns_ = 0;  // of the request being received
+  uint64_t idle_since_ = 0;          // ms, loop time
+  uint64_t request_deadline_ = 0;    // ms; 0: no request being received
+  uint64_t write_deadline_ = 0;      // ms; while writes are pending
+  uint64_t linger_deadline_ = 0;     // ms; while lingering
+  std::size_t writes_pending_ = 0;
+};
+
+// ---------------------------------------------------------------- server
+
+bool Server::Listen(int fd, std::string* error) {
+  if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, /*listening=*/1) <= 0) {
+    *error = "http-reactor: fd " + std::to_string(fd) +
+             " is not a listening stream socket";
+    return false;
+  }
+  sockaddr_storage address{};
+  socklen_t length = sizeof(address);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+    *error = "http-reactor: getsockname on fd " + std::to_string(fd) + ": " +
+             std::strerror(errno);
+    return false;
+  }
+  auto* listener = new StreamHandle;
+  int rc;
+  const bool is_unix = address.ss_family == AF_UNIX;
+  if (is_unix) {
+    uv_pipe_init(loop(), &listener->pipe, 0);
+    rc = uv_pipe_open(&listener->pipe, fd);
+  } else {
+    uv_tcp_init(loop(), &listener->tcp);
+    rc = uv_tcp_open(&listener->tcp, fd);
+  }
+  listener->handle.data = this;
+  if (rc == 0) rc = uv_listen(&listener->stream, SOMAXCONN, OnConnection);
+  if (rc != 0) {
+    *error = "http-reactor: cannot listen on fd " + std::to_string(fd) + ": " +
+             uv_strerror(rc);
+    uv_close(&listener->handle,
+             [](uv_handle_t* h) { delete reinterpret_cast<StreamHandle*>(h); });
+    return false;
+  }
+  listeners_.push_back(listener);
+  return true;
+}
+
+void Server::OnConnection(uv_stream_t* listener, int status) {
+  auto* self = static_cast<Server*>(listener->data);
+  if (status < 0) {
+    // EMFILE and the like: keep serving who we have; say it once.
+    if (!self->accept_error_logged_) {
+      std::fprintf(stderr, "http-reactor: accept: %s\n", uv_strerror(status));
+      self->accept_error_logged_ = true;
+    }
+    return;
+  }
+  Connection::Accept(self, listener);
+}
+
+void Server::Stop() {
+  if (stopping_) return;
+  stopping_ = true;
+  // The Watcher keeps the listening sockets: connections not accepted here
+  // wait in the backlog for the next reactor.
+  for (StreamHandle* listener : listeners_) {
+    uv_close(&listener->handle,
+             [](uv_handle_t* h) { delete reinterpret_cast<StreamHandle*>(h); });
+  }
+  listeners_.clear();
+  std::vector<Connection*> open(connections_.begin(), connections_.end());
+  for (Connection* connection : open) connection->Drain();
+}
+
+// ---------------------------------------------------------------- connection
+
+void Connection::Accept(Server* server, uv_stream_t* listener) {
+  auto* self = new Connection(server);
+  const bool tcp = listener->type == UV_TCP;
+  if (tcp) {
+    uv_tcp_init(server->loop(), &self->handle_.tcp);
+  } else {
+    uv_pipe_init(server->loop(), &self->handle_.pipe, 0);
+  }
+  self->handle_.handle.data = self;
+  uv_timer_init(server->loop(), &self->timer_);
+  self->timer_.data = self;
+  self->open_handles_ = 2;
+  server->Track(self);
+  if (uv_accept(listener, self->stream()) != 0) {
+    self->Close();
+    return;
+  }
+  if (tcp) {
+    uv_tcp_nodelay(&self->handle_.tcp, 1);
+    sockaddr_storage peer{};
+    int length = sizeof(peer);
+    if (uv_tcp_getpeername(&self->handle_.tcp,
+                           reinterpret_cast<sockaddr*>(&peer), &length) == 0) {
+      char host[INET6_ADDRSTRLEN + 2] = "";
+      int port = 0;
+      if (peer.ss_family == AF_INET) {
+        auto* v4 = reinterpret_cast<sockaddr_in*>(&peer);
+        uv_ip4_name(v4, host, sizeof(host));
+        port = ntohs(v4->sin_port);
+        self->remote_ = std::string(host) + ":" + std::to_string(port);
+      } else if (peer.ss_family == AF_INET6) {
+        auto* v6 = reinterpret_cast<sockaddr_in6*>(&peer);
+        uv_ip6_name(v6, host, sizeof(host));
+        port = ntohs(v6->sin6_port);
+        self->remote_ = "[" + std::string(host) + "]:" + std::to_string(port);
+      }
+    }
+  } else {
+    self->remote_ = "unix";
+  }
+  self->idle_since_ = self->now();
+  self->UpdateReading();
+  self->ArmTimer();
+}
+
+void Connection::Drain() {
+  if (state_ != State::kOpen) return;
+  if (parser_.in_request()) {
+    // Let the request being received arrive; it is the last one (the
+    // server is stopping) and its answer closes the connection.
+    return;
+  }
+  if (pipeline_.empty() && writes_pending_ == 0) {
+    Close();  // idle keep-alive connection
+    return;
+  }
+  state_ = State::kLastAnswer;
+  input_.clear();
+  Flush();
+}
+
+void Connection::OnRead(ssize_t nread, const uv_buf_t* buf) {
+  if (state_ == State::kClosed || nread == 0) return;
+  if (nread < 0) {
+    reading_ = false;  // libuv stops reading at EOF and errors
+    if (nread == UV_EOF && state_ == State::kOpen && !pipeline_.empty()) {
+      // The client finished sending: answer what it asked, then end.
+      state_ = State::kLastAnswer;
+      input_.clear();
+      Flush();
+      return;
+    }
+    if (nread == UV_EOF && state_ == State::kLastAnswer) {
+      Flush();  // answers still owed; the write side may still be open
+      return;
+    }
+    Close();
+    return;
+  }
+  if (state_ != State::kOpen) return;  // lingering: discard
+  input_.append(buf->base, static_cast<std::size_t>(nread));
+  ProcessInput();
+}
+
+void Connection::ProcessInput() {
+  if (processing_ || state_ == State::kClosed) return;
+  processing_ = true;
+  const uint64_t chunk_started_ns = uv_hrtime();
+  const std::size_t max_pipeline = server_->options().max_pipeline;
+  while (state_ == State::kOpen && !input_.empty() &&
+         pipeline_.size() < max_pipeline) {
+    const bool continuing = parser_.in_request();
+    std::size_t used = 0;
+    http::RequestParser::Result result = parser_.Feed(input_, &used);
+    input_.erase(0, used);
+    if (parser_.TakeContinueWanted() && pipeline_.empty()) {
+      Write("HTTP/1.1 100 Continue\r\n\r\n");
+    }
+    if (result == http::RequestParser::Result::kNeedMore) break;
+    request_deadline_ = 0;
+    if (result == http::RequestParser::Result::kError) {
+      input_.clear();
+      EndWith(parser_.error_status(), parser_.error_text());
+      break;
+    }
+    StartExchange(parser_.TakeRequest(),
+                  continuing ? request_started_ns_ : chunk_started_ns);
+  }
+  processing_ = false;
+  if (state_ == State::kOpen) {
+    if (!parser_.in_request()) {
+      request_deadline_ = 0;
+    } else if (request_deadline_ == 0) {
+      request_deadline_ = now() + server_->options().read_timeout_ms;
+      request_started_ns_ = chunk_started_ns;
+    }
+  }
+  UpdateReading();
+  ArmTimer();
+}
+
+void Connection::StartExchange(http::Request request, uint64_t started_ns) {
+  auto exchange = std::make_shared<Exchange>();
+  exchange->connection = this;
+  exchange->method = request.method;
+  exchange->path = request.target;
+  exchange->head = request.head;
+  exchange->http10 = request.http_major == 1 && request.http_minor == 0;
+  exchange->keep_alive = request.keep_alive && !server_->stopping();
+  exchange->started_ns = started_ns;
+  pipeline_.push_back(exchange);
+  served_one_ = true;
+  if (!exchange->keep_alive) {
+    state_ = State::kLastAnswer;  // parse nothing after this one
+    input_.clear();
+  }
+
+  http::Route route = http::RouteRequest(request);
+  switch (route.kind) {
+    case http::Route::Kind::kHealth: {
+      if (server_->stopping()) {
+        AnswerError(exchange, 503, "stopping");
+        return;
+      }
+      http::Response response;
+      response.body = "ok\n";
+      Answer(exchange, std::move(response));
+      return;
+    }
+    case http::Route::Kind::kNotFound:
+      AnswerError(exchange, 404, "no such resource: " + request.path);
+      return;
+    case http::Route::Kind::kMethodNotAllowed: {
+      http::Response response;
+      response.status = 405;
+      response.content_type = "application/json";
+      response.body = http::ErrorJson("method " + request.method +
+                                      " is not allowed on " + request.path);
+      response.headers.emplace_back("Allow", route.allow);
+      Answer(exchange, std::move(response));
+      return;
+    }
+    case http::Route::Kind::kJob:
+      break;
+  }
+  SendOptions options;
+  if (!http::ParsePriority(request, &options.priority)) {
+    AnswerError(exchange, 400, "X-Priority must be a 32-bit integer");
+    return;
+  }
+  if (!server_->AdmitGroup(route.group)) {
+    AnswerError(exchange, 404,
+                "no such group: " + route.group + " (too many names tried)",
+                static_cast<int>(wire::ErrorCode::kRefused));
+    return;
+  }
+  options.meta = http::RequestMeta(request, remote_);
+  server_->client()->Send(
+      route.group, request.body,
+      [exchange](Reply reply) {
+        if (Connection* connection = exchange->connection) {
+          connection->OnReply(exchange, std::move(reply));
+        }
+      },
+      std::move(options));
+}
+
+void Connection::OnReply(const std::shared_ptr<Exchange>& exchange,
+                         Reply reply) {
+  http::Response response;
+  if (reply.ok) {
+    std::string type = http::ReplyContentType(reply.meta);
+    response.content_type =
+        type.empty() ? "application/octet-stream" : std::move(type);
+    response.body = std::move(reply.body);
+  } else {
+    response.status = http::StatusForError(reply.code);
+    response.content_type = "application/json";
+    response.body = http::ErrorJson(reply.body, static_cast<int>(reply.code));
+    if (reply.code == wire::ErrorCode::kQueueFull) {
+      response.headers.emplace_back("Retry-After", "1");
+    }
+  }
+  Answer(exchange, std::move(response));
+}
+
+void Connection::Answer(const std::shared_ptr<Exchange>& exchange,
+                        http::Response response) {
+  if (exchange->connection != this || exchange->ready) return;
+  exchange->response = std::move(response);
+  exchange->ready = true;
+  Flush();
+}
+
+void Connection::AnswerError(const std::shared_ptr<Exchange>& exchange,
+                             int status, std::string_view text, int code) {
+  http::Response response;
+  response.status = status;
+  response.content_type = "application/json";
+  response.body = http::ErrorJson(text, code);
+  Answer(exchange, std::move(response));
+}
+
+void Connection::EndWith(int status, std::string_view text) {
+  auto exchange = std::make_shared<Exchange>();
+  exchange->connection = this;
+  exchange->keep_alive = false;
+  exchange->started_ns = uv_hrtime();
+  pipeline_.push_back(exchange);
+  state_ = State::kLastAnswer;
+  input_.clear();
+  AnswerError(exchange, status, text);
+}
+
+void Connection::Flush() {
+  if (state_ == State::kClosed || state_ == State::kLingering) return;
+  std::string out;
+  while (!pipeline_.empty() && pipeline_.front()->ready) {
+    std::shared_ptr<Exchange> exchange = std::move(pipeline_.front());
+    pipeline_.pop_front();
+    const bool last =
+        !exchange->keep_alive || (state_ != State::kOpen && pipeline_.empty());
+    out += http::FormatResponse(exchange->response, !last, exchange->http10,
+                                exchange->head);
+    LogAccess(*exchange, exchange->response.status,
+              exchange->head ? 0 : exchange->response.body.size());
+    exchange->connection = nullptr;
+    exchange->response = http::Response{};
+  }
+  if (!out.empty()) Write(std::move(out));
+  if (state_ == State::kClosed) return;
+  if (state_ == State::kLastAnswer && pipeline_.empty()) {
+    StartLinger();
+    return;
+  }
+  if (state_ == State::kOpen && pipeline_.empty()) idle_since_ = now();
+  if (!processing_ && state_ == State::kOpen && !input_.empty()) {
+    ProcessInput();  // requests read ahead while the pipeline was full
+    return;
+  }
+  UpdateReading();
+  ArmTimer();
+}
+
+void Connection::Write(std::string data) {
+  auto* write = new WriteRequest;
+  write->data = std::move(data);
+  write->request.data = write;
+  write->connection = this;
+  uv_buf_t buf = uv_buf_init(write->data.data(),
+                             static_cast<unsigned int>(write->data.size()));
+  int rc = uv_write(&write->request, stream(), &buf, 1,
+                    [](uv_write_t* request, int status) {
+                      auto* write = static_cast<WriteRequest*>(request->data);
+                      Connection* self = write->connection;
+                      delete write;
+                      self->OnWritten(status);
+                    });
+  if (rc != 0) {
+    delete write;
+    Close();
+    return;
+  }
+  if (writes_pending_++ == 0) {
+    write_deadline_ = now() + server_->options().write_timeout_ms;
+  }
+}
+
+void Connection::OnWritten(int status) {
+  --writes_pending_;
+  if (state_ == State::kClosed) return;
+  if (status < 0) {
+    Close();
+    return;
+  }
+  // Progress: the client reads; give it a new deadline for the rest.
+  write_deadline_ =
+      writes_pending_ > 0 ? now() + server_->options().write_timeout_ms : 0;
+  if (!processing_ && state_ == State::kOpen && !input_.empty()) {
+    ProcessInput();
+    return;
+  }
+  UpdateReading();
+  ArmTimer();
+}
+
+void Connection::StartLinger() {
+  state_ = State::kLingering;
+  input_.clear();
+  shutdown_.data = this;
+  int rc =
+      uv_shutdown(&shutdown_, stream(), [](uv_shutdown_t* request, int status) {
+        auto* self = static_cast<Connection*>(request->data);
+        if (self->state_ != State::kClosed && status < 0) self->Close();
+      });
+  if (rc != 0) {
+    Close();
+    return;
+  }
+  linger_deadline_ = now() + kLingerMs;
+  UpdateReading();
+  ArmTimer();
+}
+
+void Connection::UpdateReading() {
+  if (state_ == State::kClosed) return;
+  bool want = false;
+  if (state_ == State::kLingering) {
+    want = true;
+  } else if (state_ == State::kOpen) {
+    want = input_.empty() &&
+           pipeline_.size() < server_->options().max_pipeline &&
+           uv_stream_get_write_queue_size(stream()) < kMaxWriteBacklog;
+  }
+  if (want && !reading_) {
+    int rc = uv_read_start(
+        stream(),
+        [](uv_handle_t*, std::size_t, uv_buf_t* buf) {
+          static char buffer[64 * 1024];
+          *buf = uv_buf_init(buffer, sizeof(buffer));
+        },
+        [](uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
+          static_cast<Connection*>(stream->data)->OnRead(nread, buf);
+        });
+    if (rc == 0) {
+      reading_ = true;
+    } else {
+      Close();
+    }
+  } else if (!want && reading_) {
+    uv_read_stop(stream());
+    reading_ = false;
+  }
+}
+
+void Connection::ArmTimer() {
+  if (state_ == State::kClosed) return;
+  const Options& options = server_->options();
+  uint64_t deadline = UINT64_MAX;
+  auto consider = [&deadline](uint64_t at) {
+    if (at != 0) deadline = std::min(deadline, at);
+  };
+  if (state_ == State::kLingering) consider(linger_deadline_);
+  if (writes_pending_ > 0) consider(write_deadline_);
+  if (state_ == State::kOpen) {
+    if (request_deadline_ != 0) {
+      consider(request_deadline_);
+    } else if (pipeline_.empty() && writes_pending_ == 0) {
+      consider(idle_since_ + (served_one_ ? options.idle_timeout_ms
+                                          : options.read_timeout_ms));
+    }
+  }
+  if (deadline == UINT64_MAX) {
+    uv_timer_stop(&timer_);
+    return;
+  }
+  const uint64_t current = now();
+  uv_timer_start(
+      &timer_,
+      [](uv_timer_t* timer) {
+        static_cast<Connection*>(timer->data)->OnTimer();
+      },
+      deadline > current ? deadline - current : 0, 0);
+}
+
+void Connection::OnTimer() {
+  if (state_ == State::kClosed) return;
+  const Options& options = server_->options();
+  const uint64_t current = now();
+  if (state_ == State::kLingering && current >= linger_deadline_) {
+    Close();
+    return;
+  }
+  if (writes_pending_ > 0 && current >= write_deadline_) {
+    std::fprintf(stderr,
+                 "http-reactor: %s does not read its answers; closed after "
+                 "%llums\n",
+                 remote_.c_str(),
+                 static_cast<unsigned long long>(options.write_timeout_ms));
+    Close();
+    return;
+  }
+  if (state_ == State::kOpen) {
+    if (request_deadline_ != 0 && current >= request_deadline_) {
+      request_deadline_ = 0;
+      EndWith(408, "request not received within " +
+                       std::to_string(options.read_timeout_ms) + "ms");
+      return;
+    }
+    if (request_deadline_ == 0 && pipeline_.empty() && writes_pending_ == 0 &&
+        current >= idle_since_ + (served_one_ ? options.idle_timeout_ms
+                                              : options.read_timeout_ms)) {
+      Close();
+      return;
+    }
+  }
+  ArmTimer();
+}
+
+void Connection::Close() {
+  if (state_ == State::kClosed) return;
+  state_ = State::kClosed;
+  for (const std::shared_ptr<Exchange>& exchange : pipeline_) {
+    exchange->connection = nullptr;
+    LogAccess(*exchange, 499, 0);  // nginx's "client closed request"
+  }
+  pipeline_.clear();
+  input_.clear();
+  auto on_closed = [](uv_handle_t* handle) {
+    auto* self = static_cast<Connection*>(handle->data);
+    if (--self->open_handles_ == 0) {
+      self->server_->Forget(self);
+      delete self;
+    }
+  };
+  uv_close(&handle_.handle, on_closed);
+  uv_close(reinterpret_cast<uv_handle_t*>(&timer_), on_closed);
+}
+
+void Connection::LogAccess(const Exchange& exchange, int status,
+                           std::size_t bytes) {
+  const uint64_t elapsed_us =
+      exchange.started_ns == 0 ? 0 : (uv_hrtime() - exchange.started_ns) / 1000;
+  std::printf("%s %s %d %zu %lluus %s\n", LogSafe(exchange.method).c_str(),
+              LogSafe(exchange.path).c_str(), status, bytes,
+              static_cast<unsigned long long>(elapsed_us), remote_.c_str());
+}
+
+}  // namespace
+
+int RunHttpReactor(const std::vector<std::string>& args) {
+  Options options;
+  std::string error;
+  if (!ParseOptions(args, &options, &error)) {
+    bool help = error == kUsage;
+    std::fprintf(help ? stdout : stderr, "%s\n", error.c_str());
+    return help ? 0 : 1;
+  }
+  // The Watcher reads our stdout line by line: one access line at a time.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+
+  std::vector<int> fds;
+  std::vector<std::string> names;
+  char** fd_names = nullptr;
+  int inherited = sd_listen_fds_with_names(/*unset_environment=*/1, &fd_names);
+  if (inherited < 0) {
+    std::fprintf(stderr, "http-reactor: bad LISTEN_FDS: %s\n",
+                 std::strerror(-inherited));
+    return 2;
+  }
+  for (int i = 0; i < inherited; ++i) {
+    fds.push_back(SD_LISTEN_FDS_START + i);
+    names.push_back(fd_names != nullptr && fd_names[i] != nullptr
+                        ? fd_names[i]
+                        : "fd " + std::to_string(SD_LISTEN_FDS_START + i));
+  }
+  if (fd_names != nullptr) {
+    for (char** name = fd_names; *name != nullptr; ++name) free(*name);
+    free(fd_names);
+  }
+  if (inherited == 0) {
+    for (const std::string& text : options.listen) {
+      Result<ListenAddress> address = ParseListenAddress(text);
+      if (!address.ok()) {
+        std::fprintf(stderr, "http-reactor: --listen %s: %s\n", text.c_str(),
+                     address.status().message().c_str());
+        return 1;
+      }
+      Result<int> fd = BindListenSocket(*address);
+      if (!fd.ok()) {
+        std::fprintf(stderr, "http-reactor: %s\n",
+                     fd.status().message().c_str());
+        return 2;
+      }
+      fds.push_back(*fd);
+      names.push_back(text);
+    }
+  }
+  if (fds.empty()) {
+    std::fprintf(stderr,
+                 "http-reactor: no socket to listen on: give its reactor group "
+                 "a `listen:` list (the Watcher passes LISTEN_FDS), or pass "
+                 "--listen HOST:PORT\n");
+    return 1;
+  }
+
+  std::unique_ptr<PoolClient> client =
+      PoolClient::FromEnvironment(nullptr, &error);
+  if (!client) {
+    std::fprintf(stderr, "%s\n", error.c_str());
+    return 2;
+  }
+  Server server(client.get(), options);
+  for (int fd : fds) {
+    if (!server.Listen(fd, &error)) {
+      std::fprintf(stderr, "%s\n", error.c_str());
+      return 2;
+    }
+  }
+  client->OnStop([&server] { server.Stop(); });
+  std::string joined;
+  for (const std::string& name : names) {
+    joined += (joined.empty() ? "" : ", ") + name;
+  }
+  std::fprintf(stderr, "http-reactor: serving HTTP on %s\n", joined.c_str());
+  return client->Run();
+}
+
+}  // namespace workerpool

@@ -1,0 +1,695 @@
+// `workerpool builtin rabbitmq-service`.
+//
+// Design: two threads.
+//
+//   The loop thread runs the PoolClient (which is loop-thread-only): it
+//   turns each delivery into a request to the target group, and decides
+//   from the reply what becomes of the delivery (ack, retry, dead letter).
+//
+//   The AMQP thread (children/amqp_session.cc) owns the librabbitmq
+//   connection and does every blocking call: connect, login, declares,
+//   publishes, acks. It hands deliveries to the loop through a uv_async_t and
+//   takes settle/publish commands back through a queue and an eventfd.
+//
+// Why not poll the AMQP socket from the loop (uv_poll_t + zero-timeout
+// reads)? librabbitmq is blocking everywhere but in its reads: connect and
+// the DNS lookup, the login handshake, every RPC (queue.declare, basic.qos,
+// basic.cancel), and every write (a publish blocks while RabbitMQ's flow
+// control or a memory alarm stops reading the socket, which can last
+// minutes). On the loop thread any of these would stall the pool channel:
+// no replies from jobs, no heartbeats to the Watcher (which then kills the
+// service as hung: a crash loop caused by the broker). One thread keeps all
+// of that away from the loop at the price of one queue each way.
+//
+// At-least-once: a delivery is acked only after its job succeeded and every
+// message published on its behalf (RPC reply, retry copy, dead letter) was
+// confirmed by RabbitMQ (publisher confirms). A kill at any point leaves it
+// unacked, and RabbitMQ redelivers it.
+//
+// Retries: on an error reply (or the job died, or timed out) the delivery is
+// held, unacked, for an exponential backoff; then a copy with
+// x-workerpool-retries + 1 is published to the same queue and, once
+// confirmed, the original is acked. A held delivery keeps its prefetch slot,
+// which slows intake while jobs fail, as it should. After max_retries the
+// message goes to dead_letter_queue (declared durable) with
+// x-workerpool-error, -error-code, -retries and -queue, then is acked;
+// without a dead_letter_queue it is rejected (RabbitMQ then applies the
+// queue's own dead-letter exchange, if it has one). A body that cannot fit a
+// pool frame is dead-lettered at once. "No live job", "queue full" and
+// "route refused" are not the message's fault: it is held and sent again
+// after a pause, without counting a retry.
+//
+// RPC: a delivery with reply_to gets the job's reply published there with
+// its correlation_id (x-workerpool-status: ok), progress updates as
+// messages with x-workerpool-status: progress and x-workerpool-progress (the
+// fraction; the text is the body), and a final failure as
+// x-workerpool-status: error with x-workerpool-error.
+//
+// Stop (SIGTERM, drain): cancel the consumers, finish the requests in
+// flight (publishing their acks, retry copies and dead letters; deliveries
+// in backoff get their retry copy now), close the connection, return.
+#include "children/rabbitmq_service.h"
+
+#include <uv.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+
+#include "children/amqp_session.h"
+#include "core/amqp_message.h"
+#include "core/amqp_retry.h"
+#include "core/amqp_service_config.h"
+#include "core/frame_codec.h"
+#include "workerpool/client.h"
+
+namespace workerpool {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+// Pauses before sending a delivery again when the target group cannot take
+// it (no live process, queue full): 200ms doubling to 5s.
+const AmqpBackoff kResendBackoff{Duration(200), Duration(5000), 2.0, 0.2};
+
+struct QueueFigures {
+  std::uint64_t deliveries = 0, redelivered = 0, acks = 0, retries = 0,
+                dead_letters = 0, rejected = 0, requeued = 0;
+  long messages = -1, consumers = -1;  // -1: not looked at yet
+};
+
+// A delivery between its arrival and its settle command.
+struct HoldTimer;
+
+struct Work {
+  std::unique_ptr<AmqpDelivery> delivery;
+  std::string meta;  // the request's meta, built once
+  int retries = 0;   // x-workerpool-retries on arrival
+  int resends = 0;   // pauses for a group that could not take it
+  bool in_request = false;
+  enum class Hold { kNone, kRetry, kResend } hold = Hold::kNone;
+  HoldTimer* timer = nullptr;
+  std::string error;  // of the last failed attempt
+  wire::ErrorCode code = wire::ErrorCode::kHandlerError;
+};
+
+using WorkKey = std::pair<std::uint64_t, std::uint64_t>;  // generation, tag
+
+class Service;
+
+struct HoldTimer {
+  uv_timer_t handle;
+  Service* service;
+  WorkKey key;
+};
+
+// At most one line a second per kind; counts what it held back.
+class LineLimiter {
+ public:
+  void Log(const std::string& line) {
+    auto now = Clock::now();
+    if (logged_once_ && now - last_ < std::chrono::seconds(1)) {
+      ++held_back_;
+      return;
+    }
+    std::string text = line;
+    if (held_back_ > 0) {
+      text += " (" + std::to_string(held_back_) +
+              " similar lines not logged in the last second)";
+    }
+    AmqpLog(text);
+    logged_once_ = true;
+    last_ = now;
+    held_back_ = 0;
+  }
+
+ private:
+  bool logged_once_ = false;
+  Clock::time_point last_{};
+  int held_back_ = 0;
+};
+
+std::string Describe(const AmqpDelivery& delivery) {
+  std::string text = "message";
+  if (delivery.properties.message_id) {
+    text += " '" + *delivery.properties.message_id + "'";
+  } else if (delivery.properties.correlation_id) {
+    text += " (correlation_id '" + *delivery.properties.correlation_id + "')";
+  }
+  return text + " from '" + delivery.queue + "'";
+}
+
+std::string OneLine(std::string text) {
+  for (char& c : text) {
+    if (c == '\n' || c == '\r') c = ' ';
+  }
+  if (text.size() > 300) text = text.substr(0, 300) + "...";
+  return text;
+}
+
+class Service {
+ public:
+  Service(PoolClient* client, AmqpServiceConfig config)
+      : client_(client),
+        config_(std::move(config)),
+        rng_(std::random_device{}()) {
+    for (const std::string& queue : config_.queues) figures_[queue];
+  }
+
+  void Start() {
+    uv_loop_t* loop = client_->loop();
+    uv_async_init(loop, &async_, [](uv_async_t* handle) {
+      static_cast<Service*>(handle->data)->OnEvents();
+    });
+    async_.data = this;
+    uv_timer_init(loop, &stats_timer_);
+    stats_timer_.data = this;
+    session_ = std::make_unique<AmqpSession>(
+        config_, [this] { uv_async_send(&async_); });
+    client_->OnStop([this] { BeginStop(); });
+    std::string queues;
+    for (const std::string& queue : config_.queues) {
+      queues += (queues.empty() ? "'" : ", '") + queue + "'";
+    }
+    AmqpLog("starting: " + queues + " on " + config_.url.Redacted() +
+            " -> group '" + config_.target + "' (max_retries " +
+            std::to_string(config_.max_retries) + ", dead letters " +
+            (config_.dead_letter_queue.empty()
+                 ? std::string("rejected to the queue's own DLX, if any")
+                 : "to '" + config_.dead_letter_queue + "'") +
+            ")");
+    MarkDirty();
+    session_->Start();
+  }
+
+  void OnHoldTimer(HoldTimer* timer) {
+    WorkKey key = timer->key;
+    CloseTimer(timer);
+    auto found = works_.find(key);
+    if (found == works_.end()) return;
+    Work* work = found->second.get();
+    work->timer = nullptr;
+    Work::Hold hold = work->hold;
+    work->hold = Work::Hold::kNone;
+    if (Stale(*work)) {
+      EraseWork(key);
+      return;
+    }
+    if (hold == Work::Hold::kRetry) {
+      PublishRetry(key);
+    } else {
+      SendRequest(key);
+    }
+  }
+
+ private:
+  // ------------------------------------------------------------ events
+
+  void OnEvents() {
+    for (AmqpEvent& event : session_->TakeEvents()) {
+      switch (event.type) {
+        case AmqpEvent::Type::kConnected:
+          if (ever_connected_) ++reconnects_;
+          ever_connected_ = true;
+          generation_ = event.generation;
+          connected_ = true;
+          state_ = stopping_ ? "stopping" : "connected";
+          MarkDirty();
+          break;
+        case AmqpEvent::Type::kDisconnected:
+          OnDisconnected(event.text);
+          break;
+        case AmqpEvent::Type::kDelivery:
+          OnDelivery(std::move(event.delivery));
+          break;
+        case AmqpEvent::Type::kSettled: {
+          QueueFigures& figures = figures_[event.queue];
+          switch (event.outcome) {
+            case AmqpOutcome::kAcked:
+              ++figures.acks;
+              break;
+            case AmqpOutcome::kRetried:
+              ++figures.retries;
+              break;
+            case AmqpOutcome::kDeadLettered:
+              ++figures.dead_letters;
+              break;
+            case AmqpOutcome::kRejected:
+              ++figures.rejected;
+              break;
+            case AmqpOutcome::kRequeued:
+              ++figures.requeued;
+              break;
+          }
+          MarkDirty();
+          break;
+        }
+        case AmqpEvent::Type::kQueueStats: {
+          QueueFigures& figures = figures_[event.queue];
+          figures.messages = event.messages;
+          figures.consumers = event.consumers;
+          MarkDirty();
+          break;
+        }
+        case AmqpEvent::Type::kStopped:
+          Finish();
+          return;
+      }
+    }
+  }
+
+  void OnDisconnected(const std::string& why) {
+    bool was_connected = connected_;
+    connected_ = false;
+    last_error_ = why;
+    state_ = stopping_ ? "stopping"
+                       : (ever_connected_ ? "reconnecting" : "connecting");
+    MarkDirty();
+    if (!was_connected) return;
+    // Every delivery of that connection is back in its queue. Held ones are
+    // forgotten now; those with a request out are forgotten when it ends.
+    int requests = 0;
+    std::vector<WorkKey> held;
+    for (auto& [key, work] : works_) {
+      if (work->in_request) {
+        ++requests;
+      } else {
+        held.push_back(key);
+      }
+    }
+    for (const WorkKey& key : held) EraseWork(key);
+    if (requests > 0) {
+      AmqpLog(std::to_string(requests) +
+              " requests in flight belong to the lost connection: RabbitMQ "
+              "redelivers their messages, so their results are dropped");
+    }
+    MaybeShutdown();
+  }
+
+  bool Stale(const Work& work) const {
+    return !connected_ || work.delivery->generation != generation_;
+  }
+
+  // ------------------------------------------------------------ deliveries
+
+  void OnDelivery(std::unique_ptr<AmqpDelivery> delivery) {
+    // Left unacked: RabbitMQ requeues it when the connection closes.
+    if (stopping_ || !connected_ || delivery->generation != generation_) {
+      return;
+    }
+    QueueFigures& figures = figures_[delivery->queue];
+    ++figures.deliveries;
+    if (delivery->redelivered) ++figures.redelivered;
+    MarkDirty();
+
+    WorkKey key{delivery->generation, delivery->tag};
+    auto owned = std::make_unique<Work>();
+    Work* work = owned.get();
+    work->retries = RetriesOf(delivery->properties);
+    work->meta =
+        RequestMeta(delivery->queue, delivery->exchange, delivery->routing_key,
+                    delivery->redelivered, work->retries, delivery->properties);
+    work->delivery = std::move(delivery);
+    works_[key] = std::move(owned);
+    if (!FrameFits(work->meta, work->delivery->body)) {
+      work->code = wire::ErrorCode::kTooLarge;
+      work->error = "message of " +
+                    std::to_string(work->delivery->body.size()) +
+                    " bytes (with " + std::to_string(work->meta.size()) +
+                    " bytes of properties) is over the pool's frame limit "
+                    "of " +
+                    std::to_string(wire::kMaxPayload) + " bytes";
+      DeadLetter(key);
+      return;
+    }
+    SendRequest(key);
+  }
+
+  void SendRequest(const WorkKey& key) {
+    Work* work = works_.at(key).get();
+    work->in_request = true;
+    const AmqpDelivery& delivery = *work->delivery;
+    SendOptions options;
+    options.meta = work->meta;
+    // AMQP: a higher priority first; the pool: a lower number first.
+    if (delivery.properties.priority) {
+      options.priority =
+          -static_cast<std::int32_t>(*delivery.properties.priority);
+    }
+    if (delivery.properties.reply_to) {
+      options.on_progress = [this, key](const Progress& progress) {
+        OnProgress(key, progress);
+      };
+    }
+    client_->Send(
+        config_.target, delivery.body,
+        [this, key](Reply reply) { OnReply(key, std::move(reply)); },
+        std::move(options));
+  }
+
+  void OnProgress(const WorkKey& key, const Progress& progress) {
+    auto found = works_.find(key);
+    if (found == works_.end() || Stale(*found->second)) return;
+    const AmqpDelivery& delivery = *found->second->delivery;
+    if (!delivery.properties.reply_to) return;
+    AmqpPublish publish;
+    publish.routing_key = *delivery.properties.reply_to;
+    publish.properties = ReplyProperties(delivery.properties, "progress");
+    SetHeader(&publish.properties, kProgressHeader,
+              AmqpValue::Double(progress.fraction));
+    publish.body = progress.text;
+    AmqpCommand command;
+    command.type = AmqpCommand::Type::kPublish;
+    command.publishes.push_back(std::move(publish));
+    session_->Post(std::move(command));
+  }
+
+  void OnReply(const WorkKey& key, Reply reply) {
+    auto found = works_.find(key);
+    if (found == works_.end()) return;
+    Work* work = found->second.get();
+    work->in_request = false;
+    if (Stale(*work)) {
+      EraseWork(key);
+      return;
+    }
+    if (reply.ok) {
+      std::vector<AmqpPublish> publishes;
+      if (work->delivery->properties.reply_to) {
+        AmqpPublish publish;
+        publish.routing_key = *work->delivery->properties.reply_to;
+        publish.properties = ReplyProperties(work->delivery->properties, "ok");
+        publish.body = std::move(reply.body);
+        publishes.push_back(std::move(publish));
+      }
+      Settle(key, AmqpOutcome::kAcked, std::move(publishes));
+      return;
+    }
+    work->error = reply.body;
+    work->code = reply.code;
+    switch (DecideOnFailure(reply.code, work->retries, config_.max_retries)) {
+      case AmqpFailureAction::kRetry: {
+        if (stopping_) {
+          PublishRetry(key);
+          return;
+        }
+        Duration delay = config_.retry_backoff.Delay(work->retries, Random01());
+        retry_log_.Log(Describe(*work->delivery) + " failed (" +
+                       ErrorCodeName(reply.code) + ": " + OneLine(reply.body) +
+                       "); retry " + std::to_string(work->retries + 1) +
+                       " of " + std::to_string(config_.max_retries) + " in " +
+                       FormatDuration(delay));
+        Hold(key, Work::Hold::kRetry, delay);
+        return;
+      }
+      case AmqpFailureAction::kDeadLetter:
+        DeadLetter(key);
+        return;
+      case AmqpFailureAction::kResend: {
+        if (stopping_) {
+          EraseWork(key);  // unacked: requeued when we close
+          return;
+        }
+        Duration delay = kResendBackoff.Delay(work->resends++, Random01());
+        resend_log_.Log("group '" + config_.target +
+                        "' cannot take requests now (" +
+                        ErrorCodeName(reply.code) + ": " + OneLine(reply.body) +
+                        "); holding " + Describe(*work->delivery) +
+                        " and sending it again in " + FormatDuration(delay));
+        Hold(key, Work::Hold::kResend, delay);
+        return;
+      }
+      case AmqpFailureAction::kAbandon:
+        EraseWork(key);
+        return;
+    }
+  }
+
+  void PublishRetry(const WorkKey& key) {
+    Work* work = works_.at(key).get();
+    AmqpPublish publish;
+    publish.routing_key = work->delivery->queue;
+    publish.properties = RetryProperties(
+        work->delivery->properties, work->retries + 1,
+        std::string(ErrorCodeName(work->code)) + ": " + work->error);
+    publish.body = std::move(work->delivery->body);
+    std::vector<AmqpPublish> publishes;
+    publishes.push_back(std::move(publish));
+    Settle(key, AmqpOutcome::kRetried, std::move(publishes));
+  }
+
+  void DeadLetter(const WorkKey& key) {
+    Work* work = works_.at(key).get();
+    AmqpDelivery& delivery = *work->delivery;
+    const std::string code = ErrorCodeName(work->code);
+    const std::string reason = code + ": " + work->error;
+    std::vector<AmqpPublish> publishes;
+    if (delivery.properties.reply_to) {
+      AmqpPublish publish;
+      publish.routing_key = *delivery.properties.reply_to;
+      publish.properties = ReplyProperties(delivery.properties, "error");
+      SetHeader(&publish.properties, kErrorHeader, AmqpValue::String(reason));
+      publish.body = reason;
+      publishes.push_back(std::move(publish));
+    }
+    AmqpOutcome outcome = AmqpOutcome::kRejected;
+    std::string where;
+    if (!config_.dead_letter_queue.empty()) {
+      AmqpPublish publish;
+      publish.routing_key = config_.dead_letter_queue;
+      publish.properties =
+          DeadLetterProperties(delivery.properties, work->retries, work->error,
+                               code, delivery.queue);
+      publish.body = std::move(delivery.body);
+      publishes.push_back(std::move(publish));
+      outcome = AmqpOutcome::kDeadLettered;
+      where = "dead-lettered to '" + config_.dead_letter_queue + "'";
+    } else {
+      where =
+          "rejected (no dead_letter_queue: the queue's own dead-letter "
+          "exchange gets it, if it has one)";
+    }
+    std::string after =
+        work->code == wire::ErrorCode::kTooLarge
+            ? ""
+            : " after " + std::to_string(work->retries) + " retries";
+    dead_log_.Log(Describe(delivery) + " " + where + after + ": " +
+                  OneLine(reason));
+    Settle(key, outcome, std::move(publishes));
+  }
+
+  void Settle(const WorkKey& key, AmqpOutcome outcome,
+              std::vector<AmqpPublish> publishes) {
+    Work* work = works_.at(key).get();
+    AmqpCommand command;
+    command.type = AmqpCommand::Type::kSettle;
+    command.generation = work->delivery->generation;
+    command.tag = work->delivery->tag;
+    command.queue = work->delivery->queue;
+    command.outcome = outcome;
+    command.publishes = std::move(publishes);
+    session_->Post(std::move(command));
+    EraseWork(key);
+  }
+
+  // ------------------------------------------------------------ holds
+
+  void Hold(const WorkKey& key, Work::Hold hold, Duration delay) {
+    Work* work = works_.at(key).get();
+    work->hold = hold;
+    auto* timer = new HoldTimer;
+    timer->service = this;
+    timer->key = key;
+    uv_timer_init(client_->loop(), &timer->handle);
+    timer->handle.data = timer;
+    uv_timer_start(
+        &timer->handle,
+        [](uv_timer_t* handle) {
+          auto* t = static_cast<HoldTimer*>(handle->data);
+          t->service->OnHoldTimer(t);
+        },
+        static_cast<std::uint64_t>(delay.count()), 0);
+    work->timer = timer;
+  }
+
+  static void CloseTimer(HoldTimer* timer) {
+    uv_timer_stop(&timer->handle);
+    uv_close(reinterpret_cast<uv_handle_t*>(&timer->handle),
+             [](uv_handle_t* handle) {
+               delete static_cast<HoldTimer*>(handle->data);
+             });
+  }
+
+  void EraseWork(const WorkKey& key) {
+    auto found = works_.find(key);
+    if (found == works_.end()) return;
+    if (found->second->timer != nullptr) CloseTimer(found->second->timer);
+    works_.erase(found);
+    MarkDirty();
+    MaybeShutdown();
+  }
+
+  // ------------------------------------------------------------ stopping
+
+  void BeginStop() {
+    if (stopping_) return;
+    stopping_ = true;
+    state_ = "stopping";
+    MarkDirty();
+    AmqpCommand stop;
+    stop.type = AmqpCommand::Type::kStopConsuming;
+    session_->Post(std::move(stop));
+    std::vector<WorkKey> retry_now, drop;
+    for (auto& [key, work] : works_) {
+      if (work->hold == Work::Hold::kRetry && !Stale(*work)) {
+        retry_now.push_back(key);
+      } else if (work->hold != Work::Hold::kNone) {
+        drop.push_back(key);
+      }
+    }
+    // A delivery in backoff gets its retry copy now, so its count is kept.
+    for (const WorkKey& key : retry_now) {
+      Work* work = works_.at(key).get();
+      CloseTimer(work->timer);
+      work->timer = nullptr;
+      work->hold = Work::Hold::kNone;
+      PublishRetry(key);
+    }
+    for (const WorkKey& key : drop) EraseWork(key);
+    MaybeShutdown();
+  }
+
+  void MaybeShutdown() {
+    if (!stopping_ || shutdown_sent_ || !works_.empty() || !session_) return;
+    shutdown_sent_ = true;
+    AmqpCommand command;
+    command.type = AmqpCommand::Type::kShutdown;
+    session_->Post(std::move(command));
+  }
+
+  void Finish() {
+    session_->Join();
+    state_ = "stopped";
+    PublishStats();
+    std::string summary;
+    for (const auto& [queue, f] : figures_) {
+      if (!summary.empty()) summary += "; ";
+      summary += "'" + queue + "': " + std::to_string(f.deliveries) +
+                 " deliveries, " + std::to_string(f.acks) + " acked, " +
+                 std::to_string(f.retries) + " retried, " +
+                 std::to_string(f.dead_letters + f.rejected) + " dead-lettered";
+    }
+    AmqpLog("stopped (" + summary + ")");
+    uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&stats_timer_), nullptr);
+  }
+
+  // ------------------------------------------------------------ figures
+
+  void MarkDirty() {
+    if (state_ == "stopped") return;
+    if (uv_is_active(reinterpret_cast<uv_handle_t*>(&stats_timer_))) return;
+    uv_timer_start(
+        &stats_timer_,
+        [](uv_timer_t* handle) {
+          static_cast<Service*>(handle->data)->PublishStats();
+        },
+        1000, 0);
+  }
+
+  void PublishStats() {
+    int requests = 0, held = 0;
+    for (const auto& [key, work] : works_) {
+      if (work->in_request) ++requests;
+      if (work->hold != Work::Hold::kNone) ++held;
+    }
+    json queues = json::object();
+    for (const auto& [queue, f] : figures_) {
+      queues[queue] = {
+          {"deliveries", f.deliveries},
+          {"redelivered", f.redelivered},
+          {"acks", f.acks},
+          {"retries", f.retries},
+          {"dead_letters", f.dead_letters},
+          {"rejected", f.rejected},
+          {"requeued", f.requeued},
+          {"messages", f.messages < 0 ? json(nullptr) : json(f.messages)},
+          {"consumers", f.consumers < 0 ? json(nullptr) : json(f.consumers)}};
+    }
+    json stats = {{"connection", state_},
+                  {"broker", config_.url.Describe()},
+                  {"target", config_.target},
+                  {"inflight", requests},
+                  {"held", held},
+                  {"reconnects", reconnects_},
+                  {"last_error", last_error_},
+                  {"queues", queues}};
+    client_->SetAppStats(DumpJson(stats));
+  }
+
+  double Random01() {
+    return std::uniform_real_distribution<double>(0.0, 1.0)(rng_);
+  }
+
+  PoolClient* client_;
+  AmqpServiceConfig config_;
+  std::unique_ptr<AmqpSession> session_;
+  uv_async_t async_;
+  uv_timer_t stats_timer_;
+  std::map<WorkKey, std::unique_ptr<Work>> works_;
+  std::uint64_t generation_ = 0;
+  bool connected_ = false;
+  bool ever_connected_ = false;
+  bool stopping_ = false;
+  bool shutdown_sent_ = false;
+  std::string state_ = "connecting";
+  std::string last_error_;
+  std::uint64_t reconnects_ = 0;
+  std::map<std::string, QueueFigures> figures_;
+  std::mt19937 rng_;
+  LineLimiter retry_log_, resend_log_, dead_log_;
+};
+
+}  // namespace
+
+int RunRabbitmqService(const std::vector<std::string>& args) {
+  if (!args.empty()) {
+    std::fprintf(stderr,
+                 "workerpool builtin rabbitmq-service: takes no arguments "
+                 "(got '%s'); its settings come from the group's rabbitmq: "
+                 "section\n",
+                 args.front().c_str());
+    return 1;
+  }
+  const char* text = std::getenv("WORKERPOOL_RABBITMQ");
+  if (text == nullptr || *text == '\0') {
+    std::fprintf(stderr,
+                 "workerpool builtin rabbitmq-service: WORKERPOOL_RABBITMQ is "
+                 "not set; this child is started by `workerpool run` for a "
+                 "service group with a rabbitmq: section\n");
+    return 1;
+  }
+  Result<AmqpServiceConfig> config = ParseAmqpServiceConfig(text);
+  if (!config.ok()) {
+    std::fprintf(stderr, "workerpool builtin rabbitmq-service: %s\n",
+                 config.status().message().c_str());
+    return 1;
+  }
+  std::string error;
+  std::unique_ptr<PoolClient> client =
+      PoolClient::FromEnvironment(nullptr, &error);
+  if (!client) {
+    std::fprintf(stderr, "%s\n", error.c_str());
+    return 2;
+  }
+  Service service(client.get(), std::move(*config));
+  service.Start();
+  return client->Run();
+}
+
+}  // namespace workerpool

@@ -1,0 +1,194 @@
+#include "core/restart_policy.h"
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <vector>
+
+namespace workerpool {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+// A fixed origin: the policy only looks at differences between readings.
+const TimePoint kStart = TimePoint() + std::chrono::hours(1000);
+
+RestartConfig Config(Duration initial, Duration max, Duration reset_after,
+                     int max_restarts, Duration period) {
+  RestartConfig config;
+  config.backoff.initial = initial;
+  config.backoff.max = max;
+  config.backoff.reset_after = reset_after;
+  config.intensity.max_restarts = max_restarts;
+  config.intensity.period = period;
+  return config;
+}
+
+// Intensity out of the way, to look at backoff alone.
+RestartConfig BackoffOnly(Duration initial, Duration max,
+                          Duration reset_after = seconds(10)) {
+  return Config(initial, max, reset_after, 1000000, seconds(1));
+}
+
+TEST_CASE("backoff: 0, initial, 2x, 4x ... capped at max") {
+  RestartPolicy policy(BackoffOnly(milliseconds(100), seconds(1)), 1);
+  TimePoint now = kStart;
+  std::vector<long> delays;
+  for (int i = 0; i < 8; ++i) {
+    TimePoint started = now;
+    now += milliseconds(10);  // dies quickly every time
+    RestartDecision decision = policy.OnChildExit(0, started, now);
+    CHECK_FALSE(decision.group_failed);
+    delays.push_back(static_cast<long>(decision.delay.count()));
+  }
+  CHECK(delays == std::vector<long>{0, 100, 200, 400, 800, 1000, 1000, 1000});
+  CHECK(policy.restarts() == 8);
+}
+
+TEST_CASE("backoff: max below initial still caps") {
+  RestartPolicy policy(BackoffOnly(seconds(5), seconds(2)), 1);
+  CHECK(policy.OnChildExit(0, kStart, kStart).delay == Duration(0));
+  CHECK(policy.OnChildExit(0, kStart, kStart).delay == seconds(2));
+}
+
+TEST_CASE("backoff: a long deep sequence neither overflows nor exceeds max") {
+  RestartPolicy policy(BackoffOnly(milliseconds(1), seconds(30)), 1);
+  Duration last{0};
+  for (int i = 0; i < 500; ++i) {
+    last = policy.OnChildExit(0, kStart, kStart).delay;
+    CHECK(last <= seconds(30));
+    CHECK(last >= Duration(0));
+  }
+  CHECK(last == seconds(30));
+}
+
+TEST_CASE("backoff: a huge max does not overflow the doubling") {
+  // Durations in the YAML go up to int64 milliseconds; doubling towards such
+  // a max used to overflow into a zero or negative delay.
+  RestartPolicy policy(BackoffOnly(milliseconds(1), Duration::max()), 1);
+  Duration previous{0};
+  for (int i = 0; i < 100; ++i) {
+    Duration delay = policy.OnChildExit(0, kStart, kStart).delay;
+    CAPTURE(i);
+    CHECK(delay >= previous);
+    previous = delay;
+  }
+  CHECK(previous == Duration::max());
+}
+
+TEST_CASE("backoff: a stable run resets the slot") {
+  RestartPolicy policy(BackoffOnly(milliseconds(100), seconds(30), seconds(10)),
+                       1);
+  TimePoint now = kStart;
+  CHECK(policy.OnChildExit(0, now, now).delay == Duration(0));
+  CHECK(policy.OnChildExit(0, now, now).delay == milliseconds(100));
+  CHECK(policy.OnChildExit(0, now, now).delay == milliseconds(200));
+
+  // Up for exactly reset_after: stable, so it restarts at once ...
+  TimePoint started = now;
+  now += seconds(10);
+  CHECK(policy.OnChildExit(0, started, now).delay == Duration(0));
+  // ... and the next quick death starts the sequence again.
+  CHECK(policy.OnChildExit(0, now, now).delay == milliseconds(100));
+
+  // Up just short of reset_after is not stable.
+  started = now;
+  now += seconds(10) - milliseconds(1);
+  CHECK(policy.OnChildExit(0, started, now).delay == milliseconds(200));
+}
+
+TEST_CASE("backoff is per slot") {
+  RestartPolicy policy(BackoffOnly(milliseconds(100), seconds(30)), 2);
+  CHECK(policy.OnChildExit(0, kStart, kStart).delay == Duration(0));
+  CHECK(policy.OnChildExit(0, kStart, kStart).delay == milliseconds(100));
+  CHECK(policy.OnChildExit(0, kStart, kStart).delay == milliseconds(200));
+  CHECK(policy.OnChildExit(1, kStart, kStart).delay == Duration(0));
+  CHECK(policy.OnChildExit(1, kStart, kStart).delay == milliseconds(100));
+}
+
+TEST_CASE("a slot past the end grows the policy") {
+  RestartPolicy policy(BackoffOnly(milliseconds(100), seconds(30)), 1);
+  CHECK(policy.OnChildExit(5, kStart, kStart).delay == Duration(0));
+  CHECK(policy.OnChildExit(5, kStart, kStart).delay == milliseconds(100));
+}
+
+TEST_CASE("Resize: new slots start clean, surviving slots keep their count") {
+  RestartPolicy policy(BackoffOnly(milliseconds(100), seconds(30)), 2);
+  policy.OnChildExit(0, kStart, kStart);
+  policy.OnChildExit(1, kStart, kStart);
+  policy.OnChildExit(1, kStart, kStart);
+  policy.Resize(1);
+  policy.Resize(3);
+  CHECK(policy.OnChildExit(0, kStart, kStart).delay == milliseconds(100));
+  CHECK(policy.OnChildExit(1, kStart, kStart).delay == Duration(0));
+  CHECK(policy.OnChildExit(2, kStart, kStart).delay == Duration(0));
+}
+
+TEST_CASE("intensity: more than max_restarts within period fails the group") {
+  RestartPolicy policy(
+      Config(milliseconds(100), seconds(30), seconds(10), 3, seconds(60)), 4);
+  TimePoint now = kStart;
+  for (int slot = 0; slot < 3; ++slot) {
+    now += seconds(1);
+    CHECK_FALSE(policy.OnChildExit(slot, now - seconds(1), now).group_failed);
+  }
+  CHECK_FALSE(policy.failed());
+  CHECK(policy.restarts() == 3);
+  now += seconds(1);
+  CHECK(policy.OnChildExit(3, now - seconds(1), now).group_failed);
+  CHECK(policy.failed());
+  // A failed group restarts nothing, whatever the slot or the time.
+  CHECK(policy.OnChildExit(0, now, now + seconds(3600)).group_failed);
+  CHECK(policy.restarts() == 3);
+}
+
+TEST_CASE("intensity: restarts older than the period are forgotten") {
+  RestartPolicy policy(
+      Config(milliseconds(100), seconds(30), seconds(10), 2, seconds(60)), 1);
+  TimePoint now = kStart;
+  CHECK_FALSE(policy.OnChildExit(0, now, now).group_failed);
+  now += seconds(30);
+  CHECK_FALSE(policy.OnChildExit(0, now, now).group_failed);
+  // The first restart is now 61s old: only one counts within the period.
+  now += seconds(31);
+  CHECK_FALSE(policy.OnChildExit(0, now, now).group_failed);
+  // Two within 60s (at +30s and +61s): a third fails the group.
+  now += seconds(1);
+  CHECK(policy.OnChildExit(0, now, now).group_failed);
+}
+
+TEST_CASE("intensity: max_restarts 0 refuses the first restart") {
+  RestartPolicy policy(
+      Config(milliseconds(100), seconds(30), seconds(10), 0, seconds(60)), 1);
+  CHECK(policy.OnChildExit(0, kStart, kStart).group_failed);
+  CHECK(policy.failed());
+}
+
+TEST_CASE("Reset clears failure, history and backoff") {
+  RestartPolicy policy(
+      Config(milliseconds(100), seconds(30), seconds(10), 2, seconds(60)), 1);
+  TimePoint now = kStart;
+  policy.OnChildExit(0, now, now);
+  policy.OnChildExit(0, now, now);
+  REQUIRE(policy.OnChildExit(0, now, now).group_failed);
+
+  policy.Reset();
+  CHECK_FALSE(policy.failed());
+  CHECK(policy.restarts() == 0);
+  RestartDecision decision = policy.OnChildExit(0, now, now);
+  CHECK_FALSE(decision.group_failed);
+  CHECK(decision.delay == Duration(0));  // backoff starts over too
+  CHECK(policy.OnChildExit(0, now, now).delay == milliseconds(100));
+  CHECK(policy.OnChildExit(0, now, now).group_failed);  // history restarted
+}
+
+TEST_CASE("SetConfig applies to the next decision") {
+  RestartPolicy policy(BackoffOnly(milliseconds(100), seconds(30)), 1);
+  policy.OnChildExit(0, kStart, kStart);
+  policy.SetConfig(BackoffOnly(seconds(1), seconds(30)));
+  CHECK(policy.OnChildExit(0, kStart, kStart).delay == seconds(1));
+}
+
+}  // namespace
+}  // namespace workerpool

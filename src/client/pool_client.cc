@@ -754,7 +754,8 @@ uint64_t Client::Send(const std::string& group, std::string_view body,
                       ReplyCallback done, SendOptions options) {
   auto owned = std::make_unique<OutRequest>();
   OutRequest* request = owned.get();
-  request->id = ++next_id_;
+  // Dispatch() below may complete (and free) the request at once.
+  const uint64_t id = request->id = ++next_id_;
   request->done = std::move(done);
   request->on_progress = std::move(options.on_progress);
   request->priority = options.priority;
@@ -769,19 +770,19 @@ uint64_t Client::Send(const std::string& group, std::string_view body,
                                      " bytes is over the frame limit of " +
                                      std::to_string(wire::kMaxPayload),
                                  ""});
-    return request->id;
+    return id;
   }
   if (stopping_ || !pool_open_) {
     CompleteLater(request, Reply{false, ErrorCode::kShuttingDown,
                                  "this process is stopping", ""});
-    return request->id;
+    return id;
   }
   Route* route = RouteTo(group);
   request->route = route;
   if (route->state == Route::State::kRefused) {
     CompleteLater(request,
                   Reply{false, ErrorCode::kRefused, route->refusal, ""});
-    return request->id;
+    return id;
   }
   if (route->state == Route::State::kOpen &&
       static_cast<int>(route->queue.size()) >= route->queue_limit) {
@@ -795,14 +796,14 @@ uint64_t Client::Send(const std::string& group, std::string_view body,
                                    "queue of group " + group + " is full (" +
                                        std::to_string(route->queue_limit) + ")",
                                    ""});
-      return request->id;
+      return id;
     }
   }
   request->body.assign(body);
   request->meta = std::move(options.meta);
   route->queue.emplace(QueueKey{request->priority, request->sequence}, request);
   if (route->state == Route::State::kOpen) Dispatch(route);
-  return request->id;
+  return id;
 }
 
 void Client::Dispatch(Route* route) {

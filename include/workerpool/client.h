@@ -87,6 +87,9 @@ struct ClientStats {
                 timed_out = 0;                  // as a sender
   std::uint64_t served = 0, served_errors = 0;  // as a server
   std::uint64_t queued = 0, inflight = 0;       // right now, as a sender
+  // Right now, as a server: requests being handled or waiting here. The
+  // Watcher drains idle processes first when a group shrinks.
+  std::uint64_t serving = 0;
 };
 
 class PoolClient {

@@ -208,6 +208,7 @@ class Client : public PoolClient {
     ClientStats copy = stats_;
     copy.inflight = 0;
     copy.queued = 0;
+    copy.serving = static_cast<uint64_t>(serving_now_) + serve_queue_.size();
     for (auto& [id, request] : requests_) {
       if (request->link != nullptr) {
         ++copy.inflight;
@@ -260,6 +261,8 @@ class Client : public PoolClient {
   void ServeNextQueued();
 
   void CountChanged();
+  void SendStats();
+  void ReportRecycleLimit();
   void MaybeFinishStop();
 
   uv_loop_t* loop_;
@@ -289,6 +292,10 @@ class Client : public PoolClient {
   SyncHandler sync_handler_;
   AsyncHandler async_handler_;
   int serve_limit_ = 1;  // max_inflight of our own group
+  // The Watcher recycles this process after it answered this many requests
+  // (0: never); reaching it is reported at once, not on the stats timer.
+  uint64_t recycle_after_ = 0;
+  bool recycle_reported_ = false;
   int serving_now_ = 0;
   std::map<QueueKey, std::shared_ptr<ServerRequest>> serve_queue_;
 
@@ -460,6 +467,8 @@ void Client::OnPoolFrame(const FrameView& frame) {
   switch (frame.header.type) {
     case FrameType::kConfig: {
       serve_limit_ = std::max(1, JsonField<int>(body, "max_inflight", 1));
+      recycle_after_ = JsonField<uint64_t>(body, "max_requests", 0);
+      ReportRecycleLimit();
       int heartbeat_ms = JsonField<int>(body, "heartbeat_ms", 0);
       if (heartbeat_ms > 0) {
         uint64_t every = std::max(1, heartbeat_ms / 3);
@@ -491,6 +500,13 @@ void Client::OnPoolFrame(const FrameView& frame) {
         route->state = Route::State::kRefused;
         route->refusal = JsonField<std::string>(body, "error", "refused");
         FailRoute(route, ErrorCode::kRefused, route->refusal);
+        // A route revoked by a reload: requests already sent finish, then
+        // its links close; nothing new goes out on them.
+        std::vector<Link*> peers = route->peers;
+        for (Link* link : peers) {
+          link->draining = true;
+          if (link->inflight.empty()) CloseLink(link);
+        }
         break;
       }
       route->state = Route::State::kOpen;
@@ -978,6 +994,7 @@ void Client::OnIncomingRequest(Link* link, const FrameView& frame) {
     return;
   }
   link->serving[frame.header.id] = request;
+  CountChanged();
   if (serving_now_ < serve_limit_ && serve_queue_.empty()) {
     StartServing(request);
   } else {
@@ -1005,6 +1022,7 @@ void Client::ServerRequestDone(const ServerRequest& request, bool ok) {
   if (request.started) --serving_now_;
   ++(ok ? stats_.served : stats_.served_errors);
   CountChanged();
+  ReportRecycleLimit();
   if (Link* link = request.link()) link->serving.erase(request.id());
   ServeNextQueued();
   MaybeFinishStop();
@@ -1031,21 +1049,29 @@ void Client::CountChanged() {
       &stats_timer_,
       [](uv_timer_t* timer) {
         Client* self = OwnerOf<Client>(timer);
-        ClientStats s = self->stats();
-        self->SendToPool(FrameType::kStats,
-                         json{{"sent", s.sent},
-                              {"replied", s.replied},
-                              {"failed", s.failed},
-                              {"refused", s.refused},
-                              {"cancelled", s.cancelled},
-                              {"timed_out", s.timed_out},
-                              {"served", s.served},
-                              {"served_errors", s.served_errors},
-                              {"queued", s.queued},
-                              {"inflight", s.inflight}});
+        self->SendStats();
         self->FlushAll();
       },
       kStatsIntervalMs, 0);
+}
+
+void Client::SendStats() {
+  ClientStats s = stats();
+  json body{{"sent", s.sent},           {"replied", s.replied},
+            {"failed", s.failed},       {"refused", s.refused},
+            {"cancelled", s.cancelled}, {"timed_out", s.timed_out},
+            {"served", s.served},       {"served_errors", s.served_errors},
+            {"queued", s.queued},       {"inflight", s.inflight},
+            {"serving", s.serving}};
+  if (!app_stats_.empty()) body["app"] = ParseJsonObject(app_stats_);
+  SendToPool(FrameType::kStats, body);
+}
+
+void Client::ReportRecycleLimit() {
+  if (recycle_after_ == 0 || recycle_reported_ || !pool_open_) return;
+  if (stats_.served + stats_.served_errors < recycle_after_) return;
+  recycle_reported_ = true;
+  SendStats();  // the Watcher starts a replacement and then drains us
 }
 
 void Client::Stop() {

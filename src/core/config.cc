@@ -1013,6 +1013,12 @@ void ReadGroup(ErrorList* errors, const YAML::Node& node, std::size_t index,
                                   " (remove listen, or make it a "
                                   "reactor)");
   }
+  if (reader.Has("max_requests") && group->type == GroupType::kReactor) {
+    reader.KeyError("max_requests",
+                    "a reactor does not serve requests, so it is never "
+                    "recycled by count; use max_rss, or move max_requests to "
+                    "the job group it sends to");
+  }
   if (reader.Has("rabbitmq") && group->type != GroupType::kService) {
     reader.KeyError("rabbitmq",
                     std::string("only service groups consume from RabbitMQ; "

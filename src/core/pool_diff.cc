@@ -27,6 +27,13 @@ bool SpawnSettingsDiffer(const GroupConfig& a, const GroupConfig& b) {
          a.gid != b.gid || a.listen != b.listen || a.rabbitmq != b.rabbitmq;
 }
 
+bool LimitsDiffer(const GroupConfig& a, const GroupConfig& b) {
+  return a.max_inflight != b.max_inflight || a.queue_limit != b.queue_limit ||
+         a.request_timeout != b.request_timeout ||
+         a.heartbeat_timeout != b.heartbeat_timeout ||
+         a.max_requests != b.max_requests || a.max_rss != b.max_rss;
+}
+
 PoolDiff DiffPools(const PoolConfig& old_pool, const PoolConfig& new_pool) {
   PoolDiff diff;
   for (const GroupConfig& old_group : old_pool.groups) {
@@ -38,6 +45,8 @@ PoolDiff DiffPools(const PoolConfig& old_pool, const PoolConfig& new_pool) {
       change.kind = GroupChange::Kind::kRemoved;
     } else {
       change.new_processes = new_group->processes;
+      change.limits_changed = LimitsDiffer(old_group, *new_group);
+      change.routes_changed = old_group.routes_to != new_group->routes_to;
       if (SpawnSettingsDiffer(old_group, *new_group)) {
         change.kind = GroupChange::Kind::kRestarted;
       } else if (old_group.processes != new_group->processes) {
@@ -65,13 +74,23 @@ PoolDiff DiffPools(const PoolConfig& old_pool, const PoolConfig& new_pool) {
 std::string PoolDiff::Summary() const {
   std::string out;
   for (const GroupChange& change : changes) {
-    if (change.kind == GroupChange::Kind::kUnchanged) continue;
+    std::vector<std::string> parts;
+    if (change.kind != GroupChange::Kind::kUnchanged) {
+      std::string part = KindName(change.kind);
+      if (change.kind == GroupChange::Kind::kResized ||
+          change.kind == GroupChange::Kind::kRestarted) {
+        part += " (" + std::to_string(change.old_processes) + " -> " +
+                std::to_string(change.new_processes) + " processes)";
+      }
+      parts.push_back(part);
+    }
+    if (change.limits_changed) parts.push_back("limits changed");
+    if (change.routes_changed) parts.push_back("routes_to changed");
+    if (parts.empty()) continue;
     if (!out.empty()) out += "; ";
-    out += change.group + ": " + KindName(change.kind);
-    if (change.kind == GroupChange::Kind::kResized ||
-        change.kind == GroupChange::Kind::kRestarted) {
-      out += " (" + std::to_string(change.old_processes) + " -> " +
-             std::to_string(change.new_processes) + " processes)";
+    out += change.group + ":";
+    for (std::size_t i = 0; i < parts.size(); ++i) {
+      out += (i == 0 ? " " : ", ") + parts[i];
     }
   }
   return out.empty() ? "no group changed" : out;

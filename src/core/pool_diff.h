@@ -11,7 +11,7 @@ namespace workerpool {
 
 struct GroupChange {
   enum class Kind {
-    kUnchanged,  // nothing to do (limits and routes may still be updated)
+    kUnchanged,  // no child starts or stops (limits and routes may change)
     kAdded,      // start every process
     kRemoved,    // drain and stop every process
     kResized,    // processes grew or shrank; children kept
@@ -21,6 +21,9 @@ struct GroupChange {
   std::string group;
   int old_processes = 0;
   int new_processes = 0;
+  // Applied in place to running children (kUnchanged, kResized, kRestarted).
+  bool limits_changed = false;  // see LimitsDiffer
+  bool routes_changed = false;  // routes_to
 };
 
 struct PoolDiff {
@@ -34,6 +37,11 @@ struct PoolDiff {
 // type, command, env, cwd, user or listen differ.
 bool SpawnSettingsDiffer(const GroupConfig& old_group,
                          const GroupConfig& new_group);
+
+// True when what running children and their senders are told about a group
+// differs: max_inflight, queue_limit, request_timeout, heartbeat_timeout,
+// max_requests or max_rss. Applied without restarting anyone.
+bool LimitsDiffer(const GroupConfig& old_group, const GroupConfig& new_group);
 
 PoolDiff DiffPools(const PoolConfig& old_pool, const PoolConfig& new_pool);
 

@@ -1,6 +1,7 @@
 #include "core/restart_policy.h"
 
 #include <algorithm>
+#include <limits>
 
 namespace workerpool {
 
@@ -42,6 +43,18 @@ RestartDecision RestartPolicy::OnChildExit(int slot, TimePoint started,
   }
   ++deaths;
   return decision;
+}
+
+std::int64_t RecycleAfter(std::int64_t max_requests, std::uint64_t random) {
+  if (max_requests <= 0) return 0;
+  const std::int64_t jitter = max_requests / 10;
+  const std::uint64_t span = static_cast<std::uint64_t>(jitter) * 2 + 1;
+  const std::int64_t offset = static_cast<std::int64_t>(random % span) - jitter;
+  if (offset > 0 &&
+      max_requests > std::numeric_limits<std::int64_t>::max() - offset) {
+    return std::numeric_limits<std::int64_t>::max();
+  }
+  return std::max<std::int64_t>(1, max_requests + offset);
 }
 
 void RestartPolicy::Reset() {

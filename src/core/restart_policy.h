@@ -12,6 +12,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <deque>
 #include <vector>
 
@@ -26,6 +27,12 @@ struct RestartDecision {
   bool group_failed = false;  // give up: do not restart
   Duration delay{0};          // wait this long, then restart the slot
 };
+
+// Recycling by count: after how many answered requests one process is
+// replaced, MAX_REQUESTS spread by +-10% (RANDOM picks where in the range)
+// so a group's processes do not all recycle at once. 0 stays 0 (never);
+// the result is at least 1 otherwise.
+std::int64_t RecycleAfter(std::int64_t max_requests, std::uint64_t random);
 
 class RestartPolicy {
  public:

@@ -43,8 +43,7 @@ Result<int> BindListenSocket(const ListenAddress& address) {
     }
     return fd;
   }
-  const std::string target =
-      address.host + ":" + std::to_string(address.port);
+  const std::string target = address.host + ":" + std::to_string(address.port);
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -57,8 +56,8 @@ Result<int> BindListenSocket(const ListenAddress& address) {
   }
   int last_error = 0;
   for (addrinfo* ai = found; ai != nullptr; ai = ai->ai_next) {
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
-                    ai->ai_protocol);
+    int fd =
+        socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
     if (fd < 0) {
       last_error = errno;
       continue;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 namespace workerpool {
@@ -137,6 +138,20 @@ void RaiseFileLimit() {
     limit.rlim_cur = limit.rlim_max;
     setrlimit(RLIMIT_NOFILE, &limit);
   }
+}
+
+Result<std::int64_t> ResidentBytes(pid_t pid) {
+  std::string path = "/proc/" + std::to_string(pid) + "/statm";
+  FILE* file = std::fopen(path.c_str(), "re");
+  if (file == nullptr) {
+    return Status::Error("cannot read " + path + ": " + std::strerror(errno));
+  }
+  long long size_pages = 0;
+  long long resident_pages = 0;
+  int fields = std::fscanf(file, "%lld %lld", &size_pages, &resident_pages);
+  std::fclose(file);
+  if (fields != 2) return Status::Error("cannot parse " + path);
+  return static_cast<std::int64_t>(resident_pages) * sysconf(_SC_PAGESIZE);
 }
 
 }  // namespace workerpool

@@ -47,4 +47,7 @@ std::string SignalName(int signal_number);
 // Raises RLIMIT_NOFILE's soft limit to the hard limit (3 fds per child).
 void RaiseFileLimit();
 
+// Resident memory of PID in bytes, from /proc/PID/statm (for max_rss).
+Result<std::int64_t> ResidentBytes(pid_t pid);
+
 }  // namespace workerpool

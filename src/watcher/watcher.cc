@@ -8,18 +8,22 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <climits>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <memory>
+#include <random>
 #include <set>
 #include <string_view>
+#include <tuple>
 
 #include "core/config.h"
 #include "core/line_splitter.h"
+#include "core/listen_address.h"
 #include "core/pool_diff.h"
 #include "core/restart_policy.h"
-#include "core/listen_address.h"
 #include "core/routing.h"
 #include "os/listen_socket.h"
 #include "os/notify.h"
@@ -67,6 +71,14 @@ std::string DescribeWaitStatus(int status) {
   return "ended with wait status " + std::to_string(status);
 }
 
+// "123.4MB", for recycling messages.
+std::string FormatMegabytes(std::int64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1fMB",
+                static_cast<double>(bytes) / (1024.0 * 1024.0));
+  return text;
+}
+
 template <typename T>
 T* Owner(uv_handle_t* handle) {
   return static_cast<T*>(handle->data);
@@ -74,12 +86,22 @@ T* Owner(uv_handle_t* handle) {
 
 }  // namespace
 
+// How long a child may take to say hello before it is taken as up anyway:
+// children that do not use the client library never say it. A group whose
+// children have spoken the protocol waits longer, since hello is what links
+// a child to its senders.
+constexpr Duration kPlainStartGrace{1000};
+constexpr Duration kProtocolStartGrace{30000};
+// max_rss is checked this often, and only while some group sets it.
+constexpr uint64_t kRssSampleMs = 1000;
+
 class Watcher : public ControlTarget {
  public:
   Watcher(uv_loop_t* loop, std::string config_path, std::string self_exe)
       : loop_(loop),
         config_path_(std::move(config_path)),
-        self_exe_(std::move(self_exe)) {}
+        self_exe_(std::move(self_exe)),
+        random_(std::random_device{}()) {}
 
   int Run(PoolConfig config);
 
@@ -93,6 +115,14 @@ class Watcher : public ControlTarget {
  private:
   struct Group;
 
+  // What the pool is doing, for systemd and for queueing reloads: a reload
+  // (or the start) is finished once every group is up again and every child
+  // it replaced or removed has exited.
+  enum class Phase { kStarting, kRunning, kReloading, kStopping };
+
+  // What a slot's timer is counting down to.
+  enum class TimerUse { kNone, kBackoff, kStartGrace, kKillDeadline };
+
   // One index of a group: a child process, or the place where one will be.
   struct Slot {
     Watcher* watcher = nullptr;
@@ -100,17 +130,26 @@ class Watcher : public ControlTarget {
     int index = 0;
     pid_t pid = 0;  // 0 while no child runs in the slot
     TimePoint started;
-    bool retiring = false;           // stop; remove the slot once it exits
-    bool restart_requested = false;  // rolling restart: respawn on exit
-    // Backoff wait while pid == 0; kill deadline after SIGTERM otherwise.
+    int generation = 0;     // the group's generation it was started with
+    bool retiring = false;  // stop; remove the slot once it exits
+    // Replaced (rolling restart, recycling): kept in Group::outgoing and
+    // serving until its replacement is up, then drained.
+    bool outgoing = false;
+    Slot* replaces = nullptr;     // the outgoing child this one replaces
+    Slot* replaced_by = nullptr;  // for an outgoing slot
+    TimerUse timer_use = TimerUse::kNone;
     uv_timer_t timer;
     // The child's pool channel while it runs; ready once it said hello.
     Channel* channel = nullptr;
     bool ready = false;
+    bool up = false;               // said hello, or ran through the start grace
     bool draining = false;         // told to finish its work and exit
     std::set<std::string> routes;  // groups it opened routes to
     nlohmann::json stats = nlohmann::json::object();  // its last kStats
-    std::set<std::string> refusals_logged;
+    // Groups it asked for and was refused; asked again for it when a
+    // reload allows them.
+    std::set<std::string> refused_routes;
+    std::int64_t recycle_after = 0;  // answered requests; 0: never
     // Started only when the group sets heartbeat_timeout.
     uv_timer_t heartbeat;
     int open_handles = 2;  // timer and heartbeat; deleted when both closed
@@ -120,10 +159,13 @@ class Watcher : public ControlTarget {
   struct Group {
     GroupConfig config;
     RestartPolicy policy;
-    std::map<int, Slot*> slots;  // by index
+    std::map<int, Slot*> slots;   // by index
+    std::vector<Slot*> outgoing;  // replaced children still running
     bool failed = false;
-    bool removing = false;       // dropped by a reload: drain, then delete
-    bool scaled = false;         // `workerpool scale` set processes
+    bool removing = false;         // dropped by a reload: drain, then delete
+    bool scaled = false;           // `workerpool scale` set processes
+    bool speaks_protocol = false;  // one of its children said hello
+    int generation = 0;            // bumped when its children must restart
     uint64_t recycled = 0;
     std::vector<int> rolling;  // indices still to restart, in order
     Group(GroupConfig c)
@@ -140,6 +182,7 @@ class Watcher : public ControlTarget {
 
   // Start-up and stop.
   void StartSignals();
+  void StartWatchdog();
   void StartGroup(Group* group);
   void BeginStop(const char* why);
   void FinishIfStopped();
@@ -149,19 +192,41 @@ class Watcher : public ControlTarget {
   // Children.
   void Spawn(Slot* slot);
   void SignalChild(Slot* slot, int signal_number);
-  void StopSlot(Slot* slot);  // SIGTERM now, SIGKILL after stop_timeout
+  void StopSlot(Slot* slot);  // drain or SIGTERM; SIGKILL after stop_timeout
+  void RetireSlot(Slot* slot);
+  void StartSlotTimer(Slot* slot, TimerUse use, Duration after);
+  void MarkUp(Slot* slot);
   void ReapChildren();
   void OnChildExit(Slot* slot, int status);
+  void OnOutgoingExit(Slot* slot);
   void ScheduleRestart(Slot* slot, TimePoint started);
   void RemoveSlot(Slot* slot);
   void DeleteGroupIfDrained(Group* group);
+  void ReplaceSlot(Slot* slot);
   void ContinueRollingRestart(Group* group);
+  void StartRollingRestart(Group* group);
   void ResizeGroup(Group* group);
+  void RestartFailedGroup(Group* group);
   std::vector<std::string> ChildEnvironment(const Group& group, int index);
+
+  // Recycling.
+  void Recycle(Slot* slot, const std::string& why);
+  void CheckRequestCount(Slot* slot);
+  void UpdateRssSampling();
+  void SampleRss();
+
+  // Reload.
+  Status ApplyReload();
+  void ApplyLimits(Group* group);
+  void ApplyRoutes();
+  void FailReload(const std::string& error);
+  bool Settled() const;
+  void CheckSettled();
 
   // Pool channels: routes, links, kills, heartbeats.
   void OnChannelFrame(Slot* slot, const FrameView& frame);
   void OnHello(Slot* slot);
+  void SendChildConfig(Slot* slot);
   void OnRouteOpen(Slot* sender, const std::string& target);
   void OnKillPeer(Slot* sender, const nlohmann::json& body);
   void LinkPeers(Slot* sender, Slot* server);
@@ -180,9 +245,9 @@ class Watcher : public ControlTarget {
   void CloseUnusedListenSockets();
 
   Status StartControl();
-  void StartRollingRestart(Group* group);
 
   void ReportStatus();
+  std::string StatusLine() const;
   Group* FindGroup(const std::string& name);
 
   static void OnSignal(uv_signal_t* handle, int signal_number);
@@ -200,11 +265,17 @@ class Watcher : public ControlTarget {
   std::map<std::string, std::set<Slot*>> subscribers_;
   uint64_t refused_requests_ = 0;
   std::map<std::string, int> listen_fds_;  // by the address as written
-  bool jobs_signalled_ = false;  // stop: second phase started
+  bool jobs_signalled_ = false;            // stop: second phase started
   std::vector<std::string> base_environment_;
+  std::mt19937_64 random_;  // recycling jitter
 
   uv_signal_t sigchld_, sigterm_, sigint_, sighup_;
   uv_timer_t stop_timer_;
+  uv_timer_t watchdog_timer_;  // runs only when systemd's watchdog is on
+  uv_timer_t rss_timer_;       // runs only while some group sets max_rss
+  uv_timer_t reload_timer_;    // starts a queued reload from a clean stack
+  Phase phase_ = Phase::kStarting;
+  bool reload_queued_ = false;
   bool stopping_ = false;
   bool closed_ = false;
   std::unique_ptr<ControlServer> control_server_;
@@ -230,8 +301,12 @@ int Watcher::Run(PoolConfig config) {
     return 2;
   }
   StartSignals();
-  uv_timer_init(loop_, &stop_timer_);
-  stop_timer_.data = this;
+  for (uv_timer_t* timer :
+       {&stop_timer_, &watchdog_timer_, &rss_timer_, &reload_timer_}) {
+    uv_timer_init(loop_, timer);
+    timer->data = this;
+  }
+  StartWatchdog();
 
   spdlog::info("pool {} starting: {} groups from {}", config_.name,
                config_.groups.size(), config_path_);
@@ -239,13 +314,25 @@ int Watcher::Run(PoolConfig config) {
     groups_.push_back(std::make_unique<Group>(group_config));
     StartGroup(groups_.back().get());
   }
-  NotifySystemd("READY=1");
-  ReportStatus();
-  spdlog::info("pool {} ready: {} children", config_.name, children_.size());
+  UpdateRssSampling();
+  CheckSettled();  // READY=1 once every group is up
 
   uv_run(loop_, UV_RUN_DEFAULT);
   spdlog::info("pool {} stopped", config_.name);
   return 0;
+}
+
+void Watcher::StartWatchdog() {
+  const std::chrono::milliseconds every = WatchdogInterval();
+  if (every.count() <= 0) return;  // no timer, no wake-ups
+  spdlog::info("systemd watchdog: WATCHDOG=1 every {}",
+               FormatDuration(Duration(every.count())));
+  uv_timer_start(
+      &watchdog_timer_,
+      // The timer firing is the proof of health: the loop turns.
+      [](uv_timer_t*) { NotifySystemd("WATCHDOG=1"); },
+      static_cast<uint64_t>(every.count()),
+      static_cast<uint64_t>(every.count()));
 }
 
 void Watcher::StartSignals() {
@@ -325,13 +412,14 @@ std::vector<std::string> Watcher::ChildEnvironment(const Group& group,
                 GroupTypeName(group.config.type));
   env.push_back("WORKERPOOL_INDEX=" + std::to_string(index));
   if (const auto& rabbitmq = group.config.rabbitmq) {
-    nlohmann::json section = {{"url", rabbitmq->url},
-                              {"queues", rabbitmq->queues},
-                              {"declare", rabbitmq->declare},
-                              {"prefetch", rabbitmq->prefetch},
-                              {"max_retries", rabbitmq->max_retries},
-                              {"dead_letter_queue", rabbitmq->dead_letter_queue},
-                              {"routes_to", group.config.routes_to}};
+    nlohmann::json section = {
+        {"url", rabbitmq->url},
+        {"queues", rabbitmq->queues},
+        {"declare", rabbitmq->declare},
+        {"prefetch", rabbitmq->prefetch},
+        {"max_retries", rabbitmq->max_retries},
+        {"dead_letter_queue", rabbitmq->dead_letter_queue},
+        {"routes_to", group.config.routes_to}};
     env.push_back("WORKERPOOL_RABBITMQ=" + section.dump());
   }
   return env;
@@ -385,9 +473,12 @@ void Watcher::Spawn(Slot* slot) {
   }
   slot->pid = child->pid;
   slot->started = now;
+  slot->generation = slot->group->generation;
   slot->ready = false;
+  slot->up = false;
   slot->draining = false;
   slot->stats = nlohmann::json::object();
+  slot->recycle_after = RecycleAfter(config.max_requests, random_());
   children_[slot->pid] = slot;
   slot->channel = Channel::Open(
       loop_, channel_fds[0],
@@ -404,6 +495,9 @@ void Watcher::Spawn(Slot* slot) {
   if (slot->channel != nullptr) slot->channel->owner = slot;
   spdlog::info("spawned {}[{}] pid {}", config.name, slot->index, slot->pid);
   StartOutputReader(child->output_fd, *slot);
+  StartSlotTimer(
+      slot, TimerUse::kStartGrace,
+      slot->group->speaks_protocol ? kProtocolStartGrace : kPlainStartGrace);
 }
 
 void Watcher::SignalChild(Slot* slot, int signal_number) {
@@ -413,12 +507,27 @@ void Watcher::SignalChild(Slot* slot, int signal_number) {
   if (kill(-slot->pid, signal_number) != 0) kill(slot->pid, signal_number);
 }
 
+void Watcher::StartSlotTimer(Slot* slot, TimerUse use, Duration after) {
+  slot->timer_use = use;
+  uv_timer_start(&slot->timer, OnSlotTimer,
+                 static_cast<uint64_t>(std::max<int64_t>(0, after.count())), 0);
+}
+
 void Watcher::StopSlot(Slot* slot) {
-  if (slot->pid <= 0) return;
+  // A replacement stopped before it came up takes the child it was to
+  // replace along: nobody else will drain that one.
+  if (Slot* predecessor = slot->replaces) {
+    slot->replaces = nullptr;
+    predecessor->replaced_by = nullptr;
+    StopSlot(predecessor);
+  }
+  if (slot->pid <= 0 || slot->draining) return;
+  slot->draining = true;
   if (slot->ready && slot->channel != nullptr) {
     // Drain: its senders stop sending to it and close their links once
     // their requests are answered; then it exits by itself.
-    slot->draining = true;
+    spdlog::info("draining {}[{}] pid {}", slot->group->config.name,
+                 slot->index, slot->pid);
     BroadcastToSubscribers(slot->group->config.name,
                            wire::FrameType::kPeerDraining,
                            {{"group", slot->group->config.name},
@@ -426,25 +535,82 @@ void Watcher::StopSlot(Slot* slot) {
                             {"pid", slot->pid}});
     slot->channel->Send(wire::FrameType::kDrain, nlohmann::json::object());
   } else {
+    spdlog::info("stopping {}[{}] pid {} (SIGTERM)", slot->group->config.name,
+                 slot->index, slot->pid);
     SignalChild(slot, SIGTERM);
   }
-  uv_timer_start(&slot->timer, OnSlotTimer,
-                 static_cast<uint64_t>(config_.stop_timeout.count()), 0);
+  StartSlotTimer(slot, TimerUse::kKillDeadline, config_.stop_timeout);
+}
+
+void Watcher::RetireSlot(Slot* slot) {
+  if (slot->retiring) return;
+  slot->retiring = true;
+  if (slot->pid > 0) {
+    StopSlot(slot);
+    return;
+  }
+  // No child runs (backoff wait): the slot goes now.
+  if (Slot* predecessor = slot->replaces) {
+    slot->replaces = nullptr;
+    predecessor->replaced_by = nullptr;
+    StopSlot(predecessor);
+  }
+  RemoveSlot(slot);
 }
 
 void Watcher::OnSlotTimer(uv_timer_t* timer) {
   Slot* slot = static_cast<Slot*>(timer->data);
   Watcher* self = slot->watcher;
-  if (slot->pid > 0) {
-    spdlog::warn(
-        "{}[{}] pid {} still running {} after it was told to stop: "
-        "SIGKILL",
-        slot->group->config.name, slot->index, slot->pid,
-        FormatDuration(self->config_.stop_timeout));
-    self->SignalChild(slot, SIGKILL);
-    return;
+  const TimerUse use = slot->timer_use;
+  slot->timer_use = TimerUse::kNone;
+  switch (use) {
+    case TimerUse::kNone:
+      break;
+    case TimerUse::kBackoff:
+      if (slot->pid <= 0 && !self->stopping_ && !slot->group->failed &&
+          !slot->retiring) {
+        self->Spawn(slot);
+      }
+      break;
+    case TimerUse::kStartGrace:
+      if (slot->pid > 0 && !slot->up) {
+        spdlog::debug("{}[{}] pid {} did not say hello; taken as up",
+                      slot->group->config.name, slot->index, slot->pid);
+        self->MarkUp(slot);
+      }
+      break;
+    case TimerUse::kKillDeadline:
+      if (slot->pid > 0) {
+        spdlog::warn(
+            "{}[{}] pid {} still running {} after it was told to stop: "
+            "SIGKILL",
+            slot->group->config.name, slot->index, slot->pid,
+            FormatDuration(self->config_.stop_timeout));
+        self->SignalChild(slot, SIGKILL);
+      }
+      break;
   }
-  if (!self->stopping_ && !slot->group->failed) self->Spawn(slot);
+}
+
+// Up: said hello (linked to its senders by now), or ran through the start
+// grace. A replacement that is up lets the child it replaces drain.
+void Watcher::MarkUp(Slot* slot) {
+  if (slot->up) return;
+  slot->up = true;
+  if (slot->timer_use == TimerUse::kStartGrace) {
+    uv_timer_stop(&slot->timer);
+    slot->timer_use = TimerUse::kNone;
+  }
+  if (Slot* predecessor = slot->replaces) {
+    slot->replaces = nullptr;
+    predecessor->replaced_by = nullptr;
+    spdlog::info("{}[{}] pid {} is up; it replaces pid {}",
+                 slot->group->config.name, slot->index, slot->pid,
+                 predecessor->pid);
+    StopSlot(predecessor);
+  }
+  CheckRequestCount(slot);
+  CheckSettled();
 }
 
 void Watcher::ReapChildren() {
@@ -463,11 +629,13 @@ void Watcher::ReapChildren() {
     OnChildExit(slot, status);
   }
   FinishIfStopped();
+  CheckSettled();
 }
 
 void Watcher::OnChildExit(Slot* slot, int status) {
   Group* group = slot->group;
-  const bool expected = stopping_ || slot->retiring || slot->restart_requested;
+  const bool expected =
+      stopping_ || slot->retiring || slot->outgoing || slot->draining;
   std::string how = DescribeWaitStatus(status);
   auto uptime =
       std::chrono::duration_cast<Duration>(Clock::now() - slot->started);
@@ -479,6 +647,7 @@ void Watcher::OnChildExit(Slot* slot, int status) {
                  slot->pid, how, FormatDuration(uptime));
   }
   uv_timer_stop(&slot->timer);
+  slot->timer_use = TimerUse::kNone;
   BroadcastToSubscribers(group->config.name, wire::FrameType::kPeerGone,
                          {{"group", group->config.name},
                           {"index", slot->index},
@@ -486,25 +655,43 @@ void Watcher::OnChildExit(Slot* slot, int status) {
                           {"how", how}});
   ForgetChannel(slot);
   slot->pid = 0;
+  slot->up = false;
+  slot->draining = false;
   if (stopping_) {
     SignalJobsIfIntakeGone();
     return;
   }
-
-  if (slot->retiring &&
-      (group->removing || slot->index >= group->config.processes)) {
-    RemoveSlot(slot);
+  if (slot->outgoing) {
+    OnOutgoingExit(slot);
     return;
   }
-  slot->retiring = false;
-  if (slot->restart_requested) {
-    slot->restart_requested = false;
-    Spawn(slot);
-    ContinueRollingRestart(group);
+  if (slot->retiring) {
+    RemoveSlot(slot);
+    DeleteGroupIfDrained(group);
     return;
   }
   if (group->failed) return;
+  // A replacement that died before it came up still replaces: its
+  // predecessor keeps serving until a later try is up.
   ScheduleRestart(slot, slot->started);
+}
+
+void Watcher::OnOutgoingExit(Slot* slot) {
+  Group* group = slot->group;
+  std::erase(group->outgoing, slot);
+  if (Slot* successor = slot->replaced_by) {
+    // It went before its replacement was up: nothing left to drain.
+    successor->replaces = nullptr;
+    slot->replaced_by = nullptr;
+  }
+  if (Slot* predecessor = slot->replaces) {
+    slot->replaces = nullptr;
+    predecessor->replaced_by = nullptr;
+    StopSlot(predecessor);
+  }
+  CloseSlotHandles(slot);
+  ContinueRollingRestart(group);
+  DeleteGroupIfDrained(group);
 }
 
 void Watcher::ScheduleRestart(Slot* slot, TimePoint started) {
@@ -530,65 +717,184 @@ void Watcher::ScheduleRestart(Slot* slot, TimePoint started) {
   }
   spdlog::info("restarting {}[{}] in {}", group->config.name, slot->index,
                FormatDuration(decision.delay));
-  uv_timer_start(&slot->timer, OnSlotTimer,
-                 static_cast<uint64_t>(decision.delay.count()), 0);
+  StartSlotTimer(slot, TimerUse::kBackoff, decision.delay);
 }
 
+// Takes SLOT out of its group's table (the caller decides about the group).
 void Watcher::RemoveSlot(Slot* slot) {
   Group* group = slot->group;
-  group->slots.erase(slot->index);
+  auto found = group->slots.find(slot->index);
+  if (found != group->slots.end() && found->second == slot) {
+    group->slots.erase(found);
+  }
   CloseSlotHandles(slot);
-  DeleteGroupIfDrained(group);
 }
 
 void Watcher::DeleteGroupIfDrained(Group* group) {
-  if (!group->removing || !group->slots.empty()) return;
+  if (!group->removing || !group->slots.empty() || !group->outgoing.empty()) {
+    return;
+  }
   spdlog::info("group {} removed", group->config.name);
   std::erase_if(groups_, [group](const std::unique_ptr<Group>& g) {
     return g.get() == group;
   });
-  ReportStatus();
 }
 
+// Moves SLOT's child aside (it keeps serving) and starts its replacement in
+// the same index; the old child drains once the new one is up (MarkUp).
+void Watcher::ReplaceSlot(Slot* slot) {
+  Group* group = slot->group;
+  group->slots.erase(slot->index);
+  slot->outgoing = true;
+  group->outgoing.push_back(slot);
+  Slot* fresh = NewSlot(group, slot->index);
+  fresh->replaces = slot;
+  slot->replaced_by = fresh;
+  Spawn(fresh);
+}
+
+// One child at a time: the next index is replaced once the previous old
+// child has exited, so the group has between processes and processes + 1
+// children throughout, and never fewer than processes - 1 up.
 void Watcher::ContinueRollingRestart(Group* group) {
+  if (group->removing || group->failed || !group->outgoing.empty()) return;
+  for (auto& [index, slot] : group->slots) {
+    if (slot->replaces != nullptr) return;  // a replacement is starting
+  }
   while (!group->rolling.empty()) {
     int index = group->rolling.front();
     group->rolling.erase(group->rolling.begin());
     auto found = group->slots.find(index);
     if (found == group->slots.end()) continue;
     Slot* slot = found->second;
-    if (slot->pid <= 0 || slot->retiring) continue;  // starts anew anyway
-    // One child at a time: the group never drops below processes - 1.
-    slot->restart_requested = true;
-    StopSlot(slot);
+    if (slot->retiring || slot->generation == group->generation) continue;
+    if (slot->pid <= 0) continue;  // its next start uses the new settings
+    spdlog::info("rolling restart of {}: replacing {}[{}] pid {}",
+                 group->config.name, group->config.name, index, slot->pid);
+    ReplaceSlot(slot);
     return;
   }
+  CheckSettled();
+}
+
+void Watcher::StartRollingRestart(Group* group) {
+  ++group->generation;
+  group->rolling.clear();
+  for (auto& [index, slot] : group->slots) {
+    if (!slot->retiring) group->rolling.push_back(index);
+  }
+  ContinueRollingRestart(group);
 }
 
 void Watcher::ResizeGroup(Group* group) {
   const int wanted = group->config.processes;
-  group->policy.Resize(wanted);
-  // Shrink: the highest indices go, so 0..processes-1 stay dense.
+  std::vector<Slot*> active;
   for (auto& [index, slot] : group->slots) {
-    if (index >= wanted && !slot->retiring) {
-      slot->retiring = true;
-      if (slot->pid > 0) {
-        StopSlot(slot);
-      } else {
-        uv_timer_stop(&slot->timer);
-      }
-    }
+    if (!slot->retiring) active.push_back(slot);
   }
-  std::vector<Slot*> idle;
-  for (auto& [index, slot] : group->slots) {
-    if (slot->retiring && slot->pid <= 0) idle.push_back(slot);
+  if (static_cast<int>(active.size()) > wanted) {
+    // Shrink, idle first: no child before a starting one, a starting one
+    // before an up one, an idle one before a busy one (as its last stats
+    // say), then the highest index, so indices stay dense when all are
+    // alike.
+    auto rank = [](const Slot* slot) {
+      const bool running = slot->pid > 0;
+      const uint64_t serving = slot->stats.value("serving", uint64_t{0}) +
+                               slot->stats.value("inflight", uint64_t{0});
+      return std::make_tuple(running, slot->up, serving, -slot->index);
+    };
+    std::stable_sort(
+        active.begin(), active.end(),
+        [&rank](const Slot* a, const Slot* b) { return rank(a) < rank(b); });
+    const size_t extra = active.size() - static_cast<size_t>(wanted);
+    for (size_t i = 0; i < extra; ++i) RetireSlot(active[i]);
   }
-  for (Slot* slot : idle) RemoveSlot(slot);
-  // Grow: a retiring slot still inside the new size is respawned on exit.
-  for (int index = 0; index < wanted; ++index) {
+  // Grow into the lowest free indices.
+  int live = std::min<int>(static_cast<int>(active.size()), wanted);
+  for (int index = 0; live < wanted; ++index) {
     if (group->slots.count(index) != 0) continue;
     Slot* slot = NewSlot(group, index);
+    ++live;
     if (!group->failed) Spawn(slot);
+  }
+  int slots = wanted;
+  if (!group->slots.empty()) {
+    slots = std::max(slots, group->slots.rbegin()->first + 1);
+  }
+  group->policy.Resize(slots);
+}
+
+void Watcher::RestartFailedGroup(Group* group) {
+  if (!group->failed) return;
+  group->failed = false;
+  group->policy.Reset();
+  for (auto& [index, slot] : group->slots) {
+    if (slot->pid <= 0 && !slot->retiring) {
+      uv_timer_stop(&slot->timer);
+      slot->timer_use = TimerUse::kNone;
+      Spawn(slot);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- recycling
+
+void Watcher::Recycle(Slot* slot, const std::string& why) {
+  Group* group = slot->group;
+  if (stopping_ || group->removing || slot->pid <= 0 || !slot->up ||
+      slot->retiring || slot->outgoing || slot->draining) {
+    return;
+  }
+  ++group->recycled;
+  spdlog::info("recycling {}[{}] pid {}: {}", group->config.name, slot->index,
+               slot->pid, why);
+  ReplaceSlot(slot);
+}
+
+void Watcher::CheckRequestCount(Slot* slot) {
+  if (slot->recycle_after <= 0 || !slot->up) return;
+  const uint64_t answered = slot->stats.value("served", uint64_t{0}) +
+                            slot->stats.value("served_errors", uint64_t{0});
+  if (answered < static_cast<uint64_t>(slot->recycle_after)) return;
+  Recycle(slot, "answered " + std::to_string(answered) +
+                    " requests (max_requests " +
+                    std::to_string(slot->group->config.max_requests) + ")");
+}
+
+void Watcher::UpdateRssSampling() {
+  bool wanted = false;
+  for (auto& group : groups_) {
+    wanted |= !group->removing && group->config.max_rss > 0;
+  }
+  const bool running =
+      uv_is_active(reinterpret_cast<uv_handle_t*>(&rss_timer_)) != 0;
+  if (wanted && !running && !stopping_) {
+    uv_timer_start(
+        &rss_timer_,
+        [](uv_timer_t* timer) {
+          Owner<Watcher>(reinterpret_cast<uv_handle_t*>(timer))->SampleRss();
+        },
+        kRssSampleMs, kRssSampleMs);
+  } else if (!wanted && running) {
+    uv_timer_stop(&rss_timer_);
+  }
+}
+
+void Watcher::SampleRss() {
+  std::vector<std::pair<Slot*, std::int64_t>> over;
+  for (auto& group : groups_) {
+    const std::int64_t limit = group->config.max_rss;
+    if (limit <= 0 || group->removing) continue;
+    for (auto& [index, slot] : group->slots) {
+      if (slot->pid <= 0 || !slot->up || slot->draining) continue;
+      Result<std::int64_t> rss = ResidentBytes(slot->pid);
+      if (rss.ok() && *rss > limit) over.emplace_back(slot, *rss);
+    }
+  }
+  for (auto& [slot, rss] : over) {
+    Recycle(slot, "resident memory " + FormatMegabytes(rss) +
+                      " is over max_rss " +
+                      FormatMegabytes(slot->group->config.max_rss));
   }
 }
 
@@ -638,12 +944,25 @@ void Watcher::BeginStop(const char* why) {
     return;
   }
   stopping_ = true;
+  phase_ = Phase::kStopping;
+  reload_queued_ = false;
   if (metrics_server_) metrics_server_->Close();
   spdlog::info("{}: stopping {} children (SIGKILL after {})", why,
                children_.size(), FormatDuration(config_.stop_timeout));
-  NotifySystemd("STOPPING=1\nSTATUS=stopping");
+  NotifySystemd("STOPPING=1\nSTATUS=stopping " +
+                std::to_string(children_.size()) + " children (" + why + ")");
+  uv_timer_stop(&rss_timer_);
+  uv_timer_stop(&reload_timer_);
   for (auto& group : groups_) {
-    for (auto& [index, slot] : group->slots) uv_timer_stop(&slot->timer);
+    group->rolling.clear();
+    for (auto& [index, slot] : group->slots) {
+      uv_timer_stop(&slot->timer);
+      slot->timer_use = TimerUse::kNone;
+    }
+    for (Slot* slot : group->outgoing) {
+      uv_timer_stop(&slot->timer);
+      slot->timer_use = TimerUse::kNone;
+    }
   }
   // Intake first: reactors and services stop taking work and finish what
   // they sent; jobs follow once nobody can send them more.
@@ -696,7 +1015,10 @@ void Watcher::CloseEverything() {
   for (uv_signal_t* handle : {&sigchld_, &sigterm_, &sigint_, &sighup_}) {
     close_handle(handle);
   }
-  close_handle(&stop_timer_);
+  for (uv_timer_t* timer :
+       {&stop_timer_, &watchdog_timer_, &rss_timer_, &reload_timer_}) {
+    close_handle(timer);
+  }
   for (OutputReader* reader : readers_) {
     reader->splitter.Finish([reader](std::string_view line) {
       spdlog::info("{}: {}", reader->prefix, line);
@@ -708,24 +1030,58 @@ void Watcher::CloseEverything() {
   for (auto& group : groups_) {
     for (auto& [index, slot] : group->slots) CloseSlotHandles(slot);
     group->slots.clear();
+    for (Slot* slot : group->outgoing) CloseSlotHandles(slot);
+    group->outgoing.clear();
   }
 }
 
+// ---------------------------------------------------------------- reload
+
 Status Watcher::Reload() {
   if (stopping_) return Status::Error("the pool is stopping");
-  NotifySystemd("RELOADING=1\nSTATUS=reloading " + config_path_);
-  spdlog::info("SIGHUP: reloading {}", config_path_);
+  if (phase_ == Phase::kRunning && !reload_queued_) return ApplyReload();
+  // A reload (or the start) is still being applied: this one waits for it,
+  // so two never interleave. The file is checked now, to answer at once,
+  // and read again when its turn comes.
+  ConfigLoad load = LoadConfigFile(config_path_);
+  if (!load.ok()) {
+    std::string text = load.ErrorText();
+    if (!text.empty() && text.back() == '\n') text.pop_back();
+    for (const ConfigError& error : load.errors) {
+      spdlog::error("reload refused, keeping the running pool: {}",
+                    error.ToString());
+    }
+    last_reload_ = {{"ok", false}, {"error", text}, {"unix", time(nullptr)}};
+    ReportStatus();
+    return Status::Error(text);
+  }
+  if (!reload_queued_) {
+    spdlog::info("reload queued: the {} is still being applied",
+                 phase_ == Phase::kStarting ? "start" : "previous reload");
+  }
+  reload_queued_ = true;
+  return Status::Ok();
+}
+
+void Watcher::FailReload(const std::string& error) {
+  last_reload_ = {{"ok", false}, {"error", error}, {"unix", time(nullptr)}};
+  // RELOADING=1 went out: systemd waits for READY=1 to end the reload.
+  NotifySystemd("READY=1\nSTATUS=" + StatusLine());
+}
+
+Status Watcher::ApplyReload() {
+  NotifySystemd("RELOADING=1\n" + MonotonicUsecField() + "\nSTATUS=reloading " +
+                config_path_);
+  spdlog::info("reloading {}", config_path_);
   ConfigLoad load = LoadConfigFile(config_path_);
   if (!load.ok()) {
     for (const ConfigError& error : load.errors) {
       spdlog::error("reload failed, keeping the running pool: {}",
                     error.ToString());
     }
-    NotifySystemd("READY=1\nSTATUS=reload failed (" +
-                  load.errors.front().ToString() + "); running the old pool");
     std::string text = load.ErrorText();
     if (!text.empty() && text.back() == '\n') text.pop_back();
-    last_reload_ = {{"ok", false}, {"error", text}, {"unix", time(nullptr)}};
+    FailReload(text);
     return Status::Error(text);
   }
   PoolConfig next = std::move(*load.config);
@@ -733,19 +1089,37 @@ Status Watcher::Reload() {
     spdlog::error("reload failed, keeping the running pool: {}",
                   bound.message());
     CloseUnusedListenSockets();  // the ones this attempt bound
-    NotifySystemd("READY=1\nSTATUS=reload failed (" + bound.message() +
-                  "); running the old pool");
-    last_reload_ = {
-        {"ok", false}, {"error", bound.message()}, {"unix", time(nullptr)}};
+    FailReload(bound.message());
     return bound;
   }
   PoolDiff diff = DiffPools(config_, next);
   spdlog::info("reload: {}", diff.Summary());
   if (next.log != config_.log) SetupLogging(next.log);
+  if (next.stop_timeout != config_.stop_timeout ||
+      next.metrics != config_.metrics ||
+      next.control_socket != config_.control_socket ||
+      next.name != config_.name) {
+    // These are read at start or when used; the control socket and the
+    // metrics endpoint stay where they are until a restart.
+    if (next.control_socket != config_.control_socket ||
+        next.metrics != config_.metrics || next.name != config_.name) {
+      spdlog::warn(
+          "reload: pool name, control_socket and metrics take effect at the "
+          "next start");
+    }
+  }
+  phase_ = Phase::kReloading;
+  // The new definition is in force from here: spawns below use it.
+  PoolConfig previous = std::move(config_);
+  config_ = std::move(next);
+  // Pool-level settings that cannot move at run time stay as they were.
+  config_.name = previous.name;
+  config_.control_socket = previous.control_socket;
+  config_.metrics = previous.metrics;
 
   for (const GroupChange& change : diff.changes) {
     Group* group = FindGroup(change.group);
-    const GroupConfig* next_config = next.FindGroup(change.group);
+    const GroupConfig* next_config = config_.FindGroup(change.group);
     switch (change.kind) {
       case GroupChange::Kind::kAdded: {
         groups_.push_back(std::make_unique<Group>(*next_config));
@@ -753,58 +1127,152 @@ Status Watcher::Reload() {
         break;
       }
       case GroupChange::Kind::kRemoved: {
+        if (group == nullptr) break;
         group->removing = true;
         group->rolling.clear();
-        std::vector<Slot*> idle;
-        for (auto& [index, slot] : group->slots) {
-          slot->retiring = true;
-          if (slot->pid > 0) {
-            StopSlot(slot);
-          } else {
-            idle.push_back(slot);
-          }
-        }
-        for (Slot* slot : idle) RemoveSlot(slot);
-        if (idle.empty()) DeleteGroupIfDrained(group);
+        std::vector<Slot*> slots;
+        for (auto& [index, slot] : group->slots) slots.push_back(slot);
+        for (Slot* slot : slots) RetireSlot(slot);
+        for (Slot* slot : std::vector<Slot*>(group->outgoing)) StopSlot(slot);
+        DeleteGroupIfDrained(group);
         break;
       }
       case GroupChange::Kind::kUnchanged:
       case GroupChange::Kind::kResized:
       case GroupChange::Kind::kRestarted: {
-        const bool restart = change.kind == GroupChange::Kind::kRestarted;
+        if (group == nullptr) break;
         group->config = *next_config;
-        group->scaled = false;  // the file's processes win again
-        group->policy.SetConfig(next_config->restart);
-        if (group->failed) {
-          // A reload gives a failed group a fresh start.
-          group->failed = false;
-          group->policy.Reset();
-          for (auto& [index, slot] : group->slots) {
-            if (slot->pid <= 0 && !slot->retiring) Spawn(slot);
-          }
+        if (group->scaled) {
+          spdlog::info("group {}: the file's processes ({}) replace `scale`",
+                       group->config.name, next_config->processes);
         }
+        group->scaled = false;
+        group->policy.SetConfig(next_config->restart);
+        RestartFailedGroup(group);  // a reload gives a failed group a chance
         ResizeGroup(group);
-        if (restart) StartRollingRestart(group);
+        if (change.kind == GroupChange::Kind::kRestarted) {
+          StartRollingRestart(group);
+        }
+        if (change.limits_changed) ApplyLimits(group);
         break;
       }
     }
   }
-  config_ = std::move(next);
-  // Reactors still draining keep their own copies of removed sockets.
-  CloseUnusedListenSockets();
-  last_reload_ = {{"ok", true}, {"summary", diff.Summary()},
-                  {"unix", time(nullptr)}};
-  NotifySystemd("READY=1");
-  ReportStatus();
+  ApplyRoutes();
+  UpdateRssSampling();
+  last_reload_ = {
+      {"ok", true}, {"summary", diff.Summary()}, {"unix", time(nullptr)}};
+  CheckSettled();
   return Status::Ok();
 }
 
-void Watcher::StartRollingRestart(Group* group) {
-  group->rolling.clear();
-  for (auto& [index, slot] : group->slots) {
-    if (!slot->retiring) group->rolling.push_back(index);
+// Limits reach running children without a restart: their own (kConfig)
+// and their senders' view of the group (kRouteOpened again).
+void Watcher::ApplyLimits(Group* group) {
+  const GroupConfig& config = group->config;
+  auto apply = [this, &config](Slot* slot) {
+    if (slot->pid <= 0) return;
+    slot->recycle_after = RecycleAfter(config.max_requests, random_());
+    if (!slot->ready) return;
+    SendChildConfig(slot);
+    ArmHeartbeat(slot);
+  };
+  for (auto& [index, slot] : group->slots) apply(slot);
+  for (Slot* slot : group->outgoing) apply(slot);
+  auto subscribers = subscribers_.find(config.name);
+  if (subscribers != subscribers_.end()) {
+    for (Slot* sender : subscribers->second) {
+      if (sender->channel == nullptr) continue;
+      sender->channel->Send(
+          wire::FrameType::kRouteOpened,
+          {{"group", config.name},
+           {"max_inflight", config.max_inflight},
+           {"queue_limit", config.queue_limit},
+           {"request_timeout_ms", config.request_timeout.count()}});
+    }
   }
-  ContinueRollingRestart(group);
+  std::vector<Slot*> slots;
+  for (auto& [index, slot] : group->slots) slots.push_back(slot);
+  for (Slot* slot : slots) CheckRequestCount(slot);
+}
+
+// Routes are checked against the new definition: one no longer allowed is
+// revoked (requests already sent finish), one refused before and allowed
+// now is opened for the child that asked.
+void Watcher::ApplyRoutes() {
+  for (auto& group : groups_) {
+    auto visit = [this](Slot* slot) {
+      if (slot->pid <= 0 || slot->channel == nullptr) return;
+      const std::string& from = slot->group->config.name;
+      for (const std::string& target :
+           std::vector<std::string>(slot->routes.begin(), slot->routes.end())) {
+        Status allowed = CheckRequestRoute(config_, from, target);
+        if (allowed.ok()) continue;
+        spdlog::info("route {}[{}] pid {} -> {} revoked: {}", from, slot->index,
+                     slot->pid, target, allowed.message());
+        slot->routes.erase(target);
+        subscribers_[target].erase(slot);
+        slot->refused_routes.insert(target);
+        slot->channel->Send(wire::FrameType::kRouteRefused,
+                            {{"group", target}, {"error", allowed.message()}});
+      }
+      for (const std::string& target : std::vector<std::string>(
+               slot->refused_routes.begin(), slot->refused_routes.end())) {
+        if (!CheckRequestRoute(config_, from, target).ok()) continue;
+        if (FindGroup(target) == nullptr) continue;
+        spdlog::info("route {}[{}] pid {} -> {} allowed by the reload", from,
+                     slot->index, slot->pid, target);
+        slot->refused_routes.erase(target);
+        OnRouteOpen(slot, target);
+      }
+    };
+    if (group->removing) continue;
+    for (auto& [index, slot] : group->slots) visit(slot);
+    for (Slot* slot : group->outgoing) visit(slot);
+  }
+}
+
+bool Watcher::Settled() const {
+  for (const auto& group : groups_) {
+    if (group->removing) return false;
+    // A failed group waits for a reload or `workerpool restart`; its old
+    // children, if a rolling restart left any, serve until then.
+    if (group->failed) continue;
+    if (!group->outgoing.empty() || !group->rolling.empty()) return false;
+    for (const auto& [index, slot] : group->slots) {
+      if (slot->retiring || !slot->up) return false;
+    }
+  }
+  return true;
+}
+
+// Ends the start or a reload once the pool has settled: READY=1 to systemd,
+// then the queued reload, if any.
+void Watcher::CheckSettled() {
+  if (phase_ != Phase::kStarting && phase_ != Phase::kReloading) return;
+  if (!Settled()) return;
+  const bool starting = phase_ == Phase::kStarting;
+  phase_ = Phase::kRunning;
+  // Listen sockets dropped by the reload close once their reactors are gone.
+  CloseUnusedListenSockets();
+  NotifySystemd("READY=1\nSTATUS=" + StatusLine());
+  if (starting) {
+    spdlog::info("pool {} ready: {} children", config_.name, children_.size());
+  } else {
+    spdlog::info("reload finished: {} children", children_.size());
+  }
+  if (reload_queued_) {
+    // From a fresh loop turn: we may be deep inside a child's exit here.
+    uv_timer_start(
+        &reload_timer_,
+        [](uv_timer_t* timer) {
+          auto* self = Owner<Watcher>(reinterpret_cast<uv_handle_t*>(timer));
+          if (!self->reload_queued_ || self->stopping_) return;
+          self->reload_queued_ = false;
+          self->ApplyReload();
+        },
+        0, 0);
+  }
 }
 
 Status Watcher::StartControl() {
@@ -845,13 +1313,7 @@ Status Watcher::RestartGroup(const std::string& name) {
   Group* group = FindGroup(name);
   if (group == nullptr) return Status::Error("unknown group '" + name + "'");
   spdlog::info("rolling restart of group {}", name);
-  if (group->failed) {
-    group->failed = false;
-    group->policy.Reset();
-    for (auto& [index, slot] : group->slots) {
-      if (slot->pid <= 0 && !slot->retiring) Spawn(slot);
-    }
-  }
+  RestartFailedGroup(group);
   StartRollingRestart(group);
   return Status::Ok();
 }
@@ -866,17 +1328,19 @@ nlohmann::json Watcher::StatusJson() {
     json requests = json::object();
     uint64_t inflight = 0, queued = 0;
     int live = 0, ready = 0;
-    for (auto& [index, slot] : group->slots) {
-      if (slot->pid <= 0) continue;
-      ++live;
-      if (slot->ready) ++ready;
+    auto add_child = [&](int index, Slot* slot) {
+      if (slot->pid <= 0) return;
+      if (!slot->outgoing) {
+        ++live;
+        if (slot->ready) ++ready;
+      }
       children.push_back(
           {{"index", index},
            {"pid", slot->pid},
            {"uptime_ms",
             std::chrono::duration_cast<Duration>(now - slot->started).count()},
            {"ready", slot->ready},
-           {"draining", slot->draining || slot->retiring}});
+           {"draining", slot->draining || slot->retiring || slot->outgoing}});
       for (auto& [key, value] : slot->stats.items()) {
         if (key == "app") {
           if (value.is_object() && !value.empty()) {
@@ -891,16 +1355,18 @@ nlohmann::json Watcher::StatusJson() {
             inflight += number;
           } else if (key == "queued") {
             queued += number;
-          } else {
+          } else if (key != "serving") {
             requests[key] = requests.value(key, uint64_t{0}) + number;
           }
         }
       }
-    }
-    std::string state = group->removing                   ? "removing"
-                        : group->failed                   ? "failed"
+    };
+    for (auto& [index, slot] : group->slots) add_child(index, slot);
+    for (Slot* slot : group->outgoing) add_child(slot->index, slot);
+    std::string state = group->removing                  ? "removing"
+                        : group->failed                  ? "failed"
                         : live < group->config.processes ? "starting"
-                                                          : "running";
+                                                         : "running";
     groups.push_back({{"name", group->config.name},
                       {"type", GroupTypeName(group->config.type)},
                       {"desired", group->config.processes},
@@ -916,17 +1382,31 @@ nlohmann::json Watcher::StatusJson() {
                       {"app", app},
                       {"children", children}});
   }
+  const char* state = "running";
+  switch (phase_) {
+    case Phase::kStarting:
+      state = "starting";
+      break;
+    case Phase::kRunning:
+      break;
+    case Phase::kReloading:
+      state = "reloading";
+      break;
+    case Phase::kStopping:
+      state = "stopping";
+      break;
+  }
   return {{"pool", config_.name},
           {"config", config_path_},
           {"pid", getpid()},
-          {"state", stopping_ ? "stopping" : "running"},
+          {"state", state},
+          {"reload_queued", reload_queued_},
           {"uptime_ms",
            std::chrono::duration_cast<Duration>(now - started_at_).count()},
           {"last_reload", last_reload_},
           {"refused_routes", refused_requests_},
           {"groups", groups}};
 }
-
 
 Status Watcher::BindListenSockets(const PoolConfig& config) {
   for (const GroupConfig& group : config.groups) {
@@ -954,7 +1434,9 @@ void Watcher::CloseUnusedListenSockets() {
   for (auto it = listen_fds_.begin(); it != listen_fds_.end();) {
     bool used = false;
     for (const GroupConfig& group : config_.groups) {
-      for (const std::string& address : group.listen) used |= address == it->first;
+      for (const std::string& address : group.listen) {
+        used |= address == it->first;
+      }
     }
     if (used) {
       ++it;
@@ -962,6 +1444,11 @@ void Watcher::CloseUnusedListenSockets() {
     }
     spdlog::info("closing listen socket {}", it->first);
     close(it->second);
+    // Our socket file: nothing listens on it any more.
+    Result<ListenAddress> address = ParseListenAddress(it->first);
+    if (address.ok() && address->kind == ListenAddress::Kind::kUnix) {
+      unlink(address->path.c_str());
+    }
     it = listen_fds_.erase(it);
   }
 }
@@ -1001,6 +1488,7 @@ void Watcher::OnChannelFrame(Slot* slot, const FrameView& frame) {
       break;
     case wire::FrameType::kStats:
       slot->stats = std::move(body);
+      CheckRequestCount(slot);
       break;
     default:
       spdlog::warn(
@@ -1014,21 +1502,34 @@ void Watcher::OnChannelFrame(Slot* slot, const FrameView& frame) {
 void Watcher::OnHello(Slot* slot) {
   if (slot->ready) return;
   slot->ready = true;
+  slot->group->speaks_protocol = true;
+  SendChildConfig(slot);
+  ArmHeartbeat(slot);
+  if (!slot->draining && !stopping_) {
+    // Every child that routes to this group gets a link to the newcomer.
+    auto subscribers = subscribers_.find(slot->group->config.name);
+    if (subscribers != subscribers_.end()) {
+      for (Slot* sender : subscribers->second) LinkPeers(sender, slot);
+    }
+  }
+  MarkUp(slot);
+}
+
+void Watcher::SendChildConfig(Slot* slot) {
+  if (slot->channel == nullptr) return;
   const GroupConfig& config = slot->group->config;
   slot->channel->Send(wire::FrameType::kConfig,
                       {{"max_inflight", config.max_inflight},
-                       {"heartbeat_ms", config.heartbeat_timeout.count()}});
-  ArmHeartbeat(slot);
-  if (slot->draining || stopping_) return;
-  // Every child that routes to this group gets a link to the newcomer.
-  auto subscribers = subscribers_.find(config.name);
-  if (subscribers == subscribers_.end()) return;
-  for (Slot* sender : subscribers->second) LinkPeers(sender, slot);
+                       {"heartbeat_ms", config.heartbeat_timeout.count()},
+                       {"max_requests", slot->recycle_after}});
 }
 
 void Watcher::ArmHeartbeat(Slot* slot) {
   const Duration timeout = slot->group->config.heartbeat_timeout;
-  if (timeout.count() <= 0) return;
+  if (timeout.count() <= 0) {
+    uv_timer_stop(&slot->heartbeat);
+    return;
+  }
   uv_timer_start(
       &slot->heartbeat,
       [](uv_timer_t* timer) {
@@ -1048,7 +1549,7 @@ void Watcher::OnRouteOpen(Slot* sender, const std::string& target) {
   Status allowed = CheckRequestRoute(config_, from, target);
   if (!allowed.ok()) {
     ++refused_requests_;
-    if (sender->refusals_logged.insert(target).second) {
+    if (sender->refused_routes.insert(target).second) {
       spdlog::warn("refused {}[{}] pid {} -> {}: {}", from, sender->index,
                    sender->pid, target, allowed.message());
     }
@@ -1059,14 +1560,18 @@ void Watcher::OnRouteOpen(Slot* sender, const std::string& target) {
   Group* group = FindGroup(target);
   sender->routes.insert(target);
   subscribers_[target].insert(sender);
+  const GroupConfig* config = config_.FindGroup(target);
   if (group != nullptr) {
-    for (auto& [index, server] : group->slots) {
+    config = &group->config;
+    auto link = [this, sender](Slot* server) {
       if (server->pid > 0 && server->ready && !server->draining) {
         LinkPeers(sender, server);
       }
-    }
+    };
+    for (auto& [index, server] : group->slots) link(server);
+    // Replaced children serve until their replacement is up.
+    for (Slot* server : group->outgoing) link(server);
   }
-  const GroupConfig* config = config_.FindGroup(target);
   sender->channel->Send(
       wire::FrameType::kRouteOpened,
       {{"group", target},
@@ -1137,7 +1642,7 @@ void Watcher::ForgetChannel(Slot* slot) {
     if (subscribers != subscribers_.end()) subscribers->second.erase(slot);
   }
   slot->routes.clear();
-  slot->refusals_logged.clear();
+  slot->refused_routes.clear();
   slot->ready = false;
 }
 
@@ -1153,20 +1658,36 @@ Watcher::Group* Watcher::FindGroup(const std::string& name) {
   return nullptr;
 }
 
-void Watcher::ReportStatus() {
+// One line for systemctl status: "demo: 6/6 children up in 2 groups;
+// failed: web; last reload failed: FILE:LINE:COL: ...".
+std::string Watcher::StatusLine() const {
   size_t desired = 0;
-  size_t failed = 0;
-  for (auto& group : groups_) {
+  size_t up = 0;
+  size_t groups = 0;
+  std::string failed;
+  for (const auto& group : groups_) {
     if (group->removing) continue;
+    ++groups;
     desired += group->config.processes;
-    if (group->failed) ++failed;
+    for (const auto& [index, slot] : group->slots) up += slot->up ? 1 : 0;
+    if (group->failed)
+      failed += (failed.empty() ? "" : ", ") + group->config.name;
   }
-  std::string status = "STATUS=" + std::to_string(children_.size()) + "/" +
-                       std::to_string(desired) + " children running in " +
-                       std::to_string(groups_.size()) + " groups";
-  if (failed > 0) status += ", " + std::to_string(failed) + " failed";
-  NotifySystemd(status);
+  std::string line = config_.name + ": " + std::to_string(up) + "/" +
+                     std::to_string(desired) + " children up in " +
+                     std::to_string(groups) + " groups";
+  if (phase_ == Phase::kReloading) line += "; reloading";
+  if (reload_queued_) line += "; reload queued";
+  if (!failed.empty()) line += "; failed: " + failed;
+  if (last_reload_.is_object() && !last_reload_.value("ok", true)) {
+    std::string error = last_reload_.value("error", std::string());
+    error = error.substr(0, error.find('\n'));  // the first error
+    line += "; last reload failed: " + error;
+  }
+  return line;
 }
+
+void Watcher::ReportStatus() { NotifySystemd("STATUS=" + StatusLine()); }
 
 int RunWatcher(const std::string& config_path, const char* argv0) {
   ConfigLoad load = LoadConfigFile(config_path);

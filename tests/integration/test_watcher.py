@@ -514,5 +514,40 @@ groups:
         self._json_lines(pool)
 
 
+    # -- an idle pool sleeps
+
+    def test_idle_pool_has_no_wakeups(self):
+        """No polling timer runs while nothing happens: neither the Watcher
+        nor an idle protocol child (no heartbeat_timeout, no max_rss) wakes
+        up on its own."""
+        pool = self.pool("""
+pool: {name: idle, stop_timeout: 2s}
+groups:
+  - {name: s, type: job, processes: 2, command: %s}
+  - {name: e, type: job, processes: 1, command: [workerpool, builtin, echo-job]}
+""" % SLEEP)
+        pool.wait_for_log(r"pool idle ready")
+        (echo,) = pool.children("e")
+
+        def switches(pid):
+            total = 0
+            for task in os.listdir("/proc/%d/task" % pid):
+                status = wp.proc_status(int(task))
+                total += int(status.get("voluntary_ctxt_switches", 0))
+                total += int(status.get("nonvoluntary_ctxt_switches", 0))
+            return total
+
+        time.sleep(1.5)  # the start grace and any last stats go by
+        before = {pid: switches(pid) for pid in (pool.pid, echo.pid)}
+        time.sleep(3)
+        after = {pid: switches(pid) for pid in (pool.pid, echo.pid)}
+        for pid in before:
+            # A stray wake-up or two (page faults, the scheduler) is not a
+            # timer; a 1 s timer would show 3 or more here.
+            self.assertLessEqual(after[pid] - before[pid], 2,
+                                 "pid %d woke up %d times while idle"
+                                 % (pid, after[pid] - before[pid]))
+        self.assertEqual(pool.stop(), 0)
+
 if __name__ == "__main__":
     wp.main()

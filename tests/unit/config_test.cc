@@ -1235,5 +1235,57 @@ TEST_CASE("a file too large to be a pool definition is one error") {
   CHECK(Contains(OnlyError(LoadConfigFile(path)), path + ": is larger than"));
 }
 
+TEST_CASE("each listen address is parsed at load time, with its position") {
+  // Line 6 is the listen line; the second item starts at column 32.
+  ConfigLoad load = ParseWithGroupLines(
+      "    listen: [\"127.0.0.1:8080\", \"127.0.0.1:99999\"]\n", "reactor");
+  CHECK(ErrorAt(load, "groups[0].listen[1]") ==
+        "test.yaml:6:32: groups[0].listen[1]: '127.0.0.1:99999': port must be "
+        "1..65535, got '99999'");
+  CHECK(Contains(
+      ErrorAt(ParseWithGroupLines("    listen: [\"8080\"]\n", "reactor"),
+              "groups[0].listen[0]"),
+      "test.yaml:6:14: groups[0].listen[0]: '8080': expected "
+      "HOST:PORT"));
+  CHECK(Contains(
+      ErrorAt(ParseWithGroupLines("    listen: [\"::1:80\"]\n", "reactor"),
+              "groups[0].listen[0]"),
+      "in brackets"));
+  CHECK(
+      Contains(ErrorAt(ParseWithGroupLines(
+                           "    listen: [\"unix:relative.sock\"]\n", "reactor"),
+                       "groups[0].listen[0]"),
+               "absolute path"));
+  CHECK(Contains(
+      ErrorAt(ParseWithGroupLines("    listen: [\"unix:/run/a.sock,mode=9\"]\n",
+                                  "reactor"),
+              "groups[0].listen[0]"),
+      "mode=OCTAL"));
+  ConfigLoad good = ParseWithGroupLines(
+      "    listen: [\"[::1]:8080\", \"unix:/run/a.sock,mode=0600\", "
+      "\"0.0.0.0:80\"]\n",
+      "reactor");
+  REQUIRE(good.ok());
+  CHECK(good.config->groups[0].listen.size() == 3);
+}
+
+TEST_CASE("recycling keys: max_requests and max_rss") {
+  ConfigLoad load =
+      ParseWithGroupLines("    max_requests: 500\n    max_rss: 200MB\n");
+  REQUIRE(load.ok());
+  CHECK(load.config->groups[0].max_requests == 500);
+  CHECK(load.config->groups[0].max_rss == 200LL * 1024 * 1024);
+  ConfigLoad service = ParseWithGroupLines("    max_requests: 3\n", "service");
+  CHECK(service.ok());
+  // A reactor never answers requests: a count of them would never trigger.
+  CHECK(ErrorAt(ParseWithGroupLines("    max_requests: 10\n", "reactor"),
+                "groups[0].max_requests") ==
+        "test.yaml:6:5: groups[0].max_requests: a reactor does not serve "
+        "requests, so it is never recycled by count; use max_rss, or move "
+        "max_requests to the job group it sends to");
+  ConfigLoad rss = ParseWithGroupLines("    max_rss: 1GB\n", "reactor");
+  CHECK(rss.ok());
+}
+
 }  // namespace
 }  // namespace workerpool

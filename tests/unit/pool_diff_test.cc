@@ -62,6 +62,46 @@ TEST_CASE("env, cwd and user changes restart; limits change in place") {
   CHECK_FALSE(SpawnSettingsDiffer(base, limits));
 }
 
+TEST_CASE("limits and routes_to are flagged for in-place application") {
+  PoolConfig old_pool;
+  old_pool.groups = {Group("front", 1), Group("jobs", 2), Group("calm", 1)};
+  old_pool.groups[0].type = GroupType::kReactor;
+  old_pool.groups[0].routes_to = {"jobs"};
+  PoolConfig new_pool = old_pool;
+  new_pool.groups[0].routes_to = {};
+  new_pool.groups[1].max_inflight = 4;
+  new_pool.groups[1].processes = 3;
+  PoolDiff diff = DiffPools(old_pool, new_pool);
+  const GroupChange& front = ChangeOf(diff, "front");
+  CHECK(front.kind == GroupChange::Kind::kUnchanged);
+  CHECK(front.routes_changed);
+  CHECK_FALSE(front.limits_changed);
+  const GroupChange& jobs = ChangeOf(diff, "jobs");
+  CHECK(jobs.kind == GroupChange::Kind::kResized);
+  CHECK(jobs.limits_changed);
+  CHECK_FALSE(jobs.routes_changed);
+  CHECK_FALSE(ChangeOf(diff, "calm").limits_changed);
+  CHECK(diff.Summary() ==
+        "front: routes_to changed; jobs: resized (2 -> 3 processes), limits "
+        "changed");
+}
+
+TEST_CASE("each limit counts as a limit change, and none restarts") {
+  GroupConfig base = Group("g", 1);
+  auto changed = [&base](auto edit) {
+    GroupConfig other = base;
+    edit(other);
+    return LimitsDiffer(base, other) && !SpawnSettingsDiffer(base, other);
+  };
+  CHECK(changed([](GroupConfig& g) { g.max_inflight = 3; }));
+  CHECK(changed([](GroupConfig& g) { g.queue_limit = 3; }));
+  CHECK(changed([](GroupConfig& g) { g.request_timeout = Duration(5); }));
+  CHECK(changed([](GroupConfig& g) { g.heartbeat_timeout = Duration(5); }));
+  CHECK(changed([](GroupConfig& g) { g.max_requests = 100; }));
+  CHECK(changed([](GroupConfig& g) { g.max_rss = 1 << 20; }));
+  CHECK_FALSE(LimitsDiffer(base, base));
+}
+
 TEST_CASE("an identical pool has nothing to do") {
   PoolConfig pool;
   pool.groups = {Group("a", 1), Group("b", 2)};

@@ -2,7 +2,9 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <limits>
 #include <vector>
 
 namespace workerpool {
@@ -188,6 +190,31 @@ TEST_CASE("SetConfig applies to the next decision") {
   policy.OnChildExit(0, kStart, kStart);
   policy.SetConfig(BackoffOnly(seconds(1), seconds(30)));
   CHECK(policy.OnChildExit(0, kStart, kStart).delay == seconds(1));
+}
+
+TEST_CASE("recycle limit: 0 never, else within +-10% and at least 1") {
+  CHECK(RecycleAfter(0, 12345) == 0);
+  CHECK(RecycleAfter(-5, 12345) == 0);
+  std::int64_t low = 1000, high = 0;
+  for (std::uint64_t random = 0; random < 1000; ++random) {
+    std::int64_t limit = RecycleAfter(1000, random * 7919);
+    low = std::min(low, limit);
+    high = std::max(high, limit);
+  }
+  CHECK(low == 900);
+  CHECK(high == 1100);
+  // Below 10 the jitter is 0: small limits stay exact (tests rely on it).
+  for (std::uint64_t random = 0; random < 50; ++random) {
+    CHECK(RecycleAfter(5, random) == 5);
+    CHECK(RecycleAfter(1, random) == 1);
+  }
+  // The top of the range does not overflow.
+  const std::int64_t max = std::numeric_limits<std::int64_t>::max();
+  for (std::uint64_t random : {0ull, 1ull, ~0ull, 12345678901ull}) {
+    std::int64_t limit = RecycleAfter(max, random);
+    CHECK(limit >= max - max / 10);
+    CHECK(limit <= max);
+  }
 }
 
 }  // namespace

@@ -105,7 +105,7 @@ RequestParser::Result RequestParser::Feed(std::string_view data,
   std::size_t used =
       http_parser_execute(&parser_, &settings_, data.data(), data.size());
   *consumed = std::min(used, data.size());
-  if (complete_) return Result::kRequest;
+  if (complete_ && !failed_) return Result::kRequest;
   enum http_errno error = HTTP_PARSER_ERRNO(&parser_);
   if (error == HPE_OK && *consumed == data.size()) return Result::kNeedMore;
   if (!failed_) {
@@ -143,7 +143,9 @@ int RequestParser::Fail(int status, std::string text) {
   failed_ = true;
   error_status_ = status;
   error_text_ = std::move(text);
-  return 1;  // halts http_parser
+  // Halts http_parser. Not 1: from on_headers_complete, 1 and 2 mean "no
+  // body follows" and would let the request through.
+  return -1;
 }
 
 void RequestParser::EndHeader() {

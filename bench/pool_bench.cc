@@ -16,9 +16,23 @@
 //     samples the supervisor's VmRSS, CPU time (utime+stime) and context
 //     switches (voluntary + nonvoluntary, every thread) over S seconds.
 //
+//   pool_bench reload [--rounds R] [--quiet-ms Q] [--timeout-ms T]
+//                     [--ready-timeout-s T] SYSTEM...
+//     Reload: each system starts with --children N, then per round is
+//     switched to --grow-config (M children) and back to --config (N), by
+//     copying that file over --config and either sending SIGHUP to the
+//     supervisor (--reload-signal) or running --reload CMD. Measures the
+//     time from the trigger to the last change of the set of live children
+//     that left exactly the target count (so it waits --quiet-ms after
+//     reaching it: a system that stops everything first passes through the
+//     target on its way down), and how many children of before the reload
+//     are still alive after it. Systems alternate within a round.
+//
 //   SYSTEM is: --system NAME --socket PATH [--children N] [--kills K]
 //              (--child BINARY | --start CMD [--detached --stop CMD])
 //              [--pid-file FILE] [--log FILE]
+//              [--config FILE --grow-config FILE --grow-to M
+//               (--reload-signal | --reload CMD)]            (reload only)
 //     --child BINARY ("raw"): the harness is the supervisor itself: SIGKILL,
 //       waitpid, fork + exec, wait for the datagram; the 1.0 baseline.
 //     --start CMD: `/bin/sh -c "exec CMD"` is the supervisor process (it gets
@@ -79,6 +93,12 @@ struct SystemOptions {
   bool detached = false;
   int children = 20;
   int kills = -1;  // -1: one per round
+  // reload mode
+  std::string config;
+  std::string grow_config;
+  std::string reload_command;
+  bool reload_signal = false;
+  int grow_to = 0;
 };
 
 struct Options {
@@ -89,13 +109,15 @@ struct Options {
   int timeout_ms = 5000;
   int ready_timeout_s = 120;
   int settle_ms = 2000;
+  int quiet_ms = 2500;
   double seconds = 10;
   unsigned seed = 1;
   std::vector<SystemOptions> systems;
 };
 
 [[noreturn]] void Usage(const std::string& why) {
-  std::fprintf(stderr, "pool_bench: %s (usage atop bench/pool_bench.cc)\n", why.c_str());
+  std::fprintf(stderr, "pool_bench: %s (usage atop bench/pool_bench.cc)\n",
+               why.c_str());
   std::exit(1);
 }
 
@@ -103,7 +125,9 @@ Options ParseOptions(int argc, char** argv) {
   if (argc < 2) Usage("missing mode: restart | idle");
   Options o;
   o.mode = argv[1];
-  if (o.mode != "restart" && o.mode != "idle") Usage("unknown mode " + o.mode);
+  if (o.mode != "restart" && o.mode != "idle" && o.mode != "reload") {
+    Usage("unknown mode " + o.mode);
+  }
   for (int i = 2; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&]() -> std::string {
@@ -123,37 +147,97 @@ Options ParseOptions(int argc, char** argv) {
       continue;
     }
     // Global options.
-    if (arg == "--rounds") { o.rounds = number(); continue; }
-    if (arg == "--warmup") { o.warmup = number(); continue; }
-    if (arg == "--gap-ms") { o.gap_ms = number(); continue; }
-    if (arg == "--timeout-ms") { o.timeout_ms = number(); continue; }
-    if (arg == "--ready-timeout-s") { o.ready_timeout_s = number(); continue; }
-    if (arg == "--settle-ms") { o.settle_ms = number(); continue; }
-    if (arg == "--seconds") { o.seconds = std::stod(value()); continue; }
-    if (arg == "--seed") { o.seed = static_cast<unsigned>(number()); continue; }
+    if (arg == "--rounds") {
+      o.rounds = number();
+      continue;
+    }
+    if (arg == "--warmup") {
+      o.warmup = number();
+      continue;
+    }
+    if (arg == "--gap-ms") {
+      o.gap_ms = number();
+      continue;
+    }
+    if (arg == "--timeout-ms") {
+      o.timeout_ms = number();
+      continue;
+    }
+    if (arg == "--ready-timeout-s") {
+      o.ready_timeout_s = number();
+      continue;
+    }
+    if (arg == "--settle-ms") {
+      o.settle_ms = number();
+      continue;
+    }
+    if (arg == "--quiet-ms") {
+      o.quiet_ms = number();
+      continue;
+    }
+    if (arg == "--seconds") {
+      o.seconds = std::stod(value());
+      continue;
+    }
+    if (arg == "--seed") {
+      o.seed = static_cast<unsigned>(number());
+      continue;
+    }
     // Per-system options.
     if (o.systems.empty()) Usage(arg + " before any --system");
     SystemOptions& s = o.systems.back();
-    if (arg == "--socket") s.socket_path = value();
-    else if (arg == "--child") s.child = value();
-    else if (arg == "--start") s.start = value();
-    else if (arg == "--stop") s.stop = value();
-    else if (arg == "--log") s.log = value();
-    else if (arg == "--pid-file") s.pid_file = value();
-    else if (arg == "--detached") s.detached = true;
-    else if (arg == "--children") s.children = number();
-    else if (arg == "--kills") s.kills = number();
-    else Usage("unknown option " + arg);
+    if (arg == "--socket")
+      s.socket_path = value();
+    else if (arg == "--child")
+      s.child = value();
+    else if (arg == "--start")
+      s.start = value();
+    else if (arg == "--stop")
+      s.stop = value();
+    else if (arg == "--log")
+      s.log = value();
+    else if (arg == "--pid-file")
+      s.pid_file = value();
+    else if (arg == "--detached")
+      s.detached = true;
+    else if (arg == "--children")
+      s.children = number();
+    else if (arg == "--kills")
+      s.kills = number();
+    else if (arg == "--config")
+      s.config = value();
+    else if (arg == "--grow-config")
+      s.grow_config = value();
+    else if (arg == "--grow-to")
+      s.grow_to = number();
+    else if (arg == "--reload")
+      s.reload_command = value();
+    else if (arg == "--reload-signal")
+      s.reload_signal = true;
+    else
+      Usage("unknown option " + arg);
   }
   if (o.systems.empty()) Usage("no --system given");
-  if (o.mode == "idle" && o.systems.size() != 1) Usage("idle measures one system at a time");
+  if (o.mode == "idle" && o.systems.size() != 1)
+    Usage("idle measures one system at a time");
   for (const SystemOptions& s : o.systems) {
     const std::string where = "--system " + s.name + ": ";
     if (s.socket_path.empty()) Usage(where + "--socket is required");
-    if (s.child.empty() == s.start.empty()) Usage(where + "give exactly one of --child, --start");
-    if (o.mode == "idle" && !s.child.empty()) Usage(where + "idle needs --start");
+    if (s.child.empty() == s.start.empty())
+      Usage(where + "give exactly one of --child, --start");
+    if (o.mode == "idle" && !s.child.empty())
+      Usage(where + "idle needs --start");
     if (s.detached && s.stop.empty()) Usage(where + "--detached needs --stop");
     if (s.children < 1) Usage(where + "--children must be positive");
+    if (o.mode == "reload") {
+      if (!s.child.empty()) Usage(where + "reload needs --start");
+      if (s.config.empty() || s.grow_config.empty() || s.grow_to < 1) {
+        Usage(where + "reload needs --config, --grow-config and --grow-to");
+      }
+      if (s.reload_signal == !s.reload_command.empty()) {
+        Usage(where + "give exactly one of --reload-signal, --reload");
+      }
+    }
   }
   return o;
 }
@@ -187,7 +271,8 @@ class Listener {
     if (fd_ < 0) throw Failure(std::string("socket: ") + strerror(errno));
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
-    if (path.size() >= sizeof(addr.sun_path)) throw Failure("socket path too long: " + path);
+    if (path.size() >= sizeof(addr.sun_path))
+      throw Failure("socket path too long: " + path);
     std::strcpy(addr.sun_path, path.c_str());
     unlink(path.c_str());
     if (bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
@@ -208,9 +293,11 @@ class Listener {
     const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
     for (;;) {
       if (g_interrupted) throw Failure("interrupted");
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - Clock::now());
       pollfd p{fd_, POLLIN, 0};
-      int ready = poll(&p, 1, static_cast<int>(std::max<long>(0, left.count())));
+      int ready =
+          poll(&p, 1, static_cast<int>(std::max<long>(0, left.count())));
       if (ready < 0 && errno == EINTR) continue;
       if (ready < 0) throw Failure(std::string("poll: ") + strerror(errno));
       if (ready == 0) return -1;
@@ -249,7 +336,8 @@ bool Alive(pid_t pid) { return pid > 0 && kill(pid, 0) == 0; }
 // True when PID's command line mentions NEEDLE (our children carry their
 // socket path in argv[1]): guards against killing a recycled pid.
 bool CommandMentions(pid_t pid, const std::string& needle) {
-  return ReadFile("/proc/" + std::to_string(pid) + "/cmdline").find(needle) != std::string::npos;
+  return ReadFile("/proc/" + std::to_string(pid) + "/cmdline").find(needle) !=
+         std::string::npos;
 }
 
 // Reaps PID if it is our child; true once it is gone.
@@ -269,9 +357,11 @@ bool WaitGone(pid_t pid, int timeout_ms, bool our_child) {
 
 // A supervisor or helper command: own process group (a ^C on the terminal
 // reaches the harness only), output to LOG, DEATH_SIGNAL if we die first.
-pid_t ForkExec(const std::vector<std::string>& args, const std::string& log, int death_signal) {
+pid_t ForkExec(const std::vector<std::string>& args, const std::string& log,
+               int death_signal) {
   std::vector<char*> argv;
-  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  for (const std::string& a : args)
+    argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   int out = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (out < 0) throw Failure("open " + log + ": " + strerror(errno));
@@ -312,7 +402,8 @@ int RunShell(const std::string& command, const std::string& log) {
 // still cleans up.
 class System {
  public:
-  explicit System(SystemOptions o) : o_(std::move(o)), listener_(o_.socket_path) {}
+  explicit System(SystemOptions o)
+      : o_(std::move(o)), listener_(o_.socket_path) {}
   ~System() { Stop(); }
 
   const SystemOptions& options() const { return o_; }
@@ -330,8 +421,8 @@ class System {
     } else if (o_.detached) {
       int code = RunShell(o_.start, o_.log);
       if (code != 0) {
-        throw Failure(name() + ": start command exited with " + std::to_string(code) +
-                      " (see " + o_.log + ")");
+        throw Failure(name() + ": start command exited with " +
+                      std::to_string(code) + " (see " + o_.log + ")");
       }
     } else {
       // SIGTERM if the harness dies: supervisord and PM2 stop their children
@@ -346,8 +437,9 @@ class System {
     const auto deadline = Clock::now() + std::chrono::seconds(timeout_s);
     while (static_cast<int>(announced.size()) < o_.children) {
       if (Clock::now() > deadline) {
-        throw Failure(name() + ": only " + std::to_string(announced.size()) + " of " +
-                      std::to_string(o_.children) + " children announced themselves within " +
+        throw Failure(name() + ": only " + std::to_string(announced.size()) +
+                      " of " + std::to_string(o_.children) +
+                      " children announced themselves within " +
                       std::to_string(timeout_s) + " s (see " + o_.log + ")");
       }
       CheckRunning();
@@ -364,11 +456,13 @@ class System {
   double KillOne(std::mt19937& random, int timeout_ms) {
     unexpected_ += listener_.Drain();
     CheckRunning();
-    size_t victim = std::uniform_int_distribution<size_t>(0, pids_.size() - 1)(random);
+    size_t victim =
+        std::uniform_int_distribution<size_t>(0, pids_.size() - 1)(random);
     const pid_t old_pid = pids_[victim];
     const auto t0 = Clock::now();
     if (kill(old_pid, SIGKILL) != 0) {
-      throw Failure(name() + ": kill " + std::to_string(old_pid) + ": " + strerror(errno));
+      throw Failure(name() + ": kill " + std::to_string(old_pid) + ": " +
+                    strerror(errno));
     }
     pid_t expected = 0;
     if (raw()) {
@@ -380,8 +474,9 @@ class System {
     for (;;) {
       got = listener_.Receive(timeout_ms);
       if (got < 0) {
-        throw Failure(name() + ": no replacement for pid " + std::to_string(old_pid) +
-                      " within " + std::to_string(timeout_ms) + " ms (see " + o_.log + ")");
+        throw Failure(name() + ": no replacement for pid " +
+                      std::to_string(old_pid) + " within " +
+                      std::to_string(timeout_ms) + " ms (see " + o_.log + ")");
       }
       if (raw() ? got == expected : seen_.count(got) == 0) break;
       ++unexpected_;  // a child announcing itself twice: should not happen
@@ -399,7 +494,8 @@ class System {
       if (pid <= 0) throw Failure(name() + ": no pid in " + o_.pid_file);
       return pid;
     }
-    if (pid_ <= 0) throw Failure(name() + ": no supervisor pid (give --pid-file)");
+    if (pid_ <= 0)
+      throw Failure(name() + ": no supervisor pid (give --pid-file)");
     return pid_;
   }
 
@@ -407,11 +503,89 @@ class System {
     if (pid_ <= 0) return;
     if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
       pid_ = -1;
-      throw Failure(name() + ": the supervisor exited early (see " + o_.log + ")");
+      throw Failure(name() + ": the supervisor exited early (see " + o_.log +
+                    ")");
     }
   }
 
   int DrainUnexpected() { return unexpected_ += listener_.Drain(); }
+
+  struct ReloadResult {
+    double us = 0;  // trigger -> the last change that left TARGET children
+    int kept = 0;   // children of before the reload still alive after it
+    int before = 0;
+    int after = 0;
+  };
+
+  // Puts CONFIG in place of the system's config file, triggers a reload
+  // and waits until the set of live children has held TARGET members for
+  // QUIET_MS.
+  ReloadResult Reload(const std::string& config, int target, int quiet_ms,
+                      int timeout_ms) {
+    unexpected_ += listener_.Drain();
+    CheckRunning();
+    std::set<pid_t> live;
+    for (pid_t pid : pids_) {
+      if (Alive(pid)) live.insert(pid);
+    }
+    const std::set<pid_t> before = live;
+    {
+      std::ifstream in(config, std::ios::binary);
+      std::ofstream out(o_.config + ".new", std::ios::binary | std::ios::trunc);
+      out << in.rdbuf();
+    }
+    // rename: the supervisor never reads a half-written file.
+    if (rename((o_.config + ".new").c_str(), o_.config.c_str()) != 0) {
+      throw Failure(name() + ": cannot replace " + o_.config);
+    }
+    const auto t0 = Clock::now();
+    pid_t helper = -1;
+    if (o_.reload_signal) {
+      kill(MainPid(), SIGHUP);
+    } else {
+      helper = ForkExec({"/bin/sh", "-c", o_.reload_command}, o_.log, 0);
+    }
+    auto last_change = t0;
+    const auto deadline = t0 + std::chrono::milliseconds(timeout_ms);
+    for (;;) {
+      const auto now = Clock::now();
+      if (static_cast<int>(live.size()) == target &&
+          now - last_change >= std::chrono::milliseconds(quiet_ms) &&
+          (helper < 0 || waitpid(helper, nullptr, WNOHANG) == helper)) {
+        break;
+      }
+      if (now > deadline) {
+        throw Failure(name() + ": " + std::to_string(live.size()) +
+                      " children instead of " + std::to_string(target) + " " +
+                      std::to_string(timeout_ms) + " ms after a reload (see " +
+                      o_.log + ")");
+      }
+      CheckRunning();
+      pid_t pid = listener_.Receive(1);
+      bool changed = false;
+      if (pid > 0 && seen_.insert(pid).second) {
+        live.insert(pid);
+        changed = true;
+      }
+      for (auto it = live.begin(); it != live.end();) {
+        if (Alive(*it)) {
+          ++it;
+        } else {
+          it = live.erase(it);
+          changed = true;
+        }
+      }
+      if (changed) last_change = Clock::now();
+    }
+    if (helper > 0) waitpid(helper, nullptr, 0);
+    ReloadResult result;
+    result.us = MicrosSince(t0, last_change);
+    result.before = static_cast<int>(before.size());
+    result.after = static_cast<int>(live.size());
+    for (pid_t pid : live) result.kept += before.count(pid);
+    pids_.assign(live.begin(), live.end());
+    return result;
+  }
 
   void Stop() {
     if (!started_) return;
@@ -429,7 +603,8 @@ class System {
     } else if (pid_ > 0) {
       kill(pid_, SIGTERM);
       if (!WaitGone(pid_, 120000, true)) {
-        std::fprintf(stderr, "pool_bench: %s ignored SIGTERM for 120 s: SIGKILL\n",
+        std::fprintf(stderr,
+                     "pool_bench: %s ignored SIGTERM for 120 s: SIGKILL\n",
                      name().c_str());
         kill(-pid_, SIGKILL);
         kill(pid_, SIGKILL);
@@ -448,9 +623,12 @@ class System {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     for (pid_t pid : seen_) {
-      if (Alive(pid) && CommandMentions(pid, o_.socket_path)) kill(pid, SIGKILL);
+      if (Alive(pid) && CommandMentions(pid, o_.socket_path))
+        kill(pid, SIGKILL);
     }
-    std::fprintf(stderr, "pool_bench: %s left %d children running 5 s after its stop; killed them\n",
+    std::fprintf(stderr,
+                 "pool_bench: %s left %d children running 5 s after its stop; "
+                 "killed them\n",
                  name().c_str(), leftovers);
   }
 
@@ -484,7 +662,8 @@ class System {
 
 int RunRestart(const Options& o) {
   std::vector<std::unique_ptr<System>> systems;
-  for (const SystemOptions& s : o.systems) systems.push_back(std::make_unique<System>(s));
+  for (const SystemOptions& s : o.systems)
+    systems.push_back(std::make_unique<System>(s));
   for (auto& system : systems) system->Start();
   for (auto& system : systems) system->AwaitChildren(o.ready_timeout_s);
   // Let every supervisor finish starting up (logs, PM2's dump) first.
@@ -519,12 +698,75 @@ int RunRestart(const Options& o) {
   for (auto& system : systems) system->DrainUnexpected();
   for (auto& system : systems) system->Stop();
   for (auto& system : systems) {
-    std::printf("{\"mode\":\"restart\",\"system\":%s,\"children\":%d,\"ready_us\":%.1f,"
-                "\"unexpected\":%d,\"samples_us\":[",
-                JsonString(system->name()).c_str(), system->options().children,
-                system->ready_us(), system->unexpected());
+    std::printf(
+        "{\"mode\":\"restart\",\"system\":%s,\"children\":%d,\"ready_us\":%.1f,"
+        "\"unexpected\":%d,\"samples_us\":[",
+        JsonString(system->name()).c_str(), system->options().children,
+        system->ready_us(), system->unexpected());
     const auto& samples = system->samples();
-    for (size_t i = 0; i < samples.size(); ++i) std::printf("%s%.1f", i ? "," : "", samples[i]);
+    for (size_t i = 0; i < samples.size(); ++i)
+      std::printf("%s%.1f", i ? "," : "", samples[i]);
+    std::printf("]}\n");
+  }
+  return 0;
+}
+
+// ----------------------------------------------------------------- reload --
+
+int RunReload(const Options& o) {
+  for (const SystemOptions& s : o.systems) {  // kept aside for the shrinks
+    std::ifstream in(s.config, std::ios::binary);
+    if (!in) throw Failure(s.name + ": cannot read " + s.config);
+    std::ofstream out(s.config + ".orig", std::ios::binary | std::ios::trunc);
+    out << in.rdbuf();
+  }
+  std::vector<std::unique_ptr<System>> systems;
+  for (const SystemOptions& s : o.systems)
+    systems.push_back(std::make_unique<System>(s));
+  for (auto& system : systems) system->Start();
+  for (auto& system : systems) system->AwaitChildren(o.ready_timeout_s);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  std::mt19937 random(o.seed);
+  struct Step {
+    std::string direction;
+    System::ReloadResult result;
+  };
+  std::vector<std::vector<Step>> steps(systems.size());
+  std::vector<size_t> order(systems.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  for (int round = 0; round < o.rounds; ++round) {
+    std::shuffle(order.begin(), order.end(), random);
+    for (const bool grow : {true, false}) {
+      for (size_t i : order) {
+        System& system = *systems[i];
+        const SystemOptions& so = system.options();
+        const std::string config = grow ? so.grow_config : so.config + ".orig";
+        const int target = grow ? so.grow_to : so.children;
+        steps[i].push_back({grow ? "grow" : "shrink",
+                            system.Reload(config, target, o.quiet_ms,
+                                          o.timeout_ms + o.quiet_ms)});
+        std::fprintf(
+            stderr, "pool_bench reload: %s %s: %.0f ms, %d of %d kept\n",
+            system.name().c_str(), grow ? "grow" : "shrink",
+            steps[i].back().result.us / 1000, steps[i].back().result.kept,
+            steps[i].back().result.before);
+      }
+    }
+  }
+  for (auto& system : systems) system->Stop();
+  for (size_t i = 0; i < systems.size(); ++i) {
+    std::printf(
+        "{\"mode\":\"reload\",\"system\":%s,\"from\":%d,\"to\":%d,\"steps\":[",
+        JsonString(systems[i]->name()).c_str(), systems[i]->options().children,
+        systems[i]->options().grow_to);
+    for (size_t k = 0; k < steps[i].size(); ++k) {
+      const Step& step = steps[i][k];
+      std::printf(
+          "%s{\"direction\":\"%s\",\"us\":%.1f,\"kept\":%d,\"before\":%d,"
+          "\"after\":%d}",
+          k ? "," : "", step.direction.c_str(), step.result.us,
+          step.result.kept, step.result.before, step.result.after);
+    }
     std::printf("]}\n");
   }
   return 0;
@@ -564,7 +806,8 @@ ProcSample Sample(pid_t pid) {
   if (DIR* dir = opendir((base + "/task").c_str())) {
     while (dirent* entry = readdir(dir)) {
       if (entry->d_name[0] == '.') continue;
-      std::string task = "\n" + ReadFile(base + "/task/" + entry->d_name + "/status");
+      std::string task =
+          "\n" + ReadFile(base + "/task/" + entry->d_name + "/status");
       s.voluntary += StatusField(task, "voluntary_ctxt_switches");
       s.nonvoluntary += StatusField(task, "nonvoluntary_ctxt_switches");
       ++s.threads;
@@ -590,11 +833,11 @@ int RunIdle(const Options& o) {
   const ProcSample before = Sample(pid);
   const auto t0 = Clock::now();
   const auto end = t0 + std::chrono::duration_cast<Clock::duration>(
-                                std::chrono::duration<double>(o.seconds));
+                            std::chrono::duration<double>(o.seconds));
   while (Clock::now() < end) {  // sleep, but stay responsive to ^C
     if (g_interrupted) throw Failure("interrupted");
-    std::this_thread::sleep_for(
-        std::min<Clock::duration>(end - Clock::now(), std::chrono::milliseconds(100)));
+    std::this_thread::sleep_for(std::min<Clock::duration>(
+        end - Clock::now(), std::chrono::milliseconds(100)));
   }
   const ProcSample after = Sample(pid);
   const double elapsed_s = MicrosSince(t0, Clock::now()) / 1e6;
@@ -604,13 +847,16 @@ int RunIdle(const Options& o) {
   system.Stop();
   const double stop_us = MicrosSince(stop_start, Clock::now());
   std::printf(
-      "{\"mode\":\"idle\",\"system\":%s,\"children\":%d,\"ready_us\":%.1f,\"stop_us\":%.1f,"
-      "\"pid\":%d,\"seconds\":%.3f,\"rss_kb\":%ld,\"rss_kb_after\":%ld,\"threads\":%d,"
+      "{\"mode\":\"idle\",\"system\":%s,\"children\":%d,\"ready_us\":%.1f,"
+      "\"stop_us\":%.1f,"
+      "\"pid\":%d,\"seconds\":%.3f,\"rss_kb\":%ld,\"rss_kb_after\":%ld,"
+      "\"threads\":%d,"
       "\"fds\":%d,\"cpu_ticks\":%lld,\"clk_tck\":%ld,\"voluntary\":%lld,"
       "\"nonvoluntary\":%lld,\"unexpected\":%d}\n",
-      JsonString(system.name()).c_str(), system.options().children, system.ready_us(), stop_us,
-      pid, elapsed_s, before.rss_kb, after.rss_kb, after.threads, after.fds,
-      after.cpu_ticks - before.cpu_ticks, sysconf(_SC_CLK_TCK), after.voluntary - before.voluntary,
+      JsonString(system.name()).c_str(), system.options().children,
+      system.ready_us(), stop_us, pid, elapsed_s, before.rss_kb, after.rss_kb,
+      after.threads, after.fds, after.cpu_ticks - before.cpu_ticks,
+      sysconf(_SC_CLK_TCK), after.voluntary - before.voluntary,
       after.nonvoluntary - before.nonvoluntary, unexpected);
   return 0;
 }
@@ -628,7 +874,9 @@ int main(int argc, char** argv) {
   sigaction(SIGHUP, &action, nullptr);
   signal(SIGPIPE, SIG_IGN);
   try {
-    return o.mode == "restart" ? RunRestart(o) : RunIdle(o);
+    if (o.mode == "restart") return RunRestart(o);
+    if (o.mode == "reload") return RunReload(o);
+    return RunIdle(o);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "pool_bench %s: %s\n", o.mode.c_str(), e.what());
     return 2;

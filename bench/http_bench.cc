@@ -1,0 +1,514 @@
+// HTTP requests/s and latency through `workerpool builtin http-reactor` →
+// `echo-job`, against bench/http_echo_baseline.cc (a libuv HTTP echo server
+// with no routing) under the same load, in the same run.
+//
+// Starts both servers, then alternates timed load rounds between them
+// (pool, baseline, pool, baseline, ...) so that a noisy neighbour hurts both
+// alike. The load: N keep-alive connections, each sending POST /jobs/echo
+// with a B-byte body and waiting for its answer before the next (closed
+// loop, no pipelining). Responses are parsed with http-parser and their
+// bodies checked. Prints per-round figures, the medians, and the ratios.
+//
+//   build-x/bench/http_bench --workerpool build-x/workerpool
+//       --baseline build-x/bench/http_echo_baseline [--connections 16]
+//       [--duration 5s] [--warmup 1s] [--rounds 3] [--body 64]
+//       [--reactors 1] [--jobs 1]
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <http_parser.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+struct Options {
+  std::string workerpool_bin;
+  std::string baseline_bin;
+  int connections = 16;
+  uint64_t duration_ms = 5000;
+  uint64_t warmup_ms = 1000;
+  int rounds = 3;
+  std::size_t body_size = 64;
+  int reactors = 1;
+  int jobs = 1;
+};
+
+struct RoundResult {
+  double requests_per_second = 0;
+  uint64_t ok = 0, failed = 0;
+  double p50_us = 0, p90_us = 0, p99_us = 0, max_us = 0;
+};
+
+// ------------------------------------------------------------ load generator
+
+struct LoadRun;
+
+struct LoadClient {
+  LoadRun* run = nullptr;
+  uv_tcp_t tcp;
+  uv_connect_t connect;
+  uv_write_t write;
+  http_parser parser;
+  uint64_t sent_ns = 0;
+  std::size_t body_bytes = 0;
+  bool body_ok = true;
+  bool closing = false;
+};
+
+struct LoadRun {
+  uv_loop_t* loop = nullptr;
+  std::string request;
+  std::string expected_body;
+  http_parser_settings settings;
+  bool measuring = false;
+  bool stopping = false;
+  uint64_t ok = 0, failed = 0;
+  uint64_t measure_start_ns = 0, measure_end_ns = 0;
+  std::vector<uint32_t> latencies_us;
+  std::vector<std::unique_ptr<LoadClient>> clients;
+};
+
+void CloseClient(LoadClient* client) {
+  if (client->closing) return;
+  client->closing = true;
+  uv_close(reinterpret_cast<uv_handle_t*>(&client->tcp), nullptr);
+}
+
+void SendRequest(LoadClient* client) {
+  LoadRun* run = client->run;
+  if (run->stopping) {
+    CloseClient(client);
+    return;
+  }
+  client->body_bytes = 0;
+  client->body_ok = true;
+  uv_buf_t buf = uv_buf_init(run->request.data(),
+                             static_cast<unsigned int>(run->request.size()));
+  client->sent_ns = uv_hrtime();
+  if (uv_write(&client->write, reinterpret_cast<uv_stream_t*>(&client->tcp),
+               &buf, 1, [](uv_write_t* write, int status) {
+                 if (status < 0) {
+                   CloseClient(static_cast<LoadClient*>(write->data));
+                 }
+               }) != 0) {
+    ++run->failed;
+    CloseClient(client);
+  }
+}
+
+int OnResponseBody(http_parser* parser, const char* at, std::size_t length) {
+  auto* client = static_cast<LoadClient*>(parser->data);
+  const std::string& expected = client->run->expected_body;
+  if (client->body_bytes + length > expected.size() ||
+      expected.compare(client->body_bytes, length, at, length) != 0) {
+    client->body_ok = false;
+  }
+  client->body_bytes += length;
+  return 0;
+}
+
+int OnResponseComplete(http_parser* parser) {
+  auto* client = static_cast<LoadClient*>(parser->data);
+  LoadRun* run = client->run;
+  const bool good = parser->status_code == 200 && client->body_ok &&
+                    client->body_bytes == run->expected_body.size();
+  if (run->measuring) {
+    if (good) {
+      ++run->ok;
+      run->latencies_us.push_back(
+          static_cast<uint32_t>((uv_hrtime() - client->sent_ns) / 1000));
+    } else {
+      ++run->failed;
+    }
+  }
+  SendRequest(client);
+  return 0;
+}
+
+RoundResult RunLoad(int port, const Options& options) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  LoadRun run;
+  run.loop = &loop;
+  run.expected_body.assign(options.body_size, 'x');
+  run.request =
+      "POST /jobs/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+      "Content-Type: application/octet-stream\r\nContent-Length: " +
+      std::to_string(options.body_size) + "\r\n\r\n" + run.expected_body;
+  http_parser_settings_init(&run.settings);
+  run.settings.on_body = OnResponseBody;
+  run.settings.on_message_complete = OnResponseComplete;
+  run.latencies_us.reserve(1 << 20);
+
+  sockaddr_in address{};
+  uv_ip4_addr("127.0.0.1", port, &address);
+  for (int i = 0; i < options.connections; ++i) {
+    auto client = std::make_unique<LoadClient>();
+    client->run = &run;
+    uv_tcp_init(&loop, &client->tcp);
+    uv_tcp_nodelay(&client->tcp, 1);
+    client->tcp.data = client.get();
+    client->connect.data = client.get();
+    client->write.data = client.get();
+    http_parser_init(&client->parser, HTTP_RESPONSE);
+    client->parser.data = client.get();
+    uv_tcp_connect(
+        &client->connect, &client->tcp,
+        reinterpret_cast<const sockaddr*>(&address),
+        [](uv_connect_t* connect, int status) {
+          auto* client = static_cast<LoadClient*>(connect->data);
+          if (status < 0) {
+            ++client->run->failed;
+            CloseClient(client);
+            return;
+          }
+          uv_read_start(
+              reinterpret_cast<uv_stream_t*>(&client->tcp),
+              [](uv_handle_t*, std::size_t, uv_buf_t* buf) {
+                static char buffer[64 * 1024];
+                *buf = uv_buf_init(buffer, sizeof(buffer));
+              },
+              [](uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
+                auto* client = static_cast<LoadClient*>(stream->data);
+                if (nread < 0) {
+                  if (!client->run->stopping) ++client->run->failed;
+                  CloseClient(client);
+                  return;
+                }
+                std::size_t used = http_parser_execute(
+                    &client->parser, &client->run->settings, buf->base,
+                    static_cast<std::size_t>(nread));
+                if (used != static_cast<std::size_t>(nread) ||
+                    HTTP_PARSER_ERRNO(&client->parser) != HPE_OK) {
+                  ++client->run->failed;
+                  CloseClient(client);
+                }
+              });
+          SendRequest(client);
+        });
+    run.clients.push_back(std::move(client));
+  }
+
+  // Warm-up, then the measured window, then a grace period for the last
+  // answers before every connection is closed.
+  uv_timer_t phase;
+  uv_timer_init(&loop, &phase);
+  phase.data = &run;
+  uv_timer_start(
+      &phase,
+      [](uv_timer_t* timer) {
+        auto* run = static_cast<LoadRun*>(timer->data);
+        run->measuring = true;
+        run->measure_start_ns = uv_hrtime();
+        uv_close(reinterpret_cast<uv_handle_t*>(timer), nullptr);
+      },
+      options.warmup_ms, 0);
+  uv_timer_t end;
+  uv_timer_init(&loop, &end);
+  end.data = &run;
+  uv_timer_start(
+      &end,
+      [](uv_timer_t* timer) {
+        auto* run = static_cast<LoadRun*>(timer->data);
+        run->measuring = false;
+        run->stopping = true;
+        run->measure_end_ns = uv_hrtime();
+        uv_timer_start(
+            timer,
+            [](uv_timer_t* timer) {
+              auto* run = static_cast<LoadRun*>(timer->data);
+              for (auto& client : run->clients) CloseClient(client.get());
+              uv_close(reinterpret_cast<uv_handle_t*>(timer), nullptr);
+            },
+            2000, 0);
+      },
+      options.warmup_ms + options.duration_ms, 0);
+  // Ends when every client and both timers are closed.
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+
+  RoundResult result;
+  result.ok = run.ok;
+  result.failed = run.failed;
+  const double seconds =
+      static_cast<double>(run.measure_end_ns - run.measure_start_ns) / 1e9;
+  result.requests_per_second = seconds > 0 ? run.ok / seconds : 0;
+  std::vector<uint32_t>& lat = run.latencies_us;
+  if (!lat.empty()) {
+    std::sort(lat.begin(), lat.end());
+    auto at = [&lat](double q) {
+      return static_cast<double>(lat[std::min(
+          lat.size() - 1,
+          static_cast<std::size_t>(q * static_cast<double>(lat.size())))]);
+    };
+    result.p50_us = at(0.50);
+    result.p90_us = at(0.90);
+    result.p99_us = at(0.99);
+    result.max_us = lat.back();
+  }
+  return result;
+}
+
+// ------------------------------------------------------------ processes
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(address);
+  bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  close(fd);
+  return ntohs(address.sin_port);
+}
+
+pid_t Start(const std::vector<std::string>& argv, const std::string& log) {
+  pid_t pid = fork();
+  if (pid != 0) return pid;
+  int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  if (fd >= 0) {
+    dup2(fd, 1);
+    dup2(fd, 2);
+    close(fd);
+  }
+  setpgid(0, 0);
+  std::vector<char*> args;
+  for (const std::string& arg : argv)
+    args.push_back(const_cast<char*>(arg.c_str()));
+  args.push_back(nullptr);
+  execv(args[0], args.data());
+  std::fprintf(stderr, "exec %s: %s\n", args[0], std::strerror(errno));
+  _exit(127);
+}
+
+void StopProcess(pid_t pid) {
+  kill(pid, SIGTERM);
+  for (int i = 0; i < 200; ++i) {
+    if (waitpid(pid, nullptr, WNOHANG) == pid) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  kill(-pid, SIGKILL);
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+}
+
+// One POST with Connection: close, blocking; the status, or 0.
+int PostOnce(int port, const std::string& body) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval timeout{2, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) !=
+      0) {
+    close(fd);
+    return 0;
+  }
+  std::string request =
+      "POST /jobs/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+      "Connection: close\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
+  if (write(fd, request.data(), request.size()) !=
+      static_cast<ssize_t>(request.size())) {
+    close(fd);
+    return 0;
+  }
+  http_parser parser;
+  http_parser_init(&parser, HTTP_RESPONSE);
+  http_parser_settings settings;
+  http_parser_settings_init(&settings);
+  char buffer[4096];
+  ssize_t n;
+  while ((n = read(fd, buffer, sizeof(buffer))) > 0) {
+    http_parser_execute(&parser, &settings, buffer,
+                        static_cast<std::size_t>(n));
+  }
+  http_parser_execute(&parser, &settings, nullptr, 0);
+  close(fd);
+  return HTTP_PARSER_ERRNO(&parser) == HPE_OK ? parser.status_code : 0;
+}
+
+bool WaitReady(int port, const char* what) {
+  for (int i = 0; i < 600; ++i) {
+    if (PostOnce(port, "ready?") == 200) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::fprintf(stderr, "http_bench: %s on port %d never answered 200\n", what,
+               port);
+  return false;
+}
+
+bool ParseDurationMs(const char* text, uint64_t* out) {
+  char* end = nullptr;
+  double value = std::strtod(text, &end);
+  std::string unit = end;
+  if (unit == "ms") {
+    *out = static_cast<uint64_t>(value);
+  } else if (unit == "s" || unit.empty()) {
+    *out = static_cast<uint64_t>(value * 1000);
+  } else {
+    return false;
+  }
+  return *out > 0;
+}
+
+void PrintRound(const char* name, int round, const RoundResult& r) {
+  std::printf(
+      "%-9s round %d: %9.0f req/s  p50 %7.0fus  p90 %7.0fus  "
+      "p99 %7.0fus  max %7.0fus  ok %llu  failed %llu\n",
+      name, round, r.requests_per_second, r.p50_us, r.p90_us, r.p99_us,
+      r.max_us, static_cast<unsigned long long>(r.ok),
+      static_cast<unsigned long long>(r.failed));
+}
+
+double Median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values.empty() ? 0 : values[values.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    std::string name = argv[i];
+    const char* value = i + 1 < argc ? argv[i + 1] : nullptr;
+    bool ok = value != nullptr;
+    if (ok && name == "--workerpool") {
+      options.workerpool_bin = value;
+    } else if (ok && name == "--baseline") {
+      options.baseline_bin = value;
+    } else if (ok && name == "--connections") {
+      options.connections = std::atoi(value);
+    } else if (ok && name == "--duration") {
+      ok = ParseDurationMs(value, &options.duration_ms);
+    } else if (ok && name == "--warmup") {
+      ok = ParseDurationMs(value, &options.warmup_ms);
+    } else if (ok && name == "--rounds") {
+      options.rounds = std::atoi(value);
+    } else if (ok && name == "--body") {
+      options.body_size = static_cast<std::size_t>(std::atol(value));
+    } else if (ok && name == "--reactors") {
+      options.reactors = std::atoi(value);
+    } else if (ok && name == "--jobs") {
+      options.jobs = std::atoi(value);
+    } else {
+      ok = false;
+    }
+    if (!ok) {
+      std::fprintf(stderr,
+                   "usage: http_bench --workerpool PATH --baseline PATH "
+                   "[--connections N] [--duration 5s] [--warmup 1s] "
+                   "[--rounds N] [--body BYTES] [--reactors N] [--jobs N]\n");
+      return 1;
+    }
+    ++i;
+  }
+  if (options.workerpool_bin.empty() || options.baseline_bin.empty() ||
+      options.connections < 1 || options.rounds < 1 || options.reactors < 1 ||
+      options.jobs < 1) {
+    std::fprintf(stderr,
+                 "http_bench: --workerpool and --baseline are "
+                 "required; counts must be positive (--help)\n");
+    return 1;
+  }
+  signal(SIGPIPE, SIG_IGN);
+
+  char tmp_template[] = "/tmp/http-bench-XXXXXX";
+  const std::string tmp = mkdtemp(tmp_template);
+  const int pool_port = FreePort();
+  const int baseline_port = FreePort();
+  const std::string config = tmp + "/pool.yaml";
+  {
+    FILE* file = std::fopen(config.c_str(), "w");
+    std::fprintf(
+        file,
+        "pool: {name: httpbench, stop_timeout: 5s, control_socket: %s/ctl.sock,"
+        " log: {level: info, format: text}}\n"
+        "groups:\n"
+        "  - {name: web, type: reactor, processes: %d, command: [workerpool, "
+        "builtin, http-reactor], listen: [\"127.0.0.1:%d\"], routes_to: "
+        "[echo]}\n"
+        "  - {name: echo, type: job, processes: %d, command: [workerpool, "
+        "builtin, echo-job]}\n",
+        tmp.c_str(), options.reactors, pool_port, options.jobs);
+    std::fclose(file);
+  }
+  pid_t pool =
+      Start({options.workerpool_bin, "run", config}, tmp + "/pool.log");
+  pid_t baseline = Start({options.baseline_bin, "--listen",
+                          "127.0.0.1:" + std::to_string(baseline_port)},
+                         tmp + "/baseline.log");
+  if (!WaitReady(pool_port, "the pool") ||
+      !WaitReady(baseline_port, "the baseline")) {
+    StopProcess(pool);
+    StopProcess(baseline);
+    std::fprintf(stderr, "http_bench: logs in %s\n", tmp.c_str());
+    return 2;
+  }
+
+  std::printf(
+      "http_bench: %d keep-alive connections, %zu-byte bodies, "
+      "%llums rounds after %llums warm-up; pool: %d http-reactor, %d "
+      "echo-job; baseline: one libuv process\n",
+      options.connections, options.body_size,
+      static_cast<unsigned long long>(options.duration_ms),
+      static_cast<unsigned long long>(options.warmup_ms), options.reactors,
+      options.jobs);
+  std::vector<double> pool_rps, pool_p50, pool_p99, base_rps, base_p50,
+      base_p99;
+  uint64_t failures = 0;
+  for (int round = 1; round <= options.rounds; ++round) {
+    RoundResult p = RunLoad(pool_port, options);
+    PrintRound("pool", round, p);
+    RoundResult b = RunLoad(baseline_port, options);
+    PrintRound("baseline", round, b);
+    std::fflush(stdout);
+    pool_rps.push_back(p.requests_per_second);
+    pool_p50.push_back(p.p50_us);
+    pool_p99.push_back(p.p99_us);
+    base_rps.push_back(b.requests_per_second);
+    base_p50.push_back(b.p50_us);
+    base_p99.push_back(b.p99_us);
+    failures += p.failed + b.failed;
+  }
+  StopProcess(pool);
+  StopProcess(baseline);
+
+  const double prps = Median(pool_rps), brps = Median(base_rps);
+  std::printf("median   pool: %.0f req/s, p50 %.0fus, p99 %.0fus\n", prps,
+              Median(pool_p50), Median(pool_p99));
+  std::printf("median   baseline: %.0f req/s, p50 %.0fus, p99 %.0fus\n", brps,
+              Median(base_p50), Median(base_p99));
+  std::printf("ratio    pool/baseline: throughput %.2fx, p50 latency %.2fx\n",
+              brps > 0 ? prps / brps : 0,
+              Median(base_p50) > 0 ? Median(pool_p50) / Median(base_p50) : 0);
+  if (failures == 0) {
+    std::printf("failed responses: 0\n");
+    for (const char* name : {"/pool.log", "/baseline.log", "/pool.yaml"}) {
+      unlink((tmp + name).c_str());
+    }
+    rmdir(tmp.c_str());
+    return 0;
+  }
+  std::printf("failed responses: %llu (logs kept in %s)\n",
+              static_cast<unsigned long long>(failures), tmp.c_str());
+  return 2;
+}

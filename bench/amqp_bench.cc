@@ -4,6 +4,9 @@
 // prefetch, in the same run.
 //
 //   amqp_bench WORKERPOOL_BIN AMQP_URL [MESSAGES]   (default 20000)
+//   amqp_bench --workerpool PATH [--quick] [--messages N]
+//       (scripts/bench's form; the URL from WORKERPOOL_TEST_AMQP_URL;
+//        --quick: 5000 messages)
 //
 // Each case prefills a durable queue with MESSAGES persistent 100-byte
 // messages, starts its consumer and measures the steady state: the time the
@@ -15,7 +18,8 @@
 // Cases per prefetch (1, 10, 100, 1000): raw, one service process, two
 // service processes (one pool, `processes: 2`). Two echo-job processes with
 // max_inflight 32 serve the pool. One line per case: msgs/s and the ratio to
-// raw at that prefetch.
+// raw at that prefetch, followed by the same as a JSON object (for
+// scripts/bench's plot).
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
 #include <fcntl.h>
@@ -258,14 +262,40 @@ double ServiceCase(const std::string& workerpool_bin,
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 3 || argc > 4) {
-    std::fprintf(stderr,
-                 "usage: amqp_bench WORKERPOOL_BIN AMQP_URL [MESSAGES]\n");
-    return 1;
+  // Positional WORKERPOOL_BIN AMQP_URL [MESSAGES], or the scripts/bench
+  // form --workerpool PATH [--quick] with the URL in
+  // WORKERPOOL_TEST_AMQP_URL.
+  std::vector<std::string> positional;
+  std::string workerpool_bin, url_text;
+  long count = 20000;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--workerpool" && i + 1 < argc) {
+      workerpool_bin = argv[++i];
+    } else if (arg == "--quick") {
+      count = 5000;
+    } else if (arg == "--messages" && i + 1 < argc) {
+      count = std::atol(argv[++i]);
+    } else if (arg.starts_with("-")) {
+      std::fprintf(stderr,
+                   "usage: amqp_bench WORKERPOOL_BIN AMQP_URL [MESSAGES]\n"
+                   "       amqp_bench --workerpool PATH [--quick] "
+                   "[--messages N]  (URL from WORKERPOOL_TEST_AMQP_URL)\n");
+      return 1;
+    } else {
+      positional.push_back(arg);
+    }
   }
-  std::string workerpool_bin = std::filesystem::absolute(argv[1]).string();
-  std::string url_text = argv[2];
-  long count = argc == 4 ? std::atol(argv[3]) : 20000;
+  if (!positional.empty()) workerpool_bin = positional[0];
+  if (positional.size() > 1) url_text = positional[1];
+  if (positional.size() > 2) count = std::atol(positional[2].c_str());
+  if (url_text.empty() && std::getenv("WORKERPOOL_TEST_AMQP_URL") != nullptr) {
+    url_text = std::getenv("WORKERPOOL_TEST_AMQP_URL");
+  }
+  if (workerpool_bin.empty() || url_text.empty()) {
+    Die("needs the workerpool binary and an AMQP URL (see --help)");
+  }
+  workerpool_bin = std::filesystem::absolute(workerpool_bin).string();
   if (count < 100) Die("MESSAGES must be at least 100");
   auto url = workerpool::ParseAmqpUrl(url_text);
   if (!url.ok()) Die(url.status().message());
@@ -282,6 +312,10 @@ int main(int argc, char** argv) {
     double raw = RawCase(*url, queue, count, prefetch);
     std::printf("prefetch %4d  raw librabbitmq consumer   %8.0f msgs/s\n",
                 prefetch, raw);
+    std::printf(
+        "{\"system\": \"raw librabbitmq\", \"prefetch\": %d, "
+        "\"per_second\": %.0f}\n",
+        prefetch, raw);
     std::fflush(stdout);
     for (int services : {1, 2}) {
       double rate = ServiceCase(workerpool_bin, url_text, *url, queue, count,
@@ -289,6 +323,10 @@ int main(int argc, char** argv) {
       std::printf(
           "prefetch %4d  workerpool, %d service%s    %8.0f msgs/s  %.2fx raw\n",
           prefetch, services, services == 1 ? " " : "s", rate, rate / raw);
+      std::printf(
+          "{\"system\": \"workerpool %d service%s\", \"prefetch\": %d, "
+          "\"per_second\": %.0f, \"ratio_to_raw\": %.2f}\n",
+          services, services == 1 ? "" : "s", prefetch, rate, rate / raw);
       std::fflush(stdout);
     }
   }

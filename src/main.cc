@@ -37,6 +37,15 @@ int main(int argc, char** argv) {
       "One Watcher runs groups of reactor, job and service children from a\n"
       "YAML pool definition, restarts what dies and routes requests.",
       "workerpool"};
+  app.footer(
+      "Exit codes: 0 success, 1 bad input (config, arguments), 2 runtime "
+      "failure.\n"
+      "Control commands find the pool by --socket PATH, else --config FILE's\n"
+      "pool.control_socket, else the one live pool in $RUNTIME_DIRECTORY,\n"
+      "/run/workerpool/ or /tmp/workerpool-*.sock.\n"
+      "systemd: systemctl start|reload|stop workerpool@NAME runs\n"
+      "/etc/workerpool/NAME.yaml. Operating a pool: docs/OPERATIONS.md\n"
+      "(installed under share/doc/workerpool/).");
   app.set_version_flag("--version", "workerpool " WORKERPOOL_VERSION);
   app.require_subcommand(1);
   app.fallthrough(false);
@@ -54,23 +63,45 @@ int main(int argc, char** argv) {
   workerpool::ControlOptions control;
   auto add_socket = [&](CLI::App* sub) {
     sub->add_option("--socket", control.socket_path,
-                    "the pool's control socket");
+                    "the pool's control socket (pool.control_socket)")
+        ->type_name("PATH");
     sub->add_option("--config", control.config_path,
-                    "take the control socket from this pool definition");
+                    "take the control socket from this pool definition")
+        ->type_name("FILE");
   };
-  auto* status = app.add_subcommand("status", "show the pool's groups");
+  auto* status = app.add_subcommand(
+      "status",
+      "show the pool's groups: type, desired, live, restarts, state, "
+      "in-flight, queued");
   add_socket(status);
-  status->add_flag("--json", control.json, "machine-readable output");
-  auto* scale = app.add_subcommand("scale", "set a group's process count");
+  status->add_flag("--json", control.json,
+                   "the status document as JSON (docs/OPERATIONS.md)");
+  auto* scale = app.add_subcommand(
+      "scale",
+      "set a group's process count until the next reload (edit the YAML to "
+      "keep it)");
   add_socket(scale);
-  scale->add_option("GROUP", control.group)->required();
-  scale->add_option("N", control.count_text)->required();
-  auto* restart = app.add_subcommand("restart", "rolling restart of one group");
+  scale->add_option("GROUP", control.group, "a group of the running pool")
+      ->required()
+      ->type_name("");
+  scale->add_option("N", control.count_text, "processes, 0 to 100000")
+      ->required()
+      ->type_name("");
+  auto* restart = app.add_subcommand(
+      "restart",
+      "rolling restart of one group: one new child ready before one old "
+      "child drains");
   add_socket(restart);
-  restart->add_option("GROUP", control.group)->required();
-  auto* reload = app.add_subcommand("reload", "same as SIGHUP");
+  restart->add_option("GROUP", control.group, "a group of the running pool")
+      ->required()
+      ->type_name("");
+  auto* reload = app.add_subcommand(
+      "reload",
+      "same as SIGHUP: apply the file's difference; exit 1 with the error "
+      "when the file is invalid (the running pool is kept)");
   add_socket(reload);
-  auto* stop = app.add_subcommand("stop", "same as SIGTERM");
+  auto* stop = app.add_subcommand(
+      "stop", "same as SIGTERM: graceful stop; returns once the pool stopped");
   add_socket(stop);
 
   std::string builtin_name;
@@ -80,7 +111,8 @@ int main(int argc, char** argv) {
                          "run a built-in child: echo-job, http-reactor, "
                          "rabbitmq-service");
   builtin->add_option("NAME", builtin_name)->required();
-  builtin->add_option("ARGS", builtin_args);
+  // Everything after NAME goes to the child as it is, in order (an ARGS
+  // option here would split "--max-body 1024" into two places).
   builtin->prefix_command();
 
   try {

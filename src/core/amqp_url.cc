@@ -88,12 +88,18 @@ std::string HidePassword(std::string_view url) {
 }  // namespace
 
 std::string AmqpUrl::Redacted() const {
+  // Appended piece by piece: GCC 12 at -O3 warns (-Wrestrict, a false
+  // positive) about `out += "[" + host + "]"`.
   std::string out = tls ? "amqps://" : "amqp://";
-  out += Encode(user) + ":***@";
-  out += host.find(':') != std::string::npos ? "[" + host + "]" : host;
-  out += ":" + std::to_string(port);
+  out.append(Encode(user)).append(":***@");
+  const bool ipv6 = host.find(':') != std::string::npos;
+  if (ipv6) out.push_back('[');
+  out.append(host);
+  if (ipv6) out.push_back(']');
+  out.push_back(':');
+  out.append(std::to_string(port));
   // The default vhost "/" is written as no path at all.
-  if (vhost != "/") out += "/" + Encode(vhost);
+  if (vhost != "/") out.append("/").append(Encode(vhost));
   return out;
 }
 

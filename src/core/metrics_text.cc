@@ -183,6 +183,11 @@ void AddPool(const json& status, Exposition* out) {
   out->AddJson("workerpool_start_time_seconds", "gauge",
                "When the Watcher started, in seconds since the Unix epoch.", {},
                Member(status, "started_unix"));
+  if (std::optional<double> uptime_ms = NumberMember(status, "uptime_ms")) {
+    out->Add("workerpool_uptime_seconds", "gauge",
+             "How long the Watcher has been running.", {},
+             FormatDouble(*uptime_ms / 1000.0));
+  }
   if (const json* reload = Member(status, "last_reload");
       reload != nullptr && reload->is_object()) {
     out->AddJson("workerpool_last_reload_success", "gauge",
@@ -204,11 +209,32 @@ std::optional<bool> ConnectedFromText(const std::string& state) {
   static const std::set<std::string> kUp = {"connected", "open", "up", "ready",
                                             "consuming"};
   static const std::set<std::string> kDown = {
-      "disconnected", "closed", "down",    "connecting", "reconnecting",
-      "failed",       "error",  "blocked", "closing",    "not connected"};
+      "disconnected", "closed",  "down",    "connecting", "reconnecting",
+      "failed",       "error",   "blocked", "closing",    "not connected",
+      "stopping",     "stopped", "starting"};
   if (kUp.count(state) != 0) return true;
   if (kDown.count(state) != 0) return false;
   return std::nullopt;
+}
+
+// A service child's per-queue figures, {"tasks":{"acks":3,...},...}: one
+// series per queue, the queue's name a label rather than part of the
+// metric name, so dashboards can sum across queues.
+void AddQueues(const json& queues, const Labels& labels, Exposition* out) {
+  for (auto queue = queues.begin(); queue != queues.end(); ++queue) {
+    if (!queue.value().is_object()) continue;
+    Labels queue_labels = labels;
+    queue_labels.emplace_back("queue", queue.key());
+    for (auto it = queue.value().begin(); it != queue.value().end(); ++it) {
+      std::string name = SanitizeName(it.key());
+      std::optional<std::string> text = SampleValue(it.value());
+      if (name.empty() || !text) continue;
+      out->Add("workerpool_service_queue_" + name, "gauge",
+               "Per-queue figure '" + name +
+                   "' reported by the group's service children.",
+               queue_labels, *text);
+    }
+  }
 }
 
 void AddAppValues(const json& object, const std::string& prefix, int depth,
@@ -222,6 +248,10 @@ void AddAppValues(const json& object, const std::string& prefix, int depth,
     std::string name =
         prefix.empty() ? SanitizeName(key) : prefix + "_" + SanitizeName(key);
     if (name.empty()) continue;
+    if (depth == 0 && key == "queues" && value.is_object()) {
+      AddQueues(value, labels, out);
+      continue;
+    }
     if (value.is_object()) {
       if (depth + 1 < kMaxAppDepth) {
         AddAppValues(value, name, depth + 1, labels, out);

@@ -17,7 +17,9 @@ namespace workerpool {
 // object the child set with PoolClient::SetAppStats (optionally wrapped as
 // {"index":I,"stats":{...}}, or carrying its own "index"). Every numeric or
 // boolean value becomes a gauge workerpool_service_<key>{group,index} (nested
-// objects flatten to <key>_<subkey>); a "connected" boolean or a
+// objects flatten to <key>_<subkey>, except "queues": {NAME:{figure:N}},
+// which becomes workerpool_service_queue_<figure>{group,index,queue=NAME});
+// a "connected" boolean or a
 // "connection"/"connection_state" string becomes workerpool_service_connected.
 //
 // Latency: a group's optional "latency" object {"bounds_ms":[b1,...,bn],

@@ -11,9 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <charconv>
 #include <chrono>
-#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -24,6 +22,7 @@
 #include <vector>
 
 #include "core/config.h"
+#include "core/control_request.h"
 
 namespace workerpool {
 namespace {
@@ -49,23 +48,6 @@ int Fail(const ControlOptions& options, int code, const std::string& message) {
   std::fprintf(stderr, "workerpool %s: %s\n", options.command.c_str(),
                message.c_str());
   return code;
-}
-
-// N as typed: a non-negative decimal integer that fits an int.
-bool ParseCount(const std::string& text, int* out) {
-  if (text.empty() || text.size() > 10) return false;
-  for (char c : text) {
-    if (c < '0' || c > '9') return false;
-  }
-  long long value = 0;
-  auto [end, error] =
-      std::from_chars(text.data(), text.data() + text.size(), value);
-  if (error != std::errc() || end != text.data() + text.size() ||
-      value > INT_MAX) {
-    return false;
-  }
-  *out = static_cast<int>(value);
-  return true;
 }
 
 bool IsSocket(const std::string& path) {
@@ -148,7 +130,7 @@ bool Answers(const std::string& path) {
 }
 
 // The control socket: --socket, else --config's pool.control_socket, else
-// the one socket found in the default places.
+// the one live pool in the first default place that has one.
 bool ResolveSocket(const ControlOptions& options, std::string* path,
                    Failure* failure) {
   if (!options.socket_path.empty()) {
@@ -181,49 +163,51 @@ bool ResolveSocket(const ControlOptions& options, std::string* path,
   }
   patterns.push_back("/run/workerpool/*.sock");
   patterns.push_back("/tmp/workerpool-*.sock");
-  std::vector<std::string> found;
+  // The first place holding a live pool wins, so a pool run by systemd
+  // ($RUNTIME_DIRECTORY) is found even while test pools sit in /tmp; stale
+  // sockets of killed pools never count.
   std::set<std::string> seen;
+  std::vector<std::string> stale;
   for (const std::string& pattern : patterns) {
+    std::vector<std::string> live;
     for (const std::string& candidate : Glob(pattern)) {
-      if (IsSocket(candidate) && seen.insert(candidate).second) {
-        found.push_back(candidate);
+      if (!IsSocket(candidate) || !seen.insert(candidate).second) continue;
+      if (Answers(candidate)) {
+        live.push_back(candidate);
+      } else {
+        stale.push_back(candidate);
       }
+    }
+    if (live.size() == 1) {
+      *path = live.front();
+      return true;
+    }
+    if (live.size() > 1) {
+      std::string list;
+      for (const std::string& candidate : live) {
+        list += (list.empty() ? "" : ", ") + candidate;
+      }
+      *failure = {kExitBadInput,
+                  std::to_string(live.size()) + " pools are running (" + list +
+                      "); say which with --socket PATH or --config FILE"};
+      return false;
     }
   }
   std::string looked;
   for (const std::string& pattern : patterns) {
     looked += (looked.empty() ? "" : ", ") + pattern;
   }
-  if (found.size() > 1) {
-    // Stale sockets of killed pools do not count when one pool answers.
-    std::vector<std::string> live;
-    for (const std::string& candidate : found) {
-      if (Answers(candidate)) live.push_back(candidate);
-    }
-    if (live.size() == 1) {
-      *path = live.front();
-      return true;
-    }
-    if (!live.empty()) found = live;
-    std::string list;
-    for (const std::string& candidate : found) {
-      list += (list.empty() ? "" : ", ") + candidate;
-    }
-    *failure = {kExitBadInput,
-                std::to_string(found.size()) + " control sockets found (" +
-                    list +
-                    "); say which pool with --socket PATH or --config FILE"};
-    return false;
+  std::string message =
+      "no workerpool is running: no live control socket in " + looked;
+  if (!stale.empty()) {
+    message +=
+        " (stale: " + stale.front() +
+        (stale.size() > 1 ? " and " + std::to_string(stale.size() - 1) + " more"
+                          : std::string()) +
+        ")";
   }
-  if (found.empty()) {
-    *failure = {kExitRuntime,
-                "no workerpool control socket found (looked for " + looked +
-                    "); is the pool running? Pass --socket PATH or "
-                    "--config FILE"};
-    return false;
-  }
-  *path = found.front();
-  return true;
+  *failure = {kExitRuntime, message + "; pass --socket PATH or --config FILE"};
+  return false;
 }
 
 bool SendAll(int fd, std::string_view data, Failure* failure,
@@ -351,6 +335,10 @@ void PrintStatusTable(const json& status) {
     facts.push_back(
         "up " +
         FormatUptime(static_cast<long long>(std::time(nullptr)) - started));
+  } else if (status.is_object() && status.contains("uptime_ms") &&
+             status["uptime_ms"].is_number()) {
+    facts.push_back("up " +
+                    FormatUptime(status["uptime_ms"].get<long long>() / 1000));
   }
   if (Text(status, "config") != "-") {
     facts.push_back("config " + Text(status, "config"));
@@ -416,20 +404,28 @@ void PrintStatusTable(const json& status) {
 }  // namespace
 
 int RunControlCommand(const ControlOptions& options) {
-  json request = {{"command", options.command}};
-  if (options.command == "scale") {
-    int count = 0;
-    if (!ParseCount(options.count_text, &count)) {
-      return Fail(
-          options, kExitBadInput,
-          "N must be a non-negative integer, got '" + options.count_text + "'");
+  ControlRequest request;
+  if (options.command == "status") {
+    request.command = ControlRequest::Command::kStatus;
+  } else if (options.command == "reload") {
+    request.command = ControlRequest::Command::kReload;
+  } else if (options.command == "stop") {
+    request.command = ControlRequest::Command::kStop;
+  } else if (options.command == "restart" || options.command == "scale") {
+    if (options.group.empty()) {
+      return Fail(options, kExitBadInput, "GROUP must not be empty");
     }
-    request["group"] = options.group;
-    request["processes"] = count;
-  } else if (options.command == "restart") {
-    request["group"] = options.group;
-  } else if (options.command != "status" && options.command != "reload" &&
-             options.command != "stop") {
+    request.group = options.group;
+    request.command = ControlRequest::Command::kRestart;
+    if (options.command == "scale") {
+      request.command = ControlRequest::Command::kScale;
+      Result<int> count = ParseProcessCount(options.count_text);
+      if (!count.ok()) {
+        return Fail(options, kExitBadInput, count.status().message());
+      }
+      request.processes = *count;
+    }
+  } else {
     return Fail(options, kExitBadInput, "unknown control command");
   }
 
@@ -441,7 +437,7 @@ int RunControlCommand(const ControlOptions& options) {
   int fd = Connect(path, &failure);
   if (fd < 0) return Fail(options, failure.code, failure.message);
   std::string line;
-  bool ok = SendAll(fd, request.dump() + "\n", &failure, path) &&
+  bool ok = SendAll(fd, FormatControlRequest(request) + "\n", &failure, path) &&
             ReadAnswer(fd, path, &line, &failure);
   if (!ok) {
     close(fd);

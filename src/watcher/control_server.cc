@@ -7,11 +7,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <climits>
 #include <cstring>
 #include <set>
 #include <string_view>
 
+#include "core/control_request.h"
 #include "watcher/control.h"
 
 namespace workerpool {
@@ -19,7 +19,7 @@ namespace {
 
 using nlohmann::json;
 
-constexpr std::size_t kMaxRequestBytes = 64 * 1024;
+constexpr std::size_t kMaxRequestBytes = kMaxControlRequestBytes;
 // A client gets this long to send its request, and again to read the answer.
 constexpr uint64_t kTimeoutMs = 5000;
 constexpr int kBacklog = 64;
@@ -127,25 +127,6 @@ std::string Describe(const json& value) {
   return value.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
-// The group name of a scale or restart request, or an error answer.
-bool ReadGroup(const json& request, const std::string& command,
-               std::string* group, json* error) {
-  auto found = request.find("group");
-  if (found == request.end()) {
-    *error = ErrorAnswer("missing \"group\": the group to " + command);
-    return false;
-  }
-  if (!found->is_string() || found->get<std::string>().empty()) {
-    *error = ErrorAnswer(
-        "\"group\" must be a group name (a non-empty "
-        "string), got " +
-        Describe(*found));
-    return false;
-  }
-  *group = found->get<std::string>();
-  return true;
-}
-
 struct Listener;
 
 // One accepted client: reads one request line, writes one answer line.
@@ -154,11 +135,14 @@ struct Connection {
   uv_pipe_t pipe;
   uv_timer_t timer;
   uv_write_t write_request;
+  uv_shutdown_t shutdown_request;
   std::string input;
   std::string output;
   std::string peer;  // "uid U pid P", for the log
   bool closing = false;
   bool answered = false;
+  bool written = false;    // the answer is out
+  bool peer_done = false;  // the client's EOF (or a read error) came
   bool stop_after_write = false;
   int open_handles = 2;
 };
@@ -206,21 +190,38 @@ void OnTimeout(uv_timer_t* timer);
 void OnWritten(uv_write_t* request, int status) {
   Connection* connection = static_cast<Connection*>(request->data);
   if (connection->closing) return;
-  if (status == 0 && connection->stop_after_write &&
-      connection->listener->target != nullptr) {
+  if (status != 0) {
+    CloseConnection(connection);
+    return;
+  }
+  connection->written = true;
+  if (connection->stop_after_write && connection->listener->target != nullptr) {
     uv_timer_stop(&connection->timer);
     // The answer is out; the connection stays open until the Watcher
     // closes the server, so the client can wait for the stop to finish.
     connection->listener->target->Stop();
     return;
   }
-  CloseConnection(connection);
+  if (connection->peer_done) {
+    CloseConnection(connection);
+    return;
+  }
+  // Closing now while the client's unread bytes sit in our receive queue
+  // would reset the connection and lose the answer (a request over the
+  // size limit does that). Half-close instead; OnRead closes at the
+  // client's EOF, the timer if it never comes.
+  connection->shutdown_request.data = connection;
+  if (uv_shutdown(&connection->shutdown_request,
+                  reinterpret_cast<uv_stream_t*>(&connection->pipe),
+                  [](uv_shutdown_t*, int) {}) != 0) {
+    CloseConnection(connection);
+  }
 }
 
 void SendAnswer(Connection* connection, const json& answer) {
   if (connection->closing || connection->answered) return;
   connection->answered = true;
-  uv_read_stop(reinterpret_cast<uv_stream_t*>(&connection->pipe));
+  // Reading goes on, discarding, until the client's EOF (see OnWritten).
   // A client that does not read its answer is dropped after the timeout.
   uv_timer_start(&connection->timer, OnTimeout, kTimeoutMs, 0);
   connection->output = Describe(answer) + "\n";
@@ -235,82 +236,42 @@ void SendAnswer(Connection* connection, const json& answer) {
 }
 
 // Runs one request against the target. Sets STOP_AFTER_WRITE for `stop`.
-json Dispatch(ControlTarget* target, const std::string& text,
+json Dispatch(ControlTarget* target, std::string_view text,
               const std::string& peer, bool* stop_after_write) {
-  json request = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (request.is_discarded()) {
-    return ErrorAnswer(
-        "the request is not valid JSON: send one JSON object on one line, "
-        "e.g. {\"command\":\"status\"}");
-  }
-  if (!request.is_object()) {
-    return ErrorAnswer(
-        "the request must be a JSON object, e.g. "
-        "{\"command\":\"status\"}, got " +
-        Describe(request));
-  }
-  auto command_field = request.find("command");
-  if (command_field == request.end()) {
-    return ErrorAnswer(
-        "missing \"command\": one of status, scale, restart, reload, stop");
-  }
-  if (!command_field->is_string()) {
-    return ErrorAnswer("\"command\" must be a string, got " +
-                       Describe(*command_field));
-  }
-  const std::string command = command_field->get<std::string>();
-  if (command == "status") {
-    return json{{"ok", true}, {"status", target->StatusJson()}};
-  }
-  if (command == "scale") {
-    std::string group;
-    json error;
-    if (!ReadGroup(request, command, &group, &error)) return error;
-    auto processes = request.find("processes");
-    if (processes == request.end()) {
-      return ErrorAnswer(
-          "missing \"processes\": the group's new process "
-          "count");
+  Result<ControlRequest> parsed = ParseControlRequest(text);
+  if (!parsed.ok()) return ErrorAnswer(parsed.status().message());
+  const ControlRequest& request = *parsed;
+  switch (request.command) {
+    case ControlRequest::Command::kStatus:
+      return json{{"ok", true}, {"status", target->StatusJson()}};
+    case ControlRequest::Command::kScale: {
+      spdlog::info("control ({}): scale {} to {}", peer, request.group,
+                   request.processes);
+      Status status = target->Scale(request.group, request.processes);
+      if (!status.ok()) return ErrorAnswer(status.message());
+      return json{{"ok", true},
+                  {"group", request.group},
+                  {"processes", request.processes},
+                  {"until_reload", true}};
     }
-    bool valid = false;
-    if (processes->is_number_unsigned()) {
-      valid = processes->get<std::uint64_t>() <= INT_MAX;
-    } else if (processes->is_number_integer()) {
-      std::int64_t value = processes->get<std::int64_t>();
-      valid = value >= 0 && value <= INT_MAX;
+    case ControlRequest::Command::kRestart: {
+      spdlog::info("control ({}): restart {}", peer, request.group);
+      Status status = target->RestartGroup(request.group);
+      if (!status.ok()) return ErrorAnswer(status.message());
+      return json{{"ok", true}, {"group", request.group}};
     }
-    if (!valid) {
-      return ErrorAnswer("\"processes\" must be a non-negative integer, got " +
-                         Describe(*processes));
+    case ControlRequest::Command::kReload: {
+      spdlog::info("control ({}): reload", peer);
+      Status status = target->Reload();
+      if (!status.ok()) return ErrorAnswer(status.message());
+      return json{{"ok", true}};
     }
-    int count = static_cast<int>(processes->get<std::int64_t>());
-    spdlog::info("control ({}): scale {} to {}", peer, group, count);
-    Status status = target->Scale(group, count);
-    if (!status.ok()) return ErrorAnswer(status.message());
-    return json{{"ok", true}, {"group", group}, {"processes", count}};
+    case ControlRequest::Command::kStop:
+      spdlog::info("control ({}): stop", peer);
+      *stop_after_write = true;
+      return json{{"ok", true}, {"stopping", true}};
   }
-  if (command == "restart") {
-    std::string group;
-    json error;
-    if (!ReadGroup(request, command, &group, &error)) return error;
-    spdlog::info("control ({}): restart {}", peer, group);
-    Status status = target->RestartGroup(group);
-    if (!status.ok()) return ErrorAnswer(status.message());
-    return json{{"ok", true}, {"group", group}};
-  }
-  if (command == "reload") {
-    spdlog::info("control ({}): reload", peer);
-    Status status = target->Reload();
-    if (!status.ok()) return ErrorAnswer(status.message());
-    return json{{"ok", true}};
-  }
-  if (command == "stop") {
-    spdlog::info("control ({}): stop", peer);
-    *stop_after_write = true;
-    return json{{"ok", true}, {"stopping", true}};
-  }
-  return ErrorAnswer("unknown command " + Describe(*command_field) +
-                     ": expected status, scale, restart, reload or stop");
+  return ErrorAnswer("unknown command");
 }
 
 void HandleRequest(Connection* connection, std::string text) {
@@ -349,6 +310,17 @@ void OnAlloc(uv_handle_t*, size_t, uv_buf_t* buffer) {
 void OnRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buffer) {
   Connection* connection = Owner<Connection>(stream);
   if (connection->closing) return;
+  if (connection->answered) {
+    // Input after the request is ignored; its end lets us close.
+    if (nread < 0) {
+      connection->peer_done = true;
+      uv_read_stop(stream);
+      if (connection->written && !connection->stop_after_write) {
+        CloseConnection(connection);
+      }
+    }
+    return;
+  }
   if (nread > 0) {
     std::string_view data(buffer->base, static_cast<std::size_t>(nread));
     std::size_t newline = data.find('\n');
@@ -367,6 +339,7 @@ void OnRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buffer) {
   if (nread == 0) return;
   if (nread == UV_EOF && !connection->input.empty()) {
     // A request without its final newline is still one request.
+    connection->peer_done = true;
     HandleRequest(connection, std::move(connection->input));
     return;
   }
@@ -423,6 +396,9 @@ void OnConnection(uv_stream_t* server, int status) {
         "control the pool",
         listener->path, connection->peer, listener->own_uid);
     SendAnswer(connection, ErrorAnswer("permission denied"));
+    // Read (and discard) to see the client's EOF and close early.
+    uv_read_start(reinterpret_cast<uv_stream_t*>(&connection->pipe), OnAlloc,
+                  OnRead);
     return;
   }
   uv_timer_start(&connection->timer, OnTimeout, kTimeoutMs, 0);

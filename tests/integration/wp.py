@@ -467,10 +467,13 @@ class Pool:
 
     def wait_for_children(self, count, group=None, timeout=None):
         """Waits until exactly COUNT children (of GROUP) are up; returns them."""
+        seen = []
+
         def enough():
             found = self.children(group)
             if len(found) == count:
-                return found
+                seen[:] = [found]
+                return True  # (found itself may be [], which means "not yet")
             if not self.running():
                 raise AssertionError(
                     "the Watcher exited (code %s) while waiting for %d "
@@ -478,13 +481,14 @@ class Pool:
                                         " of " + group if group else "",
                                         self.log_tail()))
             return None
-        return wait_until(
+        wait_until(
             enough, timeout, "%d children%s" % (count, " of group " + group
                                                  if group else ""),
             on_timeout=lambda: "have %d: %s\n%s" % (
                 len(self.children(group)), self.children(group)[:20],
                 self.log_tail()),
             interval=0.1)
+        return seen[0]
 
     def marked_pids(self):
         """Every live process carrying this pool's marker (children, their

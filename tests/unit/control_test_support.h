@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 #include <poll.h>
+#include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -106,6 +107,9 @@ struct TempDir {
 class LoopThread {
  public:
   LoopThread() {
+    // As in the Watcher (RunWatcher): a client that hangs up before its
+    // answer must cost an EPIPE, not the process.
+    signal(SIGPIPE, SIG_IGN);
     uv_loop_init(&loop);
     uv_async_init(&loop, &async_, [](uv_async_t* handle) {
       auto* self = static_cast<LoopThread*>(handle->data);
@@ -154,8 +158,7 @@ inline int ConnectTo(const std::string& path) {
 inline void SendText(int fd, const std::string& text) {
   size_t sent = 0;
   while (sent < text.size()) {
-    ssize_t n =
-        send(fd, text.data() + sent, text.size() - sent, MSG_NOSIGNAL);
+    ssize_t n = send(fd, text.data() + sent, text.size() - sent, MSG_NOSIGNAL);
     if (n <= 0) return;
     sent += static_cast<size_t>(n);
   }
@@ -198,7 +201,9 @@ inline nlohmann::json Ask(const std::string& path, const std::string& text) {
 
 // Keeps the servers' log lines out of the test output.
 struct QuietLog {
-  QuietLog() : level(spdlog::get_level()) { spdlog::set_level(spdlog::level::off); }
+  QuietLog() : level(spdlog::get_level()) {
+    spdlog::set_level(spdlog::level::off);
+  }
   ~QuietLog() { spdlog::set_level(level); }
   spdlog::level::level_enum level;
 };

@@ -127,7 +127,8 @@ TEST_CASE("MetricsText renders every figure of a full status document") {
            "workerpool_group_requests_sent_total{group=\"web\"} 100",
            "workerpool_group_requests_total{group=\"web\",outcome=\"replied\"} "
            "90",
-           "workerpool_group_requests_total{group=\"web\",outcome=\"timed_out\"}"
+           "workerpool_group_requests_total{group=\"web\",outcome=\"timed_"
+           "out\"}"
            " 3",
            "workerpool_group_requests_served_total{group=\"compute\",outcome="
            "\"ok\"} 88",
@@ -152,8 +153,14 @@ TEST_CASE("MetricsText renders every figure of a full status document") {
 
 TEST_CASE("MetricsText survives missing, null and wrongly typed fields") {
   for (const char* doc : {
-           "null", "[]", "42", "\"text\"", "{}", R"({"groups": null})",
-           R"({"groups": {"a": 1}})", R"({"groups": [null, 1, "x", []]})",
+           "null",
+           "[]",
+           "42",
+           "\"text\"",
+           "{}",
+           R"({"groups": null})",
+           R"({"groups": {"a": 1}})",
+           R"({"groups": [null, 1, "x", []]})",
            R"({"groups": [{"desired": 3}]})",
            R"({"groups": [{"name": 5, "live": 1}]})",
            R"({"last_reload": null, "refused_routes": "many"})",
@@ -195,7 +202,8 @@ TEST_CASE("MetricsText: app figures of any shape become service gauges") {
            "workerpool_service_queue_depth{group=\"svc\",index=\"7\"} 4",
            "workerpool_service_bytes_in{group=\"svc\",index=\"7\"} 10",
            "workerpool_service_paused{group=\"svc\",index=\"7\"} 0",
-           "workerpool_service_queues_tasks_ready{group=\"svc\",index=\"7\"} 2",
+           "workerpool_service_queue_ready{group=\"svc\",index=\"7\","
+           "queue=\"tasks\"} 2",
            "workerpool_service_connected{group=\"svc\",index=\"1\"} 0",
            "workerpool_service_consumed{group=\"svc\",index=\"1\"} 7",
            "workerpool_service_connected{group=\"svc\",index=\"2\"} 1",
@@ -210,8 +218,53 @@ TEST_CASE("MetricsText: app figures of any shape become service gauges") {
   CHECK(!Contains(text, "workerpool_service_index"));
   CHECK(!Contains(text, "deep_a_b_c_d"));
   // One series per child even when two keys name the connection.
-  CHECK(!Contains(text, "workerpool_service_connected{group=\"svc\",index="
-                        "\"2\"} 0"));
+  CHECK(!Contains(text,
+                  "workerpool_service_connected{group=\"svc\",index="
+                  "\"2\"} 0"));
+}
+
+TEST_CASE("MetricsText: the RabbitMQ service's figures, queue by queue") {
+  // The shape src/children/rabbitmq_service.cc publishes, as the Watcher
+  // passes it on (index and pid added).
+  json status = json::parse(R"({"uptime_ms": 2500, "groups": [
+    {"name": "intake", "type": "service", "app": [
+      {"index": 0, "pid": 99, "connection": "connected",
+       "broker": "amqp://127.0.0.1:5672", "target": "compute", "inflight": 3,
+       "held": 1, "reconnects": 2, "last_error": "",
+       "queues": {
+         "tasks": {"deliveries": 10, "redelivered": 1, "acks": 8,
+                   "retries": 2, "dead_letters": 1, "rejected": 0,
+                   "requeued": 0, "messages": 5, "consumers": 1},
+         "other": {"deliveries": 0, "messages": null}}},
+      {"index": 1, "pid": 100, "connection": "connecting", "queues": {}}]}
+  ]})");
+  std::string text = MetricsText(status);
+  CheckExposition(text);
+  for (const char* line : {
+           "workerpool_uptime_seconds 2.5",
+           "workerpool_service_connected{group=\"intake\",index=\"0\"} 1",
+           "workerpool_service_connected{group=\"intake\",index=\"1\"} 0",
+           "workerpool_service_reconnects{group=\"intake\",index=\"0\"} 2",
+           "workerpool_service_inflight{group=\"intake\",index=\"0\"} 3",
+           "workerpool_service_queue_messages{group=\"intake\",index=\"0\","
+           "queue=\"tasks\"} 5",
+           "workerpool_service_queue_acks{group=\"intake\",index=\"0\","
+           "queue=\"tasks\"} 8",
+           "workerpool_service_queue_retries{group=\"intake\",index=\"0\","
+           "queue=\"tasks\"} 2",
+           "workerpool_service_queue_dead_letters{group=\"intake\",index="
+           "\"0\",queue=\"tasks\"} 1",
+           "workerpool_service_queue_deliveries{group=\"intake\",index="
+           "\"0\",queue=\"other\"} 0",
+       }) {
+    CHECK_MESSAGE(Contains(text, line), "missing: ", line, "\n", text);
+  }
+  // An unknown depth (null) is left out, not reported as 0.
+  CHECK(!Contains(text,
+                  "workerpool_service_queue_messages{group=\"intake\","
+                  "index=\"0\",queue=\"other\"}"));
+  CHECK(!Contains(text, "workerpool_service_pid"));
+  CHECK(!Contains(text, "workerpool_service_last_error"));
 }
 
 TEST_CASE("MetricsText escapes label values") {

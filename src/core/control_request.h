@@ -1,0 +1,48 @@
+// One request on the control socket (docs/OPERATIONS.md), as text and as a
+// value. Pure: no I/O, never throws, so the Watcher's parsing of untrusted
+// bytes can be unit-tested and fuzzed on its own (tests/fuzz/
+// fuzz_control_request.cc).
+//
+// Wire form: one JSON object on one line, e.g.
+//   {"command":"status"}
+//   {"command":"scale","group":"web","processes":4}
+//   {"command":"restart","group":"web"}
+//   {"command":"reload"}   {"command":"stop"}
+// Unknown members are ignored, so a newer CLI can add optional ones.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "core/status.h"
+
+namespace workerpool {
+
+// Requests larger than this are refused before parsing.
+inline constexpr std::size_t kMaxControlRequestBytes = 64 * 1024;
+
+// The largest process count `scale` accepts; the Watcher may refuse less.
+inline constexpr int kMaxScaleProcesses = 100000;
+
+struct ControlRequest {
+  enum class Command { kStatus, kScale, kRestart, kReload, kStop };
+  Command command = Command::kStatus;
+  std::string group;  // kScale, kRestart: non-empty
+  int processes = 0;  // kScale: 0..kMaxScaleProcesses
+};
+
+// "status", "scale", ...: the name used on the wire and on the command line.
+const char* ControlCommandName(ControlRequest::Command command);
+
+// Parses LINE (without its newline; a trailing '\r' is tolerated). Errors
+// name what was wrong in one line and suggest the right form.
+Result<ControlRequest> ParseControlRequest(std::string_view line);
+
+// The wire form of REQUEST (one line, no newline). Parses back to REQUEST.
+std::string FormatControlRequest(const ControlRequest& request);
+
+// N of `workerpool scale GROUP N` as typed: a decimal integer
+// 0..kMaxScaleProcesses, digits only. The error names what was typed.
+Result<int> ParseProcessCount(std::string_view text);
+
+}  // namespace workerpool

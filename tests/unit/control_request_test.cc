@@ -1,0 +1,191 @@
+#include "core/control_request.h"
+
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace workerpool {
+namespace {
+
+using Command = ControlRequest::Command;
+
+bool Contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+std::string ErrorOf(std::string_view line) {
+  Result<ControlRequest> parsed = ParseControlRequest(line);
+  REQUIRE_MESSAGE(!parsed.ok(), "accepted: ", std::string(line));
+  return parsed.status().message();
+}
+
+TEST_CASE("control request: every command parses") {
+  Result<ControlRequest> status =
+      ParseControlRequest(R"({"command":"status"})");
+  REQUIRE(status.ok());
+  CHECK(status->command == Command::kStatus);
+
+  Result<ControlRequest> reload =
+      ParseControlRequest(R"({"command":"reload"})");
+  REQUIRE(reload.ok());
+  CHECK(reload->command == Command::kReload);
+
+  Result<ControlRequest> stop = ParseControlRequest(R"({"command":"stop"})");
+  REQUIRE(stop.ok());
+  CHECK(stop->command == Command::kStop);
+
+  Result<ControlRequest> restart =
+      ParseControlRequest(R"({"command":"restart","group":"web"})");
+  REQUIRE(restart.ok());
+  CHECK(restart->command == Command::kRestart);
+  CHECK(restart->group == "web");
+
+  Result<ControlRequest> scale = ParseControlRequest(
+      R"( {"processes": 7, "group":"compute", "command":"scale"} )");
+  REQUIRE(scale.ok());
+  CHECK(scale->command == Command::kScale);
+  CHECK(scale->group == "compute");
+  CHECK(scale->processes == 7);
+}
+
+TEST_CASE("control request: a trailing CR and unknown members are accepted") {
+  Result<ControlRequest> parsed =
+      ParseControlRequest("{\"command\":\"status\",\"verbose\":true}\r");
+  REQUIRE(parsed.ok());
+  CHECK(parsed->command == Command::kStatus);
+}
+
+TEST_CASE("control request: scale to zero and to the maximum") {
+  Result<ControlRequest> zero =
+      ParseControlRequest(R"({"command":"scale","group":"g","processes":0})");
+  REQUIRE(zero.ok());
+  CHECK(zero->processes == 0);
+  Result<ControlRequest> most =
+      ParseControlRequest(R"({"command":"scale","group":"g","processes":)" +
+                          std::to_string(kMaxScaleProcesses) + "}");
+  REQUIRE(most.ok());
+  CHECK(most->processes == kMaxScaleProcesses);
+}
+
+TEST_CASE("control request: garbage gets an error that shows the right form") {
+  for (const char* garbage :
+       {"", "hello", "{", "\x01\x02\xff", "{\"command\":\"status\"} trailing",
+        "GET / HTTP/1.1"}) {
+    std::string error = ErrorOf(garbage);
+    CHECK_MESSAGE(Contains(error, "not valid JSON"), error);
+    CHECK_MESSAGE(Contains(error, R"({"command":"status"})"), error);
+  }
+  CHECK(Contains(ErrorOf("[1,2]"), "must be a JSON object"));
+  CHECK(Contains(ErrorOf("42"), "must be a JSON object, e.g."));
+  CHECK(Contains(ErrorOf("{}"), "missing \"command\""));
+  CHECK(Contains(ErrorOf(R"({"command":3})"), "\"command\" must be a string"));
+  std::string unknown = ErrorOf(R"({"command":"explode"})");
+  CHECK(Contains(unknown, "unknown command \"explode\""));
+  CHECK(Contains(unknown, "status, scale, restart, reload or stop"));
+}
+
+TEST_CASE("control request: scale and restart need a group name") {
+  CHECK(Contains(ErrorOf(R"({"command":"restart"})"), "missing \"group\""));
+  CHECK(Contains(ErrorOf(R"({"command":"scale","processes":2})"),
+                 "missing \"group\""));
+  CHECK(Contains(ErrorOf(R"({"command":"restart","group":""})"),
+                 "non-empty string"));
+  CHECK(Contains(ErrorOf(R"({"command":"restart","group":["web"]})"),
+                 "got [\"web\"]"));
+}
+
+TEST_CASE("control request: bad process counts are refused") {
+  for (const char* bad : {"-1", "1.5", "\"4\"", "true", "null", "100001",
+                          "18446744073709551615", "1e3", "{}"}) {
+    std::string line =
+        std::string(R"({"command":"scale","group":"web","processes":)") + bad +
+        "}";
+    std::string error = ErrorOf(line);
+    CHECK_MESSAGE(Contains(error,
+                           "\"processes\" must be an integer from 0 "
+                           "to 100000"),
+                  error);
+  }
+  CHECK(Contains(ErrorOf(R"({"command":"scale","group":"web"})"),
+                 "missing \"processes\""));
+}
+
+TEST_CASE("control request: echoed values are cut short") {
+  std::string long_name(5000, 'x');
+  std::string error = ErrorOf(R"({"command":")" + long_name + R"("})");
+  CHECK(error.size() < 300);
+  CHECK(Contains(error, "..."));
+}
+
+TEST_CASE("control request: invalid UTF-8 in an echo stays valid JSON text") {
+  std::string error = ErrorOf("{\"command\":\"\xff\xfe\"}");
+  // The error goes back inside a JSON answer; dumping it must not throw.
+  nlohmann::json answer = {{"error", error}};
+  CHECK_NOTHROW((void)answer.dump());
+}
+
+TEST_CASE("control request: too long is refused before parsing") {
+  std::string line = R"({"command":"status","pad":")" +
+                     std::string(kMaxControlRequestBytes, 'a') + "\"}";
+  CHECK(Contains(ErrorOf(line), "request too long"));
+}
+
+TEST_CASE("control request: deep nesting does not crash") {
+  std::string deep(20000, '[');
+  deep += std::string(20000, ']');
+  CHECK(Contains(ErrorOf(deep), "must be a JSON object"));
+  CHECK(Contains(ErrorOf(std::string(60000, '{')), "not valid JSON"));
+}
+
+TEST_CASE("control request: format parses back to the same request") {
+  ControlRequest scale;
+  scale.command = Command::kScale;
+  scale.group = "we\"b\n";
+  scale.processes = 12;
+  Result<ControlRequest> back =
+      ParseControlRequest(FormatControlRequest(scale));
+  REQUIRE(back.ok());
+  CHECK(back->command == Command::kScale);
+  CHECK(back->group == scale.group);
+  CHECK(back->processes == 12);
+  CHECK(FormatControlRequest(scale).find('\n') == std::string::npos);
+
+  for (Command command : {Command::kStatus, Command::kReload, Command::kStop}) {
+    ControlRequest request;
+    request.command = command;
+    std::string text = FormatControlRequest(request);
+    CHECK(text ==
+          std::string(R"({"command":")") + ControlCommandName(command) + "\"}");
+    Result<ControlRequest> parsed = ParseControlRequest(text);
+    REQUIRE(parsed.ok());
+    CHECK(parsed->command == command);
+  }
+}
+
+TEST_CASE("process count as typed on the command line") {
+  CHECK(*ParseProcessCount("0") == 0);
+  CHECK(*ParseProcessCount("4") == 4);
+  CHECK(*ParseProcessCount("007") == 7);
+  CHECK(*ParseProcessCount("100000") == 100000);
+  for (const char* bad : {"", "-1", "+3", " 3", "3 ", "3.0", "1e2", "abc",
+                          "100001", "99999999999999999999", "0x10"}) {
+    Result<int> parsed = ParseProcessCount(bad);
+    REQUIRE_MESSAGE(!parsed.ok(), bad);
+    CHECK(
+        Contains(parsed.status().message(), std::string("got '") + bad + "'"));
+  }
+}
+
+TEST_CASE("process count: what was typed is echoed on one line") {
+  Result<int> parsed = ParseProcessCount("4\n2\xff");
+  REQUIRE(!parsed.ok());
+  CHECK(parsed.status().message().find('\n') == std::string::npos);
+  CHECK(Contains(parsed.status().message(), "got '4\\x0a2\\xff'"));
+  Result<int> long_text = ParseProcessCount(std::string(500, '7'));
+  REQUIRE(!long_text.ok());
+  CHECK(long_text.status().message().size() < 200);
+}
+
+}  // namespace
+}  // namespace workerpool

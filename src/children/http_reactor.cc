@@ -793,8 +793,10 @@ int RunHttpReactor(const std::vector<std::string>& args) {
     std::fprintf(help ? stdout : stderr, "%s\n", error.c_str());
     return help ? 0 : 1;
   }
-  // The Watcher reads our stdout line by line: one access line at a time.
-  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  // Access lines are buffered and flushed once per loop iteration (below):
+  // one write for a burst of requests instead of one per request. The
+  // Watcher splits lines itself, so a line cut by a full buffer is fine.
+  std::setvbuf(stdout, nullptr, _IOFBF, 64 * 1024);
 
   std::vector<int> fds;
   std::vector<std::string> names;
@@ -860,7 +862,16 @@ int RunHttpReactor(const std::vector<std::string>& args) {
     joined += (joined.empty() ? "" : ", ") + name;
   }
   std::fprintf(stderr, "http-reactor: serving HTTP on %s\n", joined.c_str());
-  return client->Run();
+  // Before the loop waits for events: push out this iteration's access lines.
+  uv_prepare_t log_flusher;
+  uv_prepare_init(client->loop(), &log_flusher);
+  uv_prepare_start(&log_flusher, [](uv_prepare_t*) { std::fflush(stdout); });
+  uv_unref(reinterpret_cast<uv_handle_t*>(&log_flusher));
+  int status = client->Run();
+  std::fflush(stdout);
+  uv_close(reinterpret_cast<uv_handle_t*>(&log_flusher), nullptr);
+  uv_run(client->loop(), UV_RUN_NOWAIT);
+  return status;
 }
 
 }  // namespace workerpool

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -26,7 +27,6 @@ namespace workerpool {
 namespace {
 
 using json = nlohmann::json;
-using Clock = std::chrono::steady_clock;
 using wire::ErrorCode;
 using wire::FrameType;
 
@@ -59,6 +59,9 @@ T JsonField(const json& object, const char* key, T fallback) {
 class Client;
 struct Link;
 struct Route;
+struct RequestList;
+
+constexpr uint64_t kNoDeadline = UINT64_MAX;
 
 // A request this process sent (or will send).
 struct OutRequest {
@@ -71,9 +74,48 @@ struct OutRequest {
   PoolClient::ReplyCallback done;
   std::function<void(const Progress&)> on_progress;
   Link* link = nullptr;  // while in flight
-  std::multimap<Clock::time_point, uint64_t>::iterator deadline;
-  bool has_deadline = false;
+  // In flight: on its link's list, or on the client's list of cancelled
+  // requests; each list is ordered by deadline (loop time, ms).
+  RequestList* listed_in = nullptr;
+  OutRequest* prev = nullptr;
+  OutRequest* next = nullptr;
+  uint64_t deadline_ms = kNoDeadline;
   bool cancelled = false;  // answered kCancelled; waiting for the server
+};
+
+// Requests in deadline order, linked through the requests themselves: one
+// timeout per route (and one cancel grace) makes deadlines arrive in order,
+// so inserting is O(1) at the tail and no node is allocated per request.
+struct RequestList {
+  OutRequest* head = nullptr;
+  OutRequest* tail = nullptr;
+
+  bool empty() const { return head == nullptr; }
+  void Insert(OutRequest* request) {
+    OutRequest* after = tail;
+    while (after != nullptr && after->deadline_ms > request->deadline_ms) {
+      after = after->prev;  // a timeout changed by a reload
+    }
+    request->prev = after;
+    request->next = after != nullptr ? after->next : head;
+    if (request->next != nullptr) {
+      request->next->prev = request;
+    } else {
+      tail = request;
+    }
+    if (after != nullptr) {
+      after->next = request;
+    } else {
+      head = request;
+    }
+    request->listed_in = this;
+  }
+  void Remove(OutRequest* request) {
+    (request->prev != nullptr ? request->prev->next : head) = request->next;
+    (request->next != nullptr ? request->next->prev : tail) = request->prev;
+    request->prev = request->next = nullptr;
+    request->listed_in = nullptr;
+  }
 };
 
 struct QueueKey {
@@ -110,8 +152,9 @@ struct Link {
   std::string peer_group;
   int peer_index = -1;
   int peer_pid = 0;
-  Route* route = nullptr;                              // kSender
-  std::unordered_map<uint64_t, OutRequest*> inflight;  // kSender
+  Route* route = nullptr;  // kSender
+  RequestList inflight;    // kSender: our requests it has, not cancelled
+  int outstanding = 0;     // kSender: every request it has, cancelled too
   std::unordered_map<uint64_t, std::shared_ptr<ServerRequest>> serving;
   bool draining = false;   // the peer takes no new requests
   bool condemned = false;  // we asked the Watcher to kill the peer
@@ -252,6 +295,9 @@ class Client : public PoolClient {
   void CompleteLater(OutRequest* request, Reply reply);
   void FailRoute(Route* route, ErrorCode code, const std::string& text);
   void FailLinkRequests(Link* link, ErrorCode code, const std::string& text);
+  Link* PickPeer(Route* route);
+  void SendRequest(Link* link, OutRequest* request, std::string_view body);
+  void NoteDeadline(uint64_t deadline_ms);
   void ArmDeadlineTimer();
   void OnDeadlines();
 
@@ -284,7 +330,8 @@ class Client : public PoolClient {
 
   std::map<std::string, std::unique_ptr<Route>> routes_;
   std::unordered_map<uint64_t, std::unique_ptr<OutRequest>> requests_;
-  std::multimap<Clock::time_point, uint64_t> deadlines_;
+  RequestList cancelled_;  // running requests the caller cancelled
+  uint64_t deadline_due_ = kNoDeadline;  // when deadline_timer_ fires
   std::vector<std::pair<OutRequest*, Reply>> completions_;
   uint64_t next_id_ = 0;
   uint64_t next_sequence_ = 0;
@@ -505,7 +552,7 @@ void Client::OnPoolFrame(const FrameView& frame) {
         std::vector<Link*> peers = route->peers;
         for (Link* link : peers) {
           link->draining = true;
-          if (link->inflight.empty()) CloseLink(link);
+          if (link->outstanding == 0) CloseLink(link);
         }
         break;
       }
@@ -530,7 +577,7 @@ void Client::OnPoolFrame(const FrameView& frame) {
       for (Link* link : matching) {
         if (frame.header.type == FrameType::kPeerDraining) {
           link->draining = true;
-          if (link->inflight.empty() && link->role == Link::Role::kSender) {
+          if (link->outstanding == 0 && link->role == Link::Role::kSender) {
             CloseLink(link);
           }
           continue;
@@ -669,9 +716,10 @@ void Client::OnLinkFrame(Link* link, const FrameView& frame) {
         "refused: " + link->peer_group + " may not send requests to " + group_);
     return;
   }
-  auto found = link->inflight.find(id);
-  if (found == link->inflight.end()) return;  // late answer to a timeout
-  OutRequest* request = found->second;
+  auto found = requests_.find(id);
+  // Gone or elsewhere: a late answer to a timeout.
+  if (found == requests_.end() || found->second->link != link) return;
+  OutRequest* request = found->second.get();
   if (frame.header.type == FrameType::kProgress) {
     if (request->on_progress && !request->cancelled) {
       request->on_progress(
@@ -684,7 +732,6 @@ void Client::OnLinkFrame(Link* link, const FrameView& frame) {
       frame.header.type != FrameType::kError) {
     return;
   }
-  link->inflight.erase(found);
   Reply reply;
   reply.ok = frame.header.type == FrameType::kReply;
   reply.code = reply.ok ? ErrorCode::kHandlerError
@@ -693,13 +740,13 @@ void Client::OnLinkFrame(Link* link, const FrameView& frame) {
   reply.meta.assign(frame.meta);
   Route* route = request->route;
   Complete(request, std::move(reply));
-  if (link->draining && link->inflight.empty()) CloseLink(link);
+  if (link->draining && link->outstanding == 0) CloseLink(link);
   Dispatch(route);
 }
 
 void Client::OnLinkClosed(Link* link, const std::string& why) {
   if (link->closed) return;
-  if (link->role == Link::Role::kSender && !link->inflight.empty()) {
+  if (link->role == Link::Role::kSender && link->outstanding > 0) {
     // The peer died; the Watcher's kPeerGone names how, so keep the
     // requests until then. Without a pool there is nobody to ask.
     if (!pool_open_) {
@@ -719,8 +766,12 @@ void Client::OnLinkClosed(Link* link, const std::string& why) {
 void Client::FailLinkRequests(Link* link, ErrorCode code,
                               const std::string& text) {
   std::vector<OutRequest*> failed;
-  for (auto& [id, request] : link->inflight) failed.push_back(request);
-  link->inflight.clear();
+  for (OutRequest* r = link->inflight.head; r != nullptr; r = r->next) {
+    failed.push_back(r);
+  }
+  for (OutRequest* r = cancelled_.head; r != nullptr; r = r->next) {
+    if (r->link == link) failed.push_back(r);
+  }
   for (OutRequest* request : failed) {
     Complete(request, Reply{false, code, text, ""});
   }
@@ -805,7 +856,7 @@ uint64_t Client::Send(const std::string& group, std::string_view body,
     bool has_room = false;
     for (Link* peer : route->peers) {
       has_room |= !peer->draining && !peer->condemned &&
-                  static_cast<int>(peer->inflight.size()) < route->max_inflight;
+                  peer->outstanding < route->max_inflight;
     }
     if (!has_room) {
       CompleteLater(request, Reply{false, ErrorCode::kQueueFull,
@@ -815,43 +866,56 @@ uint64_t Client::Send(const std::string& group, std::string_view body,
       return id;
     }
   }
-  request->body.assign(body);
   request->meta = std::move(options.meta);
+  if (route->state == Route::State::kOpen && route->queue.empty()) {
+    // A peer with room takes the frame straight from the caller's bytes;
+    // only a queued request needs its own copy.
+    if (Link* peer = PickPeer(route)) {
+      SendRequest(peer, request, body);
+      return id;
+    }
+  }
+  request->body.assign(body);
   route->queue.emplace(QueueKey{request->priority, request->sequence}, request);
   if (route->state == Route::State::kOpen) Dispatch(route);
   return id;
 }
 
+Link* Client::PickPeer(Route* route) {
+  Link* best = nullptr;
+  for (Link* peer : route->peers) {
+    if (peer->draining || peer->condemned || peer->closed) continue;
+    if (peer->outstanding >= route->max_inflight) continue;
+    if (best == nullptr || peer->outstanding < best->outstanding) best = peer;
+  }
+  return best;
+}
+
+void Client::SendRequest(Link* link, OutRequest* request,
+                         std::string_view body) {
+  request->link = link;
+  ++link->outstanding;
+  const int64_t timeout_ms = link->route->request_timeout.count();
+  // Loop time, not the clock: no clock read per request.
+  request->deadline_ms = timeout_ms > 0
+                             ? uv_now(loop_) + static_cast<uint64_t>(timeout_ms)
+                             : kNoDeadline;
+  link->inflight.Insert(request);
+  NoteDeadline(request->deadline_ms);
+  SendOnLink(link, FrameType::kRequest, request->id,
+             static_cast<uint32_t>(request->priority), request->meta, body);
+}
+
 void Client::Dispatch(Route* route) {
   if (route->state != Route::State::kOpen) return;
   while (!route->queue.empty()) {
-    Link* best = nullptr;
-    for (Link* peer : route->peers) {
-      if (peer->draining || peer->condemned || peer->closed) continue;
-      if (static_cast<int>(peer->inflight.size()) >= route->max_inflight) {
-        continue;
-      }
-      if (best == nullptr || peer->inflight.size() < best->inflight.size()) {
-        best = peer;
-      }
-    }
+    Link* best = PickPeer(route);
     if (best == nullptr) break;
     auto head = route->queue.begin();
     OutRequest* request = head->second;
     route->queue.erase(head);
-    request->link = best;
-    best->inflight[request->id] = request;
-    SendOnLink(best, FrameType::kRequest, request->id,
-               static_cast<uint32_t>(request->priority), request->meta,
-               request->body);
-    request->body.clear();
-    request->body.shrink_to_fit();
-    if (route->request_timeout.count() > 0) {
-      request->deadline = deadlines_.emplace(
-          Clock::now() + route->request_timeout, request->id);
-      request->has_deadline = true;
-      if (deadlines_.begin() == request->deadline) ArmDeadlineTimer();
-    }
+    SendRequest(best, request, request->body);
+    std::string().swap(request->body);
   }
   bool any_live = false;
   for (Link* peer : route->peers) {
@@ -886,8 +950,8 @@ void Client::Complete(OutRequest* request, Reply reply) {
   if (owned == requests_.end()) return;
   std::unique_ptr<OutRequest> keep = std::move(owned->second);
   requests_.erase(owned);
-  if (request->has_deadline) deadlines_.erase(request->deadline);
-  if (request->link != nullptr) request->link->inflight.erase(request->id);
+  if (request->listed_in != nullptr) request->listed_in->Remove(request);
+  if (request->link != nullptr) --request->link->outstanding;
   if (request->cancelled) return;  // already answered kCancelled
   if (reply.ok) {
     ++stats_.replied;
@@ -928,38 +992,63 @@ void Client::Cancel(uint64_t request_id) {
   CountChanged();
   ReplyCallback done = std::move(request->done);
   request->cancelled = true;
-  if (request->has_deadline) deadlines_.erase(request->deadline);
-  request->deadline =
-      deadlines_.emplace(Clock::now() + kCancelGrace, request_id);
-  request->has_deadline = true;
-  ArmDeadlineTimer();
+  if (request->listed_in != nullptr) request->listed_in->Remove(request);
+  request->deadline_ms =
+      uv_now(loop_) +
+      static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(kCancelGrace)
+              .count());
+  cancelled_.Insert(request);
+  NoteDeadline(request->deadline_ms);
   if (done) done(Reply{false, ErrorCode::kCancelled, "cancelled", ""});
 }
 
-void Client::ArmDeadlineTimer() {
-  if (deadlines_.empty()) {
-    uv_timer_stop(&deadline_timer_);
-    return;
-  }
-  auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(
-      deadlines_.begin()->first - Clock::now());
+void Client::NoteDeadline(uint64_t deadline_ms) {
+  // The timer may fire early (its request finished): OnDeadlines re-arms.
+  if (deadline_ms >= deadline_due_) return;
+  deadline_due_ = deadline_ms;
+  const uint64_t now = uv_now(loop_);
   uv_timer_start(
       &deadline_timer_,
       [](uv_timer_t* timer) { OwnerOf<Client>(timer)->OnDeadlines(); },
-      static_cast<uint64_t>(std::max<int64_t>(0, wait.count()) + 1), 0);
+      deadline_ms > now ? deadline_ms - now : 0, 0);
+}
+
+void Client::ArmDeadlineTimer() {
+  uint64_t earliest = kNoDeadline;
+  if (!cancelled_.empty()) earliest = cancelled_.head->deadline_ms;
+  for (Link* link : links_) {
+    if (!link->inflight.empty()) {
+      earliest = std::min(earliest, link->inflight.head->deadline_ms);
+    }
+  }
+  deadline_due_ = kNoDeadline;
+  if (earliest == kNoDeadline) {
+    uv_timer_stop(&deadline_timer_);
+    return;
+  }
+  NoteDeadline(earliest);
 }
 
 void Client::OnDeadlines() {
-  const auto now = Clock::now();
-  while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
-    uint64_t id = deadlines_.begin()->second;
-    deadlines_.erase(deadlines_.begin());
+  const uint64_t now = uv_now(loop_);
+  // Collected first: completing runs callbacks that may close links.
+  std::vector<uint64_t> expired;
+  auto collect = [&](const RequestList& list) {
+    for (OutRequest* r = list.head; r != nullptr && r->deadline_ms <= now;
+         r = r->next) {
+      expired.push_back(r->id);
+    }
+  };
+  collect(cancelled_);
+  for (Link* link : links_) collect(link->inflight);
+  std::sort(expired.begin(), expired.end());
+  for (uint64_t id : expired) {
     auto found = requests_.find(id);
     if (found == requests_.end()) continue;
     OutRequest* request = found->second.get();
-    request->has_deadline = false;
     Link* link = request->link;
-    if (link == nullptr) continue;
+    if (link == nullptr || request->deadline_ms > now) continue;
     std::string reason =
         request->cancelled
             ? "ignored a cancel for " + std::to_string(kCancelGrace.count()) +

@@ -9,4 +9,18 @@ namespace workerpool {
 // Sets the default spdlog logger's level and format from LOG.
 void SetupLogging(const LogConfig& log);
 
+// While one is alive, log lines are collected and written to stderr together
+// when it ends (or when a large batch fills up), so logging a burst of child
+// output costs one write, not one per line. Lines stay whole and in order.
+class LogBatch {
+ public:
+  LogBatch();
+  ~LogBatch();
+  LogBatch(const LogBatch&) = delete;
+  LogBatch& operator=(const LogBatch&) = delete;
+
+ private:
+  int saved_flush_level_;
+};
+
 }  // namespace workerpool

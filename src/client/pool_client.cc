@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -63,6 +64,11 @@ struct RequestList;
 
 constexpr uint64_t kNoDeadline = UINT64_MAX;
 
+// Upper bounds (ms) of the request latency histogram reported in stats; the
+// Watcher sums them per target group for the metrics endpoint.
+constexpr std::array<uint64_t, 14> kLatencyBoundsMs = {
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000};
+
 // A request this process sent (or will send).
 struct OutRequest {
   uint64_t id = 0;
@@ -80,6 +86,7 @@ struct OutRequest {
   OutRequest* prev = nullptr;
   OutRequest* next = nullptr;
   uint64_t deadline_ms = kNoDeadline;
+  uint64_t sent_ms = 0;    // loop time of Send(), for the latency histogram
   bool cancelled = false;  // answered kCancelled; waiting for the server
 };
 
@@ -137,6 +144,9 @@ struct Route {
   std::chrono::milliseconds request_timeout{30000};
   std::vector<Link*> peers;
   std::map<QueueKey, OutRequest*> queue;
+  // Answered requests by latency bucket (the last one is +Inf).
+  std::array<uint64_t, kLatencyBoundsMs.size() + 1> latency_counts{};
+  uint64_t latency_sum_ms = 0;
 };
 
 class ServerRequest;
@@ -827,6 +837,7 @@ uint64_t Client::Send(const std::string& group, std::string_view body,
   request->on_progress = std::move(options.on_progress);
   request->priority = options.priority;
   request->sequence = ++next_sequence_;
+  request->sent_ms = uv_now(loop_);
   requests_[request->id] = std::move(owned);
   ++stats_.sent;
   CountChanged();
@@ -953,6 +964,16 @@ void Client::Complete(OutRequest* request, Reply reply) {
   if (request->listed_in != nullptr) request->listed_in->Remove(request);
   if (request->link != nullptr) --request->link->outstanding;
   if (request->cancelled) return;  // already answered kCancelled
+  if (request->route != nullptr) {
+    const uint64_t elapsed = uv_now(loop_) - request->sent_ms;
+    std::size_t bucket = 0;
+    while (bucket < kLatencyBoundsMs.size() &&
+           elapsed > kLatencyBoundsMs[bucket]) {
+      ++bucket;
+    }
+    ++request->route->latency_counts[bucket];
+    request->route->latency_sum_ms += elapsed;
+  }
   if (reply.ok) {
     ++stats_.replied;
   } else if (reply.code == ErrorCode::kRefused) {
@@ -1152,6 +1173,16 @@ void Client::SendStats() {
             {"served", s.served},       {"served_errors", s.served_errors},
             {"queued", s.queued},       {"inflight", s.inflight},
             {"serving", s.serving}};
+  json latency = json::object();
+  for (const auto& [name, route] : routes_) {
+    uint64_t answered = 0;
+    for (uint64_t count : route->latency_counts) answered += count;
+    if (answered == 0) continue;
+    latency[name] = {{"bounds_ms", kLatencyBoundsMs},
+                     {"counts", route->latency_counts},
+                     {"sum_ms", route->latency_sum_ms}};
+  }
+  if (!latency.empty()) body["latency"] = std::move(latency);
   if (!app_stats_.empty()) body["app"] = ParseJsonObject(app_stats_);
   SendToPool(FrameType::kStats, body);
 }

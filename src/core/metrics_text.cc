@@ -330,8 +330,8 @@ void AddLatency(const std::string& group, const json& latency,
   }
   const std::string name = "workerpool_group_request_duration_seconds";
   const std::string help =
-      "Time from sending a request to its answer, as seen by the group's "
-      "senders.";
+      "Time from a sender's request to this group until its answer, summed "
+      "over every sender (a sender's restart resets its share).";
   std::uint64_t cumulative = 0;
   for (std::size_t i = 0; i < counts->size(); ++i) {
     cumulative += (*counts)[i].get<std::uint64_t>();

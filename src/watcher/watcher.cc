@@ -1321,6 +1321,43 @@ Status Watcher::RestartGroup(const std::string& name) {
 nlohmann::json Watcher::StatusJson() {
   using nlohmann::json;
   const auto now = Clock::now();
+  // Request latency per target group, summed over every sender's
+  // histogram (stats "latency": {"<group>": {bounds_ms, counts, sum_ms}}).
+  std::map<std::string, json> latency;
+  auto add_latency = [&](const Slot* slot) {
+    auto found = slot->stats.find("latency");
+    if (found == slot->stats.end() || !found->is_object()) return;
+    for (auto& [target, histogram] : found->items()) {
+      if (!histogram.is_object()) continue;
+      const json& bounds = histogram.value("bounds_ms", json());
+      const json& counts = histogram.value("counts", json());
+      if (!bounds.is_array() || !counts.is_array() ||
+          counts.size() != bounds.size() + 1) {
+        continue;
+      }
+      json& total = latency[target];
+      if (total.is_null()) {
+        total = {{"bounds_ms", bounds},
+                 {"counts", std::vector<uint64_t>(counts.size(), 0)},
+                 {"sum_ms", uint64_t{0}}};
+      }
+      if (total["bounds_ms"] != bounds) continue;  // another library version
+      for (std::size_t i = 0; i < counts.size(); ++i) {
+        if (counts[i].is_number_unsigned()) {
+          total["counts"][i] =
+              total["counts"][i].get<uint64_t>() + counts[i].get<uint64_t>();
+        }
+      }
+      if (histogram.value("sum_ms", json()).is_number_unsigned()) {
+        total["sum_ms"] = total["sum_ms"].get<uint64_t>() +
+                          histogram["sum_ms"].get<uint64_t>();
+      }
+    }
+  };
+  for (auto& group : groups_) {
+    for (auto& [index, slot] : group->slots) add_latency(slot);
+    for (Slot* slot : group->outgoing) add_latency(slot);
+  }
   json groups = json::array();
   for (auto& group : groups_) {
     json children = json::array();
@@ -1381,6 +1418,9 @@ nlohmann::json Watcher::StatusJson() {
                       {"recycled", group->recycled},
                       {"app", app},
                       {"children", children}});
+    if (auto found = latency.find(group->config.name); found != latency.end()) {
+      groups.back()["latency"] = found->second;
+    }
   }
   const char* state = "running";
   switch (phase_) {

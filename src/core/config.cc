@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 #include <yaml-cpp/depthguard.h>  // YAML::DeepRecursion, not in yaml.h
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <exception>
 #include <limits>
 #include <span>
+#include <sstream>
 #include <string_view>
 #include <system_error>
 #include <utility>
@@ -1231,6 +1233,34 @@ std::string ConfigLoad::ErrorText() const {
   return out;
 }
 
+namespace {
+
+// Counts the documents of a YAML stream; the parse is bounded by the caller.
+class DocumentCounter : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    if (++count == 1) first_start = mark;
+    if (count == 2) second_start = mark;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+  int count = 0;
+  YAML::Mark first_start;
+  YAML::Mark second_start;
+};
+
+}  // namespace
+
 ConfigLoad ParseConfig(const std::string& text, const std::string& file_name) {
   ErrorList errors(file_name);
   PoolConfig config;
@@ -1242,18 +1272,31 @@ ConfigLoad ParseConfig(const std::string& text, const std::string& file_name) {
       return ConfigLoad{std::nullopt, errors.TakeSorted()};
     }
 
-    std::vector<YAML::Node> documents = YAML::LoadAll(text);
-    if (documents.empty() || documents[0].IsNull()) {
+    // Not YAML::LoadAll: on some broken input (a lone ",") yaml-cpp 0.7's
+    // LoadAll never returns (found by tests/fuzz/fuzz_config). Load reads
+    // one document; a parser bounded to two documents counts them.
+    YAML::Node root = YAML::Load(text);
+    std::istringstream stream(text);
+    YAML::Parser parser(stream);
+    DocumentCounter counter;
+    while (counter.count < 2 && parser.HandleNextDocument(counter)) {
+    }
+    if (counter.count > 1 &&
+        counter.second_start.pos == counter.first_start.pos) {
+      // The parser starts document after document without reading a byte.
+      errors.Add(counter.first_start, "",
+                 "invalid YAML: no document can be read here; expected a "
+                 "mapping with keys 'pool' and 'groups'");
+    } else if (counter.count > 1) {
+      errors.Add(counter.second_start, "",
+                 "holds more than one YAML document; a pool definition is "
+                 "one document (remove the '---' separators)");
+    } else if (root.IsNull()) {
       errors.AddWithoutPosition(
           "the file is empty; expected a mapping with keys 'pool' and "
           "'groups'");
-    } else if (documents.size() > 1) {
-      errors.Add(documents[1].Mark(), "",
-                 "holds " + std::to_string(documents.size()) +
-                     " YAML documents; a pool definition is one document "
-                     "(remove the '---' separators)");
     } else {
-      ReadDocument(&errors, documents[0], &config);
+      ReadDocument(&errors, root, &config);
     }
   } catch (const YAML::DeepRecursion& error) {
     errors.Add(error.mark, "",

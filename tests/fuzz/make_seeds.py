@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus of every fuzz target into corpus/<target>/.
+
+Run it again after changing the seeds; files it did not write (crash
+reproducers, inputs the fuzzer found and someone kept) are left alone.
+Seeds are named seed-*; regression inputs crash-<target>-<what>.
+"""
+import json
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def write(target, name, data):
+    directory = os.path.join(HERE, "corpus", target)
+    os.makedirs(directory, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    with open(os.path.join(directory, "seed-" + name), "wb") as f:
+        f.write(data)
+
+
+# --- fuzz_config: pool definitions, valid and broken
+CONFIGS = {
+    "demo.yaml": open(os.path.join(HERE, "..", "..", "config", "demo.yaml")).read(),
+    "full.yaml": """pool:
+  name: demo
+  control_socket: /tmp/wp-fuzz.sock
+  stop_timeout: 10s
+  metrics: 127.0.0.1:9464
+  log: {level: info, format: json}
+groups:
+  - name: web
+    type: reactor
+    processes: 2
+    command: [workerpool, builtin, http-reactor]
+    listen: ["127.0.0.1:8080", "[::1]:8081"]
+    routes_to: [compute, intake]
+  - name: compute
+    type: job
+    processes: 4
+    command: [./my_job, --flag]
+    env: {MODEL: small, X: "1"}
+    cwd: /tmp
+    user: root
+    max_inflight: 1
+    queue_limit: 1000
+    request_timeout: 30s
+    heartbeat_timeout: 10s
+    max_requests: 10000
+    max_rss: 512MB
+    restart:
+      backoff: {initial: 100ms, max: 30s, reset_after: 1m}
+      intensity: {max_restarts: 10, period: 60s}
+  - name: intake
+    type: service
+    processes: 1
+    routes_to: [compute]
+    rabbitmq:
+      url: amqp://guest:guest@127.0.0.1:5672
+      queues: [tasks, other]
+      declare: true
+      prefetch: 32
+      max_retries: 5
+      dead_letter_queue: tasks.dead
+""",
+    "empty-groups.yaml": "pool: {name: t}\ngroups: []\n",
+    "errors.yaml": """pool: {name: "", stop_timeout: -1s, bogus: 1}
+groups:
+  - {name: a, type: job, processes: -3, command: []}
+  - {name: a, type: weird, processes: 1.5, command: x, routes_to: [nowhere]}
+  - name: r
+    type: reactor
+    command: [x]
+    listen: ["999.1.1.1:99999"]
+    routes_to: [r]
+    max_rss: 12XB
+    request_timeout: 10 parsecs
+""",
+    "anchors.yaml": """base: &b {type: job, processes: 2, command: [sleep, "1"]}
+pool: {name: t}
+groups:
+  - <<: *b
+    name: one
+  - {<<: *b, name: two}
+""",
+    "flow.yaml": '{"pool": {"name": "t"}, "groups": [{"name": "a", "type": "service", "command": ["x"], "rabbitmq": {"url": "amqp://u:p@h:1/v", "queues": ["q"]}}]}',
+    "tabs-and-unicode.yaml": "pool:\n\tname: t\ngroups:\n  - name: \u00e9\u00e9\n    command: [\"\\u0000\", \"\\xff\"]\n",
+    "deep.yaml": "pool: {name: t}\ngroups: " + "[" * 200 + "]" * 200 + "\n",
+    "multi-doc.yaml": "pool: {name: t}\ngroups: []\n---\npool: {name: u}\n",
+}
+for name, text in CONFIGS.items():
+    write("fuzz_config", name, text)
+
+
+# --- fuzz_frame_decoder: [read size, read size, frames...]
+def frame(ftype, ident, aux, meta=b"", body=b"", flags=0, version=1,
+          payload_length=None, meta_length=None):
+    if payload_length is None:
+        payload_length = len(meta) + len(body)
+    if meta_length is None:
+        meta_length = len(meta)
+    return struct.pack("<IBBHQII", payload_length, version, ftype, flags,
+                       ident, aux, meta_length) + meta + body
+
+
+def stream(*frames, reads=(7, 255)):
+    return bytes(reads) + b"".join(frames)
+
+
+write("fuzz_frame_decoder", "request-reply",
+      stream(frame(1, 1, 0, b'{"k":1}', b"hello"), frame(2, 1, 0, b"", b"hello")))
+write("fuzz_frame_decoder", "control",
+      stream(frame(16, 0, 0, b"", b'{"pid":1,"protocol":1}'),
+             frame(17, 0, 0, b"", b'{"group":"g"}'),
+             frame(23, 0, 0, b"", b"{}"), frame(3, 9, 4, b"", b"queue full"),
+             reads=(0, 0)))
+write("fuzz_frame_decoder", "bad-version", stream(frame(1, 1, 0, version=2)))
+write("fuzz_frame_decoder", "bad-type", stream(frame(99, 1, 0)))
+write("fuzz_frame_decoder", "too-big",
+      stream(frame(1, 1, 0, payload_length=16 * 1024 * 1024 + 1)))
+write("fuzz_frame_decoder", "meta-over-payload",
+      stream(frame(1, 1, 0, b"ab", b"", meta_length=3)))
+write("fuzz_frame_decoder", "partial",
+      stream(frame(4, 5, 500000, b"", b"x" * 40))[:-10])
+
+# --- fuzz_http_request: [read size] + the bytes of one connection
+HTTP = {
+    "post-job": b"POST /jobs/echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: 5\r\nX-Priority: -3\r\n\r\nhello",
+    "pipelined": b"GET /healthz HTTP/1.1\r\n\r\nHEAD /healthz HTTP/1.1\r\n\r\n"
+                 b"POST /jobs/a%2Db HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    "chunked": b"POST /jobs/echo?x=1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+               b"Expect: 100-continue\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "http10": b"POST /jobs/echo HTTP/1.0\r\nConnection: keep-alive\r\n"
+              b"Content-Length: 2\r\n\r\nhi",
+    "too-large": b"POST /jobs/echo HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+    "bad-version": b"GET / HTTP/2.0\r\n\r\n",
+    "upgrade": b"GET /x HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nrest",
+    "connect": b"CONNECT example.com:443 HTTP/1.1\r\n\r\n",
+    "json-meta": b'POST /jobs/echo HTTP/1.1\r\nContent-Length: 30\r\n\r\n{"content_type":"text/x\\r\\ny"}',
+    "garbage": b"\x00\xff\r\n\r\nGET",
+    "priority": b"POST /jobs/x HTTP/1.1\r\nX-Priority: 99999999999\r\n"
+                b"User-Agent: \xff\xfe\r\nContent-Length: 0\r\n\r\n",
+}
+for name, data in HTTP.items():
+    write("fuzz_http_request", name, bytes([len(data) % 7 + 1]) + data)
+    write("fuzz_http_request", name + "-whole", b"\xff" + data)
+
+# --- fuzz_control_socket: what a client writes
+CONTROL = {
+    "status": '{"command":"status"}\n',
+    "scale": '{"command":"scale","group":"web","processes":4}\n',
+    "scale-bad": '{"command":"scale","group":"web","processes":-1}\n',
+    "scale-huge": '{"command":"scale","group":"web","processes":1e300}\n',
+    "restart": '{"command":"restart","group":"web"}',
+    "reload": '{"command":"reload"}\r\n',
+    "stop": '{"command":"stop"}\n',
+    "unknown": '{"command":"dance"}\n',
+    "not-object": '[1,2,3]\n',
+    "bad-json": '{"command":\n',
+    "two-lines": '{"command":"status"}\n{"command":"stop"}\n',
+    "group-types": '{"command":"restart","group":{"a":[null,true,1.5]}}\n',
+    "empty": "",
+}
+for name, text in CONTROL.items():
+    write("fuzz_control_socket", name, text)
+    write("fuzz_control_request", name, text.rstrip("\r\n"))

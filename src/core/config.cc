@@ -1224,7 +1224,22 @@ std::string ConfigError::ToString() const {
   out += ": ";
   if (!key.empty()) out += key + ": ";
   out += message;
-  return out;
+  // One error, one line: a key or value quoted from the file may hold line
+  // breaks (a multi-line plain scalar) or other control characters.
+  std::string line_safe;
+  line_safe.reserve(out.size());
+  for (char c : out) {
+    if (c == '\n') {
+      line_safe += "\\n";
+    } else if (c == '\r') {
+      line_safe += "\\r";
+    } else if (static_cast<unsigned char>(c) < 0x20 && c != '\t') {
+      line_safe += '?';
+    } else {
+      line_safe += c;
+    }
+  }
+  return line_safe;
 }
 
 std::string ConfigLoad::ErrorText() const {

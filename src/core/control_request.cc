@@ -1,5 +1,7 @@
 #include "core/control_request.h"
 
+#include <algorithm>
+
 #include <charconv>
 #include <cstdint>
 #include <nlohmann/json.hpp>
@@ -15,6 +17,35 @@ constexpr std::size_t kMaxEchoBytes = 80;
 
 constexpr const char* kExample = "e.g. {\"command\":\"status\"}";
 constexpr const char* kCommands = "status, scale, restart, reload or stop";
+
+// A control request is flat; anything nested deeper is refused before
+// nlohmann::json builds it (its destructor and dump() recurse per level, and
+// a sanitized Watcher's stack does not take 20,000 levels).
+constexpr int kMaxNesting = 32;
+
+// The deepest nesting of [ and { in TEXT, outside strings.
+int MaxNesting(std::string_view text) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
 
 // VALUE as compact JSON, cut to kMaxEchoBytes; invalid UTF-8 is replaced so
 // the answer itself stays valid JSON text.
@@ -111,8 +142,13 @@ Result<ControlRequest> ParseControlRequest(std::string_view line) {
                          " bytes, at most " +
                          std::to_string(kMaxControlRequestBytes));
   }
-  // Never throws with allow_exceptions=false; deep nesting is bounded by
-  // the size limit above.
+  if (MaxNesting(line) > kMaxNesting) {
+    return Status::Error(std::string("the request is nested too deeply (at "
+                                     "most ") +
+                         std::to_string(kMaxNesting) +
+                         " levels): send one flat JSON object, " + kExample);
+  }
+  // Never throws with allow_exceptions=false.
   json request = json::parse(line.begin(), line.end(), nullptr,
                              /*allow_exceptions=*/false);
   if (request.is_discarded()) {

@@ -161,6 +161,10 @@ groups:
       intensity: {max_restarts: 2, period: 60s}
 """ % (self.port, wp_ipc.LINE_REACTOR, ECHO))
         pool.url = "http://127.0.0.1:%d/metrics" % self.port
+        # The CLI needs the control socket: wait until the Watcher bound it.
+        sock = os.path.join(pool.tmp, "met.sock")
+        wp.wait_until(lambda: os.path.exists(sock),
+                      what="the control socket " + sock)
         return pool
 
     def scrape(self, pool):

@@ -3,12 +3,14 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
-#include "children/builtins.h"
 #include "core/config.h"
+#include "os/builtin_path.h"
 #include "version.h"
 #include "watcher/control_client.h"
 #include "watcher/watcher.h"
@@ -17,6 +19,7 @@ namespace {
 
 constexpr int kExitOk = 0;
 constexpr int kExitBadInput = 1;
+constexpr int kExitRuntimeFailure = 2;
 
 int RunCheck(const std::string& path) {
   workerpool::ConfigLoad load = workerpool::LoadConfigFile(path);
@@ -27,6 +30,31 @@ int RunCheck(const std::string& path) {
   std::printf("%s: ok (pool '%s', %zu groups)\n", path.c_str(),
               load.config->name.c_str(), load.config->groups.size());
   return kExitOk;
+}
+
+// `workerpool builtin NAME ARGS` becomes `workerpool-builtin NAME ARGS`.
+int ExecBuiltin(const char* argv0, const std::string& name,
+                const std::vector<std::string>& args) {
+  std::string self = workerpool::SelfExecutable(argv0);
+  std::string builtin = workerpool::BuiltinExecutable(self);
+  if (builtin.empty()) {
+    std::fprintf(stderr,
+                 "workerpool builtin: workerpool-builtin is missing (looked "
+                 "beside %s and in its ../libexec/workerpool/)\n",
+                 self.c_str());
+    return kExitRuntimeFailure;
+  }
+  std::vector<char*> exec_argv;
+  exec_argv.push_back(const_cast<char*>(builtin.c_str()));
+  exec_argv.push_back(const_cast<char*>(name.c_str()));
+  for (const std::string& arg : args) {
+    exec_argv.push_back(const_cast<char*>(arg.c_str()));
+  }
+  exec_argv.push_back(nullptr);
+  execv(builtin.c_str(), exec_argv.data());
+  std::fprintf(stderr, "workerpool builtin: cannot run %s: %s\n",
+               builtin.c_str(), std::strerror(errno));
+  return kExitRuntimeFailure;
 }
 
 }  // namespace
@@ -128,7 +156,7 @@ int main(int argc, char** argv) {
     for (const std::string& extra : builtin->remaining()) {
       builtin_args.push_back(extra);
     }
-    return workerpool::RunBuiltin(builtin_name, builtin_args);
+    return ExecBuiltin(argv[0], builtin_name, builtin_args);
   }
   if (*status) control.command = "status";
   if (*scale) control.command = "scale";

@@ -37,7 +37,8 @@ struct SpawnedChild {
 
 // Forks and execs. The child gets its own process group, stdin from
 // /dev/null, PR_SET_PDEATHSIG(SIGKILL), default signal dispositions and an
-// empty signal mask. A failing chdir/setuid/exec in the child is reported on
+// empty signal mask. Dispositions are read at the first call: install every
+// handler (and SIG_IGN) before spawning the first child. A failing chdir/setuid/exec in the child is reported on
 // its output pipe and it exits 127; the parent learns of it as an exit.
 Result<SpawnedChild> SpawnChild(const SpawnSpec& spec);
 

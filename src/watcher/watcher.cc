@@ -25,6 +25,7 @@
 #include "core/pool_diff.h"
 #include "core/restart_policy.h"
 #include "core/routing.h"
+#include "os/builtin_path.h"
 #include "os/listen_socket.h"
 #include "os/notify.h"
 #include "os/spawn.h"
@@ -47,13 +48,6 @@ bool IsWatcherOnlyVariable(std::string_view entry) {
     if (entry.starts_with(prefix)) return true;
   }
   return false;
-}
-
-std::string SelfExecutable(const char* argv0) {
-  char path[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
-  if (n > 0) return std::string(path, n);
-  return argv0;
 }
 
 // How a child ended, nginx-style: "exited with code 3",
@@ -101,6 +95,7 @@ class Watcher : public ControlTarget {
       : loop_(loop),
         config_path_(std::move(config_path)),
         self_exe_(std::move(self_exe)),
+        builtin_exe_(BuiltinExecutable(self_exe_)),
         random_(std::random_device{}()) {}
 
   int Run(PoolConfig config);
@@ -257,6 +252,8 @@ class Watcher : public ControlTarget {
   uv_loop_t* loop_;
   std::string config_path_;
   std::string self_exe_;
+  // "" when missing; then `workerpool builtin` runs and says what is missing.
+  std::string builtin_exe_;
   PoolConfig config_;
   std::vector<std::unique_ptr<Group>> groups_;
   std::map<pid_t, Slot*> children_;  // live children by pid
@@ -429,7 +426,12 @@ void Watcher::Spawn(Slot* slot) {
   const GroupConfig& config = slot->group->config;
   SpawnSpec spec;
   spec.argv = config.command;
-  if (!spec.argv.empty() && spec.argv[0] == "workerpool") {
+  if (spec.argv.size() >= 3 && spec.argv[0] == "workerpool" &&
+      spec.argv[1] == "builtin" && !builtin_exe_.empty()) {
+    // One exec, not two: `workerpool builtin NAME` would exec it anyway.
+    spec.argv.erase(spec.argv.begin());
+    spec.argv[0] = builtin_exe_;
+  } else if (!spec.argv.empty() && spec.argv[0] == "workerpool") {
     spec.argv[0] = self_exe_;
   }
   int channel_fds[2];

@@ -341,7 +341,9 @@ class NspawnTest(unittest.TestCase):
         except AssertionError as e:
             raise unittest.SkipTest("cannot install %s: %s" % (
                 " ".join(HOST_PACKAGES), e))
-        packages = sorted(set(BASE_PACKAGES + runtime_packages(wp.BIN)))
+        builtin = os.path.join(os.path.dirname(wp.BIN), "workerpool-builtin")
+        packages = sorted(set(BASE_PACKAGES + runtime_packages(wp.BIN)
+                              + runtime_packages(builtin)))
         root = ensure_root_tree(packages)
         cls.container = Container(root, [
             (TOP + "/scripts", "/src/scripts"),
@@ -349,6 +351,7 @@ class NspawnTest(unittest.TestCase):
             (TOP + "/config", "/src/config"),
             (TOP + "/docs", "/src/docs"),
             (wp.BIN, "/src/bin/workerpool"),
+            (builtin, "/src/bin/workerpool-builtin"),
         ])
         try:
             cls.container.start()

@@ -118,15 +118,51 @@ groups:
                          "WP_OVERRIDE entries in the child's environment")
         self.assertEqual(pool.stop(), 0)
 
+    def test_child_starts_with_default_signals(self):
+        # The Watcher catches SIGCHLD/SIGTERM/SIGINT/SIGHUP and ignores
+        # SIGPIPE; none of that may reach a child: nothing ignored, nothing
+        # blocked, nothing caught.
+        pool = self.pool("""
+pool: {name: signals, stop_timeout: 5s}
+groups:
+  - {name: g, type: job, processes: 1, command: %s}
+""" % SLEEP)
+        (child,) = pool.wait_for_children(1)
+        with open("/proc/%d/status" % child.pid) as f:
+            fields = dict(line.split(":\t", 1) for line in f if ":\t" in line)
+        for field in ("SigIgn", "SigBlk", "SigCgt"):
+            self.assertEqual(int(fields[field], 16), 0, field)
+        self.assertEqual(pool.stop(), 0)
+
     def test_command_workerpool_is_this_binary(self):
+        # `workerpool builtin NAME` runs this build's workerpool-builtin
+        # (beside the binary) directly; any other `workerpool` command runs
+        # this binary, not one from PATH.
         pool = self.pool("""
 pool: {name: self, stop_timeout: 5s}
 groups:
   - {name: echo, type: job, processes: 1, command: [workerpool, builtin, echo-job]}
 """)
-        (child,) = pool.wait_for_children(1)
-        exe = os.readlink("/proc/%d/exe" % child.pid)
-        self.assertEqual(exe, os.path.realpath(wp.BIN))
+        (echo,) = pool.wait_for_children(1)
+        exe = os.readlink("/proc/%d/exe" % echo.pid)
+        builtin = os.path.join(os.path.dirname(os.path.realpath(wp.BIN)),
+                               "workerpool-builtin")
+        self.assertEqual(exe, builtin)
+        with open("/proc/%d/cmdline" % echo.pid, "rb") as f:
+            self.assertEqual(f.read().split(b"\0")[1:3], [b"echo-job", b""])
+        self.assertEqual(pool.stop(), 0)
+
+    def test_command_workerpool_other_than_builtin_is_this_binary(self):
+        pool = self.pool("""
+pool: {name: selfcli, stop_timeout: 5s}
+groups:
+  - {name: cli, type: job, processes: 1,
+     command: [workerpool, check, /nonexistent.yaml],
+     restart: {backoff: {initial: 10s, max: 10s}}}
+""")
+        # The child exits at once (the file is missing); its death is logged
+        # with the exit code that this binary's `check` gives.
+        pool.wait_for_log(r"cli\[0\] pid \d+ exited with code 1")
         self.assertEqual(pool.stop(), 0)
 
     @unittest.skipUnless(os.geteuid() == 0, "needs root to change user")

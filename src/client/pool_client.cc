@@ -672,7 +672,8 @@ Link* Client::AdoptLink(const json& info) {
           self->FlushAll();
           return;
         }
-        link->decoder.Feed(std::string_view(buf->base, nread));
+        // Drained below before the (shared) read buffer is used again.
+        link->decoder.FeedBorrowed(std::string_view(buf->base, nread));
         FrameView frame;
         while (!link->closed && link->decoder.Next(&frame)) {
           self->OnLinkFrame(link, frame);
@@ -1103,11 +1104,21 @@ void Client::OnIncomingRequest(Link* link, const FrameView& frame) {
                "group " + group_ + " does not serve requests");
     return;
   }
-  link->serving[frame.header.id] = request;
   CountChanged();
   if (serving_now_ < serve_limit_ && serve_queue_.empty()) {
+    // Most handlers answer before they return: the request is filed under
+    // its link (for a cancel, or the link closing) only if it is still
+    // open afterwards. Nothing else can reach it while the handler runs.
     StartServing(request);
+    if (!request->answered()) {
+      if (link->closed) {
+        request->Detach();
+      } else {
+        link->serving[frame.header.id] = request;
+      }
+    }
   } else {
+    link->serving[frame.header.id] = request;
     serve_queue_.emplace(QueueKey{request->priority(), ++next_sequence_},
                          request);
   }

@@ -64,6 +64,10 @@ FrameHeader DecodeHeader(std::string_view data) {
 
 void FrameDecoder::Feed(std::string_view bytes) {
   if (!error_.ok()) return;
+  if (!borrowed_.empty()) {  // Next() was not drained: keep the bytes
+    buffer_.append(borrowed_);
+    borrowed_ = {};
+  }
   // Compact lazily: drop consumed bytes only when they dominate the buffer.
   if (offset_ > 0 && offset_ * 2 >= buffer_.size()) {
     buffer_.erase(0, offset_);
@@ -72,40 +76,78 @@ void FrameDecoder::Feed(std::string_view bytes) {
   buffer_.append(bytes);
 }
 
-bool FrameDecoder::Next(FrameView* frame) {
-  if (!error_.ok() || buffered() < wire::kHeaderSize) return false;
-  std::string_view rest(buffer_.data() + offset_, buffered());
+void FrameDecoder::FeedBorrowed(std::string_view bytes) {
+  if (!error_.ok()) return;
+  if (!borrowed_.empty() || offset_ < buffer_.size()) {
+    // A frame is split across reads: it is joined in the buffer.
+    Feed(bytes);
+    return;
+  }
+  buffer_.clear();
+  offset_ = 0;
+  borrowed_ = bytes;
+}
+
+FrameDecoder::Parse FrameDecoder::ParseFrame(std::string_view rest,
+                                             FrameView* frame,
+                                             size_t* consumed) {
+  if (rest.size() < wire::kHeaderSize) return Parse::kNeedMore;
   FrameHeader header = DecodeHeader(rest);
   if (header.version != wire::kWireVersion) {
     error_ = Status::Error("unsupported protocol version " +
                            std::to_string(header.version) + " (expected " +
                            std::to_string(wire::kWireVersion) + ")");
-    return false;
+    return Parse::kError;
   }
   if (!KnownType(static_cast<std::uint8_t>(header.type))) {
     error_ = Status::Error("unknown frame type " +
                            std::to_string(static_cast<int>(header.type)));
-    return false;
+    return Parse::kError;
   }
   if (header.payload_length > wire::kMaxPayload) {
     error_ = Status::Error("frame of " + std::to_string(header.payload_length) +
                            " bytes is over the limit of " +
                            std::to_string(wire::kMaxPayload));
-    return false;
+    return Parse::kError;
   }
   if (header.meta_length > header.payload_length) {
     error_ = Status::Error(
         "frame metadata length " + std::to_string(header.meta_length) +
         " is larger than its payload " + std::to_string(header.payload_length));
-    return false;
+    return Parse::kError;
   }
-  if (rest.size() < wire::kHeaderSize + header.payload_length) return false;
+  if (rest.size() < wire::kHeaderSize + header.payload_length) {
+    return Parse::kNeedMore;
+  }
   frame->header = header;
   frame->meta = rest.substr(wire::kHeaderSize, header.meta_length);
   frame->body = rest.substr(wire::kHeaderSize + header.meta_length,
                             header.payload_length - header.meta_length);
+  *consumed = wire::kHeaderSize + header.payload_length;
+  return Parse::kFrame;
+}
+
+bool FrameDecoder::Next(FrameView* frame) {
+  if (!error_.ok()) return false;
+  size_t consumed = 0;
+  if (!borrowed_.empty()) {
+    Parse parse = ParseFrame(borrowed_, frame, &consumed);
+    if (parse == Parse::kFrame) {
+      borrowed_.remove_prefix(consumed);
+      return true;
+    }
+    if (parse == Parse::kNeedMore) {
+      // The caller's buffer is about to be reused: keep the tail.
+      buffer_.assign(borrowed_);
+      offset_ = 0;
+      borrowed_ = {};
+    }
+    return false;
+  }
+  std::string_view rest(buffer_.data() + offset_, buffer_.size() - offset_);
+  if (ParseFrame(rest, frame, &consumed) != Parse::kFrame) return false;
   // Consumed bytes are dropped by the next Feed(), so the views stay valid.
-  offset_ += wire::kHeaderSize + header.payload_length;
+  offset_ += consumed;
   return true;
 }
 

@@ -44,17 +44,30 @@ FrameHeader DecodeHeader(std::string_view data);
 // Next() until it returns false. After an error the stream is unusable.
 class FrameDecoder {
  public:
+  // Copies BYTES.
   void Feed(std::string_view bytes);
+  // Like Feed(), without copying the whole frames in BYTES: their views
+  // point into BYTES, which must stay valid and unchanged until Next()
+  // returns false; only the incomplete tail left then is copied. For a read
+  // callback that drains the decoder before its buffer is reused.
+  void FeedBorrowed(std::string_view bytes);
   // True and fills FRAME when a whole frame is buffered. False when more
   // bytes are needed or the stream is broken (then error() is not ok).
   bool Next(FrameView* frame);
   const Status& error() const { return error_; }
   // Bytes buffered but not yet returned as frames.
-  size_t buffered() const { return buffer_.size() - offset_; }
+  size_t buffered() const {
+    return buffer_.size() - offset_ + borrowed_.size();
+  }
 
  private:
+  enum class Parse { kFrame, kNeedMore, kError };
+  // Decodes the frame at the start of REST; on kFrame sets *CONSUMED.
+  Parse ParseFrame(std::string_view rest, FrameView* frame, size_t* consumed);
+
   std::string buffer_;
   size_t offset_ = 0;
+  std::string_view borrowed_;  // the caller's bytes; buffer_ is empty then
   Status error_;
 };
 

@@ -52,6 +52,90 @@ TEST_CASE("frames split at every byte boundary decode the same") {
   CHECK(decoder.buffered() == 0);
 }
 
+TEST_CASE("borrowed reads: whole frames are views, split frames are kept") {
+  std::string bytes;
+  for (int i = 0; i < 40; ++i) {
+    AppendFrame(bytes, wire::FrameType::kReply, i, 0, "m",
+                std::string(static_cast<size_t>(i * 7),
+                            static_cast<char>('a' + i % 26)));
+  }
+  // Every read size from 1 byte to the whole stream; each read lives in a
+  // buffer that is overwritten once the decoder is drained, as a read
+  // callback's buffer is.
+  for (size_t read_size = 1; read_size <= bytes.size(); read_size += 13) {
+    CAPTURE(read_size);
+    FrameDecoder decoder;
+    std::vector<std::string> bodies;
+    std::string read_buffer;
+    for (size_t at = 0; at < bytes.size(); at += read_size) {
+      read_buffer.assign(bytes, at, read_size);
+      decoder.FeedBorrowed(read_buffer);
+      FrameView frame;
+      while (decoder.Next(&frame)) {
+        CHECK(frame.meta == "m");
+        bodies.emplace_back(frame.body);
+      }
+      read_buffer.assign(read_buffer.size(), '#');  // the buffer is reused
+    }
+    REQUIRE(bodies.size() == 40);
+    for (int i = 0; i < 40; ++i) {
+      CHECK(bodies[i] == std::string(static_cast<size_t>(i * 7),
+                                     static_cast<char>('a' + i % 26)));
+    }
+    CHECK(decoder.buffered() == 0);
+    CHECK(decoder.error().ok());
+  }
+}
+
+TEST_CASE("a borrowed read that holds whole frames is not copied") {
+  std::string bytes;
+  AppendFrame(bytes, wire::FrameType::kRequest, 1, 0, {}, "first");
+  AppendFrame(bytes, wire::FrameType::kRequest, 2, 0, {}, "second");
+  FrameDecoder decoder;
+  decoder.FeedBorrowed(bytes);
+  FrameView frame;
+  REQUIRE(decoder.Next(&frame));
+  CHECK(frame.body.data() >= bytes.data());
+  CHECK(frame.body.data() < bytes.data() + bytes.size());
+  REQUIRE(decoder.Next(&frame));
+  CHECK(frame.body == "second");
+  CHECK_FALSE(decoder.Next(&frame));
+  CHECK(decoder.buffered() == 0);
+}
+
+TEST_CASE("borrowed and copied reads mix") {
+  std::string bytes;
+  for (int i = 0; i < 6; ++i) {
+    AppendFrame(bytes, wire::FrameType::kReply, i, 0, {}, std::string(10, 'x'));
+  }
+  FrameDecoder decoder;
+  std::vector<std::string> bodies;
+  for (size_t at = 0, turn = 0; at < bytes.size(); at += 17, ++turn) {
+    std::string chunk = bytes.substr(at, 17);
+    if (turn % 2 == 0) {
+      decoder.FeedBorrowed(chunk);
+    } else {
+      decoder.Feed(chunk);
+    }
+    auto more = DecodeAll(decoder);
+    bodies.insert(bodies.end(), more.begin(), more.end());
+  }
+  CHECK(bodies.size() == 6);
+  CHECK(decoder.buffered() == 0);
+}
+
+TEST_CASE("a bad frame in a borrowed read is the same clear error") {
+  std::string bytes;
+  AppendFrame(bytes, wire::FrameType::kRequest, 1, 0, {}, "x");
+  bytes[5] = 99;  // unknown type
+  FrameDecoder decoder;
+  decoder.FeedBorrowed(bytes);
+  FrameView frame;
+  CHECK_FALSE(decoder.Next(&frame));
+  CHECK(decoder.error().message().find("unknown frame type 99") !=
+        std::string::npos);
+}
+
 TEST_CASE("a binary body with NUL bytes is carried unchanged") {
   std::string body("\0\x01\xff\n\0", 5);
   std::string bytes;

@@ -11,14 +11,18 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "core/amqp_retry.h"
 
@@ -462,10 +466,16 @@ class AmqpSession::Impl {
   }
 
   void Post(AmqpCommand command) {
+    bool was_empty;
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      was_empty = commands_.empty();
       commands_.push_back(std::move(command));
     }
+    // Commands already waiting were announced by the Post that queued the
+    // first of them, and the AMQP thread takes them all at once after it
+    // drained the eventfd: one write per batch, not per settle.
+    if (!was_empty) return;
     uint64_t one = 1;
     ssize_t n = write(wake_fd_, &one, sizeof(one));
     (void)n;
@@ -668,6 +678,8 @@ class AmqpSession::Impl {
     next_seq_ = 1;
     unconfirmed_.clear();
     settles_.clear();
+    unsettled_.clear();
+    pending_acks_.clear();
     last_rx_ = Clock::now();
     next_stats_ = Clock::now();  // a first look right away
     busy_ = true;
@@ -795,6 +807,7 @@ class AmqpSession::Impl {
     const int fd = amqp_get_sockfd(conn_);
     for (;;) {
       if (!RunCommands(error)) return false;
+      if (!FlushAcks(error)) return false;
       if (shutdown_) {
         if (settles_.empty() || Clock::now() >= shutdown_deadline_) {
           if (!settles_.empty()) {
@@ -833,6 +846,7 @@ class AmqpSession::Impl {
                                            next_stats_ - now)));
       }
       if (shutdown_) wait = std::min(wait, milliseconds(100));
+      if (!FlushAcks(error)) return false;  // confirms read above
       pollfd fds[2] = {{fd, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
       int n = poll(fds, 2, static_cast<int>(wait.count()));
       if (n > 0 && fds[0].revents != 0) last_rx_ = Clock::now();
@@ -844,6 +858,8 @@ class AmqpSession::Impl {
     Abandon();
     settles_.clear();
     unconfirmed_.clear();
+    unsettled_.clear();  // RabbitMQ requeues them
+    pending_acks_.clear();
     AmqpLog("error: connection to " + config_.url.Describe() +
             " lost: " + error +
             "; unacked deliveries go back to their queues; reconnecting");
@@ -855,6 +871,10 @@ class AmqpSession::Impl {
   }
 
   void CloseGracefully() {
+    std::string ack_error;
+    if (!FlushAcks(&ack_error)) {
+      AmqpLog("warning: " + ack_error + " while closing");
+    }
     amqp_channel_close(conn_, kConsumeChannel, AMQP_REPLY_SUCCESS);
     if (declare_channel_open_) {
       amqp_channel_close(conn_, kDeclareChannel, AMQP_REPLY_SUCCESS);
@@ -899,6 +919,9 @@ class AmqpSession::Impl {
   }
 
   void OnDelivery(const amqp_envelope_t& envelope) {
+    // Every delivery, even one dropped here, is unacked until settled: a
+    // multiple ack must never reach past it.
+    unsettled_.insert(envelope.delivery_tag);
     if (stop_consuming_) return;  // stays unacked: requeued when we close
     auto delivery = std::make_unique<AmqpDelivery>();
     delivery->generation = generation_;
@@ -1103,17 +1126,18 @@ class AmqpSession::Impl {
       outcome = AmqpOutcome::kRequeued;
     }
     int rc = AMQP_STATUS_OK;
+    unsettled_.erase(tag);
     switch (outcome) {
       case AmqpOutcome::kAcked:
       case AmqpOutcome::kRetried:
       case AmqpOutcome::kDeadLettered:
-        rc = amqp_basic_ack(conn_, kConsumeChannel, tag, 0);
+        pending_acks_.push_back(tag);  // sent by FlushAcks()
         break;
       case AmqpOutcome::kRejected:
-        rc = amqp_basic_reject(conn_, kConsumeChannel, tag, 0);
-        break;
       case AmqpOutcome::kRequeued:
-        rc = amqp_basic_reject(conn_, kConsumeChannel, tag, 1);
+        if (!FlushAcks(error)) return false;
+        rc = amqp_basic_reject(conn_, kConsumeChannel, tag,
+                               outcome == AmqpOutcome::kRequeued ? 1 : 0);
         break;
     }
     if (rc != AMQP_STATUS_OK) {
@@ -1126,6 +1150,37 @@ class AmqpSession::Impl {
     event.queue = queue;
     event.outcome = outcome;
     Emit(std::move(event));
+    return true;
+  }
+
+  // Sends the acks Finish() collected since the last flush: one basic.ack
+  // with multiple=1 for every collected tag below the oldest delivery still
+  // unsettled (RabbitMQ then settles all unacked tags up to it, and those
+  // are exactly the collected ones), single acks for the rest. Under load
+  // this is one write for a whole batch instead of one per message.
+  bool FlushAcks(std::string* error) {
+    if (pending_acks_.empty()) return true;
+    const uint64_t oldest_open =
+        unsettled_.empty() ? UINT64_MAX : *unsettled_.begin();
+    uint64_t covered = 0;
+    for (uint64_t tag : pending_acks_) {
+      if (tag < oldest_open) covered = std::max(covered, tag);
+    }
+    int rc = AMQP_STATUS_OK;
+    if (covered != 0) {
+      rc = amqp_basic_ack(conn_, kConsumeChannel, covered, /*multiple=*/1);
+    }
+    for (uint64_t tag : pending_acks_) {
+      if (rc != AMQP_STATUS_OK) break;
+      if (tag > oldest_open) {
+        rc = amqp_basic_ack(conn_, kConsumeChannel, tag, /*multiple=*/0);
+      }
+    }
+    pending_acks_.clear();
+    if (rc != AMQP_STATUS_OK) {
+      *error = std::string("ack failed: ") + amqp_error_string2(rc);
+      return false;
+    }
     return true;
   }
 
@@ -1202,6 +1257,10 @@ class AmqpSession::Impl {
   std::map<uint64_t, uint64_t> unconfirmed_;  // publish seq -> settle id
   uint64_t next_settle_ = 1;
   std::unordered_map<uint64_t, PendingSettle> settles_;
+  // Delivery tags of this connection not yet acked or rejected, and acks
+  // decided but not yet sent (FlushAcks).
+  std::set<uint64_t> unsettled_;
+  std::vector<uint64_t> pending_acks_;
   Clock::time_point last_rx_{};
   Clock::time_point next_stats_{};
   bool busy_ = false;

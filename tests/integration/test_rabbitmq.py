@@ -390,7 +390,8 @@ def queue_counts(name):
 
 # Appends one JSON line per request to $OUT (one write(2), O_APPEND: atomic
 # between processes), then answers. "fail..." -> error reply; "progress:N"
-# -> N progress updates; $DELAY_MS: a pause per request.
+# -> N progress updates; "slow:MS" -> a pause of MS first; $DELAY_MS: a
+# pause per request.
 RECORDER = r"""
 import json, os, sys, time
 sys.path.insert(0, %(pydir)r)
@@ -404,6 +405,8 @@ def handler(request):
     body = request.body
     if delay:
         time.sleep(delay)
+    if body.startswith(b"slow:"):
+        time.sleep(int(body[5:]) / 1000.0)
     record = {"body": body.decode(errors="replace"), "pid": os.getpid()}
     if full:
         record["meta"] = request.meta
@@ -604,6 +607,32 @@ groups:
         sys_note = "kill storm: %d messages, kills %s, duplicates %d" % (
             len(messages), kills, duplicates)
         print(sys_note)
+
+    def test_acks_never_cover_a_delivery_still_in_flight(self):
+        # Acks go out in batches (one multiple ack where the tags allow it):
+        # a slow delivery still in flight must stay unacked while the fast
+        # ones after it are acked, so when the service dies it comes back.
+        queue = self.queue("inflight")
+        self.amqp.declare(queue)
+        fast = ["f%d" % n for n in range(20)]
+        self.amqp.publish(queue, ["slow:6000"] + fast)
+        pool = self.service_pool(queue, prefetch=50, jobs=2, restart=True)
+        self.wait_processed(pool, fast, timeout=30)
+        self.assertNotIn("slow:6000", bodies(pool.processed),
+                         "the slow message finished before the kill")
+        # Its acks are out once the queue shows only the slow one unacked.
+        wp.wait_until(lambda: queue_counts(queue) == (0, 1, 1), 30,
+                      "only the slow message unacked")
+        (service,) = self.service_pids(pool)
+        os.kill(service, signal.SIGKILL)
+        # The first job still finishes it (its answer has nowhere to go);
+        # RabbitMQ redelivers it to the new service, so it runs again.
+        wp.wait_until(lambda: bodies(pool.processed).count("slow:6000") >= 2,
+                      60, "the slow message processed again after the kill")
+        wp.wait_until(lambda: self.amqp.declare(queue, passive=True)[0] == 0,
+                      30, "queue empty")
+        self.assertEqual(pool.stop(), 0)
+        self.assertEqual(queue_counts(queue)[:2], (0, 0))
 
     # ------------------------------------------------------------- failures
 

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -186,6 +187,7 @@ class Watcher : public ControlTarget {
 
   // Children.
   void Spawn(Slot* slot);
+  bool IsThisWorkerpool(const std::string& program) const;
   void SignalChild(Slot* slot, int signal_number);
   void StopSlot(Slot* slot);  // drain or SIGTERM; SIGKILL after stop_timeout
   void RetireSlot(Slot* slot);
@@ -422,12 +424,22 @@ std::vector<std::string> Watcher::ChildEnvironment(const Group& group,
   return env;
 }
 
+// "workerpool", or a path to this very binary (/usr/local/bin/workerpool,
+// as a systemd unit's pool file names it).
+bool Watcher::IsThisWorkerpool(const std::string& program) const {
+  if (program == "workerpool") return true;
+  if (program.find('/') == std::string::npos) return false;
+  char resolved[PATH_MAX];
+  return realpath(program.c_str(), resolved) != nullptr &&
+         self_exe_ == resolved;
+}
+
 void Watcher::Spawn(Slot* slot) {
   const GroupConfig& config = slot->group->config;
   SpawnSpec spec;
   spec.argv = config.command;
-  if (spec.argv.size() >= 3 && spec.argv[0] == "workerpool" &&
-      spec.argv[1] == "builtin" && !builtin_exe_.empty()) {
+  if (spec.argv.size() >= 3 && spec.argv[1] == "builtin" &&
+      !builtin_exe_.empty() && IsThisWorkerpool(spec.argv[0])) {
     // One exec, not two: `workerpool builtin NAME` would exec it anyway.
     spec.argv.erase(spec.argv.begin());
     spec.argv[0] = builtin_exe_;

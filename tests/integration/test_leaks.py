@@ -87,7 +87,11 @@ class LeakTest(wp.TestCase):
 
         for n in range(RESTARTS):
             group = "sleepers" if n % 2 == 0 else "echo"
-            victim = pool.children(group)[0]
+            # The previous round's restart of this group may still be
+            # between fork and exec (slow under ASan): wait for it.
+            victim = wp.wait_until(lambda: (pool.children(group) or [None])[0],
+                                   timeout=60, what="a child of " + group,
+                                   on_timeout=pool.log_tail)
             os.kill(victim.pid, signal.SIGKILL)
             wp.wait_until(
                 lambda: victim.pid not in [c.pid for c in pool.children()]

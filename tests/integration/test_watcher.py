@@ -142,14 +142,18 @@ groups:
 pool: {name: self, stop_timeout: 5s}
 groups:
   - {name: echo, type: job, processes: 1, command: [workerpool, builtin, echo-job]}
-""")
-        (echo,) = pool.wait_for_children(1)
-        exe = os.readlink("/proc/%d/exe" % echo.pid)
+  - {name: bypath, type: job, processes: 1, command: [%s, builtin, echo-job]}
+""" % wp.BIN)
         builtin = os.path.join(os.path.dirname(os.path.realpath(wp.BIN)),
                                "workerpool-builtin")
-        self.assertEqual(exe, builtin)
-        with open("/proc/%d/cmdline" % echo.pid, "rb") as f:
-            self.assertEqual(f.read().split(b"\0")[1:3], [b"echo-job", b""])
+        # Named "workerpool" or by this binary's path: one exec, straight
+        # into workerpool-builtin.
+        for child in pool.wait_for_children(2):
+            exe = os.readlink("/proc/%d/exe" % child.pid)
+            self.assertEqual(exe, builtin, child.group)
+            with open("/proc/%d/cmdline" % child.pid, "rb") as f:
+                self.assertEqual(f.read().split(b"\0")[1:3],
+                                 [b"echo-job", b""], child.group)
         self.assertEqual(pool.stop(), 0)
 
     def test_command_workerpool_other_than_builtin_is_this_binary(self):

@@ -135,9 +135,8 @@ int main(int argc, char** argv) {
   std::string builtin_name;
   std::vector<std::string> builtin_args;
   auto* builtin =
-      app.add_subcommand("builtin",
-                         "run a built-in child: echo-job, http-reactor, "
-                         "rabbitmq-service");
+      app.add_subcommand("builtin", std::string("run a built-in child: ") +
+                                        workerpool::kBuiltinNames);
   builtin->add_option("NAME", builtin_name)->required();
   // Everything after NAME goes to the child as it is, in order (an ARGS
   // option here would split "--max-body 1024" into two places).

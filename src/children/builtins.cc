@@ -6,6 +6,7 @@
 #include "children/echo_job.h"
 #include "children/http_reactor.h"
 #include "children/rabbitmq_service.h"
+#include "os/builtin_path.h"
 
 namespace workerpool {
 
@@ -16,10 +17,8 @@ int RunBuiltin(const std::string& name, const std::vector<std::string>& args) {
                    {"rabbitmq-service", RunRabbitmqService}};
   auto found = kBuiltins.find(name);
   if (found == kBuiltins.end()) {
-    std::fprintf(stderr,
-                 "workerpool builtin: unknown child '%s' (known: echo-job, "
-                 "http-reactor, rabbitmq-service)\n",
-                 name.c_str());
+    std::fprintf(stderr, "workerpool builtin: unknown child '%s' (known: %s)\n",
+                 name.c_str(), kBuiltinNames);
     return 1;
   }
   return found->second(args);

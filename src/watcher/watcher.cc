@@ -187,7 +187,7 @@ class Watcher : public ControlTarget {
 
   // Children.
   void Spawn(Slot* slot);
-  bool IsThisWorkerpool(const std::string& program) const;
+  bool IsThisWorkerpool(const std::string& program);
   void SignalChild(Slot* slot, int signal_number);
   void StopSlot(Slot* slot);  // drain or SIGTERM; SIGKILL after stop_timeout
   void RetireSlot(Slot* slot);
@@ -256,6 +256,7 @@ class Watcher : public ControlTarget {
   std::string self_exe_;
   // "" when missing; then `workerpool builtin` runs and says what is missing.
   std::string builtin_exe_;
+  std::map<std::string, bool> is_this_workerpool_;  // by command[0]
   PoolConfig config_;
   std::vector<std::unique_ptr<Group>> groups_;
   std::map<pid_t, Slot*> children_;  // live children by pid
@@ -426,12 +427,17 @@ std::vector<std::string> Watcher::ChildEnvironment(const Group& group,
 
 // "workerpool", or a path to this very binary (/usr/local/bin/workerpool,
 // as a systemd unit's pool file names it).
-bool Watcher::IsThisWorkerpool(const std::string& program) const {
+// Resolved once per program: restarts of a group do not repeat it.
+bool Watcher::IsThisWorkerpool(const std::string& program) {
   if (program == "workerpool") return true;
   if (program.find('/') == std::string::npos) return false;
-  char resolved[PATH_MAX];
-  return realpath(program.c_str(), resolved) != nullptr &&
-         self_exe_ == resolved;
+  auto [known, inserted] = is_this_workerpool_.try_emplace(program, false);
+  if (inserted) {
+    char resolved[PATH_MAX];
+    known->second =
+        realpath(program.c_str(), resolved) != nullptr && self_exe_ == resolved;
+  }
+  return known->second;
 }
 
 void Watcher::Spawn(Slot* slot) {

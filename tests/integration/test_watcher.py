@@ -9,7 +9,10 @@ import json
 import os
 import pwd
 import re
+import shutil
 import signal
+import subprocess
+import tempfile
 import time
 import unittest
 
@@ -155,6 +158,30 @@ groups:
                 self.assertEqual(f.read().split(b"\0")[1:3],
                                  [b"echo-job", b""], child.group)
         self.assertEqual(pool.stop(), 0)
+
+    def test_builtin_command_bad_input(self):
+        def run(binary, *args):
+            proc = subprocess.run([binary, "builtin"] + list(args),
+                                  capture_output=True, text=True, timeout=30)
+            return proc.returncode, proc.stderr.strip()
+        code, err = run(wp.BIN, "no-such-child")
+        self.assertEqual(code, 1)
+        self.assertIn("unknown child 'no-such-child' (known: echo-job, "
+                      "http-reactor, rabbitmq-service)", err)
+        code, err = run(wp.BIN)
+        self.assertEqual(code, 1)
+        self.assertIn("NAME is required", err)
+        # A workerpool binary copied away from its workerpool-builtin says
+        # where it looked, with a runtime-failure exit.
+        scratch = tempfile.mkdtemp(prefix="wp-lonely-")
+        self.addCleanup(shutil.rmtree, scratch, True)
+        lonely = os.path.join(scratch, "workerpool")
+        shutil.copy(wp.BIN, lonely)
+        code, err = run(lonely, "echo-job")
+        self.assertEqual(code, 2)
+        self.assertIn("workerpool-builtin is missing (looked beside %s" % lonely,
+                      err)
+        self.assertEqual(len(err.splitlines()), 1, err)
 
     def test_command_workerpool_other_than_builtin_is_this_binary(self):
         pool = self.pool("""

@@ -200,13 +200,16 @@ Result<SpawnedChild> SpawnChild(const SpawnSpec& spec) {
 #endif
   const int clone_errno = errno;
   pthread_sigmask(SIG_SETMASK, &saved_mask, nullptr);
-  close(output[1]);
+  if (pid < 0 || !spec.keep_output_write) {
+    close(output[1]);
+    output[1] = -1;
+  }
   if (pid < 0) {
     close(output[0]);
     return Status::Error(std::string("clone: ") + strerror(clone_errno));
   }
   fcntl(output[0], F_SETFL, fcntl(output[0], F_GETFL) | O_NONBLOCK);
-  return SpawnedChild{pid, output[0]};
+  return SpawnedChild{pid, output[0], output[1]};
 }
 
 std::string SignalName(int signal_number) {
@@ -215,13 +218,15 @@ std::string SignalName(int signal_number) {
   return std::string("SIG") + abbrev;
 }
 
-void RaiseFileLimit() {
+std::uint64_t RaiseFileLimit() {
   struct rlimit limit;
-  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 &&
-      limit.rlim_cur < limit.rlim_max) {
-    limit.rlim_cur = limit.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &limit);
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 1024;
+  if (limit.rlim_cur < limit.rlim_max) {
+    struct rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
   }
+  return static_cast<std::uint64_t>(limit.rlim_cur);
 }
 
 Result<std::int64_t> ResidentBytes(pid_t pid) {

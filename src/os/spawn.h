@@ -25,6 +25,11 @@ struct SpawnSpec {
   // Adds LISTEN_PID=<the child's pid> to its environment (sd_listen_fds
   // checks it), which only the child knows.
   bool set_listen_pid = false;
+  // Returns the write end of the output pipe too (SpawnedChild::
+  // output_write_fd) instead of closing it: a parent that holds it gets no
+  // EOF when the child exits, so the child's death wakes it once (SIGCHLD),
+  // not twice.
+  bool keep_output_write = false;
 };
 
 struct SpawnedChild {
@@ -33,20 +38,24 @@ struct SpawnedChild {
   // fewer fds per child, and the two streams stay in order). Owned by the
   // caller; close-on-exec, non-blocking.
   int output_fd = -1;
+  // With SpawnSpec::keep_output_write: the pipe's write end (close-on-exec,
+  // owned by the caller); otherwise -1.
+  int output_write_fd = -1;
 };
 
 // Forks and execs. The child gets its own process group, stdin from
 // /dev/null, PR_SET_PDEATHSIG(SIGKILL), default signal dispositions and an
 // empty signal mask. Dispositions are read at the first call: install every
-// handler (and SIG_IGN) before spawning the first child. A failing chdir/setuid/exec in the child is reported on
-// its output pipe and it exits 127; the parent learns of it as an exit.
+// handler (and SIG_IGN) before spawning the first child. A failing
+// chdir/setuid/exec in the child is reported on its output pipe and it exits
+// 127; the parent learns of it as an exit.
 Result<SpawnedChild> SpawnChild(const SpawnSpec& spec);
 
 // "SIGKILL" for 9; "signal 77" when unknown.
 std::string SignalName(int signal_number);
 
-// Raises RLIMIT_NOFILE's soft limit to the hard limit (3 fds per child).
-void RaiseFileLimit();
+// Raises RLIMIT_NOFILE's soft limit to the hard limit and returns it.
+std::uint64_t RaiseFileLimit();
 
 // Resident memory of PID in bytes, from /proc/PID/statm (for max_rss).
 Result<std::int64_t> ResidentBytes(pid_t pid);

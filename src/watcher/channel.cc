@@ -6,6 +6,9 @@
 namespace workerpool {
 namespace {
 
+// Control frames are small and rare: a child this far behind is not reading.
+constexpr size_t kMaxQueuedBytes = 4 << 20;
+
 struct WriteRequest {
   uv_write_t request;
   std::string bytes;
@@ -79,6 +82,18 @@ void Channel::Send(wire::FrameType type, const nlohmann::json& body,
                    int pass_fd) {
   if (closed_) {
     if (pass_fd >= 0) ::close(pass_fd);
+    return;
+  }
+  if (uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(&pipe_)) >
+      kMaxQueuedBytes) {
+    // The child stopped reading its channel (the Watcher holds a copy of the
+    // child's end, so a child that closed its own sees no error either):
+    // never buffer without bound.
+    spdlog::warn(
+        "closing a child's pool channel: {} bytes unread",
+        uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(&pipe_)));
+    if (pass_fd >= 0) ::close(pass_fd);
+    Fail();
     return;
   }
   auto* write = new WriteRequest;

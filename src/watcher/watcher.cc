@@ -116,6 +116,8 @@ class Watcher : public ControlTarget {
   // it replaced or removed has exited.
   enum class Phase { kStarting, kRunning, kReloading, kStopping };
 
+  struct OutputReader;
+
   // What a slot's timer is counting down to.
   enum class TimerUse { kNone, kBackoff, kStartGrace, kKillDeadline };
 
@@ -149,6 +151,12 @@ class Watcher : public ControlTarget {
     // Started only when the group sets heartbeat_timeout.
     uv_timer_t heartbeat;
     int open_handles = 2;  // timer and heartbeat; deleted when both closed
+    // The child's ends of its output pipe and pool channel, held while it
+    // runs (see HoldsChildEnds) so that its exit closes neither: one
+    // wake-up for a death (SIGCHLD) instead of three. -1 when not held.
+    int output_write_end = -1;
+    int channel_child_end = -1;
+    OutputReader* output = nullptr;  // its output reader, until reaped
   };
   static void CloseSlotHandles(Slot* slot);
 
@@ -171,6 +179,7 @@ class Watcher : public ControlTarget {
   // Reads one child's output pipe and logs it line by line.
   struct OutputReader {
     Watcher* watcher = nullptr;
+    Slot* slot = nullptr;  // while the child runs
     uv_pipe_t pipe;
     LineSplitter splitter;
     std::string prefix;  // "group[index] pid"
@@ -235,7 +244,10 @@ class Watcher : public ControlTarget {
   Slot* NewSlot(Group* group, int index);
 
   // Output capture.
-  void StartOutputReader(int fd, const Slot& slot);
+  OutputReader* StartOutputReader(int fd, Slot* slot);
+  void DrainOutput(Slot* slot);
+  static void ReleaseChildEnds(Slot* slot);
+  bool HoldsChildEnds() const;
 
   // Listen sockets, bound once here and inherited by every reactor.
   Status BindListenSockets(const PoolConfig& config);
@@ -264,6 +276,8 @@ class Watcher : public ControlTarget {
   // Target group -> children that opened a route to it.
   std::map<std::string, std::set<Slot*>> subscribers_;
   uint64_t refused_requests_ = 0;
+  std::uint64_t file_limit_ = 1024;  // RLIMIT_NOFILE, raised at start
+  bool running_as_root_ = geteuid() == 0;
   std::map<std::string, int> listen_fds_;  // by the address as written
   bool jobs_signalled_ = false;            // stop: second phase started
   std::vector<std::string> base_environment_;
@@ -291,7 +305,7 @@ int Watcher::Run(PoolConfig config) {
   }
   // Orphaned grandchildren are re-parented to us, so we reap them too.
   prctl(PR_SET_CHILD_SUBREAPER, 1);
-  RaiseFileLimit();
+  file_limit_ = RaiseFileLimit();
   if (Status bound = BindListenSockets(config_); !bound.ok()) {
     spdlog::critical("{}", bound.message());
     return 2;
@@ -477,13 +491,20 @@ void Watcher::Spawn(Slot* slot) {
                      std::to_string(2 + spec.pass_fds.size()));
   spec.env = WithoutShadowedVariables(std::move(spec.env));
   spec.cwd = config.cwd;
-  if (geteuid() == 0) {
+  if (running_as_root_) {
     spec.uid = config.uid;
     spec.gid = config.gid;
   }
+  const bool hold_ends = HoldsChildEnds();
+  spec.keep_output_write = hold_ends;
   TimePoint now = Clock::now();
   Result<SpawnedChild> child = SpawnChild(spec);
-  close(channel_fds[1]);
+  if (hold_ends && child.ok()) {
+    slot->channel_child_end = channel_fds[1];
+    slot->output_write_end = child->output_write_fd;
+  } else {
+    close(channel_fds[1]);
+  }
   if (!child.ok()) {
     close(channel_fds[0]);
     spdlog::error("cannot start {}[{}]: {}", config.name, slot->index,
@@ -514,7 +535,7 @@ void Watcher::Spawn(Slot* slot) {
       });
   if (slot->channel != nullptr) slot->channel->owner = slot;
   spdlog::info("spawned {}[{}] pid {}", config.name, slot->index, slot->pid);
-  StartOutputReader(child->output_fd, *slot);
+  slot->output = StartOutputReader(child->output_fd, slot);
   StartSlotTimer(
       slot, TimerUse::kStartGrace,
       slot->group->speaks_protocol ? kProtocolStartGrace : kPlainStartGrace);
@@ -646,6 +667,7 @@ void Watcher::ReapChildren() {
     }
     Slot* slot = found->second;
     children_.erase(found);
+    DrainOutput(slot);
     OnChildExit(slot, status);
   }
   FinishIfStopped();
@@ -918,19 +940,21 @@ void Watcher::SampleRss() {
   }
 }
 
-void Watcher::StartOutputReader(int fd, const Slot& slot) {
+Watcher::OutputReader* Watcher::StartOutputReader(int fd, Slot* slot) {
   auto* reader = new OutputReader;
   reader->watcher = this;
-  reader->prefix = slot.group->config.name + "[" + std::to_string(slot.index) +
-                   "] " + std::to_string(slot.pid);
+  reader->prefix = slot->group->config.name + "[" +
+                   std::to_string(slot->index) + "] " +
+                   std::to_string(slot->pid);
   uv_pipe_init(loop_, &reader->pipe, 0);
   reader->pipe.data = reader;
   if (uv_pipe_open(&reader->pipe, fd) != 0) {
     close(fd);
     uv_close(reinterpret_cast<uv_handle_t*>(&reader->pipe),
              [](uv_handle_t* h) { delete Owner<OutputReader>(h); });
-    return;
+    return nullptr;
   }
+  reader->slot = slot;
   readers_.insert(reader);
   auto on_alloc = [](uv_handle_t*, size_t, uv_buf_t* buf) {
     // One loop thread, and each read is consumed before the next alloc.
@@ -948,6 +972,7 @@ void Watcher::StartOutputReader(int fd, const Slot& slot) {
     }
     if (nread == 0) return;  // EAGAIN
     reader->splitter.Finish(log_line);
+    if (reader->slot != nullptr) reader->slot->output = nullptr;
     reader->watcher->readers_.erase(reader);
     uv_close(reinterpret_cast<uv_handle_t*>(stream),
              [](uv_handle_t* h) { delete Owner<OutputReader>(h); });
@@ -955,6 +980,49 @@ void Watcher::StartOutputReader(int fd, const Slot& slot) {
   };
   uv_read_start(reinterpret_cast<uv_stream_t*>(&reader->pipe), on_alloc,
                 on_read);
+  return reader;
+}
+
+bool Watcher::HoldsChildEnds() const {
+  // Two more fds per child: only while the limit leaves ample room (with a
+  // low RLIMIT_NOFILE, more children matter more than fewer wake-ups).
+  return (children_.size() + 1) * 6 + 256 < file_limit_;
+}
+
+void Watcher::DrainOutput(Slot* slot) {
+  OutputReader* reader = slot->output;
+  if (reader == nullptr) {
+    ReleaseChildEnds(slot);
+    return;
+  }
+  if (slot->output_write_end >= 0) {
+    // The child is gone but our write end keeps the pipe from reaching EOF:
+    // log what it wrote now, before its exit, then let EOF come (at once, or
+    // when a descendant that inherited the pipe closes it too). Bounded, so
+    // a descendant writing without pause cannot hold the loop here.
+    uv_os_fd_t fd = -1;
+    uv_fileno(reinterpret_cast<uv_handle_t*>(&reader->pipe), &fd);
+    static char buffer[64 * 1024];
+    auto log_line = [reader](std::string_view line) {
+      spdlog::info("{}: {}", reader->prefix, line);
+    };
+    for (size_t drained = 0; fd >= 0 && drained < 4 * sizeof(buffer);) {
+      ssize_t n = read(fd, buffer, sizeof(buffer));
+      if (n <= 0) break;
+      reader->splitter.Feed(std::string_view(buffer, n), log_line);
+      drained += static_cast<size_t>(n);
+    }
+  }
+  reader->slot = nullptr;
+  slot->output = nullptr;
+  ReleaseChildEnds(slot);
+}
+
+void Watcher::ReleaseChildEnds(Slot* slot) {
+  for (int* fd : {&slot->output_write_end, &slot->channel_child_end}) {
+    if (*fd >= 0) close(*fd);
+    *fd = -1;
+  }
 }
 
 void Watcher::BeginStop(const char* why) {
@@ -1514,6 +1582,9 @@ void Watcher::CloseUnusedListenSockets() {
 }
 
 void Watcher::CloseSlotHandles(Slot* slot) {
+  ReleaseChildEnds(slot);
+  if (slot->output != nullptr) slot->output->slot = nullptr;
+  slot->output = nullptr;
   auto on_closed = [](uv_handle_t* handle) {
     Slot* owner = Owner<Slot>(handle);
     if (--owner->open_handles == 0) delete owner;

@@ -270,6 +270,31 @@ groups:
         self.assertEqual(child.index, 0)
         self.assertEqual(pool.stop(), 0)
 
+    def test_last_output_before_exit_and_descendants_still_heard(self):
+        # The Watcher holds the write end of each child's output pipe while
+        # the child runs (a death then wakes it once, not three times): what
+        # the child wrote must still come before the line saying it died,
+        # and a descendant that inherited the pipe must still be heard.
+        pool = self.pool("""
+pool: {name: lastwords, stop_timeout: 5s}
+groups:
+  - name: last
+    type: job
+    processes: 1
+    command: [sh, -c, 'if [ -e "{tmp}/second" ]; then exec sleep 1000; fi; touch "{tmp}/second"; (sleep 1; echo "orphan speaks") & echo "last words"; exit 3']
+""")
+        m = pool.wait_for_log(r"last\[0\] pid (\d+) exited with code 3\b")
+        dead = int(m.group(1))
+        pool.wait_for_log(output_re("last", 0, dead).replace(
+            "(.*)$", "orphan speaks$"))
+        text = pool.log_text()
+        words = text.find("last[0] %d: last words" % dead)
+        died = text.find("last[0] pid %d exited with code 3" % dead)
+        self.assertGreaterEqual(words, 0, "the child's output was lost")
+        self.assertLess(words, died, "its output came after its death")
+        pool.wait_for_children(1)
+        self.assertEqual(pool.stop(), 0)
+
     def test_crashing_group_backs_off_then_fails(self):
         pool = self.pool("""
 pool: {name: failing, stop_timeout: 5s}

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <exception>
 #include <limits>
+#include <optional>
 #include <span>
 #include <sstream>
 #include <string_view>
@@ -927,6 +928,7 @@ struct GroupSource {
   bool type_ok = false;
   YAML::Mark name_mark;
   YAML::Node routes_to;  // the list; undefined when absent or invalid
+  YAML::Node listen;     // the list; undefined when absent or invalid
 };
 
 void ReadGroup(ErrorList* errors, const YAML::Node& node, std::size_t index,
@@ -957,9 +959,11 @@ void ReadGroup(ErrorList* errors, const YAML::Node& node, std::size_t index,
   reader.Text("cwd", &group->cwd, Need::kOptional, CheckNotEmpty);
   bool user_ok =
       reader.Text("user", &group->user, Need::kOptional, CheckNotEmpty);
-  reader.TextList(
-      "listen", &group->listen,
-      {.example = "[\"127.0.0.1:8080\"]", .check = CheckListenAddress});
+  if (reader.TextList(
+          "listen", &group->listen,
+          {.example = "[\"127.0.0.1:8080\"]", .check = CheckListenAddress})) {
+    source->listen = reader.Lookup("listen")->value;
+  }
   if (reader.TextList("routes_to", &group->routes_to,
                       {.example = "[compute]"})) {
     source->routes_to = reader.Lookup("routes_to")->value;
@@ -1049,6 +1053,53 @@ void CheckGroupNames(ErrorList* errors, const std::vector<GroupConfig>& groups,
                       ": already used by groups[" + std::to_string(first) +
                       "] at line " + std::to_string(groups[first].line));
       break;
+    }
+  }
+}
+
+bool IsWildcardHost(const std::string& host) {
+  return host == "0.0.0.0" || host == "::" || host == "*";
+}
+
+// A reactor's listen address must not be the pool's own control socket or
+// metrics endpoint: the Watcher binds all three, and the second bind would
+// fail at start (or, for a unix path, replace the first).
+void CheckListenClashes(ErrorList* errors, const PoolConfig& pool,
+                        const std::vector<GroupSource>& sources) {
+  std::optional<ListenAddress> metrics;
+  if (!pool.metrics.empty()) {
+    Result<ListenAddress> parsed = ParseListenAddress(pool.metrics);
+    if (parsed.ok()) metrics = *parsed;
+  }
+  for (std::size_t i = 0; i < pool.groups.size(); ++i) {
+    const GroupConfig& group = pool.groups[i];
+    if (!sources[i].listen.IsDefined() || !sources[i].listen.IsSequence()) {
+      continue;
+    }
+    for (std::size_t j = 0; j < group.listen.size(); ++j) {
+      Result<ListenAddress> address = ParseListenAddress(group.listen[j]);
+      if (!address.ok()) continue;
+      std::string clash;
+      if (address->kind == ListenAddress::Kind::kUnix &&
+          address->path == pool.control_socket) {
+        clash = "is the pool's control socket (pool.control_socket)";
+      } else if (metrics && address->kind == ListenAddress::Kind::kTcp &&
+                 address->port == metrics->port &&
+                 (address->host == metrics->host ||
+                  IsWildcardHost(address->host) ||
+                  IsWildcardHost(metrics->host))) {
+        clash =
+            "takes the port of the pool's metrics endpoint (pool.metrics: " +
+            pool.metrics + ")";
+      }
+      if (clash.empty()) continue;
+      const YAML::Node entry = j < sources[i].listen.size()
+                                   ? sources[i].listen[j]
+                                   : sources[i].listen;
+      errors->Add(
+          entry.Mark(),
+          "groups[" + std::to_string(i) + "].listen[" + std::to_string(j) + "]",
+          Quote(group.listen[j]) + " " + clash + "; choose another address");
     }
   }
 }
@@ -1146,6 +1197,7 @@ void ReadDocument(ErrorList* errors, const YAML::Node& document,
 
   CheckGroupNames(errors, config->groups, sources);
   CheckRoutes(errors, *config, sources);
+  CheckListenClashes(errors, *config, sources);
 }
 
 // Binary garbage (the wrong file, a truncated download) gets one clear

@@ -1296,5 +1296,42 @@ TEST_CASE("input on which yaml-cpp's LoadAll hangs is one clear error") {
   }
 }
 
+TEST_CASE("a reactor may not listen on the control socket or metrics port") {
+  ConfigLoad control = Parse(R"(
+pool: {name: t, control_socket: /tmp/t.sock}
+groups:
+  - name: web
+    type: reactor
+    command: [x]
+    listen: ["127.0.0.1:8080", "unix:/tmp/t.sock"]
+)");
+  CHECK(OnlyError(control) ==
+        "test.yaml:6:32: groups[0].listen[1]: 'unix:/tmp/t.sock' is the "
+        "pool's control socket (pool.control_socket); choose another "
+        "address");
+  ConfigLoad metrics = Parse(R"(
+pool: {name: t, metrics: "127.0.0.1:9464"}
+groups:
+  - name: web
+    type: reactor
+    command: [x]
+    listen: ["0.0.0.0:9464"]
+)");
+  CHECK(OnlyError(metrics) ==
+        "test.yaml:6:14: groups[0].listen[0]: '0.0.0.0:9464' takes the port "
+        "of the pool's metrics endpoint (pool.metrics: 127.0.0.1:9464); "
+        "choose another address");
+  // Same port on another host, another path: fine.
+  CHECK(Parse(R"(
+pool: {name: t, metrics: "127.0.0.1:9464", control_socket: /tmp/t.sock}
+groups:
+  - name: web
+    type: reactor
+    command: [x]
+    listen: ["127.0.0.2:9464", "unix:/tmp/u.sock"]
+)")
+            .ok());
+}
+
 }  // namespace
 }  // namespace workerpool

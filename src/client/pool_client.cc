@@ -1049,10 +1049,7 @@ void Client::Complete(uint64_t id, Reply reply) {
     ++stats_.failed;
   }
   CountChanged();
-  // Moved out first: the callback may send a new request, which must not
-  // find this one's callback on a reused object.
-  ReplyCallback done = std::move(request->done);
-  if (done) done(std::move(reply));
+  if (request->done) request->done(std::move(reply));
   MaybeFinishStop();
 }
 

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -22,6 +23,7 @@
 
 #include "client/stream_writer.h"
 #include "core/frame_codec.h"
+#include "core/id_map.h"
 #include "workerpool/client.h"
 
 namespace workerpool {
@@ -179,14 +181,27 @@ struct Link {
 class ServerRequest : public IncomingRequest,
                       public std::enable_shared_from_this<ServerRequest> {
  public:
-  ServerRequest(Client* client, Link* link, uint64_t id, std::string body,
-                std::string meta, int32_t priority)
-      : client_(client),
-        link_(link),
-        id_(id),
-        body_(std::move(body)),
-        meta_(std::move(meta)),
-        priority_(priority) {}
+  // Copies BODY and META (views into the read buffer).
+  ServerRequest(Client* client, Link* link, uint64_t id, std::string_view body,
+                std::string_view meta, int32_t priority)
+      : client_(client), link_(link), id_(id), priority_(priority) {
+    // A small request lives inside this object: make_shared is then the
+    // only allocation per request.
+    char* data = inline_payload_;
+    if (meta.size() + body.size() > sizeof(inline_payload_)) {
+      heap_payload_ = std::make_unique<char[]>(meta.size() + body.size());
+      data = heap_payload_.get();
+    }
+    if (!meta.empty()) std::memcpy(data, meta.data(), meta.size());
+    if (!body.empty()) {
+      std::memcpy(data + meta.size(), body.data(), body.size());
+    }
+    meta_ = std::string_view(data, meta.size());
+    body_ = std::string_view(data + meta.size(), body.size());
+  }
+  // The views point into the object itself.
+  ServerRequest(const ServerRequest&) = delete;
+  ServerRequest& operator=(const ServerRequest&) = delete;
 
   uint64_t id() const override { return id_; }
   std::string_view body() const override { return body_; }
@@ -217,12 +232,14 @@ class ServerRequest : public IncomingRequest,
   Client* client_;
   Link* link_;
   uint64_t id_;
-  std::string body_;
-  std::string meta_;
+  std::string_view body_;  // into inline_payload_ or heap_payload_
+  std::string_view meta_;
   int32_t priority_;
   bool cancelled_ = false;
   bool answered_ = false;
   std::function<void()> on_cancel_;
+  std::unique_ptr<char[]> heap_payload_;
+  char inline_payload_[192];
 };
 
 class Client : public PoolClient {
@@ -230,6 +247,7 @@ class Client : public PoolClient {
   Client(uv_loop_t* loop, bool owns_loop)
       : loop_(loop), owns_loop_(owns_loop) {}
   ~Client() override {
+    requests_.ForEach([](uint64_t, OutRequest* request) { delete request; });
     if (owns_loop_) {
       uv_loop_close(loop_);
       delete loop_;
@@ -262,13 +280,13 @@ class Client : public PoolClient {
     copy.inflight = 0;
     copy.queued = 0;
     copy.serving = static_cast<uint64_t>(serving_now_) + serve_queue_.size();
-    for (auto& [id, request] : requests_) {
+    requests_.ForEach([&copy](uint64_t, const OutRequest* request) {
       if (request->link != nullptr) {
         ++copy.inflight;
       } else if (!request->cancelled) {
         ++copy.queued;
       }
-    }
+    });
     return copy;
   }
   uv_loop_t* loop() override { return loop_; }
@@ -301,8 +319,12 @@ class Client : public PoolClient {
   // Sending side.
   Route* RouteTo(const std::string& group);
   void Dispatch(Route* route);
-  void Complete(OutRequest* request, Reply reply);
-  void CompleteLater(OutRequest* request, Reply reply);
+  // Both take the request by id: a request object is reused once complete,
+  // so a stale pointer could name a newer request.
+  void Complete(uint64_t id, Reply reply);
+  void CompleteLater(uint64_t id, Reply reply);
+  OutRequest* NewRequest();
+  void RecycleRequest(OutRequest* request);
   void FailRoute(Route* route, ErrorCode code, const std::string& text);
   void FailLinkRequests(Link* link, ErrorCode code, const std::string& text);
   Link* PickPeer(Route* route);
@@ -339,10 +361,13 @@ class Client : public PoolClient {
   std::set<Link*> links_;
 
   std::map<std::string, std::unique_ptr<Route>> routes_;
-  std::unordered_map<uint64_t, std::unique_ptr<OutRequest>> requests_;
+  // Requests sent or queued, by id; owned here (deleted in ~Client).
+  IdMap<OutRequest> requests_;
+  // Completed requests kept for reuse: no allocation per request.
+  std::vector<std::unique_ptr<OutRequest>> spare_requests_;
   RequestList cancelled_;  // running requests the caller cancelled
   uint64_t deadline_due_ = kNoDeadline;  // when deadline_timer_ fires
-  std::vector<std::pair<OutRequest*, Reply>> completions_;
+  std::vector<std::pair<uint64_t, Reply>> completions_;
   uint64_t next_id_ = 0;
   uint64_t next_sequence_ = 0;
 
@@ -493,7 +518,7 @@ void Client::FlushAll() {
   while (!completions_.empty()) {
     auto batch = std::move(completions_);
     completions_.clear();
-    for (auto& [request, reply] : batch) Complete(request, std::move(reply));
+    for (auto& [id, reply] : batch) Complete(id, std::move(reply));
   }
   if (dirty_.empty() && completions_.empty()) uv_prepare_stop(&flusher_);
 }
@@ -727,10 +752,9 @@ void Client::OnLinkFrame(Link* link, const FrameView& frame) {
         "refused: " + link->peer_group + " may not send requests to " + group_);
     return;
   }
-  auto found = requests_.find(id);
+  OutRequest* request = requests_.Find(id);
   // Gone or elsewhere: a late answer to a timeout.
-  if (found == requests_.end() || found->second->link != link) return;
-  OutRequest* request = found->second.get();
+  if (request == nullptr || request->link != link) return;
   if (frame.header.type == FrameType::kProgress) {
     if (request->on_progress && !request->cancelled) {
       request->on_progress(
@@ -750,7 +774,7 @@ void Client::OnLinkFrame(Link* link, const FrameView& frame) {
   reply.body.assign(frame.body);
   reply.meta.assign(frame.meta);
   Route* route = request->route;
-  Complete(request, std::move(reply));
+  Complete(id, std::move(reply));
   if (link->draining && link->outstanding == 0) CloseLink(link);
   Dispatch(route);
 }
@@ -776,16 +800,14 @@ void Client::OnLinkClosed(Link* link, const std::string& why) {
 
 void Client::FailLinkRequests(Link* link, ErrorCode code,
                               const std::string& text) {
-  std::vector<OutRequest*> failed;
+  std::vector<uint64_t> failed;
   for (OutRequest* r = link->inflight.head; r != nullptr; r = r->next) {
-    failed.push_back(r);
+    failed.push_back(r->id);
   }
   for (OutRequest* r = cancelled_.head; r != nullptr; r = r->next) {
-    if (r->link == link) failed.push_back(r);
+    if (r->link == link) failed.push_back(r->id);
   }
-  for (OutRequest* request : failed) {
-    Complete(request, Reply{false, code, text, ""});
-  }
+  for (uint64_t id : failed) Complete(id, Reply{false, code, text, ""});
   // Requests this link was serving: their answers have nowhere to go.
   for (auto& [id, request] : link->serving) request->Detach();
 }
@@ -830,37 +852,35 @@ Route* Client::RouteTo(const std::string& group) {
 
 uint64_t Client::Send(const std::string& group, std::string_view body,
                       ReplyCallback done, SendOptions options) {
-  auto owned = std::make_unique<OutRequest>();
-  OutRequest* request = owned.get();
-  // Dispatch() below may complete (and free) the request at once.
+  OutRequest* request = NewRequest();
+  // Dispatch() below may complete (and recycle) the request at once.
   const uint64_t id = request->id = ++next_id_;
   request->done = std::move(done);
   request->on_progress = std::move(options.on_progress);
   request->priority = options.priority;
   request->sequence = ++next_sequence_;
   request->sent_ms = uv_now(loop_);
-  requests_[request->id] = std::move(owned);
+  requests_.Insert(request->id, request);
   ++stats_.sent;
   CountChanged();
 
   if (!FrameFits(options.meta, body)) {
-    CompleteLater(request, Reply{false, ErrorCode::kTooLarge,
-                                 "request of " + std::to_string(body.size()) +
-                                     " bytes is over the frame limit of " +
-                                     std::to_string(wire::kMaxPayload),
-                                 ""});
+    CompleteLater(id, Reply{false, ErrorCode::kTooLarge,
+                            "request of " + std::to_string(body.size()) +
+                                " bytes is over the frame limit of " +
+                                std::to_string(wire::kMaxPayload),
+                            ""});
     return id;
   }
   if (stopping_ || !pool_open_) {
-    CompleteLater(request, Reply{false, ErrorCode::kShuttingDown,
-                                 "this process is stopping", ""});
+    CompleteLater(id, Reply{false, ErrorCode::kShuttingDown,
+                            "this process is stopping", ""});
     return id;
   }
   Route* route = RouteTo(group);
   request->route = route;
   if (route->state == Route::State::kRefused) {
-    CompleteLater(request,
-                  Reply{false, ErrorCode::kRefused, route->refusal, ""});
+    CompleteLater(id, Reply{false, ErrorCode::kRefused, route->refusal, ""});
     return id;
   }
   if (route->state == Route::State::kOpen &&
@@ -871,10 +891,10 @@ uint64_t Client::Send(const std::string& group, std::string_view body,
                   peer->outstanding < route->max_inflight;
     }
     if (!has_room) {
-      CompleteLater(request, Reply{false, ErrorCode::kQueueFull,
-                                   "queue of group " + group + " is full (" +
-                                       std::to_string(route->queue_limit) + ")",
-                                   ""});
+      CompleteLater(id, Reply{false, ErrorCode::kQueueFull,
+                              "queue of group " + group + " is full (" +
+                                  std::to_string(route->queue_limit) + ")",
+                              ""});
       return id;
     }
   }
@@ -940,16 +960,14 @@ void Client::Dispatch(Route* route) {
 }
 
 void Client::FailRoute(Route* route, ErrorCode code, const std::string& text) {
-  std::vector<OutRequest*> failed;
-  for (auto& [key, request] : route->queue) failed.push_back(request);
+  std::vector<uint64_t> failed;
+  for (auto& [key, request] : route->queue) failed.push_back(request->id);
   route->queue.clear();
-  for (OutRequest* request : failed) {
-    Complete(request, Reply{false, code, text, ""});
-  }
+  for (uint64_t id : failed) Complete(id, Reply{false, code, text, ""});
 }
 
-void Client::CompleteLater(OutRequest* request, Reply reply) {
-  completions_.emplace_back(request, std::move(reply));
+void Client::CompleteLater(uint64_t id, Reply reply) {
+  completions_.emplace_back(id, std::move(reply));
   if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&flusher_))) {
     uv_prepare_start(&flusher_, [](uv_prepare_t* handle) {
       OwnerOf<Client>(handle)->FlushAll();
@@ -957,11 +975,55 @@ void Client::CompleteLater(OutRequest* request, Reply reply) {
   }
 }
 
-void Client::Complete(OutRequest* request, Reply reply) {
-  auto owned = requests_.find(request->id);
-  if (owned == requests_.end()) return;
-  std::unique_ptr<OutRequest> keep = std::move(owned->second);
-  requests_.erase(owned);
+OutRequest* Client::NewRequest() {
+  if (spare_requests_.empty()) return new OutRequest;
+  OutRequest* request = spare_requests_.back().release();
+  spare_requests_.pop_back();
+  return request;
+}
+
+void Client::RecycleRequest(OutRequest* request) {
+  // Enough spares for a window of requests in flight; more is freed.
+  constexpr size_t kMaxSpares = 256;
+  if (spare_requests_.size() >= kMaxSpares) {
+    delete request;
+    return;
+  }
+  // Reset field by field: small strings keep their capacity for the next
+  // use; a large one is freed rather than kept by an idle spare.
+  constexpr size_t kKeptCapacity = 4096;
+  for (std::string* text : {&request->body, &request->meta}) {
+    if (text->capacity() > kKeptCapacity) {
+      std::string().swap(*text);
+    } else {
+      text->clear();
+    }
+  }
+  request->id = 0;
+  request->route = nullptr;
+  request->priority = 0;
+  request->sequence = 0;
+  request->done = nullptr;
+  request->on_progress = nullptr;
+  request->link = nullptr;
+  request->listed_in = nullptr;
+  request->prev = request->next = nullptr;
+  request->deadline_ms = kNoDeadline;
+  request->sent_ms = 0;
+  request->cancelled = false;
+  spare_requests_.emplace_back(request);
+}
+
+void Client::Complete(uint64_t id, Reply reply) {
+  OutRequest* request = requests_.Erase(id);
+  if (request == nullptr) return;
+  // Reused only after the caller's callback returned: nothing (Cancel of
+  // this id, a Send) can reach it through requests_ meanwhile.
+  struct Recycle {
+    Client* client;
+    OutRequest* request;
+    ~Recycle() { client->RecycleRequest(request); }
+  } recycle{this, request};
   if (request->listed_in != nullptr) request->listed_in->Remove(request);
   if (request->link != nullptr) --request->link->outstanding;
   if (request->cancelled) return;  // already answered kCancelled
@@ -992,9 +1054,8 @@ void Client::Complete(OutRequest* request, Reply reply) {
 }
 
 void Client::Cancel(uint64_t request_id) {
-  auto found = requests_.find(request_id);
-  if (found == requests_.end()) return;
-  OutRequest* request = found->second.get();
+  OutRequest* request = requests_.Find(request_id);
+  if (request == nullptr) return;
   if (request->cancelled) return;
   if (request->link == nullptr) {
     // Still queued (or about to fail): drop it.
@@ -1002,8 +1063,8 @@ void Client::Cancel(uint64_t request_id) {
       request->route->queue.erase(
           QueueKey{request->priority, request->sequence});
     }
-    CompleteLater(request, Reply{false, ErrorCode::kCancelled,
-                                 "cancelled while queued", ""});
+    CompleteLater(request_id, Reply{false, ErrorCode::kCancelled,
+                                    "cancelled while queued", ""});
     return;
   }
   // Running: tell the server, answer the caller now, and give the server a
@@ -1066,9 +1127,8 @@ void Client::OnDeadlines() {
   for (Link* link : links_) collect(link->inflight);
   std::sort(expired.begin(), expired.end());
   for (uint64_t id : expired) {
-    auto found = requests_.find(id);
-    if (found == requests_.end()) continue;
-    OutRequest* request = found->second.get();
+    OutRequest* request = requests_.Find(id);
+    if (request == nullptr) continue;
     Link* link = request->link;
     if (link == nullptr || request->deadline_ms > now) continue;
     std::string reason =
@@ -1082,7 +1142,7 @@ void Client::OnDeadlines() {
     SendToPool(FrameType::kKillPeer,
                json{{"pid", link->peer_pid}, {"reason", reason}});
     Complete(
-        request,
+        id,
         Reply{false, ErrorCode::kTimeout,
               "timeout: " + reason + "; " + link->Describe() + " killed", ""});
     if (link->route != nullptr) Dispatch(link->route);
@@ -1095,8 +1155,8 @@ void Client::OnDeadlines() {
 
 void Client::OnIncomingRequest(Link* link, const FrameView& frame) {
   auto request = std::make_shared<ServerRequest>(
-      this, link, frame.header.id, std::string(frame.body),
-      std::string(frame.meta), static_cast<int32_t>(frame.header.aux));
+      this, link, frame.header.id, frame.body, frame.meta,
+      static_cast<int32_t>(frame.header.aux));
   request->sender_group_ = link->peer_group;
   if (!sync_handler_ && !async_handler_) {
     SendOnLink(link, FrameType::kError, frame.header.id,

@@ -1,26 +1,39 @@
 #include "core/frame_codec.h"
 
+#include <bit>
 #include <cstring>
 
 namespace workerpool {
 namespace {
 
+// Every frame is encoded and decoded once per hop: on a little-endian host
+// (all the pool runs on) a field is one memcpy, not a loop over its bytes.
 template <typename T>
 void PutLittle(char* out, T value) {
-  for (size_t i = 0; i < sizeof(T); ++i) {
-    out[i] = static_cast<char>((static_cast<std::uint64_t>(value) >> (8 * i)) &
-                               0xff);
+  if constexpr (std::endian::native == std::endian::little) {
+    std::memcpy(out, &value, sizeof(T));
+  } else {
+    for (size_t i = 0; i < sizeof(T); ++i) {
+      out[i] = static_cast<char>(
+          (static_cast<std::uint64_t>(value) >> (8 * i)) & 0xff);
+    }
   }
 }
 
 template <typename T>
 T GetLittle(const char* in) {
-  std::uint64_t value = 0;
-  for (size_t i = 0; i < sizeof(T); ++i) {
-    value |= static_cast<std::uint64_t>(static_cast<unsigned char>(in[i]))
-             << (8 * i);
+  if constexpr (std::endian::native == std::endian::little) {
+    T value;
+    std::memcpy(&value, in, sizeof(T));
+    return value;
+  } else {
+    std::uint64_t value = 0;
+    for (size_t i = 0; i < sizeof(T); ++i) {
+      value |= static_cast<std::uint64_t>(static_cast<unsigned char>(in[i]))
+               << (8 * i);
+    }
+    return static_cast<T>(value);
   }
-  return static_cast<T>(value);
 }
 
 bool KnownType(std::uint8_t type) {

@@ -7,6 +7,10 @@
 //   amqp_bench --workerpool PATH [--quick] [--messages N]
 //       (scripts/bench's form; the URL from WORKERPOOL_TEST_AMQP_URL;
 //        --quick: 5000 messages)
+//   options for A/B work: --workerpool given again adds another build whose
+//   service cases run right after the first one's against the same raw
+//   figure (lines then name the build by its index); --prefetch 1,10 and
+//   --services 1 restrict the cases.
 //
 // Each case prefills a durable queue with MESSAGES persistent 100-byte
 // messages, starts its consumer and measures the steady state: the time the
@@ -266,12 +270,32 @@ int main(int argc, char** argv) {
   // form --workerpool PATH [--quick] with the URL in
   // WORKERPOOL_TEST_AMQP_URL.
   std::vector<std::string> positional;
-  std::string workerpool_bin, url_text;
+  std::vector<std::string> workerpool_bins;
+  std::string url_text;
   long count = 20000;
+  std::vector<int> prefetches = {1, 10, 100, 1000};
+  std::vector<int> service_counts = {1, 2};
+  auto int_list = [](const std::string& text) {
+    std::vector<int> values;
+    std::size_t start = 0;
+    while (start <= text.size()) {
+      std::size_t comma = text.find(',', start);
+      if (comma == std::string::npos) comma = text.size();
+      int value = std::atoi(text.substr(start, comma - start).c_str());
+      if (value <= 0) Die("bad list '" + text + "'");
+      values.push_back(value);
+      start = comma + 1;
+    }
+    return values;
+  };
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--workerpool" && i + 1 < argc) {
-      workerpool_bin = argv[++i];
+      workerpool_bins.push_back(argv[++i]);
+    } else if (arg == "--prefetch" && i + 1 < argc) {
+      prefetches = int_list(argv[++i]);
+    } else if (arg == "--services" && i + 1 < argc) {
+      service_counts = int_list(argv[++i]);
     } else if (arg == "--quick") {
       count = 5000;
     } else if (arg == "--messages" && i + 1 < argc) {
@@ -280,22 +304,27 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: amqp_bench WORKERPOOL_BIN AMQP_URL [MESSAGES]\n"
                    "       amqp_bench --workerpool PATH [--quick] "
-                   "[--messages N]  (URL from WORKERPOOL_TEST_AMQP_URL)\n");
+                   "[--messages N] [--prefetch LIST] [--services LIST]\n"
+                   "       (URL from WORKERPOOL_TEST_AMQP_URL; --workerpool "
+                   "again: A/B builds)\n");
       return 1;
     } else {
       positional.push_back(arg);
     }
   }
-  if (!positional.empty()) workerpool_bin = positional[0];
+  if (!positional.empty())
+    workerpool_bins.insert(workerpool_bins.begin(), positional[0]);
   if (positional.size() > 1) url_text = positional[1];
   if (positional.size() > 2) count = std::atol(positional[2].c_str());
   if (url_text.empty() && std::getenv("WORKERPOOL_TEST_AMQP_URL") != nullptr) {
     url_text = std::getenv("WORKERPOOL_TEST_AMQP_URL");
   }
-  if (workerpool_bin.empty() || url_text.empty()) {
+  if (workerpool_bins.empty() || url_text.empty()) {
     Die("needs the workerpool binary and an AMQP URL (see --help)");
   }
-  workerpool_bin = std::filesystem::absolute(workerpool_bin).string();
+  for (std::string& bin : workerpool_bins) {
+    bin = std::filesystem::absolute(bin).string();
+  }
   if (count < 100) Die("MESSAGES must be at least 100");
   auto url = workerpool::ParseAmqpUrl(url_text);
   if (!url.ok()) Die(url.status().message());
@@ -308,7 +337,7 @@ int main(int argc, char** argv) {
       "# %ld persistent 100-byte messages per case; msgs/s between "
       "90%% and 10%% left in the queue\n",
       count);
-  for (int prefetch : {1, 10, 100, 1000}) {
+  for (int prefetch : prefetches) {
     double raw = RawCase(*url, queue, count, prefetch);
     std::printf("prefetch %4d  raw librabbitmq consumer   %8.0f msgs/s\n",
                 prefetch, raw);
@@ -317,17 +346,24 @@ int main(int argc, char** argv) {
         "\"per_second\": %.0f}\n",
         prefetch, raw);
     std::fflush(stdout);
-    for (int services : {1, 2}) {
-      double rate = ServiceCase(workerpool_bin, url_text, *url, queue, count,
-                                prefetch, services, dir);
-      std::printf(
-          "prefetch %4d  workerpool, %d service%s    %8.0f msgs/s  %.2fx raw\n",
-          prefetch, services, services == 1 ? " " : "s", rate, rate / raw);
-      std::printf(
-          "{\"system\": \"workerpool %d service%s\", \"prefetch\": %d, "
-          "\"per_second\": %.0f, \"ratio_to_raw\": %.2f}\n",
-          services, services == 1 ? "" : "s", prefetch, rate, rate / raw);
-      std::fflush(stdout);
+    for (int services : service_counts) {
+      for (std::size_t b = 0; b < workerpool_bins.size(); ++b) {
+        double rate = ServiceCase(workerpool_bins[b], url_text, *url, queue,
+                                  count, prefetch, services, dir);
+        std::string build =
+            workerpool_bins.size() == 1 ? "" : " [" + std::to_string(b) + "]";
+        std::printf(
+            "prefetch %4d  workerpool, %d service%s%s %8.0f msgs/s  %.2fx "
+            "raw\n",
+            prefetch, services, services == 1 ? " " : "s", build.c_str(), rate,
+            rate / raw);
+        std::printf(
+            "{\"system\": \"workerpool %d service%s%s\", \"prefetch\": %d, "
+            "\"per_second\": %.0f, \"ratio_to_raw\": %.2f}\n",
+            services, services == 1 ? "" : "s", build.c_str(), prefetch, rate,
+            rate / raw);
+        std::fflush(stdout);
+      }
     }
   }
   amqp_connection_state_t conn = Connect(*url);

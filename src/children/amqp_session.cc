@@ -53,6 +53,9 @@ constexpr auto kHandshakeTimeout = std::chrono::seconds(10);
 constexpr auto kRpcTimeout = std::chrono::seconds(15);
 constexpr auto kShutdownGrace = std::chrono::seconds(10);
 constexpr int kReadBatch = 256;  // deliveries read between command checks
+// Acks TryAck writes at once at most: 64 frames of 21 bytes, far below what
+// a socket that polls writable takes without blocking.
+constexpr std::size_t kMaxFastAcks = 64;
 
 amqp_bytes_t Bytes(const std::string& text) {
   amqp_bytes_t bytes;
@@ -476,6 +479,10 @@ class AmqpSession::Impl {
     // first of them, and the AMQP thread takes them all at once after it
     // drained the eventfd: one write per batch, not per settle.
     if (!was_empty) return;
+    WakeAmqpThread();
+  }
+
+  void WakeAmqpThread() {
     uint64_t one = 1;
     ssize_t n = write(wake_fd_, &one, sizeof(one));
     (void)n;
@@ -484,6 +491,51 @@ class AmqpSession::Impl {
   std::deque<AmqpEvent> TakeEvents() {
     std::lock_guard<std::mutex> lock(mutex_);
     return std::exchange(events_, {});
+  }
+
+  // See AmqpSession::TryAck. Runs on the loop thread and must never block:
+  // it only try-locks the connection, and writes only a 21-byte basic.ack
+  // to a plain TCP socket that poll() just reported writable (a frame that
+  // small then goes out whole, without librabbitmq waiting for the socket;
+  // FlushAcks writes at most one frame per tag, and at most kMaxFastAcks).
+  AmqpFastAck TryAck(uint64_t generation, const std::vector<uint64_t>& tags) {
+    if (tags.empty() || tags.size() > kMaxFastAcks) return AmqpFastAck::kNotNow;
+    if (config_.url.tls) return AmqpFastAck::kNotNow;  // SSL_write may read
+    std::unique_lock<std::mutex> conn(conn_mutex_, std::try_to_lock);
+    if (!conn.owns_lock()) return AmqpFastAck::kNotNow;
+    if (!connected_ || conn_ == nullptr || generation != generation_ ||
+        shutdown_ || !pending_acks_.empty() || !fast_ack_error_.empty()) {
+      return AmqpFastAck::kNotNow;
+    }
+    {
+      // A command queued earlier goes first (a settle with publishes, a
+      // stop): the AMQP thread takes this one after it, in order.
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!commands_.empty()) return AmqpFastAck::kNotNow;
+    }
+    pollfd fd = {amqp_get_sockfd(conn_), POLLOUT, 0};
+    if (poll(&fd, 1, 0) != 1 || fd.revents != POLLOUT) {
+      return AmqpFastAck::kNotNow;
+    }
+    std::string error;
+    bool ok = true;
+    for (uint64_t tag : tags) {
+      ok = ok && Finish(tag, AmqpOutcome::kAcked, std::string(), false, &error,
+                        /*emit=*/false);
+    }
+    if (!ok || !FlushAcks(&error)) {
+      // The stream may be torn: the AMQP thread drops the connection
+      // (RabbitMQ requeues the delivery) as soon as it wakes.
+      fast_ack_error_ = error;
+      WakeAmqpThread();
+      return AmqpFastAck::kLost;
+    }
+    if (!busy_) {
+      // The AMQP thread sleeps without a depth-poll deadline: give it one.
+      busy_ = true;
+      WakeAmqpThread();
+    }
+    return AmqpFastAck::kAcked;
   }
 
  private:
@@ -528,6 +580,9 @@ class AmqpSession::Impl {
   // ---------------------------------------------------------- main loop
 
   void Run() {
+    // The thread holds the connection lock all the time but while it sleeps
+    // in ServeLoop's poll(): that is the only window for TryAck.
+    conn_lock_.lock();
     int attempt = 0;
     while (!shutdown_) {
       if (!stop_consuming_) {
@@ -559,6 +614,7 @@ class AmqpSession::Impl {
         DrainWakeFd();
       }
     }
+    conn_lock_.unlock();
     AmqpEvent event;
     event.type = AmqpEvent::Type::kStopped;
     Emit(std::move(event));
@@ -806,6 +862,10 @@ class AmqpSession::Impl {
   bool ServeLoop(std::string* error) {
     const int fd = amqp_get_sockfd(conn_);
     for (;;) {
+      if (!fast_ack_error_.empty()) {
+        *error = std::exchange(fast_ack_error_, std::string());
+        return false;
+      }
       if (!RunCommands(error)) return false;
       if (!FlushAcks(error)) return false;
       if (shutdown_) {
@@ -848,7 +908,9 @@ class AmqpSession::Impl {
       if (shutdown_) wait = std::min(wait, milliseconds(100));
       if (!FlushAcks(error)) return false;  // confirms read above
       pollfd fds[2] = {{fd, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+      conn_lock_.unlock();  // TryAck's window
       int n = poll(fds, 2, static_cast<int>(wait.count()));
+      conn_lock_.lock();
       if (n > 0 && fds[0].revents != 0) last_rx_ = Clock::now();
       if (n > 0 && fds[1].revents != 0) DrainWakeFd();
     }
@@ -1117,7 +1179,7 @@ class AmqpSession::Impl {
 
   // The ack or reject of a delivery, once its publishes are confirmed.
   bool Finish(uint64_t tag, AmqpOutcome outcome, const std::string& queue,
-              bool nacked, std::string* error) {
+              bool nacked, std::string* error, bool emit = true) {
     if (nacked) {
       AmqpLog(
           "warning: RabbitMQ refused (nack) a message published for a "
@@ -1144,6 +1206,7 @@ class AmqpSession::Impl {
       *error = std::string("ack failed: ") + amqp_error_string2(rc);
       return false;
     }
+    if (!emit) return true;
     AmqpEvent event;
     event.type = AmqpEvent::Type::kSettled;
     event.generation = generation_;
@@ -1238,12 +1301,16 @@ class AmqpSession::Impl {
   std::function<void()> wake_;
   std::thread thread_;
   int wake_fd_ = -1;
-  std::mutex mutex_;
+  std::mutex mutex_;  // commands_ and events_
   std::deque<AmqpCommand> commands_;
   std::deque<AmqpEvent> events_;
   std::mt19937 rng_;
 
-  // AMQP thread only.
+  // The connection and the state below: the AMQP thread's, but for TryAck
+  // on the loop thread, which may use them while it holds conn_mutex_.
+  std::mutex conn_mutex_;
+  std::unique_lock<std::mutex> conn_lock_{conn_mutex_, std::defer_lock};
+  std::string fast_ack_error_;  // TryAck's write failed: drop the connection
   amqp_connection_state_t conn_ = nullptr;
   bool connected_ = false;
   bool declare_channel_open_ = false;
@@ -1274,5 +1341,9 @@ void AmqpSession::Start() { impl_->Start(); }
 void AmqpSession::Post(AmqpCommand command) { impl_->Post(std::move(command)); }
 std::deque<AmqpEvent> AmqpSession::TakeEvents() { return impl_->TakeEvents(); }
 void AmqpSession::Join() { impl_->Join(); }
+AmqpFastAck AmqpSession::TryAck(std::uint64_t generation,
+                                const std::vector<std::uint64_t>& tags) {
+  return impl_->TryAck(generation, tags);
+}
 
 }  // namespace workerpool

@@ -5,7 +5,10 @@
 //
 //   loop -> AMQP thread: AmqpCommand (settle a delivery after publishing its
 //     retry copy / dead letter / RPC reply, publish a progress message, stop
-//     consuming, shut down), woken through an eventfd;
+//     consuming, shut down), woken through an eventfd; plain acks go the
+//     same way unless TryAck could write them from the loop thread (the
+//     connection is behind a mutex that the AMQP thread releases only while
+//     it sleeps in poll(), and that the loop thread only ever try-locks);
 //   AMQP thread -> loop: AmqpEvent (deliveries, connection state, settled
 //     deliveries, queue depth), woken through the callback given (a
 //     uv_async_send).
@@ -77,6 +80,14 @@ struct AmqpCommand {
   std::vector<AmqpPublish> publishes;
 };
 
+// What AmqpSession::TryAck did.
+enum class AmqpFastAck {
+  kAcked,   // basic.ack written; no kSettled event follows
+  kNotNow,  // nothing done: Post a kSettle command instead
+  kLost,    // the write failed; the connection is dropped (kDisconnected
+            // follows) and RabbitMQ requeues the delivery
+};
+
 struct AmqpEvent {
   enum class Type {
     kConnected,     // generation: the new connection's
@@ -109,6 +120,14 @@ class AmqpSession {
   std::deque<AmqpEvent> TakeEvents();
   // Waits for the thread to exit (post kShutdown first).
   void Join();
+  // Loop thread; never blocks. Acks deliveries TAGS of connection
+  // GENERATION (their jobs succeeded, nothing was published on their
+  // behalf) right here when the AMQP thread is asleep, no command is queued
+  // and the socket takes the frames at once; all or none: on kNotNow the
+  // caller Posts a kSettle per tag. Spares the wake-up of the AMQP thread
+  // per message, the cost that limits prefetch 1.
+  AmqpFastAck TryAck(std::uint64_t generation,
+                     const std::vector<std::uint64_t>& tags);
 
  private:
   class Impl;

@@ -8,8 +8,19 @@
 //
 //   The AMQP thread (children/amqp_session.cc) owns the librabbitmq
 //   connection and does every blocking call: connect, login, declares,
-//   publishes, acks. It hands deliveries to the loop through a uv_async_t and
+//   publishes. It hands deliveries to the loop through a uv_async_t and
 //   takes settle/publish commands back through a queue and an eventfd.
+//
+//   One exception, the hot path: plain acks (the job succeeded, nothing was
+//   published on the message's behalf). They are collected during one loop
+//   iteration and written by the loop thread itself (AmqpSession::TryAck)
+//   when the AMQP thread is asleep in poll(), no command waits and the
+//   socket is writable; otherwise they become settle commands like the
+//   rest. Waking the AMQP thread just to write a 21-byte frame cost ~40 us
+//   a message on a 2-vCPU VM (more than the job round trip), and at
+//   prefetch 1 every message pays it in full. TryAck never blocks: it only
+//   try-locks the connection, skips TLS (SSL_write may need to read), and
+//   writes at most 64 small frames to a socket poll() reported writable.
 //
 // Why not poll the AMQP socket from the loop (uv_poll_t + zero-timeout
 // reads)? librabbitmq is blocking everywhere but in its reads: connect and
@@ -52,6 +63,7 @@
 
 #include <uv.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -169,6 +181,8 @@ class Service {
     async_.data = this;
     uv_timer_init(loop, &stats_timer_);
     stats_timer_.data = this;
+    uv_check_init(loop, &flush_check_);
+    flush_check_.data = this;
     session_ = std::make_unique<AmqpSession>(
         config_, [this] { uv_async_send(&async_); });
     client_->OnStop([this] { BeginStop(); });
@@ -485,6 +499,58 @@ class Service {
 
   void Settle(const WorkKey& key, AmqpOutcome outcome,
               std::vector<AmqpPublish> publishes) {
+    if (outcome == AmqpOutcome::kAcked && publishes.empty()) {
+      // The common case: collected, and acked together after this loop
+      // iteration's callbacks (FlushAcks), from this thread when it can.
+      acks_.push_back(key);
+      if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&flush_check_))) {
+        uv_check_start(&flush_check_, [](uv_check_t* handle) {
+          static_cast<Service*>(handle->data)->FlushAcks();
+        });
+      }
+      return;
+    }
+    PostSettle(key, outcome, std::move(publishes));
+  }
+
+  // The acks collected in this loop iteration: written right here when the
+  // AMQP thread sleeps (AmqpSession::TryAck), which spares the wake-up of
+  // that thread per message, the cost that dominates at prefetch 1; else
+  // settle commands as for every other outcome.
+  void FlushAcks() {
+    uv_check_stop(&flush_check_);
+    std::vector<WorkKey> keys;
+    std::vector<std::uint64_t> tags;
+    for (const WorkKey& key : std::exchange(acks_, {})) {
+      if (works_.count(key) == 0) continue;  // its connection is gone
+      keys.push_back(key);
+      tags.push_back(key.second);
+    }
+    if (keys.empty()) return;
+    const std::uint64_t generation = keys.front().first;
+    bool one_generation = std::all_of(
+        keys.begin(), keys.end(),
+        [generation](const WorkKey& key) { return key.first == generation; });
+    AmqpFastAck result = one_generation ? session_->TryAck(generation, tags)
+                                        : AmqpFastAck::kNotNow;
+    for (const WorkKey& key : keys) {
+      switch (result) {
+        case AmqpFastAck::kAcked:
+          ++figures_[works_.at(key)->delivery->queue].acks;
+          EraseWork(key);
+          break;
+        case AmqpFastAck::kLost:  // kDisconnected follows; requeued
+          EraseWork(key);
+          break;
+        case AmqpFastAck::kNotNow:
+          PostSettle(key, AmqpOutcome::kAcked, {});
+          break;
+      }
+    }
+  }
+
+  void PostSettle(const WorkKey& key, AmqpOutcome outcome,
+                  std::vector<AmqpPublish> publishes) {
     Work* work = works_.at(key).get();
     AmqpCommand command;
     command.type = AmqpCommand::Type::kSettle;
@@ -587,6 +653,7 @@ class Service {
     AmqpLog("stopped (" + summary + ")");
     uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&stats_timer_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&flush_check_), nullptr);
   }
 
   // ------------------------------------------------------------ figures
@@ -641,6 +708,8 @@ class Service {
   std::unique_ptr<AmqpSession> session_;
   uv_async_t async_;
   uv_timer_t stats_timer_;
+  uv_check_t flush_check_;     // runs FlushAcks while acks_ is not empty
+  std::vector<WorkKey> acks_;  // decided this loop iteration (Settle)
   std::map<WorkKey, std::unique_ptr<Work>> works_;
   std::uint64_t generation_ = 0;
   bool connected_ = false;

@@ -634,6 +634,45 @@ groups:
         self.assertEqual(pool.stop(), 0)
         self.assertEqual(queue_counts(queue)[:2], (0, 0))
 
+    def test_prefetch_one_acks_and_dead_letters_interleaved_figures_exact(self):
+        # At prefetch 1 the loop thread writes most acks itself (TryAck)
+        # while dead letters (publish, confirm, then ack) go through the AMQP
+        # thread: every message settled exactly once, in either path, and
+        # the figures count both.
+        queue = self.queue("p1")
+        dead = self.queue("p1-dead")
+        self.amqp.declare(queue)
+        messages = [("fail-%d" if n % 10 == 3 else "ok-%d") % n
+                    for n in range(200)]
+        failing = [m for m in messages if m.startswith("fail")]
+        self.amqp.publish(queue, messages)
+        pool = self.service_pool(queue, dead=dead, prefetch=1, max_retries=0)
+        seen = self.wait_processed(pool, messages, timeout=60)
+        self.assertEqual(sorted(seen), sorted(messages), "processed once each")
+        self.wait_depth(dead, len(failing))
+        wp.wait_until(lambda: queue_counts(queue) == (0, 0, 1), 30,
+                      "queue empty, nothing unacked, one consumer",
+                      interval=0.5)
+
+        def figures():
+            code, out, _ = wp.run_cli(["status", "--json", "--socket",
+                                       os.path.join(pool.tmp, "rmq.sock")])
+            if code != 0:
+                return None
+            for group in json.loads(out)["groups"]:
+                if group["name"] == "intake" and group["app"]:
+                    q = group["app"][0]["queues"][queue]
+                    if q["acks"] + q["dead_letters"] == len(messages):
+                        return q
+            return None
+        q = wp.wait_until(figures, 30, "the service's figures in status",
+                          interval=0.5)
+        self.assertEqual(q["deliveries"], len(messages))
+        self.assertEqual(q["acks"], len(messages) - len(failing))
+        self.assertEqual(q["dead_letters"], len(failing))
+        self.assertEqual(pool.stop(), 0)
+        self.assertEqual(self.amqp.declare(queue, passive=True)[0], 0)
+
     # ------------------------------------------------------------- failures
 
     def test_poison_message_dead_lettered_after_max_retries_with_reason(self):

@@ -39,6 +39,14 @@ extern char** environ;
 namespace workerpool {
 namespace {
 
+// Every read of a child's output lands here (one loop thread, and each read
+// is consumed before the next): one buffer for all pipes, not one each.
+constexpr size_t kOutputBufferSize = 64 * 1024;
+char* OutputBuffer() {
+  static char buffer[kOutputBufferSize];
+  return buffer;
+}
+
 // Variables of the Watcher's own environment that must not leak into
 // children: they describe the Watcher's place under systemd, not theirs.
 bool IsWatcherOnlyVariable(std::string_view entry) {
@@ -183,6 +191,15 @@ class Watcher : public ControlTarget {
     uv_pipe_t pipe;
     LineSplitter splitter;
     std::string prefix;  // "group[index] pid"
+    void Feed(std::string_view bytes) {
+      splitter.Feed(bytes, [this](std::string_view line) { Log(line); });
+    }
+    void Finish() {
+      splitter.Finish([this](std::string_view line) { Log(line); });
+    }
+    void Log(std::string_view line) const {
+      spdlog::info("{}: {}", prefix, line);
+    }
   };
 
   // Start-up and stop.
@@ -957,21 +974,16 @@ Watcher::OutputReader* Watcher::StartOutputReader(int fd, Slot* slot) {
   reader->slot = slot;
   readers_.insert(reader);
   auto on_alloc = [](uv_handle_t*, size_t, uv_buf_t* buf) {
-    // One loop thread, and each read is consumed before the next alloc.
-    static char buffer[64 * 1024];
-    *buf = uv_buf_init(buffer, sizeof(buffer));
+    *buf = uv_buf_init(OutputBuffer(), kOutputBufferSize);
   };
   auto on_read = [](uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
     auto* reader = Owner<OutputReader>(reinterpret_cast<uv_handle_t*>(stream));
-    auto log_line = [reader](std::string_view line) {
-      spdlog::info("{}: {}", reader->prefix, line);
-    };
     if (nread > 0) {
-      reader->splitter.Feed(std::string_view(buf->base, nread), log_line);
+      reader->Feed(std::string_view(buf->base, nread));
       return;
     }
     if (nread == 0) return;  // EAGAIN
-    reader->splitter.Finish(log_line);
+    reader->Finish();
     if (reader->slot != nullptr) reader->slot->output = nullptr;
     reader->watcher->readers_.erase(reader);
     uv_close(reinterpret_cast<uv_handle_t*>(stream),
@@ -1002,14 +1014,10 @@ void Watcher::DrainOutput(Slot* slot) {
     // a descendant writing without pause cannot hold the loop here.
     uv_os_fd_t fd = -1;
     uv_fileno(reinterpret_cast<uv_handle_t*>(&reader->pipe), &fd);
-    static char buffer[64 * 1024];
-    auto log_line = [reader](std::string_view line) {
-      spdlog::info("{}: {}", reader->prefix, line);
-    };
-    for (size_t drained = 0; fd >= 0 && drained < 4 * sizeof(buffer);) {
-      ssize_t n = read(fd, buffer, sizeof(buffer));
+    for (size_t drained = 0; fd >= 0 && drained < 4 * kOutputBufferSize;) {
+      ssize_t n = read(fd, OutputBuffer(), kOutputBufferSize);
       if (n <= 0) break;
-      reader->splitter.Feed(std::string_view(buffer, n), log_line);
+      reader->Feed(std::string_view(OutputBuffer(), n));
       drained += static_cast<size_t>(n);
     }
   }
@@ -1108,9 +1116,7 @@ void Watcher::CloseEverything() {
     close_handle(timer);
   }
   for (OutputReader* reader : readers_) {
-    reader->splitter.Finish([reader](std::string_view line) {
-      spdlog::info("{}: {}", reader->prefix, line);
-    });
+    reader->Finish();
     uv_close(reinterpret_cast<uv_handle_t*>(&reader->pipe),
              [](uv_handle_t* h) { delete Owner<OutputReader>(h); });
   }

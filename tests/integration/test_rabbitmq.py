@@ -523,6 +523,24 @@ groups:
                       messages, timeout, "queue %s to hold %d messages" %
                       (queue, messages), interval=0.2)
 
+    def wait_service_figures(self, pool, ready):
+        """Waits until the service's figures in `workerpool status --json`
+        satisfy READY (called with the service's "app" object); returns
+        them."""
+        def figures():
+            code, out, _ = wp.run_cli(["status", "--json", "--socket",
+                                       os.path.join(pool.tmp, "rmq.sock")])
+            if code != 0:
+                return None
+            for group in json.loads(out)["groups"]:
+                if group["name"] == "intake" and group["app"]:
+                    app = group["app"][0]
+                    if ready(app):
+                        return app
+            return None
+        return wp.wait_until(figures, 30, "the service's figures in status",
+                             interval=0.5)
+
     def service_pids(self, pool):
         return [c.pid for c in pool.children("intake")]
 
@@ -542,21 +560,9 @@ groups:
                       "queue empty, nothing unacked, one consumer",
                       interval=1)
         # The figures reach the Watcher (`workerpool status --json`).
-
-        def figures():
-            code, out, _ = wp.run_cli(["status", "--json", "--socket",
-                                       os.path.join(pool.tmp, "rmq.sock")])
-            if code != 0:
-                return None
-            for group in json.loads(out)["groups"]:
-                if group["name"] == "intake" and group["app"]:
-                    app = group["app"][0]
-                    q = app["queues"][queue]
-                    if q["acks"] == len(messages) and q["messages"] == 0:
-                        return app
-            return None
-        app = wp.wait_until(figures, 30, "the service's figures in status",
-                            interval=0.5)
+        app = self.wait_service_figures(
+            pool, lambda app: app["queues"][queue]["acks"] == len(messages)
+            and app["queues"][queue]["messages"] == 0)
         self.assertEqual(app["connection"], "connected")
         self.assertEqual(app["queues"][queue]["deliveries"], len(messages))
         self.assertEqual(app["queues"][queue]["consumers"], 1)
@@ -653,20 +659,10 @@ groups:
         wp.wait_until(lambda: queue_counts(queue) == (0, 0, 1), 30,
                       "queue empty, nothing unacked, one consumer",
                       interval=0.5)
-
-        def figures():
-            code, out, _ = wp.run_cli(["status", "--json", "--socket",
-                                       os.path.join(pool.tmp, "rmq.sock")])
-            if code != 0:
-                return None
-            for group in json.loads(out)["groups"]:
-                if group["name"] == "intake" and group["app"]:
-                    q = group["app"][0]["queues"][queue]
-                    if q["acks"] + q["dead_letters"] == len(messages):
-                        return q
-            return None
-        q = wp.wait_until(figures, 30, "the service's figures in status",
-                          interval=0.5)
+        q = self.wait_service_figures(
+            pool, lambda app: app["queues"][queue]["acks"] +
+            app["queues"][queue]["dead_letters"] == len(messages)
+        )["queues"][queue]
         self.assertEqual(q["deliveries"], len(messages))
         self.assertEqual(q["acks"], len(messages) - len(failing))
         self.assertEqual(q["dead_letters"], len(failing))

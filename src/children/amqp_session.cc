@@ -3,6 +3,7 @@
 #include <amqp.h>
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -24,6 +26,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/amqp_frame_scan.h"
 #include "core/amqp_retry.h"
 
 namespace workerpool {
@@ -56,6 +59,10 @@ constexpr int kReadBatch = 256;  // deliveries read between command checks
 // Acks TryAck writes at once at most: 64 frames of 21 bytes, far below what
 // a socket that polls writable takes without blocking.
 constexpr std::size_t kMaxFastAcks = 64;
+// What ReadDeliveries looks at in one go: whole deliveries within it are
+// read by the loop, a larger one by the AMQP thread. Below librabbitmq's
+// read buffer (kFrameMax), so that one read takes in everything peeked.
+constexpr std::size_t kPeekBytes = 64 * 1024;
 
 amqp_bytes_t Bytes(const std::string& text) {
   amqp_bytes_t bytes;
@@ -504,7 +511,7 @@ class AmqpSession::Impl {
     std::unique_lock<std::mutex> conn(conn_mutex_, std::try_to_lock);
     if (!conn.owns_lock()) return AmqpFastAck::kNotNow;
     if (!connected_ || conn_ == nullptr || generation != generation_ ||
-        shutdown_ || !pending_acks_.empty() || !fast_ack_error_.empty()) {
+        shutdown_ || !pending_acks_.empty() || !loop_error_.empty()) {
       return AmqpFastAck::kNotNow;
     }
     {
@@ -526,7 +533,7 @@ class AmqpSession::Impl {
     if (!ok || !FlushAcks(&error)) {
       // The stream may be torn: the AMQP thread drops the connection
       // (RabbitMQ requeues the delivery) as soon as it wakes.
-      fast_ack_error_ = error;
+      loop_error_ = error;
       WakeAmqpThread();
       return AmqpFastAck::kLost;
     }
@@ -538,7 +545,82 @@ class AmqpSession::Impl {
     return AmqpFastAck::kAcked;
   }
 
+  // See AmqpSession::ReadDeliveries. Runs on the loop thread and must never
+  // block: librabbitmq reads a delivery's content frames without a timeout,
+  // so the loop only lets it read deliveries whose every byte is already
+  // here (peeked and scanned); it may send a heartbeat on its way into a
+  // read, hence the writable check, as in TryAck.
+  AmqpLoopRead ReadDeliveries(uint64_t generation,
+                              std::vector<std::unique_ptr<AmqpDelivery>>* out) {
+    std::unique_lock<std::mutex> conn(conn_mutex_, std::try_to_lock);
+    if (!conn.owns_lock()) return HandReadsBack();
+    if (!connected_ || conn_ == nullptr || generation != generation_ ||
+        !loop_may_read_ || declined_generation_ == generation_ ||
+        stop_consuming_ || shutdown_ || !loop_error_.empty() ||
+        amqp_frames_enqueued(conn_) || amqp_data_in_buffer(conn_)) {
+      return HandReadsBack();
+    }
+    const int fd = amqp_get_sockfd(conn_);
+    pollfd writable = {fd, POLLOUT, 0};
+    if (poll(&writable, 1, 0) != 1 || writable.revents != POLLOUT) {
+      return HandReadsBack();
+    }
+    ssize_t n = recv(fd, peek_.data(), peek_.size(), MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      return AmqpLoopRead::kKeepWatching;  // woken for nothing
+    }
+    if (n <= 0) return HandReadsBack();  // EOF or an error: the thread's
+    last_rx_ = Clock::now();             // heard from RabbitMQ
+    AmqpDeliveryScan scan = ScanDeliveries(
+        peek_.data(), static_cast<std::size_t>(n), kConsumeChannel);
+    // Heartbeats alone, a confirm, a partial or large delivery: the AMQP
+    // thread reads those.
+    if (scan.deliveries == 0) return HandReadsBack();
+    const bool was_busy = busy_;
+    int read = 0;
+    for (; read < scan.deliveries; ++read) {
+      amqp_maybe_release_buffers(conn_);
+      amqp_envelope_t envelope;
+      timeval zero = {0, 0};
+      amqp_rpc_reply_t reply = amqp_consume_message(conn_, &envelope, &zero, 0);
+      if (reply.reply_type != AMQP_RESPONSE_NORMAL) {
+        if (reply.reply_type != AMQP_RESPONSE_LIBRARY_EXCEPTION ||
+            (reply.library_error != AMQP_STATUS_TIMEOUT &&
+             reply.library_error != AMQP_STATUS_UNEXPECTED_STATE)) {
+          loop_error_ = DescribeReply(reply).text;
+        }
+        break;
+      }
+      std::unique_ptr<AmqpDelivery> delivery = TakeDelivery(envelope);
+      amqp_destroy_envelope(&envelope);
+      if (delivery) out->push_back(std::move(delivery));
+    }
+    if (!was_busy && busy_) {
+      // The AMQP thread sleeps without a depth-poll deadline: give it one.
+      WakeAmqpThread();
+    }
+    // Left to the AMQP thread: what follows in librabbitmq's buffer (the
+    // socket no longer shows it), or whatever stopped a read the scan
+    // promised (watching on would only spin).
+    if (read < scan.deliveries || !loop_error_.empty() ||
+        amqp_frames_enqueued(conn_) || amqp_data_in_buffer(conn_)) {
+      return HandReadsBack();
+    }
+    return AmqpLoopRead::kKeepWatching;
+  }
+
+  void DeclineReads(uint64_t generation) {
+    declined_generation_ = generation;
+    HandReadsBack();
+  }
+
  private:
+  AmqpLoopRead HandReadsBack() {
+    loop_watches_ = false;
+    WakeAmqpThread();
+    return AmqpLoopRead::kStopWatching;
+  }
+
   // ---------------------------------------------------------- plumbing
 
   void Emit(AmqpEvent event) {
@@ -751,6 +833,10 @@ class AmqpSession::Impl {
     AmqpEvent event;
     event.type = AmqpEvent::Type::kConnected;
     event.generation = generation_;
+    // TLS stays with this thread: SSL may hold bytes poll() cannot see.
+    event.fd = url.tls ? -1 : fcntl(amqp_get_sockfd(conn_), F_DUPFD_CLOEXEC, 0);
+    loop_may_read_ = event.fd >= 0;
+    loop_watches_ = false;
     Emit(std::move(event));
     return true;
   }
@@ -780,11 +866,19 @@ class AmqpSession::Impl {
   // Drops the connection being set up; returns false for the caller.
   bool Abandon() {
     if (conn_ != nullptr) {
+      // The loop's dup of the socket would keep the TCP connection open
+      // (and RabbitMQ holding our unacked deliveries) until the loop closes
+      // it; shutdown ends it now, for both descriptors. Plain TCP only:
+      // the TLS layer still writes its close on destroy.
+      const int fd = amqp_get_sockfd(conn_);
+      if (loop_may_read_ && fd >= 0) shutdown(fd, SHUT_RDWR);
       amqp_destroy_connection(conn_);
       conn_ = nullptr;
     }
     connected_ = false;
     declare_channel_open_ = false;
+    loop_may_read_ = false;
+    loop_watches_ = false;
     return false;
   }
 
@@ -862,8 +956,8 @@ class AmqpSession::Impl {
   bool ServeLoop(std::string* error) {
     const int fd = amqp_get_sockfd(conn_);
     for (;;) {
-      if (!fast_ack_error_.empty()) {
-        *error = std::exchange(fast_ack_error_, std::string());
+      if (!loop_error_.empty()) {
+        *error = std::exchange(loop_error_, std::string());
         return false;
       }
       if (!RunCommands(error)) return false;
@@ -907,7 +1001,19 @@ class AmqpSession::Impl {
       }
       if (shutdown_) wait = std::min(wait, milliseconds(100));
       if (!FlushAcks(error)) return false;  // confirms read above
-      pollfd fds[2] = {{fd, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+      if (loop_may_read_ && declined_generation_ != generation_ &&
+          !stop_consuming_ && !shutdown_ && !loop_watches_) {
+        // The loop watches the socket while this thread sleeps, and reads
+        // what it can without it (ReadDeliveries).
+        loop_watches_ = true;
+        AmqpEvent event;
+        event.type = AmqpEvent::Type::kLoopReads;
+        event.generation = generation_;
+        Emit(std::move(event));
+      }
+      const bool loop_watches = loop_watches_ && !stop_consuming_ && !shutdown_;
+      pollfd fds[2] = {{loop_watches ? -1 : fd, POLLIN, 0},
+                       {wake_fd_, POLLIN, 0}};
       conn_lock_.unlock();  // TryAck's window
       int n = poll(fds, 2, static_cast<int>(wait.count()));
       conn_lock_.lock();
@@ -981,10 +1087,21 @@ class AmqpSession::Impl {
   }
 
   void OnDelivery(const amqp_envelope_t& envelope) {
+    std::unique_ptr<AmqpDelivery> delivery = TakeDelivery(envelope);
+    if (!delivery) return;
+    AmqpEvent event;
+    event.type = AmqpEvent::Type::kDelivery;
+    event.generation = generation_;
+    event.delivery = std::move(delivery);
+    Emit(std::move(event));
+  }
+
+  // Either thread, with the connection lock held.
+  std::unique_ptr<AmqpDelivery> TakeDelivery(const amqp_envelope_t& envelope) {
     // Every delivery, even one dropped here, is unacked until settled: a
     // multiple ack must never reach past it.
     unsettled_.insert(envelope.delivery_tag);
-    if (stop_consuming_) return;  // stays unacked: requeued when we close
+    if (stop_consuming_) return nullptr;  // unacked: requeued when we close
     auto delivery = std::make_unique<AmqpDelivery>();
     delivery->generation = generation_;
     delivery->tag = envelope.delivery_tag;
@@ -997,11 +1114,7 @@ class AmqpSession::Impl {
     delivery->properties = FromAmqp(envelope.message.properties);
     delivery->body = Text(envelope.message.body);
     busy_ = true;
-    AmqpEvent event;
-    event.type = AmqpEvent::Type::kDelivery;
-    event.generation = generation_;
-    event.delivery = std::move(delivery);
-    Emit(std::move(event));
+    return delivery;
   }
 
   bool OnFrame(const amqp_frame_t& frame, std::string* error) {
@@ -1310,7 +1423,17 @@ class AmqpSession::Impl {
   // on the loop thread, which may use them while it holds conn_mutex_.
   std::mutex conn_mutex_;
   std::unique_lock<std::mutex> conn_lock_{conn_mutex_, std::defer_lock};
-  std::string fast_ack_error_;  // TryAck's write failed: drop the connection
+  // A write (TryAck) or read (ReadDeliveries) of the loop thread failed:
+  // the AMQP thread drops the connection.
+  std::string loop_error_;
+  // Who watches the socket for input: the loop while true (set by the AMQP
+  // thread before it sleeps, cleared by the loop when it hands back), and
+  // whether the loop may at all on this connection (plain TCP, a dup made,
+  // the loop did not decline).
+  std::atomic<bool> loop_watches_{false};
+  std::atomic<uint64_t> declined_generation_{0};
+  bool loop_may_read_ = false;
+  std::vector<unsigned char> peek_ = std::vector<unsigned char>(kPeekBytes);
   amqp_connection_state_t conn_ = nullptr;
   bool connected_ = false;
   bool declare_channel_open_ = false;
@@ -1341,6 +1464,13 @@ void AmqpSession::Start() { impl_->Start(); }
 void AmqpSession::Post(AmqpCommand command) { impl_->Post(std::move(command)); }
 std::deque<AmqpEvent> AmqpSession::TakeEvents() { return impl_->TakeEvents(); }
 void AmqpSession::Join() { impl_->Join(); }
+AmqpLoopRead AmqpSession::ReadDeliveries(
+    std::uint64_t generation, std::vector<std::unique_ptr<AmqpDelivery>>* out) {
+  return impl_->ReadDeliveries(generation, out);
+}
+void AmqpSession::DeclineReads(std::uint64_t generation) {
+  impl_->DeclineReads(generation);
+}
 AmqpFastAck AmqpSession::TryAck(std::uint64_t generation,
                                 const std::vector<std::uint64_t>& tags) {
   return impl_->TryAck(generation, tags);

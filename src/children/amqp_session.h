@@ -13,6 +13,15 @@
 //     deliveries, queue depth), woken through the callback given (a
 //     uv_async_send).
 //
+// Deliveries also have a shortcut: while the AMQP thread sleeps, the loop
+// thread watches the socket itself (a dup of it, handed over with
+// kConnected) and reads whole deliveries under the same try-locked mutex
+// (ReadDeliveries), so a message reaches its job without waking the AMQP
+// thread first. Who watches the socket is handed back and forth: the AMQP
+// thread gives it to the loop (kLoopReads) when it goes to sleep; the loop
+// gives it back (and wakes the AMQP thread) as soon as it meets anything
+// but whole deliveries, or finds the connection busy.
+//
 // Delivery tags only mean something on the connection that produced them:
 // every (re)connection gets a new generation number, and a command for an
 // older generation is dropped (RabbitMQ has already requeued that delivery).
@@ -88,9 +97,16 @@ enum class AmqpFastAck {
             // follows) and RabbitMQ requeues the delivery
 };
 
+// What AmqpSession::ReadDeliveries asks of the loop.
+enum class AmqpLoopRead {
+  kKeepWatching,  // go on watching the socket
+  kStopWatching,  // stop: the AMQP thread watches it until kLoopReads
+};
+
 struct AmqpEvent {
   enum class Type {
-    kConnected,     // generation: the new connection's
+    kConnected,     // generation: the new connection's; fd: see below
+    kLoopReads,     // generation: the loop may watch the socket now
     kDisconnected,  // text: why
     kDelivery,      // delivery
     kSettled,       // queue, outcome
@@ -105,6 +121,13 @@ struct AmqpEvent {
   std::string text;
   long messages = -1;
   long consumers = -1;
+  // kConnected: a duplicate of the connection's socket for the loop to
+  // watch (never to read or write itself: ReadDeliveries does that through
+  // librabbitmq), or -1 when the loop may not read (TLS). The loop owns it
+  // and closes it when that connection is gone. A dup, so that the AMQP
+  // thread closing the connection never leaves the loop watching a closed
+  // (or reused) descriptor number.
+  int fd = -1;
 };
 
 class AmqpSession {
@@ -128,6 +151,17 @@ class AmqpSession {
   // per message, the cost that limits prefetch 1.
   AmqpFastAck TryAck(std::uint64_t generation,
                      const std::vector<std::uint64_t>& tags);
+  // Loop thread, when the socket of connection GENERATION is readable
+  // after a kLoopReads; never blocks. Appends the whole deliveries waiting
+  // to OUT (those librabbitmq can read without waiting for more bytes, see
+  // core/amqp_frame_scan.h). kStopWatching: anything else is waiting, or
+  // the AMQP thread holds the connection, or the connection is not that
+  // one any more; the AMQP thread has been woken to take over.
+  AmqpLoopRead ReadDeliveries(std::uint64_t generation,
+                              std::vector<std::unique_ptr<AmqpDelivery>>* out);
+  // Loop thread: it cannot watch the socket of connection GENERATION (it
+  // has no handle for it); the AMQP thread watches it again, for good.
+  void DeclineReads(std::uint64_t generation);
 
  private:
   class Impl;

@@ -32,7 +32,12 @@
 namespace workerpool {
 
 void AmqpLog(const std::string& line) {
-  std::string text = "rabbitmq-service: " + line + "\n";
+  // The syslog prefix sets the level the Watcher logs the line at, so that
+  // `log.level: warn` still shows the broker's errors.
+  const char* priority = line.starts_with("error:")     ? "<3>"
+                         : line.starts_with("warning:") ? "<4>"
+                                                        : "";
+  std::string text = priority + ("rabbitmq-service: " + line + "\n");
   const char* data = text.data();
   std::size_t left = text.size();
   while (left > 0) {

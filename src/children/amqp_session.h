@@ -44,7 +44,9 @@
 namespace workerpool {
 
 // One line on stderr (the Watcher logs it with the child's name), written
-// with a single write(2) so lines of the two threads never interleave.
+// with a single write(2) so lines of the two threads never interleave. A
+// line starting "error:" or "warning:" gets the syslog prefix "<3>" or
+// "<4>", so the Watcher logs it at that level.
 void AmqpLog(const std::string& line);
 
 struct AmqpDelivery {

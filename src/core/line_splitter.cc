@@ -47,4 +47,14 @@ void LineSplitter::Finish(const LineSink& sink) {
   partial_.clear();
 }
 
+int TakeLinePriority(std::string_view* line) {
+  if (line->size() < 3 || (*line)[0] != '<' || (*line)[2] != '>' ||
+      (*line)[1] < '0' || (*line)[1] > '7') {
+    return -1;
+  }
+  const int priority = (*line)[1] - '0';
+  line->remove_prefix(3);
+  return priority;
+}
+
 }  // namespace workerpool

@@ -26,4 +26,10 @@ class LineSplitter {
   std::string partial_;
 };
 
+// A line may start with a syslog priority, as systemd reads a service's
+// stderr (sd-daemon(3): "<3>disk full" is an error, "<4>" a warning, "<7>"
+// debug). Returns that priority (0-7) and removes it from LINE, or -1 with
+// LINE untouched when the line has none.
+int TakeLinePriority(std::string_view* line);
+
 }  // namespace workerpool

@@ -197,8 +197,28 @@ class Watcher : public ControlTarget {
     void Finish() {
       splitter.Finish([this](std::string_view line) { Log(line); });
     }
+    // At the level the child gave the line with a syslog prefix ("<3>...",
+    // as systemd reads stderr), else at info. Never above error: critical
+    // lines are the Watcher's own (operators alert on them).
     void Log(std::string_view line) const {
-      spdlog::info("{}: {}", prefix, line);
+      spdlog::level::level_enum level = spdlog::level::info;
+      switch (TakeLinePriority(&line)) {
+        case 0:
+        case 1:
+        case 2:
+        case 3:
+          level = spdlog::level::err;
+          break;
+        case 4:
+          level = spdlog::level::warn;
+          break;
+        case 7:
+          level = spdlog::level::debug;
+          break;
+        default:
+          break;
+      }
+      spdlog::log(level, "{}: {}", prefix, line);
     }
   };
 

@@ -605,6 +605,36 @@ groups:
         self.assertEqual(pool.stop(), 0)
         self._json_lines(pool)
 
+    def test_child_line_priority_prefix_sets_its_level(self):
+        # "<N>" as systemd reads stderr (sd-daemon(3)): with log.level warn,
+        # a child's errors and warnings show, its chatter does not; nothing
+        # a child says is logged above error.
+        pool = self.pool(r"""
+pool: {name: levels, stop_timeout: 5s, log: {level: warn, format: json}}
+groups:
+  - name: talk
+    type: job
+    processes: 1
+    command: [sh, -c, 'printf "<3>boom-err\n<4>careful-warn\n<6>chatty-info\n<7>verbose-debug\nplain-info\n<0>emerg-capped\n<9>not-a-priority\n"; exec sleep 1000']
+""")
+        pool.wait_for_log(r"emerg-capped")
+        self.assertEqual(pool.stop(), 0)
+        levels = {}
+        for record in self._json_lines(pool):
+            for word in ("boom-err", "careful-warn", "chatty-info",
+                         "verbose-debug", "plain-info", "emerg-capped",
+                         "not-a-priority"):
+                if word in record["msg"]:
+                    levels[word] = (record["level"], record["msg"])
+        self.assertEqual(levels["boom-err"][0], "error")
+        self.assertTrue(levels["boom-err"][1].endswith(": boom-err"),
+                        levels["boom-err"][1])
+        self.assertEqual(levels["careful-warn"][0], "warning")
+        self.assertEqual(levels["emerg-capped"][0], "error")
+        for quiet in ("chatty-info", "verbose-debug", "plain-info",
+                      "not-a-priority"):
+            self.assertNotIn(quiet, levels)
+
 
     # -- an idle pool sleeps
 

@@ -56,5 +56,27 @@ TEST_CASE("every byte of a large stream arrives") {
   for (int i = 0; i < 10000; ++i) CHECK(lines[i] == std::to_string(i));
 }
 
+TEST_CASE("a syslog priority prefix is taken off the line") {
+  std::string_view line = "<3>disk full";
+  CHECK(TakeLinePriority(&line) == 3);
+  CHECK(line == "disk full");
+  line = "<7>";
+  CHECK(TakeLinePriority(&line) == 7);
+  CHECK(line.empty());
+  line = "<0><4>twice";
+  CHECK(TakeLinePriority(&line) == 0);
+  CHECK(line == "<4>twice");  // only the first is a priority
+}
+
+TEST_CASE("anything else is no priority and the line stays as it is") {
+  for (std::string text : {"", "<", "<3", "<8>eight", "<33>x", "<>x", "<a>x",
+                           " <3>space first", "plain", "3>x"}) {
+    std::string_view line = text;
+    CAPTURE(text);
+    CHECK(TakeLinePriority(&line) == -1);
+    CHECK(line == text);
+  }
+}
+
 }  // namespace
 }  // namespace workerpool

@@ -523,6 +523,13 @@ groups:
                       messages, timeout, "queue %s to hold %d messages" %
                       (queue, messages), interval=0.2)
 
+    def wait_drained(self, queue, timeout=30):
+        """Waits until QUEUE is empty with nothing unacked and one consumer
+        (the pool's service) still on it."""
+        wp.wait_until(lambda: queue_counts(queue) == (0, 0, 1), timeout,
+                      "queue empty, nothing unacked, one consumer",
+                      interval=0.5)
+
     def wait_service_figures(self, pool, ready):
         """Waits until the service's figures in `workerpool status --json`
         satisfy READY (called with the service's "app" object); returns
@@ -556,9 +563,7 @@ groups:
         # Processed once each: no redelivery without a failure.
         self.assertEqual(len(seen), len(messages))
         # Empty and nothing unacked while the pool still runs.
-        wp.wait_until(lambda: queue_counts(queue) == (0, 0, 1), 30,
-                      "queue empty, nothing unacked, one consumer",
-                      interval=1)
+        self.wait_drained(queue)
         # The figures reach the Watcher (`workerpool status --json`).
         app = self.wait_service_figures(
             pool, lambda app: app["queues"][queue]["acks"] == len(messages)
@@ -592,9 +597,7 @@ groups:
         pool = self.service_pool(queue, prefetch=10)
         seen = self.wait_processed(pool, messages, timeout=120)
         self.assertEqual(sorted(seen), sorted(messages))
-        wp.wait_until(lambda: queue_counts(queue) == (0, 0, 1), 30,
-                      "queue empty, nothing unacked, one consumer",
-                      interval=1)
+        self.wait_drained(queue)
         app = self.wait_service_figures(
             pool, lambda app: app["queues"][queue]["acks"] == len(messages))
         self.assertEqual(app["queues"][queue]["deliveries"], len(messages))
@@ -641,9 +644,7 @@ groups:
         # A message the last killed service had processed but not acked is
         # seen already, but comes back from RabbitMQ: wait for its second
         # pass before stopping.
-        wp.wait_until(lambda: queue_counts(queue) == (0, 0, 1), 60,
-                      "queue empty, nothing unacked, one consumer",
-                      interval=0.5)
+        self.wait_drained(queue, timeout=60)
         self.assertEqual(pool.stop(), 0)
         self.assertEqual(self.amqp.declare(queue, passive=True)[0], 0,
                          "messages left unacked or unprocessed")
@@ -694,9 +695,7 @@ groups:
         seen = self.wait_processed(pool, messages, timeout=60)
         self.assertEqual(sorted(seen), sorted(messages), "processed once each")
         self.wait_depth(dead, len(failing))
-        wp.wait_until(lambda: queue_counts(queue) == (0, 0, 1), 30,
-                      "queue empty, nothing unacked, one consumer",
-                      interval=0.5)
+        self.wait_drained(queue)
         q = self.wait_service_figures(
             pool, lambda app: app["queues"][queue]["acks"] +
             app["queues"][queue]["dead_letters"] == len(messages)

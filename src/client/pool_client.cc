@@ -39,9 +39,10 @@ constexpr auto kCancelGrace = std::chrono::seconds(5);
 constexpr uint64_t kStatsIntervalMs = 1000;
 // After the pool channel closes, the process exits at the latest after this.
 constexpr uint64_t kPoolGoneExitMs = 2000;
-// Frames queued on a link past this size are written at once (SendOnLink).
-// Measured with ipc_bench's 64 x 1 KiB window: 6-8 KiB slices gave the most
-// requests/s, 12 KiB and more fell back toward one write per turn.
+// The first frames queued on a link in a loop turn are written as soon as
+// they pass this size (SendOnLink). Measured with ipc_bench's 64 x 1 KiB
+// window: 6-8 KiB gave the most requests/s, 12 KiB and more fell back
+// toward one write per turn.
 constexpr size_t kEagerFlushBytes = 8 * 1024;
 
 json ParseJsonObject(std::string_view text) {
@@ -176,6 +177,7 @@ struct Link {
   bool condemned = false;  // we asked the Watcher to kill the peer
   bool closed = false;
   bool dirty = false;
+  bool sliced = false;  // wrote a slice early in this loop turn
   std::string Describe() const {
     return peer_group + "[" + std::to_string(peer_index) + "] pid " +
            std::to_string(peer_pid);
@@ -514,6 +516,7 @@ void Client::SendToPool(FrameType type, const json& body) {
 void Client::FlushAll() {
   for (Link* link : dirty_) {
     link->dirty = false;
+    link->sliced = false;
     if (!link->closed) link->writer->Flush();
   }
   dirty_.clear();
@@ -543,12 +546,13 @@ void Client::SendOnLink(Link* link, FrameType type, uint64_t id, uint32_t aux,
                         std::string_view meta, std::string_view body) {
   if (link->closed) return;
   AppendFrame(link->writer->pending(), type, id, aux, meta, body);
-  // A burst goes out in slices of kEagerFlushBytes rather than in one write
-  // at the end of the loop turn: the peer, often on the other CPU, starts on
-  // the first slice while this side produces the rest (a pipeline instead of
-  // a lockstep). Small exchanges still leave in one write per turn.
-  if (link->writer->pending().size() >= kEagerFlushBytes) {
+  // The first kEagerFlushBytes of a burst leave at once rather than with the
+  // rest at the end of the loop turn: a peer on the other CPU starts on them
+  // while this side produces the rest (a pipeline, not a lockstep). Only
+  // the first: on one CPU every early write is a context switch more.
+  if (!link->sliced && link->writer->pending().size() >= kEagerFlushBytes) {
     link->writer->Flush();
+    link->sliced = true;
   }
   MarkDirty(link);
 }

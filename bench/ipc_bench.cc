@@ -4,6 +4,7 @@
 //   ipc_bench run --workerpool BIN [--runs R] [--latency-count N]
 //                 [--latency-size B] [--throughput-size B] [--window W]
 //                 [--throughput-seconds S] [--samples-dir DIR]
+//                 [--pin any|same|split]
 //     Starts `BIN run` on a temp pool: one reactor (this binary, re-invoked
 //     as `ipc_bench reactor SOCKET`) routing to one `workerpool builtin
 //     echo-job` (max_inflight W). The reactor obeys this driver over a Unix
@@ -17,6 +18,12 @@
 //     socketpair(AF_UNIX, SOCK_STREAM), both blocking, both framing every
 //     message with the same 24-byte header as the pool's wire format: the
 //     least two processes can do to exchange requests and replies.
+//     --pin: where the two processes of each pair run. any (default): where
+//     the kernel puts them. same: every process on CPU 0. split: the
+//     senders (this driver, the reactor, the Watcher) on CPU 0, the echoing
+//     side (the raw echo process, echo-job) on CPU 1. Waking a process on
+//     the other CPU costs several times a wake-up on the same CPU here, and
+//     "any" lets the two pairs land differently from run to run.
 //     Prints one JSON object per phase and run on stdout; with
 //     --samples-dir, also writes every latency sample (µs, one per line) of
 //     the first run to DIR/{raw,pool}-latency.txt.
@@ -27,8 +34,10 @@
 //     JSON line of results.
 //
 // Exit 0 on success, 1 on bad arguments, 2 when a measurement failed.
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -45,6 +54,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <sstream>
 #include <stdexcept>
@@ -118,6 +128,45 @@ void WriteAll(int fd, const std::string& data) {
   }
 }
 
+// Pins PID (0: this process) to CPU; false when the machine lacks it.
+bool PinToCpu(pid_t pid, int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return sched_setaffinity(pid, sizeof(set), &set) == 0;
+}
+
+// The pid of the child of PARENT whose command line holds WORD, or -1.
+pid_t FindChild(pid_t parent, const std::string& word) {
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return -1;
+  pid_t found = -1;
+  while (dirent* entry = readdir(proc)) {
+    char* end = nullptr;
+    const long pid = std::strtol(entry->d_name, &end, 10);
+    if (*end != '\0' || pid <= 0) continue;
+    std::ifstream stat("/proc/" + std::string(entry->d_name) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    const size_t paren = line.rfind(')');
+    if (paren == std::string::npos) continue;
+    std::istringstream fields(line.substr(paren + 2));
+    std::string state;
+    long ppid = 0;
+    fields >> state >> ppid;
+    if (ppid != parent) continue;
+    std::ifstream cmdline("/proc/" + std::string(entry->d_name) + "/cmdline");
+    std::string args((std::istreambuf_iterator<char>(cmdline)),
+                     std::istreambuf_iterator<char>());
+    if (args.find(word) != std::string::npos) {
+      found = static_cast<pid_t>(pid);
+      break;
+    }
+  }
+  closedir(proc);
+  return found;
+}
+
 // ------------------------------------------------------------ raw pair --
 
 // The raw server: reads whatever arrived, answers every complete request
@@ -142,7 +191,8 @@ void WriteAll(int fd, const std::string& data) {
 
 class RawPair {
  public:
-  RawPair() {
+  // ECHO_CPU >= 0: the echo process runs on that CPU only.
+  explicit RawPair(int echo_cpu = -1) {
     int fds[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
       throw Failure(std::string("socketpair: ") + strerror(errno));
@@ -153,6 +203,7 @@ class RawPair {
     if (pid_ == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       if (getppid() != parent) _exit(1);
+      if (echo_cpu >= 0 && !PinToCpu(0, echo_cpu)) _exit(1);
       close(fds[0]);
       RawEchoLoop(fds[1]);
     }
@@ -457,6 +508,7 @@ struct Options {
   int window = 64;
   double throughput_seconds = 2;
   std::string samples_dir;
+  std::string pin = "any";
 };
 
 [[noreturn]] void Usage(const std::string& why) {
@@ -548,6 +600,8 @@ class Pool {
   }
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
+
+  pid_t watcher_pid() const { return pid_; }
 
   // Sends one command to the reactor and returns its JSON answer line.
   std::string Ask(const std::string& command, int timeout_s) {
@@ -658,15 +712,27 @@ void SaveSamples(const std::string& path, const std::vector<double>& samples) {
 }
 
 int RunDriver(const Options& o, const std::string& self) {
+  // Every process started from here on inherits CPU 0; in split mode the
+  // echoing side moves itself (raw) or is moved (echo-job) to CPU 1.
+  const bool split = o.pin == "split";
+  if (o.pin != "any" && !PinToCpu(0, 0)) throw Failure("cannot pin to CPU 0");
   Pool pool(o, self);
   // The reactor's first answer also waits for the echo job to come up.
   pool.Ask("latency " + std::to_string(o.latency_size) + " 100", 60);
+  if (split) {
+    const pid_t job = FindChild(pool.watcher_pid(), "echo-job");
+    if (job < 0 || !PinToCpu(job, 1)) {
+      throw Failure("cannot pin echo-job to CPU 1 (two CPUs needed)");
+    }
+    pool.Ask("latency " + std::to_string(o.latency_size) + " 100", 60);
+  }
+  const int echo_cpu = split ? 1 : -1;
   for (int run = 1; run <= o.runs; ++run) {
     const bool raw_first = run % 2 == 1;  // alternate who goes first
     std::vector<double> raw_samples, pool_samples;
     for (int turn = 0; turn < 2; ++turn) {
       if ((turn == 0) == raw_first) {
-        RawPair raw;
+        RawPair raw(echo_cpu);
         raw.Latency(o.latency_size, 200);  // warm-up
         raw_samples = raw.Latency(o.latency_size, o.latency_count);
         PrintLatency(run, "raw", raw_samples, o.latency_size);
@@ -684,7 +750,7 @@ int RunDriver(const Options& o, const std::string& self) {
     }
     for (int turn = 0; turn < 2; ++turn) {
       if ((turn == 0) == raw_first) {
-        RawPair raw;
+        RawPair raw(echo_cpu);
         raw.Throughput(o.throughput_size, o.window, 1.0);  // warm-up
         auto [requests, seconds] =
             raw.Throughput(o.throughput_size, o.window, o.throughput_seconds);
@@ -721,6 +787,13 @@ Options ParseOptions(int argc, char** argv) {
     }
     if (arg == "--samples-dir") {
       o.samples_dir = value;
+      continue;
+    }
+    if (arg == "--pin") {
+      if (value != "any" && value != "same" && value != "split") {
+        Usage("--pin takes any, same or split, not " + value);
+      }
+      o.pin = value;
       continue;
     }
     if (!numeric) Usage(arg + " needs a positive number, not " + value);

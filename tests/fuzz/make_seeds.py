@@ -167,3 +167,40 @@ CONTROL = {
 for name, text in CONTROL.items():
     write("fuzz_control_socket", name, text)
     write("fuzz_control_request", name, text.rstrip("\r\n"))
+
+# --- fuzz_amqp_frame_scan: 2 bytes of channel, then what the broker sends
+def amqp_frame(ftype, channel, payload):
+    return (struct.pack(">BHI", ftype, channel, len(payload)) + payload +
+            b"\xce")
+
+
+def amqp_shortstr(text):
+    return bytes([len(text)]) + text
+
+
+def amqp_delivery(channel, tag, body, body_frames=1):
+    deliver = (struct.pack(">HH", 60, 60) + amqp_shortstr(b"amq.ctag-1") +
+               struct.pack(">QB", tag, 0) + amqp_shortstr(b"") +
+               amqp_shortstr(b"work"))
+    header = struct.pack(">HHQH", 60, 0, len(body), 0)
+    out = amqp_frame(1, channel, deliver) + amqp_frame(2, channel, header)
+    step = max(1, -(-len(body) // body_frames))
+    for at in range(0, len(body), step):
+        out += amqp_frame(3, channel, body[at:at + step])
+    return out
+
+
+HEARTBEAT = amqp_frame(8, 0, b"")
+AMQP = {
+    "one": amqp_delivery(1, 1, b"x" * 100),
+    "two-with-heartbeat": amqp_delivery(1, 1, b"a") + HEARTBEAT +
+                          amqp_delivery(1, 2, b"b" * 300, body_frames=3),
+    "empty-body": amqp_delivery(1, 7, b""),
+    "partial": amqp_delivery(1, 1, b"y" * 50)[:-20],
+    "other-channel": amqp_delivery(2, 1, b"z"),
+    "then-close": amqp_delivery(1, 1, b"q") +
+                  amqp_frame(1, 1, struct.pack(">HH", 20, 40) + b"\x00" * 8),
+    "bad-frame-end": amqp_delivery(1, 1, b"w")[:-1] + b"\x00",
+}
+for name, data in AMQP.items():
+    write("fuzz_amqp_frame_scan", name, b"\x00\x01" + data)

@@ -19,13 +19,12 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "fuzz_check.h"
 #include "watcher/control.h"
 
 namespace {
 
-void Check(bool condition) {
-  if (!condition) std::abort();
-}
+using workerpool::fuzz::Check;
 
 // A Watcher with one group "web" that accepts everything it understands.
 class FakeTarget : public workerpool::ControlTarget {

@@ -12,12 +12,11 @@
 #include <string_view>
 
 #include "children/http_codec.h"
+#include "fuzz_check.h"
 
 namespace {
 
-void Check(bool condition) {
-  if (!condition) std::abort();
-}
+using workerpool::fuzz::Check;
 
 namespace http = workerpool::http;
 

@@ -21,6 +21,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "client/peer_placement.h"
 #include "client/stream_writer.h"
 #include "core/frame_codec.h"
 #include "core/id_map.h"
@@ -39,11 +40,11 @@ constexpr auto kCancelGrace = std::chrono::seconds(5);
 constexpr uint64_t kStatsIntervalMs = 1000;
 // After the pool channel closes, the process exits at the latest after this.
 constexpr uint64_t kPoolGoneExitMs = 2000;
-// The first frames queued on a link in a loop turn are written as soon as
-// they pass this size (SendOnLink). Measured with ipc_bench's 64 x 1 KiB
-// window: 6-8 KiB gave the most requests/s, 12 KiB and more fell back
-// toward one write per turn.
-constexpr size_t kEagerFlushBytes = 8 * 1024;
+// A burst of frames queued on a link in one loop turn leaves in slices of
+// this size when the peer runs on another CPU (SendOnLink). Measured with
+// ipc_bench's 64 x 1 KiB window, the two processes on two CPUs: 8 KiB
+// gave more requests/s than 4 or 16 KiB.
+constexpr size_t kSliceBytes = 8 * 1024;
 
 json ParseJsonObject(std::string_view text) {
   json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
@@ -178,6 +179,7 @@ struct Link {
   bool closed = false;
   bool dirty = false;
   bool sliced = false;  // wrote a slice early in this loop turn
+  std::unique_ptr<PeerPlacement> placement;  // where the peer runs
   std::string Describe() const {
     return peer_group + "[" + std::to_string(peer_index) + "] pid " +
            std::to_string(peer_pid);
@@ -187,23 +189,35 @@ struct Link {
 class ServerRequest : public IncomingRequest,
                       public std::enable_shared_from_this<ServerRequest> {
  public:
-  // Copies BODY and META (views into the read buffer).
+  // Borrows BODY and META (views into the read buffer) until OwnPayload().
   ServerRequest(Client* client, Link* link, uint64_t id, std::string_view body,
                 std::string_view meta, int32_t priority)
-      : client_(client), link_(link), id_(id), priority_(priority) {
-    // A small request lives inside this object: make_shared is then the
-    // only allocation per request.
+      : client_(client),
+        link_(link),
+        id_(id),
+        body_(body),
+        meta_(meta),
+        priority_(priority) {}
+
+  // Copies the payload into this object. Called before the read buffer is
+  // used again, unless the request was answered and dropped by then: most
+  // handlers answer before they return, and their requests are never
+  // copied.
+  void OwnPayload() {
+    if (owns_payload_) return;
+    owns_payload_ = true;
+    // A small request lives inside this object.
     char* data = inline_payload_;
-    if (meta.size() + body.size() > sizeof(inline_payload_)) {
-      heap_payload_ = std::make_unique<char[]>(meta.size() + body.size());
+    if (meta_.size() + body_.size() > sizeof(inline_payload_)) {
+      heap_payload_ = std::make_unique<char[]>(meta_.size() + body_.size());
       data = heap_payload_.get();
     }
-    if (!meta.empty()) std::memcpy(data, meta.data(), meta.size());
-    if (!body.empty()) {
-      std::memcpy(data + meta.size(), body.data(), body.size());
+    if (!meta_.empty()) std::memcpy(data, meta_.data(), meta_.size());
+    if (!body_.empty()) {
+      std::memcpy(data + meta_.size(), body_.data(), body_.size());
     }
-    meta_ = std::string_view(data, meta.size());
-    body_ = std::string_view(data + meta.size(), body.size());
+    meta_ = std::string_view(data, meta_.size());
+    body_ = std::string_view(data + meta_.size(), body_.size());
   }
   // The views point into the object itself.
   ServerRequest(const ServerRequest&) = delete;
@@ -238,9 +252,11 @@ class ServerRequest : public IncomingRequest,
   Client* client_;
   Link* link_;
   uint64_t id_;
-  std::string_view body_;  // into inline_payload_ or heap_payload_
+  // Into the read buffer, or (owns_payload_) inline_payload_/heap_payload_.
+  std::string_view body_;
   std::string_view meta_;
   int32_t priority_;
+  bool owns_payload_ = false;
   bool cancelled_ = false;
   bool answered_ = false;
   std::function<void()> on_cancel_;
@@ -312,6 +328,8 @@ class Client : public PoolClient {
   // Pool channel.
   void OnPoolFrame(const FrameView& frame);
   void SendToPool(FrameType type, const json& body);
+  // Writes what LINK has pending now if the peer gains from an early slice.
+  void WriteSlice(Link* link);
   void PoolGone(const char* why);
 
   // Links.
@@ -546,15 +564,29 @@ void Client::SendOnLink(Link* link, FrameType type, uint64_t id, uint32_t aux,
                         std::string_view meta, std::string_view body) {
   if (link->closed) return;
   AppendFrame(link->writer->pending(), type, id, aux, meta, body);
-  // The first kEagerFlushBytes of a burst leave at once rather than with the
-  // rest at the end of the loop turn: a peer on the other CPU starts on them
-  // while this side produces the rest (a pipeline, not a lockstep). Only
-  // the first: on one CPU every early write is a context switch more.
-  if (!link->sliced && link->writer->pending().size() >= kEagerFlushBytes) {
-    link->writer->Flush();
-    link->sliced = true;
-  }
+  if (link->writer->pending().size() >= kSliceBytes) WriteSlice(link);
   MarkDirty(link);
+}
+
+void Client::WriteSlice(Link* link) {
+  // A burst's slices leave at once rather than with the rest at the end of
+  // the loop turn when that lets the peer work in parallel: a peer on
+  // another CPU starts on them while this side produces the rest (a
+  // pipeline, not a lockstep). A peer on this CPU could only run by
+  // preempting this side: every early write would be two context switches
+  // more, so the burst leaves in one write. Not knowing, only the first
+  // slice leaves early (the better compromise measured on two CPUs).
+  switch (link->placement->Check(uv_now(loop_))) {
+    case PeerPlacement::Where::kOtherCpu:
+      link->writer->Flush();
+      break;
+    case PeerPlacement::Where::kSameCpu:
+      break;
+    case PeerPlacement::Where::kUnknown:
+      if (!link->sliced) link->writer->Flush();
+      break;
+  }
+  link->sliced = true;
 }
 
 // ---------------------------------------------------------------- pool frames
@@ -680,6 +712,7 @@ Link* Client::AdoptLink(const json& info) {
   link->peer_group = JsonField<std::string>(info, "group", "");
   link->peer_index = JsonField<int>(info, "index", -1);
   link->peer_pid = JsonField<int>(info, "pid", 0);
+  link->placement = std::make_unique<PeerPlacement>(link->peer_pid);
   uv_pipe_init(loop_, &link->pipe, 0);
   link->pipe.data = link;
   if (uv_accept(reinterpret_cast<uv_stream_t*>(&pool_pipe_),
@@ -1185,6 +1218,10 @@ void Client::OnIncomingRequest(Link* link, const FrameView& frame) {
     // its link (for a cancel, or the link closing) only if it is still
     // open afterwards. Nothing else can reach it while the handler runs.
     StartServing(request);
+    // Still open, or kept by the handler: it outlives the read buffer.
+    if (!request->answered() || request.use_count() > 1) {
+      request->OwnPayload();
+    }
     if (!request->answered()) {
       if (link->closed) {
         request->Detach();
@@ -1193,6 +1230,7 @@ void Client::OnIncomingRequest(Link* link, const FrameView& frame) {
       }
     }
   } else {
+    request->OwnPayload();
     link->serving[frame.header.id] = request;
     serve_queue_.emplace(QueueKey{request->priority(), ++next_sequence_},
                          request);
@@ -1219,7 +1257,9 @@ void Client::ServerRequestDone(const ServerRequest& request, bool ok) {
   ++(ok ? stats_.served : stats_.served_errors);
   CountChanged();
   ReportRecycleLimit();
-  if (Link* link = request.link()) link->serving.erase(request.id());
+  if (Link* link = request.link(); link != nullptr && !link->serving.empty()) {
+    link->serving.erase(request.id());
+  }
   ServeNextQueued();
   MaybeFinishStop();
 }

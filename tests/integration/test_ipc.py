@@ -531,6 +531,33 @@ groups:
             self.assertTrue(a.ok, a)
             self.assertEqual(a.body, "n%d" % n)
 
+    def test_requests_outlive_the_read_that_brought_them(self):
+        # A handler that answers later (or keeps an answered request) must
+        # still see each request's own bytes after the job's read buffer
+        # was reused for the requests that followed.
+        deferred = wp_ipc.yaml_list([os.path.join(wp_ipc.KIT_DIR,
+                                                  "deferred_echo_job")])
+        pool = self.make_pool("""  - name: deferred
+    type: job
+    processes: 1
+    max_inflight: 64
+    command: %s
+""" % deferred, ["deferred"])
+        c = self.client(pool)
+        self.assertEqual(c.request_until_ok("deferred", "warm-up").body,
+                         "warm-up")
+        job_pid = pool.child("deferred", 0).pid
+        payloads = []
+        for n in range(400):
+            body = ("%d-" % n) * (30 + (n * 37) % 700)  # ~100 B to ~4 KiB
+            payloads.append(("now:" if n % 3 == 0 else "") + body)
+        ids = c.send_many([("deferred", p, None) for p in payloads])
+        for payload, id_ in zip(payloads, ids):
+            a = c.answer(id_)
+            self.assertTrue(a.ok, a)
+            self.assertEqual(a.body, payload)
+        self.assertEqual(pool.child("deferred", 0).pid, job_pid)
+
     # -- children that break the protocol on their pool channel
 
     def bad_channel(self, bad, after_hello, error_re):

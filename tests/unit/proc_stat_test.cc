@@ -1,0 +1,60 @@
+#include "core/proc_stat.h"
+
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+#include <string>
+
+using workerpool::ProcStatProcessor;
+
+namespace {
+
+// A stat line with COMM and PROCESSOR in field 39, other fields made up.
+std::string StatLine(const std::string& comm, const std::string& processor) {
+  std::string line = "4242 (" + comm + ") S";
+  for (int field = 4; field <= 38; ++field) line += " " + std::to_string(field);
+  line += " " + processor;
+  for (int field = 40; field <= 52; ++field) line += " 0";
+  return line + "\n";
+}
+
+}  // namespace
+
+TEST_CASE("ProcStatProcessor reads field 39") {
+  CHECK(ProcStatProcessor(StatLine("echo-job", "1")) == 1);
+  CHECK(ProcStatProcessor(StatLine("echo-job", "0")) == 0);
+  CHECK(ProcStatProcessor(StatLine("echo-job", "127")) == 127);
+}
+
+TEST_CASE("ProcStatProcessor counts from the last parenthesis") {
+  // A command name may hold spaces and parentheses.
+  CHECK(ProcStatProcessor(StatLine("a) b (c) d", "3")) == 3);
+  CHECK(ProcStatProcessor(StatLine("", "5")) == 5);
+}
+
+TEST_CASE("ProcStatProcessor refuses what is not a stat line") {
+  CHECK_FALSE(ProcStatProcessor(""));
+  CHECK_FALSE(ProcStatProcessor("garbage"));
+  CHECK_FALSE(ProcStatProcessor("1 (x) S 2 3"));  // truncated
+  CHECK_FALSE(ProcStatProcessor(StatLine("x", "-1")));
+  CHECK_FALSE(ProcStatProcessor(StatLine("x", "1x")));
+  CHECK_FALSE(ProcStatProcessor(StatLine("x", "99999999999")));
+  // Cut right before field 39, then right after it.
+  std::string cut = StatLine("x", "77");
+  const size_t field_39 = cut.find(" 77 ") + 1;
+  CHECK_FALSE(ProcStatProcessor(cut.substr(0, field_39)));
+  CHECK(ProcStatProcessor(cut.substr(0, field_39 + 2)) == 77);
+}
+
+TEST_CASE("ProcStatProcessor reads this process's own stat") {
+  std::ifstream file("/proc/self/stat");
+  if (!file) return;  // no /proc here
+  std::stringstream text;
+  text << file.rdbuf();
+  auto cpu = ProcStatProcessor(text.str());
+  REQUIRE(cpu.has_value());
+  CHECK(*cpu >= 0);
+  CHECK(*cpu < sysconf(_SC_NPROCESSORS_CONF) + 1024);
+}

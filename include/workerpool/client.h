@@ -9,13 +9,16 @@
 // A minimal job:
 //
 //   int main() {
-//     auto client = workerpool::PoolClient::FromEnvironment();
-//     if (!client.ok()) { fprintf(stderr, "%s\n", client.error().c_str());
-//     return 2; }
-//     (*client)->Serve([](const workerpool::IncomingRequest& request) {
+//     std::string error;
+//     auto client = workerpool::PoolClient::FromEnvironment(nullptr, &error);
+//     if (!client) {
+//       fprintf(stderr, "%s\n", error.c_str());
+//       return 2;
+//     }
+//     client->Serve([](const workerpool::IncomingRequest& request) {
 //       return workerpool::HandlerResult::Reply(request.body());
 //     });
-//     return (*client)->Run();
+//     return client->Run();
 //   }
 #pragma once
 
@@ -52,6 +55,10 @@ struct SendOptions {
 
 // A request being served. Answer it exactly once with Reply() or Fail();
 // with the asynchronous Serve() form that may be later, from the loop.
+// body() and meta() stay valid as long as the request object lives: until
+// a sync handler returns, or while the async form's shared_ptr is held.
+// (The library copies a request's bytes out of its read buffer only when
+// the request outlives the handler.)
 class IncomingRequest {
  public:
   virtual ~IncomingRequest() = default;

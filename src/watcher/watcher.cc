@@ -191,10 +191,15 @@ class Watcher : public ControlTarget {
     uv_pipe_t pipe;
     LineSplitter splitter;
     std::string prefix;  // "group[index] pid"
+    // The lines of one read leave in one write (a chatty child, such as a
+    // reactor's access log, would otherwise cost the Watcher a write(2) per
+    // line).
     void Feed(std::string_view bytes) {
+      LogBatch batch;
       splitter.Feed(bytes, [this](std::string_view line) { Log(line); });
     }
     void Finish() {
+      LogBatch batch;
       splitter.Finish([this](std::string_view line) { Log(line); });
     }
     // At the level the child gave the line with a syslog prefix ("<3>...",

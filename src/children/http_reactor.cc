@@ -54,6 +54,22 @@ constexpr std::size_t kMaxWriteBacklog = 1024 * 1024;
 // Distinct group names sent to the pool, so that random names from clients
 // cannot grow the client library's and the Watcher's route tables.
 constexpr std::size_t kMaxGroupNames = 256;
+// Access lines reach the Watcher's log at most this late (or sooner, when
+// 64 KiB of them are waiting), as with nginx's `access_log ... flush=`.
+constexpr uint64_t kAccessFlushMs = 100;
+
+// The timer that flushes buffered access lines; set while the loop runs.
+uv_timer_t* g_access_flush = nullptr;
+
+void ScheduleAccessFlush() {
+  if (g_access_flush == nullptr ||
+      uv_is_active(reinterpret_cast<uv_handle_t*>(g_access_flush))) {
+    return;
+  }
+  uv_timer_start(
+      g_access_flush, [](uv_timer_t*) { std::fflush(stdout); }, kAccessFlushMs,
+      0);
+}
 
 constexpr const char kUsage[] =
     "usage: workerpool builtin http-reactor [--listen HOST:PORT]... "
@@ -781,6 +797,7 @@ void Connection::LogAccess(const Exchange& exchange, int status,
   std::printf("%s %s %d %zu %lluus %s\n", LogSafe(exchange.method).c_str(),
               LogSafe(exchange.path).c_str(), status, bytes,
               static_cast<unsigned long long>(elapsed_us), remote_.c_str());
+  ScheduleAccessFlush();
 }
 
 }  // namespace
@@ -793,9 +810,10 @@ int RunHttpReactor(const std::vector<std::string>& args) {
     std::fprintf(help ? stdout : stderr, "%s\n", error.c_str());
     return help ? 0 : 1;
   }
-  // Access lines are buffered and flushed once per loop iteration (below):
-  // one write for a burst of requests instead of one per request. The
-  // Watcher splits lines itself, so a line cut by a full buffer is fine.
+  // Access lines are buffered (ScheduleAccessFlush): one write, and one
+  // wake-up of the Watcher that logs them, for up to kAccessFlushMs of
+  // requests instead of one per request. The Watcher splits lines itself,
+  // so a line cut by a full buffer is fine.
   std::setvbuf(stdout, nullptr, _IOFBF, 64 * 1024);
 
   std::vector<int> fds;
@@ -862,14 +880,16 @@ int RunHttpReactor(const std::vector<std::string>& args) {
     joined += (joined.empty() ? "" : ", ") + name;
   }
   std::fprintf(stderr, "http-reactor: serving HTTP on %s\n", joined.c_str());
-  // Before the loop waits for events: push out this iteration's access lines.
-  uv_prepare_t log_flusher;
-  uv_prepare_init(client->loop(), &log_flusher);
-  uv_prepare_start(&log_flusher, [](uv_prepare_t*) { std::fflush(stdout); });
-  uv_unref(reinterpret_cast<uv_handle_t*>(&log_flusher));
+  uv_timer_t access_flush;
+  uv_timer_init(client->loop(), &access_flush);
+  // Pending access lines do not keep the loop (the process) alive: they are
+  // flushed after Run() returns.
+  uv_unref(reinterpret_cast<uv_handle_t*>(&access_flush));
+  g_access_flush = &access_flush;
   int status = client->Run();
+  g_access_flush = nullptr;
   std::fflush(stdout);
-  uv_close(reinterpret_cast<uv_handle_t*>(&log_flusher), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&access_flush), nullptr);
   uv_run(client->loop(), UV_RUN_NOWAIT);
   return status;
 }

@@ -57,8 +57,8 @@ struct SendOptions {
 // with the asynchronous Serve() form that may be later, from the loop.
 // body() and meta() stay valid as long as the request object lives: until
 // a sync handler returns, or while the async form's shared_ptr is held.
-// (The library copies a request's bytes out of its read buffer only when
-// the request outlives the handler.)
+// (A sync handler reads the bytes where they arrived; an async handler gets
+// its own copy, which it may keep or hand to another thread.)
 class IncomingRequest {
  public:
   virtual ~IncomingRequest() = default;

@@ -178,7 +178,7 @@ struct Link {
   bool condemned = false;  // we asked the Watcher to kill the peer
   bool closed = false;
   bool dirty = false;
-  bool sliced = false;  // wrote a slice early in this loop turn
+  bool sliced = false;  // this loop turn's burst passed kSliceBytes
   std::unique_ptr<PeerPlacement> placement;  // where the peer runs
   std::string Describe() const {
     return peer_group + "[" + std::to_string(peer_index) + "] pid " +
@@ -189,7 +189,8 @@ struct Link {
 class ServerRequest : public IncomingRequest,
                       public std::enable_shared_from_this<ServerRequest> {
  public:
-  // Borrows BODY and META (views into the read buffer) until OwnPayload().
+  // Borrows BODY and META (views into the read buffer) until OwnPayload():
+  // a sync handler reads a request where it arrived.
   ServerRequest(Client* client, Link* link, uint64_t id, std::string_view body,
                 std::string_view meta, int32_t priority)
       : client_(client),
@@ -199,10 +200,9 @@ class ServerRequest : public IncomingRequest,
         meta_(meta),
         priority_(priority) {}
 
-  // Copies the payload into this object. Called before the read buffer is
-  // used again, unless the request was answered and dropped by then: most
-  // handlers answer before they return, and their requests are never
-  // copied.
+  // Copies the payload into this object: before an async handler sees the
+  // request (it may keep it, and views of its bytes, past this read), and
+  // for a request that waits in the queue.
   void OwnPayload() {
     if (owns_payload_) return;
     owns_payload_ = true;
@@ -219,7 +219,7 @@ class ServerRequest : public IncomingRequest,
     meta_ = std::string_view(data, meta_.size());
     body_ = std::string_view(data + meta_.size(), body_.size());
   }
-  // The views point into the object itself.
+  // Once owned, the views point into the object itself.
   ServerRequest(const ServerRequest&) = delete;
   ServerRequest& operator=(const ServerRequest&) = delete;
 
@@ -532,12 +532,18 @@ void Client::SendToPool(FrameType type, const json& body) {
 }
 
 void Client::FlushAll() {
-  for (Link* link : dirty_) {
+  // Taken first: a failed write closes its link, which leaves dirty_.
+  std::vector<Link*> dirty;
+  dirty.swap(dirty_);
+  for (Link* link : dirty) {
     link->dirty = false;
     link->sliced = false;
     if (!link->closed) link->writer->Flush();
   }
-  dirty_.clear();
+  if (dirty_.empty()) {  // keep the capacity: no allocation per loop turn
+    dirty.clear();
+    dirty_.swap(dirty);
+  }
   if (pool_open_) pool_writer_->Flush();
   // Deferred completions run here, outside any caller's stack.
   while (!completions_.empty()) {
@@ -564,7 +570,10 @@ void Client::SendOnLink(Link* link, FrameType type, uint64_t id, uint32_t aux,
                         std::string_view meta, std::string_view body) {
   if (link->closed) return;
   AppendFrame(link->writer->pending(), type, id, aux, meta, body);
-  if (link->writer->pending().size() >= kSliceBytes) WriteSlice(link);
+  if (link->writer->pending().size() >= kSliceBytes) {
+    WriteSlice(link);
+    if (link->closed) return;  // the write failed: the peer is gone
+  }
   MarkDirty(link);
 }
 
@@ -880,6 +889,11 @@ void Client::CloseLink(Link* link) {
     Dispatch(route);
   }
   links_.erase(link);
+  // The next FlushAll must not reach it: it is deleted when the close ends.
+  if (link->dirty) {
+    std::erase(dirty_, link);
+    link->dirty = false;
+  }
   link->writer->Abandon();
   uv_close(reinterpret_cast<uv_handle_t*>(&link->pipe),
            [](uv_handle_t* h) { delete OwnerOf<Link>(h); });
@@ -1218,10 +1232,6 @@ void Client::OnIncomingRequest(Link* link, const FrameView& frame) {
     // its link (for a cancel, or the link closing) only if it is still
     // open afterwards. Nothing else can reach it while the handler runs.
     StartServing(request);
-    // Still open, or kept by the handler: it outlives the read buffer.
-    if (!request->answered() || request.use_count() > 1) {
-      request->OwnPayload();
-    }
     if (!request->answered()) {
       if (link->closed) {
         request->Detach();
@@ -1241,6 +1251,7 @@ void Client::StartServing(const std::shared_ptr<ServerRequest>& request) {
   request->started = true;
   ++serving_now_;
   if (async_handler_) {
+    request->OwnPayload();
     async_handler_(request);
     return;
   }
@@ -1257,6 +1268,7 @@ void Client::ServerRequestDone(const ServerRequest& request, bool ok) {
   ++(ok ? stats_.served : stats_.served_errors);
   CountChanged();
   ReportRecycleLimit();
+  // Most requests are answered inside their handler and were never filed.
   if (Link* link = request.link(); link != nullptr && !link->serving.empty()) {
     link->serving.erase(request.id());
   }

@@ -12,6 +12,8 @@ void SetupLogging(const LogConfig& log);
 // While one is alive, log lines are collected and written to stderr together
 // when it ends (or when a large batch fills up), so logging a burst of child
 // output costs one write, not one per line. Lines stay whole and in order.
+// Batches may nest if they end in reverse order of creation (as scopes do);
+// an inner one's end then writes the outer one's lines too.
 class LogBatch {
  public:
   LogBatch();

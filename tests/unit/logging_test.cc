@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <memory>
 #include <string>
 
 namespace {
@@ -15,14 +16,15 @@ class CapturedStderr {
   CapturedStderr() {
     REQUIRE(pipe2(fds_, O_NONBLOCK | O_CLOEXEC) == 0);
     saved_ = dup(STDERR_FILENO);
-    REQUIRE(dup2(fds_[1], STDERR_FILENO) == STDERR_FILENO);
+    captured_ = saved_ >= 0 && dup2(fds_[1], STDERR_FILENO) == STDERR_FILENO;
   }
   ~CapturedStderr() {
-    dup2(saved_, STDERR_FILENO);
-    close(saved_);
+    if (captured_) dup2(saved_, STDERR_FILENO);
+    if (saved_ >= 0) close(saved_);
     close(fds_[0]);
     close(fds_[1]);
   }
+  bool captured() const { return captured_; }
   std::string Drain() {
     std::string text;
     char buffer[4096];
@@ -36,16 +38,30 @@ class CapturedStderr {
  private:
   int fds_[2] = {-1, -1};
   int saved_ = -1;
+  bool captured_ = false;
+};
+
+// Restores the default logger that was in place (other tests share it).
+class DefaultLoggerGuard {
+ public:
+  DefaultLoggerGuard() : saved_(spdlog::default_logger()) {}
+  ~DefaultLoggerGuard() { spdlog::set_default_logger(saved_); }
+
+ private:
+  std::shared_ptr<spdlog::logger> saved_;
 };
 
 }  // namespace
 
 TEST_CASE("a LogBatch holds log lines back until it ends, whole and in order") {
+  DefaultLoggerGuard restore;
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("test"));
   workerpool::LogConfig config;
   config.level = "info";
   config.format = "text";
-  workerpool::SetupLogging(config);
+  workerpool::SetupLogging(config);  // installs workerpool's own logger
   CapturedStderr captured;
+  REQUIRE(captured.captured());
 
   spdlog::info("alone");
   CHECK(captured.Drain().find("alone\n") != std::string::npos);

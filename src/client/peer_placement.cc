@@ -16,12 +16,14 @@ PeerPlacement::~PeerPlacement() {
 }
 
 PeerPlacement::Where PeerPlacement::Check(uint64_t now_ms) {
-  if (failed_) return Where::kUnknown;
-  if (checked_ && now_ms - checked_ms_ < kRecheckMs) return where_;
+  // A reading that could not tell is not retried.
+  if (checked_ &&
+      (where_ == Where::kUnknown || now_ms - checked_ms_ < kRecheckMs)) {
+    return where_;
+  }
   checked_ = true;
   checked_ms_ = now_ms;
   where_ = Read();
-  if (where_ == Where::kUnknown) failed_ = true;
   return where_;
 }
 

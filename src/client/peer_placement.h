@@ -37,7 +37,6 @@ class PeerPlacement {
 
   pid_t pid_;
   int stat_fd_ = -1;
-  bool failed_ = false;
   bool checked_ = false;
   uint64_t checked_ms_ = 0;
   Where where_ = Where::kUnknown;

@@ -68,4 +68,10 @@ enum class ErrorCode : std::uint32_t {
 
 inline constexpr std::uint32_t kProgressScale = 1000000;
 
+// kConfig's "busy_poll_us" (groups[].busy_poll_us): how long a child reads a
+// busy link without blocking before its loop sleeps; 0: never. A child
+// takes at most kMaxBusyPollUs, and kDefaultBusyPollUs when not told.
+inline constexpr int kDefaultBusyPollUs = 50;
+inline constexpr int kMaxBusyPollUs = 10 * 1000;
+
 }  // namespace workerpool::wire

@@ -6,6 +6,7 @@
 // balances its own requests over the peers of a group (least in flight, at
 // most max_inflight each, then a bounded priority queue).
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -45,6 +46,10 @@ constexpr uint64_t kPoolGoneExitMs = 2000;
 // ipc_bench's 64 x 1 KiB window, the two processes on two CPUs: 8 KiB
 // gave more requests/s than 4 or 16 KiB.
 constexpr size_t kSliceBytes = 8 * 1024;
+
+// Where a link's bytes are read, by libuv or by a busy poll; every frame is
+// taken out before the next read reuses it.
+alignas(64) char g_link_read_buffer[256 * 1024];
 
 json ParseJsonObject(std::string_view text) {
   json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
@@ -179,6 +184,7 @@ struct Link {
   bool closed = false;
   bool dirty = false;
   bool sliced = false;  // this loop turn's burst passed kSliceBytes
+  bool hot = false;     // bytes arrived since the last busy poll
   std::unique_ptr<PeerPlacement> placement;  // where the peer runs
   std::string Describe() const {
     return peer_group + "[" + std::to_string(peer_index) + "] pid " +
@@ -337,8 +343,24 @@ class Client : public PoolClient {
   void OnLinkFrame(Link* link, const FrameView& frame);
   void OnLinkClosed(Link* link, const std::string& why);
   void CloseLink(Link* link);
+  void OnLinkInput(Link* link, std::string_view bytes);
   void MarkDirty(Link* link);
+  void ArmFlusher();
+  // The prepare callback: flush, then busy-poll hot links.
+  void BeforeBlocking();
   void FlushAll();
+  // Reads hot links without blocking until one delivers or busy_poll_ns_
+  // passed.
+  void BusyPoll();
+  bool WorthBusyPolling(Link* link);
+  // Before the loop blocks, a process whose peer on another CPU just sent
+  // it frames reads that link without blocking for up to this long (busy
+  // polling, as SO_BUSY_POLL does for network sockets): waking a sleeping
+  // process on another CPU costs more than the frames it carries (on two
+  // vCPUs, ipc_bench's raw pair spends most of its time there). A link that
+  // stays quiet this long goes back to the loop's blocking poll. The
+  // group's busy_poll_us (kConfig); 0: never.
+  uint64_t busy_poll_ns_ = wire::kDefaultBusyPollUs * 1000;
 
   // Sending side.
   Route* RouteTo(const std::string& group);
@@ -382,6 +404,11 @@ class Client : public PoolClient {
   uv_timer_t stats_timer_;
   uv_signal_t sigterm_;
   std::vector<Link*> dirty_;
+  std::vector<Link*> hot_;      // links with hot set
+  std::vector<Link*> polling_;  // BusyPoll's list, kept for its capacity
+  // Started when a busy poll read something: the loop then polls its other
+  // handles without blocking and comes back to the busy poll.
+  uv_idle_t poll_again_;
   std::set<Link*> links_;
 
   std::map<std::string, std::unique_ptr<Route>> routes_;
@@ -474,6 +501,7 @@ bool Client::Open(int fd, std::string* error) {
 
   uv_prepare_init(loop_, &flusher_);
   flusher_.data = this;
+  uv_idle_init(loop_, &poll_again_);
   uv_timer_init(loop_, &deadline_timer_);
   deadline_timer_.data = this;
   uv_timer_init(loop_, &heartbeat_timer_);
@@ -524,11 +552,7 @@ bool Client::Open(int fd, std::string* error) {
 void Client::SendToPool(FrameType type, const json& body) {
   if (!pool_open_) return;
   AppendFrame(pool_writer_->pending(), type, 0, 0, {}, body.dump());
-  if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&flusher_))) {
-    uv_prepare_start(&flusher_, [](uv_prepare_t* handle) {
-      OwnerOf<Client>(handle)->FlushAll();
-    });
-  }
+  ArmFlusher();
 }
 
 void Client::FlushAll() {
@@ -551,7 +575,77 @@ void Client::FlushAll() {
     completions_.clear();
     for (auto& [id, reply] : batch) Complete(id, std::move(reply));
   }
-  if (dirty_.empty() && completions_.empty()) uv_prepare_stop(&flusher_);
+  if (dirty_.empty() && completions_.empty() && hot_.empty()) {
+    uv_prepare_stop(&flusher_);
+  }
+}
+
+void Client::ArmFlusher() {
+  if (finished_ || uv_is_active(reinterpret_cast<uv_handle_t*>(&flusher_))) {
+    return;
+  }
+  uv_prepare_start(&flusher_, [](uv_prepare_t* handle) {
+    OwnerOf<Client>(handle)->BeforeBlocking();
+  });
+}
+
+void Client::BeforeBlocking() {
+  FlushAll();
+  if (!hot_.empty()) {
+    if (busy_poll_ns_ > 0) {
+      BusyPoll();
+    } else {
+      for (Link* link : hot_) link->hot = false;
+      hot_.clear();
+      uv_prepare_stop(&flusher_);
+    }
+  }
+}
+
+bool Client::WorthBusyPolling(Link* link) {
+  if (link->closed || finished_) return false;
+  // A peer on this CPU cannot answer while we spin; one whose CPU we do
+  // not know might be.
+  if (link->placement->Check(uv_now(loop_)) !=
+      PeerPlacement::Where::kOtherCpu) {
+    return false;
+  }
+  // A sender waits for replies; a server for the next request of a sender
+  // that just sent some.
+  return link->role == Link::Role::kServer || link->outstanding > 0;
+}
+
+void Client::BusyPoll() {
+  polling_.swap(hot_);
+  for (Link* link : polling_) link->hot = false;
+  std::erase_if(polling_,
+                [this](Link* link) { return !WorthBusyPolling(link); });
+  const uint64_t start = uv_hrtime();
+  bool got = false;
+  while (!got && !polling_.empty() && uv_hrtime() - start < busy_poll_ns_) {
+    for (Link* link : polling_) {
+      // A handler may have stopped the client or closed a link meanwhile.
+      if (link->closed || finished_) continue;
+      uv_os_fd_t fd;
+      if (uv_fileno(reinterpret_cast<uv_handle_t*>(&link->pipe), &fd) != 0) {
+        continue;
+      }
+      const ssize_t n = recv(fd, g_link_read_buffer, sizeof(g_link_read_buffer),
+                             MSG_DONTWAIT);
+      // EOF and errors are left to libuv's read, which reports them.
+      if (n <= 0) continue;
+      OnLinkInput(link, std::string_view(g_link_read_buffer, n));
+      got = true;
+    }
+  }
+  polling_.clear();
+  if (!got || finished_) return;
+  FlushAll();
+  if (finished_) return;
+  // The other handles (the application's sockets and timers, the pool
+  // channel) get their turn before the next busy poll, which the links
+  // that delivered (hot again) are in: one loop turn without blocking.
+  uv_idle_start(&poll_again_, [](uv_idle_t* idle) { uv_idle_stop(idle); });
 }
 
 void Client::MarkDirty(Link* link) {
@@ -559,11 +653,7 @@ void Client::MarkDirty(Link* link) {
     link->dirty = true;
     dirty_.push_back(link);
   }
-  if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&flusher_))) {
-    uv_prepare_start(&flusher_, [](uv_prepare_t* handle) {
-      OwnerOf<Client>(handle)->FlushAll();
-    });
-  }
+  ArmFlusher();
 }
 
 void Client::SendOnLink(Link* link, FrameType type, uint64_t id, uint32_t aux,
@@ -606,6 +696,11 @@ void Client::OnPoolFrame(const FrameView& frame) {
     case FrameType::kConfig: {
       serve_limit_ = std::max(1, JsonField<int>(body, "max_inflight", 1));
       recycle_after_ = JsonField<uint64_t>(body, "max_requests", 0);
+      busy_poll_ns_ =
+          1000 *
+          static_cast<uint64_t>(std::clamp(
+              JsonField<int>(body, "busy_poll_us", wire::kDefaultBusyPollUs), 0,
+              wire::kMaxBusyPollUs));
       ReportRecycleLimit();
       int heartbeat_ms = JsonField<int>(body, "heartbeat_ms", 0);
       if (heartbeat_ms > 0) {
@@ -739,38 +834,47 @@ Link* Client::AdoptLink(const json& info) {
     link->route->peers.push_back(link);
   }
   auto on_alloc = [](uv_handle_t*, size_t, uv_buf_t* buf) {
-    static char buffer[256 * 1024];
-    *buf = uv_buf_init(buffer, sizeof(buffer));
+    *buf = uv_buf_init(g_link_read_buffer, sizeof(g_link_read_buffer));
   };
-  uv_read_start(
-      reinterpret_cast<uv_stream_t*>(&link->pipe), on_alloc,
-      [](uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
-        Link* link = OwnerOf<Link>(stream);
-        Client* self = link->client;
-        if (nread < 0) {
-          self->OnLinkClosed(link, nread == UV_EOF
-                                       ? "closed"
-                                       : uv_strerror(static_cast<int>(nread)));
-          self->FlushAll();
-          return;
-        }
-        // Drained below before the (shared) read buffer is used again.
-        link->decoder.FeedBorrowed(std::string_view(buf->base, nread));
-        FrameView frame;
-        while (!link->closed && link->decoder.Next(&frame)) {
-          self->OnLinkFrame(link, frame);
-        }
-        if (!link->closed && !link->decoder.error().ok()) {
-          fprintf(stderr, "workerpool: bad frame from %s: %s\n",
-                  link->Describe().c_str(),
-                  link->decoder.error().message().c_str());
-          self->FailLinkRequests(link, ErrorCode::kProtocol,
-                                 "protocol error from " + link->Describe());
-          self->CloseLink(link);
-        }
-        self->FlushAll();
-      });
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&link->pipe), on_alloc,
+                [](uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
+                  Link* link = OwnerOf<Link>(stream);
+                  Client* self = link->client;
+                  if (nread < 0) {
+                    self->OnLinkClosed(
+                        link, nread == UV_EOF
+                                  ? "closed"
+                                  : uv_strerror(static_cast<int>(nread)));
+                    self->FlushAll();
+                    return;
+                  }
+                  self->OnLinkInput(link, std::string_view(buf->base, nread));
+                  self->FlushAll();
+                });
   return link;
+}
+
+void Client::OnLinkInput(Link* link, std::string_view bytes) {
+  // Drained below before the (shared) read buffer is used again.
+  link->decoder.FeedBorrowed(bytes);
+  FrameView frame;
+  while (!link->closed && link->decoder.Next(&frame)) {
+    OnLinkFrame(link, frame);
+  }
+  if (link->closed) return;
+  if (!link->decoder.error().ok()) {
+    fprintf(stderr, "workerpool: bad frame from %s: %s\n",
+            link->Describe().c_str(), link->decoder.error().message().c_str());
+    FailLinkRequests(link, ErrorCode::kProtocol,
+                     "protocol error from " + link->Describe());
+    CloseLink(link);
+    return;
+  }
+  if (!link->hot) {
+    link->hot = true;
+    hot_.push_back(link);
+    ArmFlusher();
+  }
 }
 
 void Client::OnLinkFrame(Link* link, const FrameView& frame) {
@@ -893,6 +997,10 @@ void Client::CloseLink(Link* link) {
   if (link->dirty) {
     std::erase(dirty_, link);
     link->dirty = false;
+  }
+  if (link->hot) {
+    std::erase(hot_, link);
+    link->hot = false;
   }
   link->writer->Abandon();
   uv_close(reinterpret_cast<uv_handle_t*>(&link->pipe),
@@ -1030,11 +1138,7 @@ void Client::FailRoute(Route* route, ErrorCode code, const std::string& text) {
 
 void Client::CompleteLater(uint64_t id, Reply reply) {
   completions_.emplace_back(id, std::move(reply));
-  if (!uv_is_active(reinterpret_cast<uv_handle_t*>(&flusher_))) {
-    uv_prepare_start(&flusher_, [](uv_prepare_t* handle) {
-      OwnerOf<Client>(handle)->FlushAll();
-    });
-  }
+  ArmFlusher();
 }
 
 OutRequest* Client::NewRequest() {
@@ -1347,6 +1451,8 @@ void Client::MaybeFinishStop() {
     if (link->role == Link::Role::kServer && pool_open_) return;
   }
   finished_ = true;
+  for (Link* link : hot_) link->hot = false;
+  hot_.clear();
   // Close every handle of ours; Run() returns once the application's
   // handles are closed too.
   std::vector<Link*> open(links_.begin(), links_.end());
@@ -1363,6 +1469,7 @@ void Client::MaybeFinishStop() {
     uv_close(reinterpret_cast<uv_handle_t*>(&pool_pipe_), nullptr);
   }
   for (uv_handle_t* handle : {reinterpret_cast<uv_handle_t*>(&flusher_),
+                              reinterpret_cast<uv_handle_t*>(&poll_again_),
                               reinterpret_cast<uv_handle_t*>(&deadline_timer_),
                               reinterpret_cast<uv_handle_t*>(&heartbeat_timer_),
                               reinterpret_cast<uv_handle_t*>(&stats_timer_),

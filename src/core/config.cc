@@ -975,6 +975,8 @@ void ReadGroup(ErrorList* errors, const YAML::Node& node, std::size_t index,
   reader.Int64("max_requests", &group->max_requests,
                {.max = std::numeric_limits<std::int64_t>::max()});
   reader.Size("max_rss", &group->max_rss);
+  reader.Int("busy_poll_us", &group->busy_poll_us,
+             {.max = wire::kMaxBusyPollUs});
   if (std::optional<MapReader> restart = reader.Map("restart")) {
     ReadRestart(*restart, &group->restart);
   }

@@ -14,6 +14,7 @@
 
 #include "core/status.h"
 #include "core/units.h"
+#include "workerpool/wire.h"
 
 namespace workerpool {
 
@@ -70,6 +71,9 @@ struct GroupConfig {
   Duration heartbeat_timeout{0};  // 0: no heartbeats (no idle wake-ups)
   std::int64_t max_requests = 0;  // 0: never recycle by count
   std::int64_t max_rss = 0;       // bytes; 0: never recycle by memory
+  // How long a child reads a busy link without blocking before it sleeps in
+  // its loop (client library, docs/PROTOCOL.md "Busy polling"); 0: never.
+  int busy_poll_us = wire::kDefaultBusyPollUs;
   RestartConfig restart;
   std::optional<RabbitmqConfig> rabbitmq;
 

@@ -31,7 +31,8 @@ bool LimitsDiffer(const GroupConfig& a, const GroupConfig& b) {
   return a.max_inflight != b.max_inflight || a.queue_limit != b.queue_limit ||
          a.request_timeout != b.request_timeout ||
          a.heartbeat_timeout != b.heartbeat_timeout ||
-         a.max_requests != b.max_requests || a.max_rss != b.max_rss;
+         a.max_requests != b.max_requests || a.max_rss != b.max_rss ||
+         a.busy_poll_us != b.busy_poll_us;
 }
 
 PoolDiff DiffPools(const PoolConfig& old_pool, const PoolConfig& new_pool) {

@@ -40,7 +40,7 @@ bool SpawnSettingsDiffer(const GroupConfig& old_group,
 
 // True when what running children and their senders are told about a group
 // differs: max_inflight, queue_limit, request_timeout, heartbeat_timeout,
-// max_requests or max_rss. Applied without restarting anyone.
+// max_requests, max_rss or busy_poll_us. Applied without restarting anyone.
 bool LimitsDiffer(const GroupConfig& old_group, const GroupConfig& new_group);
 
 PoolDiff DiffPools(const PoolConfig& old_pool, const PoolConfig& new_pool);

@@ -1683,7 +1683,8 @@ void Watcher::SendChildConfig(Slot* slot) {
   slot->channel->Send(wire::FrameType::kConfig,
                       {{"max_inflight", config.max_inflight},
                        {"heartbeat_ms", config.heartbeat_timeout.count()},
-                       {"max_requests", slot->recycle_after}});
+                       {"max_requests", slot->recycle_after},
+                       {"busy_poll_us", config.busy_poll_us}});
 }
 
 void Watcher::ArmHeartbeat(Slot* slot) {

@@ -558,6 +558,100 @@ groups:
             self.assertEqual(a.body, payload)
         self.assertEqual(pool.child("deferred", 0).pid, job_pid)
 
+    @unittest.skipUnless(len(os.sched_getaffinity(0)) >= 2,
+                         "needs two CPUs")
+    def test_busy_polling_peers_on_two_cpus(self):
+        # The reactor on one CPU, the jobs on another: each side reads its
+        # links without blocking while the other keeps sending (the client
+        # library's busy polling). Every request still gets exactly its own
+        # answer, and a job killed mid-stream still fails its requests.
+        cpus = sorted(os.sched_getaffinity(0))
+        pool = self.pool("""
+pool: {name: ipc, stop_timeout: 3s}
+groups:
+  - name: front
+    type: reactor
+    processes: 1
+    heartbeat_timeout: 500ms
+    command: [taskset, -c, "%d", "%s"]
+    env: {KIT_SOCKET: "{tmp}/kit.sock"}
+    routes_to: [echo]
+  - name: echo
+    type: job
+    processes: 2
+    max_inflight: 16
+    queue_limit: 5000
+    heartbeat_timeout: 500ms
+    command: [taskset, -c, "%d", "%s", builtin, echo-job]
+""" % (cpus[0], wp_ipc.LINE_REACTOR, cpus[1], wp.BIN))
+        c = self.client(pool)
+        c.request_until_ok("echo", "warm-up")
+        for round_ in range(3):
+            ids = c.send_many([("echo", "r%d-%d" % (round_, n) * 20, None)
+                               for n in range(1000)])
+            for n, id_ in enumerate(ids):
+                a = c.answer(id_)
+                self.assertTrue(a.ok, a)
+                self.assertEqual(a.body, "r%d-%d" % (round_, n) * 20)
+        # A long flood: the reactor and the jobs keep reading their links
+        # without blocking, and still run their loops' other work (timers:
+        # no heartbeat is missed; a process that spun without end would be
+        # killed as hung) and answer other connections.
+        flood = c.flood("echo", 1000000, 64, "f" * 200)
+        other = self.client(pool)
+        self.assertEqual(other.request("echo", "meanwhile").body, "meanwhile")
+        a = c.answer(flood, timeout=120)
+        self.assertTrue(a.ok, a)
+        self.assertEqual(a.body, "1000000")
+        self.assertEqual(pool.find_log(r"is hung"), [])
+        # A job killed while requests fly: each request still gets exactly
+        # one answer, its own body or "worker died".
+        victim = pool.child("echo", 0)
+        payloads = ["k%d" % n * 50 for n in range(2000)]
+        ids = c.send_many([("echo", p, None) for p in payloads])
+        os.kill(victim.pid, signal.SIGKILL)
+        for payload, id_ in zip(payloads, ids):
+            a = c.answer(id_)
+            if a.ok:
+                self.assertEqual(a.body, payload)
+            else:
+                self.assertEqual(a.code, WORKER_DIED, a)
+                self.assertIn("pid %d" % victim.pid, a.body)
+        pool.wait_for_log(r"echo\[0\] pid %d killed by signal SIGKILL"
+                          % victim.pid)
+        self.assertEqual(c.request_until_ok("echo", "after").body, "after")
+
+    def test_busy_poll_off_and_on_answer_alike(self):
+        # busy_poll_us: 0 turns the client library's busy polling off; a
+        # reload changes it in place (no restart).
+        pool = self.make_pool("""  - {name: echo, type: job, processes: 1, command: %s}
+  - name: quiet
+    type: job
+    processes: 1
+    busy_poll_us: 0
+    command: %s
+""" % (ECHO, ECHO), ["echo", "quiet"])
+        c = self.client(pool)
+        self.assertEqual(c.request_until_ok("echo", "on").body, "on")
+        self.assertEqual(c.request_until_ok("quiet", "off").body, "off")
+        quiet_pid = pool.child("quiet", 0).pid
+        ids = c.send_many([("quiet", "q%d" % n, None) for n in range(300)] +
+                          [("echo", "e%d" % n, None) for n in range(300)])
+        for n, id_ in enumerate(ids):
+            expected = "q%d" % n if n < 300 else "e%d" % (n - 300)
+            self.assertEqual(c.answer(id_).body, expected)
+        self.assertEqual(pool.child("quiet", 0).pid, quiet_pid)
+        mark = pool.mark()
+        with open(pool.path) as f:
+            yaml = f.read()
+        pool.reload(yaml.replace("busy_poll_us: 0", "busy_poll_us: 200"))
+        pool.wait_for_log(r"quiet: limits changed", since=mark)
+        pool.wait_for_log(r"reload finished", since=mark)
+        ids = c.send_many([("quiet", "r%d" % n, None) for n in range(300)])
+        for n, id_ in enumerate(ids):
+            self.assertEqual(c.answer(id_).body, "r%d" % n)
+        self.assertEqual(pool.child("quiet", 0).pid, quiet_pid)
+
     # -- children that break the protocol on their pool channel
 
     def bad_channel(self, bad, after_hello, error_re):

@@ -186,6 +186,14 @@ class LineClient:
         self.write("".join(lines))
         return ids
 
+    def flood(self, group, count, window, payload):
+        """The reactor sends PAYLOAD to GROUP COUNT times, WINDOW in flight;
+        the answer is "ok COUNT" or the first error."""
+        id_ = self._id()
+        self.write("%s flood %s %d %d %s\n" % (id_, group, count, window,
+                                               payload))
+        return id_
+
     def cancel(self, other_id):
         self.write("%s cancel %s\n" % (self._id(), other_id))
 

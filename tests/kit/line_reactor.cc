@@ -6,6 +6,11 @@
 //   ID send GROUP PAYLOAD            -> "ID ok BODY" | "ID error CODE TEXT"
 //   ID sendp GROUP PRIORITY PAYLOAD  (same, with a priority)
 //   ID cancel OTHER_ID               (cancels request OTHER_ID of this line)
+//   ID flood GROUP COUNT WINDOW PAYLOAD
+//        sends PAYLOAD COUNT times, WINDOW in flight, each next one as soon
+//        as an answer comes -> "ID ok COUNT" once all came back with
+//        PAYLOAD, or "ID error CODE TEXT" for the first that did not (no
+//        more are sent then)
 // Progress updates arrive as "ID progress FRACTION TEXT".
 #include <uv.h>
 
@@ -49,6 +54,42 @@ void MaybeDelete(Connection* connection) {
   if (connection->closed && connection->pending == 0) delete connection;
 }
 
+// One flood command: a window of requests kept full until COUNT were sent.
+struct Flood {
+  Connection* connection;
+  std::string id, group, payload;
+  long to_send = 0, inflight = 0, answered = 0;
+  std::string failure;  // the first bad answer, as "CODE TEXT"
+};
+
+void SendFloodRequest(const std::shared_ptr<Flood>& flood) {
+  --flood->to_send;
+  ++flood->inflight;
+  ++flood->connection->pending;
+  g_client->Send(
+      flood->group, flood->payload, [flood](workerpool::Reply reply) {
+        --flood->inflight;
+        --flood->connection->pending;
+        if (!reply.ok && flood->failure.empty()) {
+          flood->failure =
+              std::to_string(static_cast<int>(reply.code)) + " " + reply.body;
+        } else if (reply.ok && reply.body != flood->payload &&
+                   flood->failure.empty()) {
+          flood->failure = "0 wrong body '" + reply.body + "'";
+        }
+        ++flood->answered;
+        if (flood->failure.empty() && flood->to_send > 0) {
+          SendFloodRequest(flood);
+        } else if (flood->inflight == 0) {
+          WriteLine(flood->connection,
+                    flood->id + (flood->failure.empty()
+                                     ? " ok " + std::to_string(flood->answered)
+                                     : " error " + flood->failure));
+        }
+        MaybeDelete(flood->connection);
+      });
+}
+
 void HandleLine(Connection* connection, const std::string& line) {
   std::istringstream in(line);
   std::string id, verb;
@@ -75,14 +116,28 @@ void HandleLine(Connection* connection, const std::string& line) {
           if (reply.ok) {
             WriteLine(connection, id + " ok " + reply.body);
           } else {
-            WriteLine(connection, id + " error " +
-                                      std::to_string(static_cast<int>(
-                                          reply.code)) +
-                                      " " + reply.body);
+            WriteLine(connection,
+                      id + " error " +
+                          std::to_string(static_cast<int>(reply.code)) + " " +
+                          reply.body);
           }
           MaybeDelete(connection);
         },
         std::move(options));
+  } else if (verb == "flood") {
+    auto flood = std::make_shared<Flood>();
+    long window = 0;
+    flood->connection = connection;
+    flood->id = id;
+    in >> flood->group >> flood->to_send >> window >> flood->payload;
+    if (!in || flood->to_send < 1 || window < 1) {
+      WriteLine(connection, id + " error 0 usage: flood GROUP COUNT WINDOW "
+                                 "PAYLOAD");
+      return;
+    }
+    for (long i = 0; i < window && flood->to_send > 0; ++i) {
+      SendFloodRequest(flood);
+    }
   } else if (verb == "cancel") {
     std::string other;
     in >> other;

@@ -285,6 +285,7 @@ groups:
   CHECK(group.request_timeout == seconds(30));
   CHECK(group.heartbeat_timeout == Duration(0));  // no heartbeats
   CHECK(group.max_requests == 0);
+  CHECK(group.busy_poll_us == 50);
   CHECK(group.max_rss == 0);
   CHECK(group.restart == RestartConfig{});
   CHECK(group.restart.backoff.reset_after == seconds(10));
@@ -778,6 +779,21 @@ TEST_CASE("other counts have their own ranges") {
           "groups[0].restart.intensity.max_restarts"),
       "test.yaml:6:41: groups[0].restart.intensity.max_restarts: must be a "
       "non-negative integer, got '-1'"));
+  CHECK(Contains(ErrorAt(ParseWithGroupLines("    busy_poll_us: -1\n"),
+                         "groups[0].busy_poll_us"),
+                 "must be an integer from 0 to 10000, got '-1'"));
+  CHECK(Contains(ErrorAt(ParseWithGroupLines("    busy_poll_us: 10001\n"),
+                         "groups[0].busy_poll_us"),
+                 "must be an integer from 0 to 10000, got '10001'"));
+  CHECK(Contains(ErrorAt(ParseWithGroupLines("    busy_poll_us: 50us\n"),
+                         "groups[0].busy_poll_us"),
+                 "'50us'"));
+  CHECK(Contains(ErrorAt(ParseWithGroupLines("    busy_poll_us: [1]\n"),
+                         "groups[0].busy_poll_us"),
+                 "groups[0].busy_poll_us"));
+  ConfigLoad off = ParseWithGroupLines("    busy_poll_us: 0\n");
+  REQUIRE(off.ok());
+  CHECK(off.config->groups[0].busy_poll_us == 0);
   ConfigLoad big = ParseWithGroupLines("    max_requests: 10000000000\n");
   REQUIRE(big.ok());
   CHECK(big.config->groups[0].max_requests == 10000000000);

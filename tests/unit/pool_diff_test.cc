@@ -60,6 +60,10 @@ TEST_CASE("env, cwd and user changes restart; limits change in place") {
   limits.queue_limit = 5;
   limits.routes_to = {"x"};
   CHECK_FALSE(SpawnSettingsDiffer(base, limits));
+  GroupConfig busy_poll = base;
+  busy_poll.busy_poll_us = 0;
+  CHECK_FALSE(SpawnSettingsDiffer(base, busy_poll));
+  CHECK(LimitsDiffer(base, busy_poll));
 }
 
 TEST_CASE("limits and routes_to are flagged for in-place application") {

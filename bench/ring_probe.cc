@@ -1,24 +1,28 @@
-// A design probe, not part of scripts/bench: could a shared-memory ring per
-// link carry the pool's requests faster than a socketpair? Two processes
-// exchange 1 KiB frames (24-byte header + body), WINDOW in flight, in two
-// forms that alternate within each round:
+// A design probe, not part of scripts/bench: what could a transport between
+// two processes reach on the machine at hand, without any workerpool code?
+// Two processes exchange 1 KiB frames (24-byte header + body), WINDOW in
+// flight, in three forms that alternate within each round:
 //   socketpair  ipc_bench's raw pair: blocking reads, one write per batch
+//   busy-poll   the same, but a reader first tries up to SPIN non-blocking
+//               reads (recv MSG_DONTWAIT) before it blocks: what the client
+//               library does on a link whose peer runs on another CPU
 //   ring        one single-producer single-consumer ring per direction in
-//               shared memory; a reader that finds its ring empty sleeps on
-//               an eventfd, and a writer wakes it only then: once after
-//               EARLY frames of a turn (so a reader on another CPU starts
-//               early) and at the end of the turn
-// No workerpool code takes part: this bounds what a ring transport could
-// reach on the machine at hand (docs/BENCHMARKS.md, "Where the time goes").
+//               shared memory; a reader that finds its ring empty checks it
+//               SPIN more times (a pause between), then sleeps on an
+//               eventfd, and a writer wakes it only then: once after EARLY
+//               frames of a turn (so a reader on another CPU starts early)
+//               and at the end of the turn
+// (docs/BENCHMARKS.md, "Where the time goes").
 //
 //   ring_probe [--pin any|same|split] [--seconds S] [--rounds N] [--early K]
+//              [--spin N]
 //     same: both processes on CPU 0; split: the sender on CPU 0, the echo
 //     side on CPU 1. Defaults: any, 2 s, 3 rounds, early wake-up after 4
-//     frames (0: only at the end of a turn).
+//     frames (0: only at the end of a turn), spin 100 (0: busy-poll is the
+//     socketpair again, and the ring sleeps at once).
 //
-// Prints one line per form and round (requests/s) and the ring / socketpair
-// ratio of each round. Exit 0, 1 on bad arguments, 2 when a system call
-// fails.
+// Prints one line per round: requests/s of each form and their ratios to
+// the socketpair. Exit 0, 1 on bad arguments, 2 when a system call fails.
 #include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -28,6 +32,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -44,6 +49,9 @@ using Clock = std::chrono::steady_clock;
 constexpr size_t kFrame = 24 + 1024;
 constexpr size_t kRingBytes = 256 * 1024;  // a power of two
 constexpr int kWindow = 64;
+
+// --spin: non-blocking tries before a reader sleeps (busy-poll, ring).
+int g_spin = 0;
 
 [[noreturn]] void Fail(const char* what) {
   std::perror(what);
@@ -75,8 +83,14 @@ void WriteAll(int fd, const char* data, size_t size) {
 
 // Reads what is there (blocking for at least one byte); returns the number
 // of whole frames it completed. HAVE carries a partial frame over.
-int ReadFrames(int fd, std::vector<char>* buffer, size_t* have) {
-  ssize_t n = read(fd, buffer->data() + *have, buffer->size() - *have);
+// SPIN: non-blocking tries first.
+int ReadFrames(int fd, std::vector<char>* buffer, size_t* have, int spin) {
+  ssize_t n = -1;
+  for (int i = 0; i < spin && n < 0; ++i) {
+    n = recv(fd, buffer->data() + *have, buffer->size() - *have, MSG_DONTWAIT);
+    if (n < 0 && errno != EAGAIN) Fail("recv");
+  }
+  if (n < 0) n = read(fd, buffer->data() + *have, buffer->size() - *have);
   if (n <= 0) return -1;
   *have += static_cast<size_t>(n);
   const size_t frames = *have / kFrame;
@@ -86,7 +100,8 @@ int ReadFrames(int fd, std::vector<char>* buffer, size_t* have) {
   return static_cast<int>(frames);
 }
 
-double SocketpairRate(int echo_cpu, double seconds) {
+// SPIN: the readers' non-blocking tries (0: plain blocking reads).
+double SocketpairRate(int echo_cpu, double seconds, int spin) {
   int fds[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
     Fail("socketpair");
@@ -100,7 +115,7 @@ double SocketpairRate(int echo_cpu, double seconds) {
     std::string replies;
     size_t have = 0;
     for (;;) {
-      const int frames = ReadFrames(fds[1], &buffer, &have);
+      const int frames = ReadFrames(fds[1], &buffer, &have, spin);
       if (frames < 0) _exit(0);
       replies.clear();  // a reply per request, built in user space
       for (int i = 0; i < frames; ++i) replies.append(kFrame, 'y');
@@ -119,7 +134,7 @@ double SocketpairRate(int echo_cpu, double seconds) {
   long answered = 0;
   const auto start = Clock::now();
   while (SecondsSince(start) < seconds) {
-    const int frames = ReadFrames(fds[0], &buffer, &have);
+    const int frames = ReadFrames(fds[0], &buffer, &have, spin);
     if (frames < 0) Fail("read");
     answered += frames;
     send(frames);
@@ -172,6 +187,10 @@ class RingEnd {
   // copies each to FRAME (the reader's own copy, as a server's).
   int ReceiveAll(char* frame) {
     uint64_t tail = in_->tail.load(std::memory_order_relaxed);
+    for (int i = 0;
+         i < g_spin && in_->head.load(std::memory_order_acquire) == tail; ++i) {
+      __builtin_ia32_pause();
+    }
     if (in_->head.load(std::memory_order_acquire) == tail) {
       in_->reader_sleeps.store(1, std::memory_order_relaxed);
       std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -269,6 +288,7 @@ int main(int argc, char** argv) {
   double seconds = 2;
   int rounds = 3;
   int early = 4;
+  g_spin = 100;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (i + 1 >= argc) {
@@ -282,6 +302,8 @@ int main(int argc, char** argv) {
       seconds = std::atof(value);
     } else if (arg == "--rounds") {
       rounds = std::atoi(value);
+    } else if (arg == "--spin") {
+      g_spin = std::atoi(value);
     } else if (arg == "--early") {
       early = std::atoi(value);
     } else {
@@ -290,21 +312,23 @@ int main(int argc, char** argv) {
     }
   }
   if ((pin != "any" && pin != "same" && pin != "split") || !(seconds > 0) ||
-      rounds < 1 || early < 0 || early > kWindow) {
+      rounds < 1 || early < 0 || early > kWindow || g_spin < 0) {
     std::fprintf(stderr,
                  "usage: ring_probe [--pin any|same|split] [--seconds S] "
-                 "[--rounds N] [--early K]\n");
+                 "[--rounds N] [--early K] [--spin N]\n");
     return 1;
   }
   const int echo_cpu = pin == "same" ? 0 : pin == "split" ? 1 : -1;
   PinToCpu(pin == "any" ? -1 : 0);
   for (int round = 1; round <= rounds; ++round) {
-    const double socketpair = SocketpairRate(echo_cpu, seconds);
+    const double socketpair = SocketpairRate(echo_cpu, seconds, 0);
+    const double busy_poll = SocketpairRate(echo_cpu, seconds, g_spin);
     const double ring = RingRate(echo_cpu, seconds, early);
     std::printf(
-        "pin %s round %d: socketpair %.0f req/s, ring %.0f req/s, "
-        "ring/socketpair %.2f\n",
-        pin.c_str(), round, socketpair, ring, ring / socketpair);
+        "pin %s round %d: socketpair %.0f req/s, busy-poll %.0f req/s, ring "
+        "%.0f req/s; busy-poll/socketpair %.2f, ring/socketpair %.2f\n",
+        pin.c_str(), round, socketpair, busy_poll, ring, busy_poll / socketpair,
+        ring / socketpair);
     std::fflush(stdout);
   }
   return 0;

@@ -93,7 +93,10 @@ struct ClientStats {
   std::uint64_t sent = 0, replied = 0, failed = 0, refused = 0, cancelled = 0,
                 timed_out = 0;                  // as a sender
   std::uint64_t served = 0, served_errors = 0;  // as a server
-  std::uint64_t queued = 0, inflight = 0;       // right now, as a sender
+  // Reads of a link done by busy polling (docs/PROTOCOL.md): each one
+  // brought frames that did not wait for a wake-up.
+  std::uint64_t busy_poll_reads = 0;
+  std::uint64_t queued = 0, inflight = 0;  // right now, as a sender
   // Right now, as a server: requests being handled or waiting here. The
   // Watcher drains idle processes first when a group shrinks.
   std::uint64_t serving = 0;

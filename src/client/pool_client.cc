@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -556,28 +557,29 @@ void Client::SendToPool(FrameType type, const json& body) {
 }
 
 void Client::FlushAll() {
-  // Taken first: a failed write closes its link, which leaves dirty_.
-  std::vector<Link*> dirty;
-  dirty.swap(dirty_);
-  for (Link* link : dirty) {
-    link->dirty = false;
-    link->sliced = false;
-    if (!link->closed) link->writer->Flush();
-  }
-  if (dirty_.empty()) {  // keep the capacity: no allocation per loop turn
-    dirty.clear();
-    dirty_.swap(dirty);
-  }
-  if (pool_open_) pool_writer_->Flush();
-  // Deferred completions run here, outside any caller's stack.
-  while (!completions_.empty()) {
-    auto batch = std::move(completions_);
-    completions_.clear();
-    for (auto& [id, reply] : batch) Complete(id, std::move(reply));
-  }
-  if (dirty_.empty() && completions_.empty() && hot_.empty()) {
-    uv_prepare_stop(&flusher_);
-  }
+  // Until nothing is left: a deferred completion's callback may send.
+  do {
+    // Taken first: a failed write closes its link, which leaves dirty_.
+    std::vector<Link*> dirty;
+    dirty.swap(dirty_);
+    for (Link* link : dirty) {
+      link->dirty = false;
+      link->sliced = false;
+      if (!link->closed) link->writer->Flush();
+    }
+    if (dirty_.empty()) {  // keep the capacity: no allocation per loop turn
+      dirty.clear();
+      dirty_.swap(dirty);
+    }
+    // Deferred completions run here, outside any caller's stack.
+    while (!completions_.empty()) {
+      auto batch = std::move(completions_);
+      completions_.clear();
+      for (auto& [id, reply] : batch) Complete(id, std::move(reply));
+    }
+    if (pool_open_) pool_writer_->Flush();
+  } while (!dirty_.empty());
+  if (hot_.empty()) uv_prepare_stop(&flusher_);
 }
 
 void Client::ArmFlusher() {
@@ -597,13 +599,14 @@ void Client::BeforeBlocking() {
     } else {
       for (Link* link : hot_) link->hot = false;
       hot_.clear();
-      uv_prepare_stop(&flusher_);
+      uv_prepare_stop(&flusher_);  // FlushAll left nothing to write
     }
   }
 }
 
 bool Client::WorthBusyPolling(Link* link) {
-  if (link->closed || finished_) return false;
+  // A draining sender link waits for the Watcher's word, not for bytes.
+  if (link->closed || link->draining || finished_) return false;
   // A peer on this CPU cannot answer while we spin; one whose CPU we do
   // not know might be.
   if (link->placement->Check(uv_now(loop_)) !=
@@ -622,24 +625,34 @@ void Client::BusyPoll() {
                 [this](Link* link) { return !WorthBusyPolling(link); });
   const uint64_t start = uv_hrtime();
   bool got = false;
-  while (!got && !polling_.empty() && uv_hrtime() - start < busy_poll_ns_) {
-    for (Link* link : polling_) {
+  size_t live = polling_.size();
+  while (!got && live > 0 && uv_hrtime() - start < busy_poll_ns_) {
+    for (Link*& link : polling_) {
       // A handler may have stopped the client or closed a link meanwhile.
-      if (link->closed || finished_) continue;
+      if (link == nullptr || link->closed || finished_) continue;
       uv_os_fd_t fd;
       if (uv_fileno(reinterpret_cast<uv_handle_t*>(&link->pipe), &fd) != 0) {
+        link = nullptr;
+        --live;
         continue;
       }
       const ssize_t n = recv(fd, g_link_read_buffer, sizeof(g_link_read_buffer),
                              MSG_DONTWAIT);
-      // EOF and errors are left to libuv's read, which reports them.
-      if (n <= 0) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+      if (n <= 0) {
+        // EOF or an error: left to libuv's read, which reports it.
+        link = nullptr;
+        --live;
+        continue;
+      }
+      ++stats_.busy_poll_reads;
       OnLinkInput(link, std::string_view(g_link_read_buffer, n));
       got = true;
     }
   }
   polling_.clear();
   if (!got || finished_) return;
+  CountChanged();
   FlushAll();
   if (finished_) return;
   // The other handles (the application's sockets and timers, the pool
@@ -1414,7 +1427,7 @@ void Client::SendStats() {
             {"cancelled", s.cancelled}, {"timed_out", s.timed_out},
             {"served", s.served},       {"served_errors", s.served_errors},
             {"queued", s.queued},       {"inflight", s.inflight},
-            {"serving", s.serving}};
+            {"serving", s.serving},     {"busy_poll_reads", s.busy_poll_reads}};
   json latency = json::object();
   for (const auto& [name, route] : routes_) {
     uint64_t answered = 0;

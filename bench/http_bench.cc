@@ -19,7 +19,7 @@
 //   build-x/bench/http_bench --workerpool build-x/workerpool
 //       --baseline build-x/bench/http_echo_baseline [--connections 16]
 //       [--duration 5s] [--warmup 1s] [--rounds 3] [--body 64]
-//       [--reactors 1] [--jobs 1]
+//       [--reactors 1] [--jobs 1] [--busy-poll-us N]
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <http_parser.h>
@@ -52,6 +52,7 @@ struct Options {
   std::size_t body_size = 64;
   int reactors = 1;
   int jobs = 1;
+  int busy_poll_us = -1;  // -1: the pool's default
 };
 
 struct RoundResult {
@@ -416,6 +417,8 @@ int main(int argc, char** argv) {
       options.reactors = std::atoi(value);
     } else if (ok && name == "--jobs") {
       options.jobs = std::atoi(value);
+    } else if (ok && name == "--busy-poll-us") {
+      options.busy_poll_us = std::atoi(value);
     } else {
       ok = false;
     }
@@ -423,7 +426,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: http_bench --workerpool PATH --baseline PATH "
                    "[--connections N] [--duration 5s] [--warmup 1s] "
-                   "[--rounds N] [--body BYTES] [--reactors N] [--jobs N]\n");
+                   "[--rounds N] [--body BYTES] [--reactors N] [--jobs N] "
+                   "[--busy-poll-us N]\n");
       return 1;
     }
     ++i;
@@ -443,6 +447,10 @@ int main(int argc, char** argv) {
   const int pool_port = FreePort();
   const int baseline_port = FreePort();
   const std::string config = tmp + "/pool.yaml";
+  const std::string busy_poll =
+      options.busy_poll_us < 0
+          ? ""
+          : ", busy_poll_us: " + std::to_string(options.busy_poll_us);
   {
     FILE* file = std::fopen(config.c_str(), "w");
     std::fprintf(
@@ -452,11 +460,11 @@ int main(int argc, char** argv) {
         "groups:\n"
         "  - {name: web, type: reactor, processes: %d, command: [workerpool, "
         "builtin, http-reactor], listen: [\"127.0.0.1:%d\"], routes_to: "
-        "[echo]}\n"
+        "[echo]%s}\n"
         "  - {name: echo, type: job, processes: %d, command: [workerpool, "
-        "builtin, echo-job], max_inflight: %d}\n",
-        tmp.c_str(), options.reactors, pool_port, options.jobs,
-        options.connections);
+        "builtin, echo-job], max_inflight: %d%s}\n",
+        tmp.c_str(), options.reactors, pool_port, busy_poll.c_str(),
+        options.jobs, options.connections, busy_poll.c_str());
     std::fclose(file);
   }
   pid_t pool =

@@ -96,6 +96,8 @@ struct ClientStats {
   // Reads of a link done by busy polling (docs/PROTOCOL.md): each one
   // brought frames that did not wait for a wake-up.
   std::uint64_t busy_poll_reads = 0;
+  // Busy polls that found nothing before busy_poll_us ran out.
+  std::uint64_t busy_poll_misses = 0;
   std::uint64_t queued = 0, inflight = 0;  // right now, as a sender
   // Right now, as a server: requests being handled or waiting here. The
   // Watcher drains idle processes first when a group shrinks.

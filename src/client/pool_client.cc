@@ -187,6 +187,10 @@ struct Link {
   bool dirty = false;
   bool sliced = false;  // this loop turn's burst passed kSliceBytes
   bool hot = false;     // bytes arrived since the last busy poll
+  // Busy polls of this link in a row that found nothing, and how many of
+  // its next chances to be busy-polled are skipped because of them.
+  int busy_poll_misses = 0;
+  int busy_poll_skips = 0;
   std::unique_ptr<PeerPlacement> placement;  // where the peer runs
   std::string Describe() const {
     return peer_group + "[" + std::to_string(peer_index) + "] pid " +
@@ -616,7 +620,17 @@ bool Client::WorthBusyPolling(Link* link) {
   }
   // A sender waits for replies; a server for the next request of a sender
   // that just sent some.
-  return link->role == Link::Role::kServer || link->outstanding > 0;
+  if (link->role == Link::Role::kSender && link->outstanding == 0) {
+    return false;
+  }
+  // A peer that keeps not answering within the spin (a slow handler, a
+  // sender with pauses) is polled ever more rarely: after N misses in a
+  // row, the next 2^N - 1 chances are skipped (at most 63).
+  if (link->busy_poll_skips > 0) {
+    --link->busy_poll_skips;
+    return false;
+  }
+  return true;
 }
 
 void Client::BusyPoll() {
@@ -647,6 +661,7 @@ void Client::BusyPoll() {
         continue;
       }
       ++stats_.busy_poll_reads;
+      link->busy_poll_misses = 0;
       OnLinkInput(link, std::string_view(g_link_read_buffer, n));
       got = true;
     }
@@ -655,6 +670,15 @@ void Client::BusyPoll() {
     // without yielding cost a tenth of the requests/s); alone, the call
     // returns at once.
     if (!got) sched_yield();
+  }
+  if (!got && !finished_ && !polling_.empty()) {
+    ++stats_.busy_poll_misses;
+    CountChanged();
+    for (Link* link : polling_) {
+      if (link == nullptr) continue;
+      link->busy_poll_misses = std::min(link->busy_poll_misses + 1, 6);
+      link->busy_poll_skips = (1 << link->busy_poll_misses) - 1;
+    }
   }
   polling_.clear();
   if (!got || finished_) return;
@@ -1428,12 +1452,19 @@ void Client::CountChanged() {
 
 void Client::SendStats() {
   ClientStats s = stats();
-  json body{{"sent", s.sent},           {"replied", s.replied},
-            {"failed", s.failed},       {"refused", s.refused},
-            {"cancelled", s.cancelled}, {"timed_out", s.timed_out},
-            {"served", s.served},       {"served_errors", s.served_errors},
-            {"queued", s.queued},       {"inflight", s.inflight},
-            {"serving", s.serving},     {"busy_poll_reads", s.busy_poll_reads}};
+  json body{{"sent", s.sent},
+            {"replied", s.replied},
+            {"failed", s.failed},
+            {"refused", s.refused},
+            {"cancelled", s.cancelled},
+            {"timed_out", s.timed_out},
+            {"served", s.served},
+            {"served_errors", s.served_errors},
+            {"queued", s.queued},
+            {"inflight", s.inflight},
+            {"serving", s.serving},
+            {"busy_poll_reads", s.busy_poll_reads},
+            {"busy_poll_misses", s.busy_poll_misses}};
   json latency = json::object();
   for (const auto& [name, route] : routes_) {
     uint64_t answered = 0;

@@ -654,6 +654,25 @@ groups:
         self.wait_busy_poll_reads(pool, "quiet", 0)
         self.assertEqual(pool.child("quiet", 0).pid, quiet_pid)
 
+        # One request at a time, each after the last answer reached this
+        # test: the job's busy poll waits in vain for the next one, and
+        # polls ever more rarely (after N misses in a row it skips the next
+        # 2^N - 1 chances), so 60 requests cost far fewer than 60 misses
+        # (about 10 here; a read that finds one starts the count over).
+        def quiet_counters(served):
+            counters = self.group_requests(pool, "quiet")
+            return counters if counters.get("served", 0) >= served else None
+        served = 200001 + 1  # two floods, the warm-up, and one more below
+        self.assertEqual(c.request("quiet", "settle").body, "settle")
+        before = wp.wait_until(lambda: quiet_counters(served),
+                               what="quiet's counters")
+        for n in range(60):
+            self.assertEqual(c.request("quiet", "one%d" % n).body, "one%d" % n)
+        after = wp.wait_until(lambda: quiet_counters(served + 60),
+                              what="quiet's counters")
+        self.assertLessEqual(after.get("busy_poll_misses", 0) -
+                             before.get("busy_poll_misses", 0), 40)
+
         # A job killed while requests fly: each request still gets exactly
         # one answer, its own body or "worker died".
         victim = pool.child("echo", 0)

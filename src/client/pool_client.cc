@@ -898,6 +898,7 @@ Link* Client::AdoptLink(const json& info) {
 }
 
 void Client::OnLinkInput(Link* link, std::string_view bytes) {
+  if (bytes.empty()) return;  // libuv's EAGAIN: nothing came, nothing to poll
   // Drained below before the (shared) read buffer is used again.
   link->decoder.FeedBorrowed(bytes);
   FrameView frame;

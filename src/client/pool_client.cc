@@ -221,7 +221,8 @@ class ServerRequest : public IncomingRequest,
     // A small request lives inside this object.
     char* data = inline_payload_;
     if (meta_.size() + body_.size() > sizeof(inline_payload_)) {
-      heap_payload_ = std::make_unique<char[]>(meta_.size() + body_.size());
+      heap_payload_ =
+          std::make_unique_for_overwrite<char[]>(meta_.size() + body_.size());
       data = heap_payload_.get();
     }
     if (!meta_.empty()) std::memcpy(data, meta_.data(), meta_.size());

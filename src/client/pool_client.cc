@@ -599,20 +599,14 @@ void Client::ArmFlusher() {
 
 void Client::BeforeBlocking() {
   FlushAll();
-  if (!hot_.empty()) {
-    if (busy_poll_ns_ > 0) {
-      BusyPoll();
-    } else {
-      for (Link* link : hot_) link->hot = false;
-      hot_.clear();
-      uv_prepare_stop(&flusher_);  // FlushAll left nothing to write
-    }
-  }
+  if (!hot_.empty()) BusyPoll();
 }
 
 bool Client::WorthBusyPolling(Link* link) {
   // A draining sender link waits for the Watcher's word, not for bytes.
-  if (link->closed || link->draining || finished_) return false;
+  if (link->closed || link->draining || finished_ || busy_poll_ns_ == 0) {
+    return false;
+  }
   // A peer on this CPU cannot answer while we spin; one whose CPU we do
   // not know might be.
   if (link->placement->Check(uv_now(loop_)) !=
@@ -682,7 +676,13 @@ void Client::BusyPoll() {
     }
   }
   polling_.clear();
-  if (!got || finished_) return;
+  if (!got) {
+    // FlushAll ran just before and nothing ran since: no work is left, so
+    // the loop may sleep without calling back first.
+    uv_prepare_stop(&flusher_);
+    return;
+  }
+  if (finished_) return;
   CountChanged();
   FlushAll();
   if (finished_) return;
@@ -915,7 +915,7 @@ void Client::OnLinkInput(Link* link, std::string_view bytes) {
     CloseLink(link);
     return;
   }
-  if (!link->hot) {
+  if (!link->hot && busy_poll_ns_ > 0) {
     link->hot = true;
     hot_.push_back(link);
     ArmFlusher();

@@ -1,0 +1,91 @@
+// One child's pool channel as the Watcher keeps it: what the child has said
+// (hello, its routes, its last stats) and what the Watcher should do with
+// each frame it sends next. Pure: the Watcher's child protocol room
+// (watcher/child_protocol_room) executes the decisions; tests and the fuzz
+// target drive it without processes.
+//
+// Contract: OnFrame never throws and accepts any frame in any order. A
+// decision to kill names a pid of a live child in a group this child has an
+// open route to, never the child itself; every refused frame is an offence,
+// counted by the caller and logged once per kind per conversation.
+#pragma once
+
+#include <bitset>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+
+#include "core/child_protocol.h"
+
+namespace workerpool {
+
+class ChildConversation {
+ public:
+  enum class Action {
+    kNone,       // nothing to do (an offence, or a repeat)
+    kHello,      // first hello: send config, link peers, mark up
+    kHeartbeat,  // re-arm the heartbeat deadline
+    kOpenRoute,  // check `group` against the routing rules and open it
+    kKill,       // SIGKILL `pid` (a peer this child sends to)
+    kStats,      // keep `stats` as the child's latest
+  };
+
+  struct Decision {
+    Action action = Action::kNone;
+    std::string group;     // kOpenRoute
+    std::int64_t pid = 0;  // kKill
+    std::string reason;    // kKill
+    ChildStats stats;      // kStats
+    // Set when the frame was refused; `log` is true the first time this
+    // conversation commits an offence of that kind.
+    std::optional<OffendingFrame> offence;
+    bool log = false;
+  };
+
+  // The group name of the live child with PID, or nullptr when there is
+  // none (the Watcher's table of children).
+  using ChildGroupLookup = std::function<const std::string*(std::int64_t pid)>;
+
+  explicit ChildConversation(std::int64_t own_pid) : own_pid_(own_pid) {}
+
+  Decision OnFrame(wire::FrameType type, std::string_view body,
+                   const ChildGroupLookup& group_of);
+
+  bool said_hello() const { return said_hello_; }
+  std::int64_t own_pid() const { return own_pid_; }
+
+  // Routes: open ones (the child gets links to that group's children) and
+  // refused ones (asked again for the child when a reload allows them).
+  const std::set<std::string>& routes() const { return routes_; }
+  const std::set<std::string>& refused_routes() const { return refused_; }
+  void RouteOpened(const std::string& group);
+  // True the first time GROUP is refused (to log it once).
+  bool RouteRefused(const std::string& group);
+  // The route is no longer allowed (a reload): remembered as refused.
+  void RouteRevoked(const std::string& group);
+  // A refused route is about to be opened by the Watcher (a reload allows it).
+  void ForgetRefusal(const std::string& group) { refused_.erase(group); }
+
+  // Stats as last accepted (empty until the first).
+  const ChildStats& stats() const { return stats_; }
+  void KeepStats(ChildStats stats) { stats_ = std::move(stats); }
+
+  std::uint64_t offences() const { return offences_; }
+
+ private:
+  Decision Refuse(OffendingFrame offence);
+
+  std::int64_t own_pid_;
+  bool said_hello_ = false;
+  std::set<std::string> routes_;
+  std::set<std::string> refused_;
+  std::set<std::int64_t> killed_;  // asked once already: not again
+  ChildStats stats_;
+  std::bitset<kChildOffenceKinds> logged_;
+  std::uint64_t offences_ = 0;
+};
+
+}  // namespace workerpool

@@ -1,0 +1,242 @@
+// The Watcher's reading of a child's pool channel: every frame type with
+// wrong JSON types, missing fields, non-object bodies, huge and negative
+// numbers, frames out of order and floods; no frame may throw, and a kill
+// is only ever decided for a peer the child sends to.
+#include "core/child_conversation.h"
+
+#include <doctest/doctest.h>
+
+#include <map>
+#include <string>
+
+#include "core/child_protocol.h"
+
+namespace workerpool {
+namespace {
+
+using Action = ChildConversation::Action;
+using wire::FrameType;
+
+// pid -> group of the live children the tests pretend exist.
+struct FakeChildren {
+  std::map<std::int64_t, std::string> groups{
+      {100, "web"}, {200, "echo"}, {201, "echo"}, {300, "other"}};
+  ChildConversation::ChildGroupLookup Lookup() {
+    return [this](std::int64_t pid) -> const std::string* {
+      auto found = groups.find(pid);
+      return found == groups.end() ? nullptr : &found->second;
+    };
+  }
+};
+
+ChildConversation Greeted(FakeChildren& children) {
+  ChildConversation conversation(100);
+  CHECK(
+      conversation.OnFrame(FrameType::kHello, "{}", children.Lookup()).action ==
+      Action::kHello);
+  return conversation;
+}
+
+ChildOffence OffenceOf(const ChildConversation::Decision& decision) {
+  REQUIRE(decision.offence.has_value());
+  CHECK(decision.action == Action::kNone);
+  return decision.offence->offence;
+}
+
+TEST_CASE("child protocol: kill_peer with wrong types is an offence") {
+  for (const char* body :
+       {R"({"pid": "x"})", R"({"pid": -5})", R"({"pid": 0})", R"({"pid": 1})",
+        R"({"pid": 1.5})", R"({"pid": null})", R"({})",
+        R"({"pid": 18446744073709551615})", R"({"pid": 4294967296})",
+        R"({"pid": 200, "reason": 7})", R"([200])", R"("pid")", "{", "\xff",
+        R"({"pid": true})"}) {
+    CAPTURE(body);
+    ChildMessage message = ReadChildFrame(FrameType::kKillPeer, body);
+    REQUIRE(std::holds_alternative<OffendingFrame>(message));
+  }
+  ChildMessage good =
+      ReadChildFrame(FrameType::kKillPeer, R"({"pid": 200, "reason": "slow"})");
+  REQUIRE(std::holds_alternative<KillPeerMessage>(good));
+  CHECK(std::get<KillPeerMessage>(good).pid == 200);
+  CHECK(std::get<KillPeerMessage>(good).reason == "slow");
+}
+
+TEST_CASE("child protocol: stats with wrong types is an offence") {
+  for (const char* body :
+       {R"({"served": "x"})", R"({"served": -1})", R"({"served": 1.5})",
+        R"({"served_errors": null})", R"({"latency": 3})",
+        R"({"latency": {"echo": {"bounds_ms": [1], "counts": [1]}}})",
+        R"({"latency": {"echo": {"bounds_ms": [2, 1], "counts": [1, 2, 3]}}})",
+        R"({"latency": {"echo": {"bounds_ms": ["a"], "counts": [1, 2]}}})",
+        R"({"app": []})", R"({"app": "text"})", R"([1, 2])", "17", "nul"}) {
+    CAPTURE(body);
+    ChildMessage message = ReadChildFrame(FrameType::kStats, body);
+    REQUIRE(std::holds_alternative<OffendingFrame>(message));
+  }
+  ChildMessage good = ReadChildFrame(
+      FrameType::kStats,
+      R"({"served": 18446744073709551615, "inflight": 2, "app": {"k": [1]},
+          "latency": {"echo": {"bounds_ms": [1, 5], "counts": [1, 2, 3],
+                               "sum_ms": 9}}})");
+  REQUIRE(std::holds_alternative<StatsMessage>(good));
+  const ChildStats& stats = std::get<StatsMessage>(good).stats;
+  CHECK(stats.Counter("served") == 18446744073709551615ull);
+  CHECK(stats.Counter("inflight") == 2);
+  CHECK(stats.Counter("absent") == 0);
+  CHECK(stats.latency.at("echo").counts.size() == 3);
+  CHECK(stats.app["k"][0] == 1);
+}
+
+TEST_CASE("child protocol: oversized and deeply nested stats are refused") {
+  std::string huge =
+      R"({"app": {"x": ")" + std::string(kMaxStatsBytes, 'a') + "\"}}";
+  ChildMessage message = ReadChildFrame(FrameType::kStats, huge);
+  REQUIRE(std::holds_alternative<OffendingFrame>(message));
+  CHECK(std::get<OffendingFrame>(message).offence == ChildOffence::kTooLarge);
+
+  std::string deep =
+      R"({"app": )" + std::string(5000, '[') + std::string(5000, ']') + "}";
+  CHECK(std::holds_alternative<OffendingFrame>(
+      ReadChildFrame(FrameType::kStats, deep)));
+
+  std::string many = "{";
+  for (size_t i = 0; i <= kMaxStatsCounters; ++i) {
+    many += (i ? "," : "") + std::string("\"c") + std::to_string(i) + "\": 1";
+  }
+  many += "}";
+  CHECK(std::get<OffendingFrame>(ReadChildFrame(FrameType::kStats, many))
+            .offence == ChildOffence::kTooLarge);
+}
+
+TEST_CASE("child protocol: route_open needs a group name") {
+  for (const char* body : {R"({})", R"({"group": 5})", R"({"group": ""})",
+                           R"({"group": "a\nb"})", R"([])", "x"}) {
+    CAPTURE(body);
+    CHECK(std::holds_alternative<OffendingFrame>(
+        ReadChildFrame(FrameType::kRouteOpen, body)));
+  }
+  CHECK(std::get<RouteOpenMessage>(
+            ReadChildFrame(FrameType::kRouteOpen, R"({"group": "echo"})"))
+            .group == "echo");
+}
+
+TEST_CASE("child protocol: frame types children do not send") {
+  for (FrameType type :
+       {FrameType::kRequest, FrameType::kReply, FrameType::kRouteRefused,
+        FrameType::kPeerAdded, FrameType::kDrain, FrameType::kConfig,
+        static_cast<FrameType>(0), static_cast<FrameType>(255)}) {
+    ChildMessage message = ReadChildFrame(type, "{}");
+    REQUIRE(std::holds_alternative<OffendingFrame>(message));
+    CHECK(std::get<OffendingFrame>(message).offence ==
+          ChildOffence::kUnknownFrame);
+  }
+}
+
+TEST_CASE("conversation: frames before hello are refused") {
+  FakeChildren children;
+  ChildConversation conversation(100);
+  for (FrameType type : {FrameType::kRouteOpen, FrameType::kStats,
+                         FrameType::kKillPeer, FrameType::kHeartbeat}) {
+    auto decision = conversation.OnFrame(
+        type, R"({"group": "echo", "pid": 200})", children.Lookup());
+    CHECK(OffenceOf(decision) == ChildOffence::kBeforeHello);
+  }
+  CHECK_FALSE(conversation.said_hello());
+  CHECK(conversation.offences() == 4);
+}
+
+TEST_CASE("conversation: each kind of offence is logged once") {
+  FakeChildren children;
+  ChildConversation conversation = Greeted(children);
+  auto first = conversation.OnFrame(FrameType::kKillPeer, R"({"pid": "x"})",
+                                    children.Lookup());
+  CHECK(OffenceOf(first) == ChildOffence::kBadField);
+  CHECK(first.log);
+  for (int i = 0; i < 100; ++i) {
+    auto again = conversation.OnFrame(FrameType::kStats, R"({"served": "x"})",
+                                      children.Lookup());
+    CHECK(OffenceOf(again) == ChildOffence::kBadField);
+    CHECK_FALSE(again.log);
+  }
+  auto hello = conversation.OnFrame(FrameType::kHello, "", children.Lookup());
+  CHECK(OffenceOf(hello) == ChildOffence::kRepeatedHello);
+  CHECK(hello.log);
+  CHECK(conversation.offences() == 102);
+}
+
+TEST_CASE("conversation: a route is opened once") {
+  FakeChildren children;
+  ChildConversation conversation = Greeted(children);
+  auto open = conversation.OnFrame(FrameType::kRouteOpen,
+                                   R"({"group": "echo"})", children.Lookup());
+  CHECK(open.action == Action::kOpenRoute);
+  CHECK(open.group == "echo");
+  conversation.RouteOpened("echo");
+  auto again = conversation.OnFrame(FrameType::kRouteOpen,
+                                    R"({"group": "echo"})", children.Lookup());
+  CHECK(OffenceOf(again) == ChildOffence::kRouteAlreadyOpen);
+  // Refused routes may be asked again (the client retries on a new send).
+  CHECK(conversation.RouteRefused("other"));
+  CHECK_FALSE(conversation.RouteRefused("other"));
+  CHECK(conversation
+            .OnFrame(FrameType::kRouteOpen, R"({"group": "other"})",
+                     children.Lookup())
+            .action == Action::kOpenRoute);
+  conversation.RouteRevoked("echo");
+  CHECK(conversation.routes().empty());
+  CHECK(conversation.refused_routes().count("echo") == 1);
+}
+
+TEST_CASE("conversation: kill_peer only for peers it sends to") {
+  FakeChildren children;
+  ChildConversation conversation = Greeted(children);
+  conversation.RouteOpened("echo");
+  // Itself, the Watcher (not a child), pid 1, a child of a group it does not
+  // route to, a pid that is no child at all.
+  for (const char* body : {R"({"pid": 100})", R"({"pid": 300})",
+                           R"({"pid": 2})", R"({"pid": 99999})"}) {
+    CAPTURE(body);
+    CHECK(OffenceOf(conversation.OnFrame(FrameType::kKillPeer, body,
+                                         children.Lookup())) ==
+          ChildOffence::kKillRefused);
+  }
+  auto kill = conversation.OnFrame(FrameType::kKillPeer,
+                                   R"({"pid": 200, "reason": "timeout"})",
+                                   children.Lookup());
+  CHECK(kill.action == Action::kKill);
+  CHECK(kill.pid == 200);
+  CHECK(kill.reason == "timeout");
+  // A flood for the same peer is one kill, and no offence.
+  auto repeat = conversation.OnFrame(FrameType::kKillPeer, R"({"pid": 200})",
+                                     children.Lookup());
+  CHECK(repeat.action == Action::kNone);
+  CHECK_FALSE(repeat.offence.has_value());
+  // Once that child is gone its pid may be reused by a new peer.
+  children.groups.erase(200);
+  CHECK(conversation
+            .OnFrame(FrameType::kKillPeer, R"({"pid": 201})", children.Lookup())
+            .action == Action::kKill);
+  children.groups[200] = "echo";
+  CHECK(conversation
+            .OnFrame(FrameType::kKillPeer, R"({"pid": 200})", children.Lookup())
+            .action == Action::kKill);
+}
+
+TEST_CASE("conversation: stats and heartbeats after hello") {
+  FakeChildren children;
+  ChildConversation conversation = Greeted(children);
+  CHECK(conversation.OnFrame(FrameType::kHeartbeat, "", children.Lookup())
+            .action == Action::kHeartbeat);
+  auto stats = conversation.OnFrame(FrameType::kStats, R"({"served": 3})",
+                                    children.Lookup());
+  REQUIRE(stats.action == Action::kStats);
+  conversation.KeepStats(std::move(stats.stats));
+  CHECK(conversation.stats().Counter("served") == 3);
+  // A refused stats frame leaves the last good one in place.
+  conversation.OnFrame(FrameType::kStats, R"({"served": -3})",
+                       children.Lookup());
+  CHECK(conversation.stats().Counter("served") == 3);
+}
+
+}  // namespace
+}  // namespace workerpool

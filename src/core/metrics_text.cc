@@ -417,6 +417,10 @@ void AddGroup(const json& group, Exposition* out) {
   out->AddJson("workerpool_group_recycled_total", "counter",
                "Children recycled after max_requests or max_rss.", labels,
                Member(group, "recycled"));
+  out->AddJson("workerpool_group_protocol_errors_total", "counter",
+               "Pool-channel frames from the group's children that broke "
+               "the protocol and were refused.",
+               labels, Member(group, "protocol_errors"));
   if (const json* latency = Member(group, "latency")) {
     AddLatency(name, *latency, out);
   }

@@ -20,6 +20,7 @@
 #include <string_view>
 #include <tuple>
 
+#include "core/child_conversation.h"
 #include "core/config.h"
 #include "core/line_splitter.h"
 #include "core/listen_address.h"
@@ -97,6 +98,10 @@ constexpr Duration kPlainStartGrace{1000};
 constexpr Duration kProtocolStartGrace{30000};
 // max_rss is checked this often, and only while some group sets it.
 constexpr uint64_t kRssSampleMs = 1000;
+// Refused frames a child may send before its channel is closed: enough for
+// a library with a bug to keep serving while the log says what it does
+// wrong, few enough that a hostile child cannot keep the Watcher busy.
+constexpr uint64_t kMaxProtocolErrors = 1000;
 
 class Watcher : public ControlTarget {
  public:
@@ -148,13 +153,10 @@ class Watcher : public ControlTarget {
     // The child's pool channel while it runs; ready once it said hello.
     Channel* channel = nullptr;
     bool ready = false;
-    bool up = false;               // said hello, or ran through the start grace
-    bool draining = false;         // told to finish its work and exit
-    std::set<std::string> routes;  // groups it opened routes to
-    nlohmann::json stats = nlohmann::json::object();  // its last kStats
-    // Groups it asked for and was refused; asked again for it when a
-    // reload allows them.
-    std::set<std::string> refused_routes;
+    bool up = false;        // said hello, or ran through the start grace
+    bool draining = false;  // told to finish its work and exit
+    // What it said on its channel: hello, routes, stats, offences.
+    ChildConversation conversation{0};
     std::int64_t recycle_after = 0;  // answered requests; 0: never
     // Started only when the group sets heartbeat_timeout.
     uv_timer_t heartbeat;
@@ -177,6 +179,7 @@ class Watcher : public ControlTarget {
     bool removing = false;         // dropped by a reload: drain, then delete
     bool scaled = false;           // `workerpool scale` set processes
     bool speaks_protocol = false;  // one of its children said hello
+    uint64_t protocol_errors = 0;  // frames its children sent that were refused
     int generation = 0;            // bumped when its children must restart
     uint64_t recycled = 0;
     std::vector<int> rolling;  // indices still to restart, in order
@@ -276,7 +279,7 @@ class Watcher : public ControlTarget {
   void OnHello(Slot* slot);
   void SendChildConfig(Slot* slot);
   void OnRouteOpen(Slot* sender, const std::string& target);
-  void OnKillPeer(Slot* sender, const nlohmann::json& body);
+  void OnProtocolError(Slot* slot, const OffendingFrame& offence, bool log);
   void LinkPeers(Slot* sender, Slot* server);
   void BroadcastToSubscribers(const std::string& group, wire::FrameType type,
                               const nlohmann::json& body);
@@ -560,7 +563,7 @@ void Watcher::Spawn(Slot* slot) {
   slot->ready = false;
   slot->up = false;
   slot->draining = false;
-  slot->stats = nlohmann::json::object();
+  slot->conversation = ChildConversation(slot->pid);
   slot->recycle_after = RecycleAfter(config.max_requests, random_());
   children_[slot->pid] = slot;
   slot->channel = Channel::Open(
@@ -883,8 +886,9 @@ void Watcher::ResizeGroup(Group* group) {
     // alike.
     auto rank = [](const Slot* slot) {
       const bool running = slot->pid > 0;
-      const uint64_t serving = slot->stats.value("serving", uint64_t{0}) +
-                               slot->stats.value("inflight", uint64_t{0});
+      const ChildStats& stats = slot->conversation.stats();
+      const uint64_t serving =
+          stats.Counter("serving") + stats.Counter("inflight");
       return std::make_tuple(running, slot->up, serving, -slot->index);
     };
     std::stable_sort(
@@ -937,8 +941,11 @@ void Watcher::Recycle(Slot* slot, const std::string& why) {
 
 void Watcher::CheckRequestCount(Slot* slot) {
   if (slot->recycle_after <= 0 || !slot->up) return;
-  const uint64_t answered = slot->stats.value("served", uint64_t{0}) +
-                            slot->stats.value("served_errors", uint64_t{0});
+  const ChildStats& stats = slot->conversation.stats();
+  // Saturating: a child may report anything, even numbers that overflow.
+  const uint64_t served = stats.Counter("served");
+  const uint64_t answered =
+      std::max(served, served + stats.Counter("served_errors"));
   if (answered < static_cast<uint64_t>(slot->recycle_after)) return;
   Recycle(slot, "answered " + std::to_string(answered) +
                     " requests (max_requests " +
@@ -1323,25 +1330,26 @@ void Watcher::ApplyRoutes() {
     auto visit = [this](Slot* slot) {
       if (slot->pid <= 0 || slot->channel == nullptr) return;
       const std::string& from = slot->group->config.name;
-      for (const std::string& target :
-           std::vector<std::string>(slot->routes.begin(), slot->routes.end())) {
+      ChildConversation& conversation = slot->conversation;
+      for (const std::string& target : std::vector<std::string>(
+               conversation.routes().begin(), conversation.routes().end())) {
         Status allowed = CheckRequestRoute(config_, from, target);
         if (allowed.ok()) continue;
         spdlog::info("route {}[{}] pid {} -> {} revoked: {}", from, slot->index,
                      slot->pid, target, allowed.message());
-        slot->routes.erase(target);
+        conversation.RouteRevoked(target);
         subscribers_[target].erase(slot);
-        slot->refused_routes.insert(target);
         slot->channel->Send(wire::FrameType::kRouteRefused,
                             {{"group", target}, {"error", allowed.message()}});
       }
-      for (const std::string& target : std::vector<std::string>(
-               slot->refused_routes.begin(), slot->refused_routes.end())) {
+      for (const std::string& target :
+           std::vector<std::string>(conversation.refused_routes().begin(),
+                                    conversation.refused_routes().end())) {
         if (!CheckRequestRoute(config_, from, target).ok()) continue;
         if (FindGroup(target) == nullptr) continue;
         spdlog::info("route {}[{}] pid {} -> {} allowed by the reload", from,
                      slot->index, slot->pid, target);
-        slot->refused_routes.erase(target);
+        conversation.ForgetRefusal(target);
         OnRouteOpen(slot, target);
       }
     };
@@ -1442,35 +1450,19 @@ nlohmann::json Watcher::StatusJson() {
   const auto now = Clock::now();
   // Request latency per target group, summed over every sender's
   // histogram (stats "latency": {"<group>": {bounds_ms, counts, sum_ms}}).
-  std::map<std::string, json> latency;
+  std::map<std::string, LatencyHistogram> latency;
   auto add_latency = [&](const Slot* slot) {
-    auto found = slot->stats.find("latency");
-    if (found == slot->stats.end() || !found->is_object()) return;
-    for (auto& [target, histogram] : found->items()) {
-      if (!histogram.is_object()) continue;
-      const json& bounds = histogram.value("bounds_ms", json());
-      const json& counts = histogram.value("counts", json());
-      if (!bounds.is_array() || !counts.is_array() ||
-          counts.size() != bounds.size() + 1) {
-        continue;
+    for (const auto& [target, histogram] : slot->conversation.stats().latency) {
+      LatencyHistogram& total = latency[target];
+      if (total.counts.empty()) {
+        total.bounds_ms = histogram.bounds_ms;
+        total.counts.assign(histogram.counts.size(), 0);
       }
-      json& total = latency[target];
-      if (total.is_null()) {
-        total = {{"bounds_ms", bounds},
-                 {"counts", std::vector<uint64_t>(counts.size(), 0)},
-                 {"sum_ms", uint64_t{0}}};
+      if (total.bounds_ms != histogram.bounds_ms) continue;  // other version
+      for (std::size_t i = 0; i < histogram.counts.size(); ++i) {
+        total.counts[i] += histogram.counts[i];
       }
-      if (total["bounds_ms"] != bounds) continue;  // another library version
-      for (std::size_t i = 0; i < counts.size(); ++i) {
-        if (counts[i].is_number_unsigned()) {
-          total["counts"][i] =
-              total["counts"][i].get<uint64_t>() + counts[i].get<uint64_t>();
-        }
-      }
-      if (histogram.value("sum_ms", json()).is_number_unsigned()) {
-        total["sum_ms"] = total["sum_ms"].get<uint64_t>() +
-                          histogram["sum_ms"].get<uint64_t>();
-      }
+      total.sum_ms += histogram.sum_ms;
     }
   };
   for (auto& group : groups_) {
@@ -1481,7 +1473,7 @@ nlohmann::json Watcher::StatusJson() {
   for (auto& group : groups_) {
     json children = json::array();
     json app = json::array();
-    json requests = json::object();
+    std::map<std::string, uint64_t> requests;
     uint64_t inflight = 0, queued = 0;
     int live = 0, ready = 0;
     auto add_child = [&](int index, Slot* slot) {
@@ -1497,23 +1489,21 @@ nlohmann::json Watcher::StatusJson() {
             std::chrono::duration_cast<Duration>(now - slot->started).count()},
            {"ready", slot->ready},
            {"draining", slot->draining || slot->retiring || slot->outgoing}});
-      for (auto& [key, value] : slot->stats.items()) {
-        if (key == "app") {
-          if (value.is_object() && !value.empty()) {
-            json entry = value;
-            entry["index"] = index;
-            entry["pid"] = slot->pid;
-            app.push_back(entry);
-          }
-        } else if (value.is_number_unsigned()) {
-          uint64_t number = value.get<uint64_t>();
-          if (key == "inflight") {
-            inflight += number;
-          } else if (key == "queued") {
-            queued += number;
-          } else if (key != "serving") {
-            requests[key] = requests.value(key, uint64_t{0}) + number;
-          }
+      const ChildStats& stats = slot->conversation.stats();
+      if (!stats.app.empty()) {
+        json entry = stats.app;
+        entry["index"] = index;
+        entry["pid"] = slot->pid;
+        app.push_back(std::move(entry));
+      }
+      for (const auto& [key, number] : stats.counters) {
+        if (key == "inflight") {
+          inflight += number;
+        } else if (key == "queued") {
+          queued += number;
+        } else if (key != "serving") {
+          uint64_t& total = requests[key];
+          total += number;
         }
       }
     };
@@ -1535,10 +1525,13 @@ nlohmann::json Watcher::StatusJson() {
                       {"queued", queued},
                       {"requests", requests},
                       {"recycled", group->recycled},
+                      {"protocol_errors", group->protocol_errors},
                       {"app", app},
                       {"children", children}});
     if (auto found = latency.find(group->config.name); found != latency.end()) {
-      groups.back()["latency"] = found->second;
+      groups.back()["latency"] = {{"bounds_ms", found->second.bounds_ms},
+                                  {"counts", found->second.counts},
+                                  {"sum_ms", found->second.sum_ms}};
     }
   }
   const char* state = "running";
@@ -1626,38 +1619,70 @@ void Watcher::CloseSlotHandles(Slot* slot) {
 
 void Watcher::OnChannelFrame(Slot* slot, const FrameView& frame) {
   if (slot == nullptr || slot->pid <= 0) return;
-  nlohmann::json body =
-      nlohmann::json::parse(frame.body, nullptr, /*allow_exceptions=*/false);
-  if (!body.is_object()) body = nlohmann::json::object();
-  switch (frame.header.type) {
-    case wire::FrameType::kHello:
+  ChildConversation::Decision decision = slot->conversation.OnFrame(
+      frame.header.type, frame.body,
+      [this](std::int64_t pid) -> const std::string* {
+        if (pid <= 0 || pid > INT_MAX) return nullptr;
+        const Slot* child = FindChild(static_cast<pid_t>(pid));
+        return child == nullptr ? nullptr : &child->group->config.name;
+      });
+  if (decision.offence) {
+    OnProtocolError(slot, *decision.offence, decision.log);
+    return;
+  }
+  switch (decision.action) {
+    case ChildConversation::Action::kNone:
+      break;
+    case ChildConversation::Action::kHello:
       OnHello(slot);
       break;
-    case wire::FrameType::kRouteOpen: {
-      auto group = body.find("group");
-      OnRouteOpen(slot, group != body.end() && group->is_string()
-                            ? group->get<std::string>()
-                            : std::string());
-      break;
-    }
-    case wire::FrameType::kKillPeer:
-      OnKillPeer(slot, body);
-      break;
-    case wire::FrameType::kHeartbeat:
+    case ChildConversation::Action::kHeartbeat:
       if (uv_is_active(reinterpret_cast<uv_handle_t*>(&slot->heartbeat))) {
         uv_timer_again(&slot->heartbeat);
       }
       break;
-    case wire::FrameType::kStats:
-      slot->stats = std::move(body);
+    case ChildConversation::Action::kOpenRoute:
+      OnRouteOpen(slot, decision.group);
+      break;
+    case ChildConversation::Action::kKill: {
+      Slot* target = FindChild(static_cast<pid_t>(decision.pid));
+      if (target == nullptr) break;
+      spdlog::warn("killing {}[{}] pid {}: {} (reported by {}[{}] pid {})",
+                   target->group->config.name, target->index, target->pid,
+                   decision.reason, slot->group->config.name, slot->index,
+                   slot->pid);
+      SignalChild(target, SIGKILL);
+      break;
+    }
+    case ChildConversation::Action::kStats:
+      slot->conversation.KeepStats(std::move(decision.stats));
       CheckRequestCount(slot);
       break;
-    default:
-      spdlog::warn(
-          "{}[{}] pid {} sent an unexpected frame type {} on its "
-          "pool channel; ignored",
-          slot->group->config.name, slot->index, slot->pid,
-          static_cast<int>(frame.header.type));
+  }
+}
+
+// A child broke the protocol: the frame is dropped, counted for its group and
+// logged the first time this child commits that kind of offence. A child
+// that keeps offending loses its channel (it sees EOF, exits, and is
+// restarted with backoff); the rest of the pool never notices.
+void Watcher::OnProtocolError(Slot* slot, const OffendingFrame& offence,
+                              bool log) {
+  ++slot->group->protocol_errors;
+  if (log) {
+    spdlog::warn("{}[{}] pid {} broke the pool protocol ({}): {}; ignored",
+                 slot->group->config.name, slot->index, slot->pid,
+                 OffenceName(offence.offence), offence.detail);
+  }
+  if (slot->conversation.offences() >= kMaxProtocolErrors &&
+      slot->channel != nullptr) {
+    spdlog::error(
+        "{}[{}] pid {}: {} protocol errors; closing its pool channel and "
+        "stopping it",
+        slot->group->config.name, slot->index, slot->pid,
+        slot->conversation.offences());
+    ForgetChannel(slot);
+    SignalChild(slot, SIGTERM);
+    StartSlotTimer(slot, TimerUse::kKillDeadline, config_.stop_timeout);
   }
 }
 
@@ -1712,7 +1737,7 @@ void Watcher::OnRouteOpen(Slot* sender, const std::string& target) {
   Status allowed = CheckRequestRoute(config_, from, target);
   if (!allowed.ok()) {
     ++refused_requests_;
-    if (sender->refused_routes.insert(target).second) {
+    if (sender->conversation.RouteRefused(target)) {
       spdlog::warn("refused {}[{}] pid {} -> {}: {}", from, sender->index,
                    sender->pid, target, allowed.message());
     }
@@ -1721,7 +1746,7 @@ void Watcher::OnRouteOpen(Slot* sender, const std::string& target) {
     return;
   }
   Group* group = FindGroup(target);
-  sender->routes.insert(target);
+  sender->conversation.RouteOpened(target);
   subscribers_[target].insert(sender);
   const GroupConfig* config = config_.FindGroup(target);
   if (group != nullptr) {
@@ -1766,24 +1791,6 @@ void Watcher::LinkPeers(Slot* sender, Slot* server) {
                         ends[1]);
 }
 
-void Watcher::OnKillPeer(Slot* sender, const nlohmann::json& body) {
-  pid_t pid = body.value("pid", 0);
-  std::string reason = body.value("reason", std::string("no reason given"));
-  Slot* target = FindChild(pid);
-  if (target == nullptr ||
-      sender->routes.count(target->group->config.name) == 0) {
-    spdlog::warn(
-        "{}[{}] pid {} asked to kill pid {}, which it does not send "
-        "to; ignored",
-        sender->group->config.name, sender->index, sender->pid, pid);
-    return;
-  }
-  spdlog::warn("killing {}[{}] pid {}: {} (reported by {}[{}] pid {})",
-               target->group->config.name, target->index, target->pid, reason,
-               sender->group->config.name, sender->index, sender->pid);
-  SignalChild(target, SIGKILL);
-}
-
 void Watcher::BroadcastToSubscribers(const std::string& group,
                                      wire::FrameType type,
                                      const nlohmann::json& body) {
@@ -1800,12 +1807,11 @@ void Watcher::ForgetChannel(Slot* slot) {
     slot->channel->Close();
     slot->channel = nullptr;
   }
-  for (const std::string& target : slot->routes) {
+  for (const std::string& target : slot->conversation.routes()) {
     auto subscribers = subscribers_.find(target);
     if (subscribers != subscribers_.end()) subscribers->second.erase(slot);
   }
-  slot->routes.clear();
-  slot->refused_routes.clear();
+  slot->conversation = ChildConversation(slot->pid);
   slot->ready = false;
 }
 

@@ -94,7 +94,7 @@ json FullStatus() {
        "requests": {"sent": 0, "replied": 0, "failed": 0, "refused": 0,
                     "cancelled": 0, "timed_out": 0, "served": 88,
                     "served_errors": 2},
-       "recycled": 3, "app": []},
+       "recycled": 3, "protocol_errors": 7, "app": []},
       {"name": "intake", "type": "service", "desired": 1, "live": 1,
        "ready": 1, "restarts": 0, "state": "running", "inflight": 0,
        "queued": 0,
@@ -135,6 +135,7 @@ TEST_CASE("MetricsText renders every figure of a full status document") {
            "workerpool_group_requests_served_total{group=\"compute\",outcome="
            "\"error\"} 2",
            "workerpool_group_recycled_total{group=\"compute\"} 3",
+           "workerpool_group_protocol_errors_total{group=\"compute\"} 7",
            "workerpool_service_connected{group=\"intake\",index=\"0\"} 1",
            "workerpool_service_consumed{group=\"intake\",index=\"0\"} 1234",
            "workerpool_service_rate{group=\"intake\",index=\"0\"} 12.5",

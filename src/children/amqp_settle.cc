@@ -18,8 +18,10 @@ void AmqpAckBatch::Ack(std::uint64_t tag) {
 }
 
 AmqpAckBatch::Frames AmqpAckBatch::Reject(std::uint64_t tag) {
+  // Taken while TAG is still unsettled: the multiple ack stops below it.
+  Frames frames = Take();
   unsettled_.erase(tag);
-  return Take();
+  return frames;
 }
 
 AmqpAckBatch::Frames AmqpAckBatch::Take() {

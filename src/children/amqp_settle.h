@@ -41,8 +41,10 @@ class AmqpAckBatch {
   void Delivered(std::uint64_t tag);
   // TAG is to be acked: settled now, held until Take().
   void Ack(std::uint64_t tag);
-  // TAG is to be rejected: settled now; the acks held so far, as Take()
-  // gives them. Write those first, then the reject.
+  // TAG is to be rejected: the acks held so far, as Take() gives them, but
+  // never covering TAG (an ack of it would take the message as done, and
+  // make the reject fail). Write those first, then the reject. TAG is
+  // settled after this.
   Frames Reject(std::uint64_t tag);
   // The frames for every held ack, which are then no longer held.
   Frames Take();

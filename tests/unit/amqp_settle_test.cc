@@ -46,6 +46,25 @@ TEST_CASE("AmqpAckBatch: a delivery dropped unprocessed stays open") {
   CHECK(frames.singles == Tags{2});
 }
 
+// Acks of 1 and 3 were held when 2 was rejected (nothing else open): a
+// multiple ack up to 3 would ack 2 as well, RabbitMQ would then fail the
+// reject (unknown delivery tag) and close the channel, and a message meant
+// for requeue or the dead-letter exchange would be gone.
+TEST_CASE("AmqpAckBatch: a multiple ack never covers a delivery rejected") {
+  AmqpAckBatch acks;
+  for (std::uint64_t tag = 1; tag <= 3; ++tag) acks.Delivered(tag);
+  acks.Ack(1);
+  acks.Ack(3);
+  AmqpAckBatch::Frames frames = acks.Reject(2);
+  CHECK(frames.multiple == 1);
+  CHECK(frames.singles == Tags{3});
+  CHECK(acks.empty());
+  // Settled: a later ack may cover it (RabbitMQ has forgotten it).
+  acks.Delivered(4);
+  acks.Ack(4);
+  CHECK(acks.Take().multiple == 4);
+}
+
 TEST_CASE("AmqpAckBatch: Clear forgets the old connection's tags") {
   AmqpAckBatch acks;
   acks.Delivered(1);

@@ -14,8 +14,11 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "children/amqp_connection.h"
@@ -50,6 +53,7 @@ static_assert(kPeekBytes < static_cast<std::size_t>(kAmqpFrameMax));
 }  // namespace
 
 // ===================================================================== Impl
+
 class AmqpSession::Impl {
  public:
   Impl(AmqpServiceConfig config, std::function<void()> wake)

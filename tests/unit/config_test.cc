@@ -15,6 +15,8 @@
 #include <system_error>
 #include <vector>
 
+#include "core/amqp_url.h"
+
 namespace workerpool {
 namespace {
 
@@ -1059,6 +1061,50 @@ TEST_CASE("rabbitmq.url is required and must be an AMQP URL with a host") {
   CHECK(Contains(RabbitmqError("{url: \"amqp://h st\", queues: [q]}",
                                "groups[0].rabbitmq.url"),
                  "white space"));
+}
+
+// config.cc had its own URL grammar, looser than the service's: these were
+// accepted by `workerpool check` and refused by the rabbitmq-service at every
+// start. Now both read the URL with ParseAmqpUrl.
+TEST_CASE("rabbitmq.url: check refuses exactly what the service refuses") {
+  for (const char* url : {
+           "amqp://h#frag",                   // a fragment
+           "amqp://h/a/b",                    // '/' inside the vhost
+           "amqp://h/%zz",                    // bad escape in the vhost
+           "amqp://u%zz:p@h",                 // bad escape in the user
+           "amqp://u:p%4@h",                  // bad escape in the password
+           "amqp://h?frame_max=1",            // unknown query parameter
+           "amqp://h?heartbeat=x",            // heartbeat not a number
+           "amqp://h?heartbeat=65536",        // heartbeat out of range
+           "amqp://h?connection_timeout=0",   // no timeout is no timeout
+           "amqp://h?connection_timeout=-5",  // negative
+       }) {
+    CAPTURE(url);
+    Result<AmqpUrl> service = ParseAmqpUrl(url);
+    REQUIRE_FALSE(service.ok());
+    CHECK(RabbitmqError(std::string("{url: \"") + url + "\", queues: [q]}",
+                        "groups[0].rabbitmq.url") ==
+          "test.yaml:6:21: groups[0].rabbitmq.url: " +
+              service.status().message());
+  }
+}
+
+TEST_CASE("rabbitmq.url: what the service accepts, check accepts") {
+  for (const char* url : {
+           "amqp://h",
+           "amqps://u:p@h:5671/",
+           "amqp://u:p@[::1]:5680/%2f?heartbeat=0&connection_timeout=2500",
+           "amqp://a%40b:p%3Aw@h/v%20x",
+       }) {
+    CAPTURE(url);
+    REQUIRE(ParseAmqpUrl(url).ok());
+    ConfigLoad load = ParseWithGroupLines(
+        std::string("    rabbitmq: {url: \"") + url + "\", queues: [q]}\n",
+        "service");
+    INFO(load.ErrorText());
+    REQUIRE(load.ok());
+    CHECK(load.config->groups[0].rabbitmq->url == url);
+  }
 }
 
 TEST_CASE("a password in a bad rabbitmq.url is not repeated in the message") {

@@ -774,13 +774,6 @@ class MapReader {
 // ---------------------------------------------------------------------------
 // The pool definition.
 
-std::optional<GroupType> GroupTypeFromName(std::string_view name) {
-  if (name == "reactor") return GroupType::kReactor;
-  if (name == "job") return GroupType::kJob;
-  if (name == "service") return GroupType::kService;
-  return std::nullopt;
-}
-
 void ReadPool(MapReader& pool, PoolConfig* config) {
   bool name_ok = pool.Text("name", &config->name, Need::kRequired, CheckName);
   pool.Text("control_socket", &config->control_socket, Need::kOptional,
@@ -1167,25 +1160,6 @@ ConfigLoad FileError(const std::string& path, std::string message) {
 }
 
 }  // namespace
-
-const char* GroupTypeName(GroupType type) {
-  switch (type) {
-    case GroupType::kReactor:
-      return "reactor";
-    case GroupType::kJob:
-      return "job";
-    case GroupType::kService:
-      return "service";
-  }
-  return "unknown";
-}
-
-const GroupConfig* PoolConfig::FindGroup(const std::string& group_name) const {
-  for (const GroupConfig& group : groups) {
-    if (group.name == group_name) return &group;
-  }
-  return nullptr;
-}
 
 std::string DefaultControlSocket(const std::string& pool_name) {
   const char* runtime = std::getenv("RUNTIME_DIRECTORY");

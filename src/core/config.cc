@@ -1,26 +1,19 @@
 #include "core/config.h"
 
-#include <fcntl.h>
-#include <pwd.h>
-#include <sys/stat.h>
 #include <sys/un.h>
-#include <unistd.h>
 #include <yaml-cpp/depthguard.h>  // YAML::DeepRecursion, not in yaml.h
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <charconv>
 #include <cstdio>
-#include <cstdlib>
 #include <exception>
 #include <limits>
 #include <optional>
 #include <span>
 #include <sstream>
 #include <string_view>
-#include <system_error>
 #include <utility>
 
 #include "core/amqp_url.h"
@@ -29,9 +22,6 @@
 
 namespace workerpool {
 namespace {
-
-// A pool definition is a few kilobytes; anything this big is the wrong file.
-constexpr std::size_t kMaxConfigBytes = 16 << 20;
 
 // sun_path holds the path and its terminating NUL.
 constexpr std::size_t kMaxSocketPathBytes = sizeof(sockaddr_un::sun_path) - 1;
@@ -248,51 +238,23 @@ Status CheckReservedEnvName(std::string_view name) {
   return Status::Ok();
 }
 
-struct UserIds {
-  std::int64_t uid = -1;
-  std::int64_t gid = -1;
-};
-
-// Looks NAME up in the passwd database: by name, and for a number that is
-// no user's name, by uid.
-Result<UserIds> LookUpUser(const std::string& name) {
-  long suggested = sysconf(_SC_GETPW_R_SIZE_MAX);
-  std::vector<char> buffer(suggested > 0 ? suggested : 1024);
-  constexpr std::size_t kMaxBuffer = 1 << 20;
-  bool by_uid = false;
-  while (true) {
-    passwd entry{};
-    passwd* found = nullptr;
-    int error = 0;
-    if (!by_uid) {
-      error = getpwnam_r(name.c_str(), &entry, buffer.data(), buffer.size(),
-                         &found);
-    } else {
-      uid_t uid = 0;
-      std::from_chars(name.data(), name.data() + name.size(), uid);
-      error = getpwuid_r(uid, &entry, buffer.data(), buffer.size(), &found);
-    }
-    if (error == ERANGE && buffer.size() < kMaxBuffer) {
-      buffer.resize(buffer.size() * 2);
-      continue;
-    }
-    if (found != nullptr) return UserIds{entry.pw_uid, entry.pw_gid};
-    // getpwnam_r(3): these also mean "no such user".
-    bool not_found = error == 0 || error == ENOENT || error == ESRCH ||
-                     error == EBADF || error == EPERM;
-    if (!not_found) {
-      return Status::Error(
-          "cannot look up user " + Quote(name) + ": " +
-          std::error_code(error, std::generic_category()).message());
-    }
-    if (!by_uid && IsDecimal(name) && name.size() < 10) {
-      by_uid = true;
-      continue;
-    }
+// A group's `user` resolved through the caller's lookup (the core reads no
+// passwd database).
+Result<UserIds> ResolveUser(const ConfigEnvironment& environment,
+                            const std::string& name) {
+  Result<std::optional<UserIds>> found =
+      environment.look_up_user ? environment.look_up_user(name)
+                               : Result<std::optional<UserIds>>(std::nullopt);
+  if (!found.ok()) {
+    return Status::Error("cannot look up user " + Quote(name) + ": " +
+                         found.status().message());
+  }
+  if (!found->has_value()) {
     return Status::Error("unknown user " + Quote(name) +
                          ": not in the passwd database (give a user name "
                          "from /etc/passwd, or remove 'user')");
   }
+  return **found;
 }
 
 // ---------------------------------------------------------------------------
@@ -774,7 +736,8 @@ class MapReader {
 // ---------------------------------------------------------------------------
 // The pool definition.
 
-void ReadPool(MapReader& pool, PoolConfig* config) {
+void ReadPool(MapReader& pool, const ConfigEnvironment& environment,
+              PoolConfig* config) {
   bool name_ok = pool.Text("name", &config->name, Need::kRequired, CheckName);
   pool.Text("control_socket", &config->control_socket, Need::kOptional,
             CheckSocketPath);
@@ -788,7 +751,8 @@ void ReadPool(MapReader& pool, PoolConfig* config) {
   pool.Finish();
 
   if (name_ok && !pool.Has("control_socket")) {
-    config->control_socket = DefaultControlSocket(config->name);
+    config->control_socket =
+        DefaultControlSocket(config->name, environment.runtime_directory);
     Status fits = CheckSocketPath(config->control_socket);
     if (!fits.ok()) {
       pool.ValueError(
@@ -854,7 +818,8 @@ struct GroupSource {
 };
 
 void ReadGroup(ErrorList* errors, const YAML::Node& node, std::size_t index,
-               GroupConfig* group, GroupSource* source) {
+               const ConfigEnvironment& environment, GroupConfig* group,
+               GroupSource* source) {
   MapReader reader(errors, node, "groups[" + std::to_string(index) + "]");
   YAML::Mark mark = node.Mark();
   group->line = mark.is_null() ? 0 : mark.line + 1;
@@ -925,7 +890,7 @@ void ReadGroup(ErrorList* errors, const YAML::Node& node, std::size_t index,
   }
 
   if (user_ok) {
-    Result<UserIds> ids = LookUpUser(group->user);
+    Result<UserIds> ids = ResolveUser(environment, group->user);
     if (ids.ok()) {
       group->uid = ids->uid;
       group->gid = ids->gid;
@@ -1083,7 +1048,7 @@ void CheckRoutes(ErrorList* errors, const PoolConfig& pool,
 }
 
 void ReadDocument(ErrorList* errors, const YAML::Node& document,
-                  PoolConfig* config) {
+                  const ConfigEnvironment& environment, PoolConfig* config) {
   MapReader root(errors, document, "");
   if (!root.is_map()) {
     errors->Add(document.Mark(), "",
@@ -1093,7 +1058,7 @@ void ReadDocument(ErrorList* errors, const YAML::Node& document,
     return;
   }
   if (std::optional<MapReader> pool = root.Map("pool", Need::kRequired)) {
-    ReadPool(*pool, config);
+    ReadPool(*pool, environment, config);
   }
 
   std::vector<GroupSource> sources;
@@ -1114,7 +1079,8 @@ void ReadDocument(ErrorList* errors, const YAML::Node& document,
     config->groups.resize(groups->value.size());
     sources.resize(groups->value.size());
     for (std::size_t i = 0; i < groups->value.size(); ++i) {
-      ReadGroup(errors, groups->value[i], i, &config->groups[i], &sources[i]);
+      ReadGroup(errors, groups->value[i], i, environment, &config->groups[i],
+                &sources[i]);
     }
   }
   root.Finish();
@@ -1153,19 +1119,13 @@ bool CheckIsText(std::string_view text, ErrorList* errors) {
   return false;
 }
 
-ConfigLoad FileError(const std::string& path, std::string message) {
-  ConfigLoad load;
-  load.errors.push_back(ConfigError{path, 0, 0, "", std::move(message)});
-  return load;
-}
-
 }  // namespace
 
-std::string DefaultControlSocket(const std::string& pool_name) {
-  const char* runtime = std::getenv("RUNTIME_DIRECTORY");
+std::string DefaultControlSocket(const std::string& pool_name,
+                                 std::string_view runtime_directory) {
   // systemd joins several RuntimeDirectory= entries with ':'; use the first.
-  std::string_view directory = runtime == nullptr ? "" : runtime;
-  directory = directory.substr(0, directory.find(':'));
+  std::string_view directory =
+      runtime_directory.substr(0, runtime_directory.find(':'));
   if (directory.empty()) return "/tmp/workerpool-" + pool_name + ".sock";
   std::string path(directory);
   if (path.back() != '/') path += '/';
@@ -1233,7 +1193,8 @@ class DocumentCounter : public YAML::EventHandler {
 
 }  // namespace
 
-ConfigLoad ParseConfig(const std::string& text, const std::string& file_name) {
+ConfigLoad ParseConfig(const std::string& text, const std::string& file_name,
+                       const ConfigEnvironment& environment) {
   ErrorList errors(file_name);
   PoolConfig config;
   config.path = file_name;
@@ -1268,7 +1229,7 @@ ConfigLoad ParseConfig(const std::string& text, const std::string& file_name) {
           "the file is empty; expected a mapping with keys 'pool' and "
           "'groups'");
     } else {
-      ReadDocument(&errors, root, &config);
+      ReadDocument(&errors, root, environment, &config);
     }
   } catch (const YAML::DeepRecursion& error) {
     errors.Add(error.mark, "",
@@ -1286,61 +1247,6 @@ ConfigLoad ParseConfig(const std::string& text, const std::string& file_name) {
   load.errors = errors.TakeSorted();
   if (load.errors.empty()) load.config = std::move(config);
   return load;
-}
-
-ConfigLoad LoadConfigFile(const std::string& path) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) {
-    int error = errno;
-    return FileError(
-        path, "cannot open the pool definition: " +
-                  std::error_code(error, std::generic_category()).message());
-  }
-  struct stat info {};
-  if (fstat(fd, &info) != 0) {
-    int error = errno;
-    close(fd);
-    return FileError(
-        path, "cannot stat the pool definition: " +
-                  std::error_code(error, std::generic_category()).message());
-  }
-  if (S_ISDIR(info.st_mode)) {
-    close(fd);
-    return FileError(path,
-                     "is a directory; expected a YAML pool definition "
-                     "file");
-  }
-  if (!S_ISREG(info.st_mode)) {
-    // A FIFO or device could block the Watcher or never end.
-    close(fd);
-    return FileError(path,
-                     "is not a regular file; expected a YAML pool "
-                     "definition file");
-  }
-
-  std::string text;
-  char chunk[64 * 1024];
-  while (true) {
-    ssize_t got = read(fd, chunk, sizeof(chunk));
-    if (got < 0 && errno == EINTR) continue;
-    if (got < 0) {
-      int error = errno;
-      close(fd);
-      return FileError(
-          path, "cannot read the pool definition: " +
-                    std::error_code(error, std::generic_category()).message());
-    }
-    if (got == 0) break;
-    text.append(chunk, static_cast<std::size_t>(got));
-    if (text.size() > kMaxConfigBytes) {
-      close(fd);
-      return FileError(path, "is larger than " +
-                                 std::to_string(kMaxConfigBytes >> 20) +
-                                 " MiB; that is not a pool definition");
-    }
-  }
-  close(fd);
-  return ParseConfig(text, path);
 }
 
 }  // namespace workerpool

@@ -1,17 +1,22 @@
-// The pool definition's parser: YAML -> PoolConfig (the model is in
-// src/core/pool_model.h). This module is the only user of yaml-cpp. Loading
-// never throws and never touches processes; it does look up `user` in the
-// passwd database (an unknown user is a config error).
+// The pool definition's parser: the bytes of a YAML file -> PoolConfig (the
+// model is in src/core/pool_model.h). Pure: it opens no file, reads no
+// environment variable and no passwd database; what it needs from outside
+// the file comes in a ConfigEnvironment. src/os/config_file.h reads the file
+// and gives the real environment. Parsing never throws.
 //
 // Every error is one line: "FILE:LINE:COL: KEY: what is wrong", where KEY is a
 // path like "groups[1].processes" (1-based line and column, as editors show).
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/pool_model.h"
+#include "core/status.h"
 
 namespace workerpool {
 
@@ -33,15 +38,34 @@ struct ConfigLoad {
   std::string ErrorText() const;
 };
 
-// Reads and validates FILE. A missing file, a directory, an empty file and
-// binary garbage each give one clear error.
-ConfigLoad LoadConfigFile(const std::string& path);
+// The ids a group's `user` names.
+struct UserIds {
+  std::int64_t uid = -1;
+  std::int64_t gid = -1;
+};
 
-// Parses TEXT as if read from FILE_NAME (for tests and fuzzing).
-ConfigLoad ParseConfig(const std::string& text, const std::string& file_name);
+// What reading a pool definition needs from outside its file.
+struct ConfigEnvironment {
+  // Resolves a group's `user`: its ids; nullopt when there is no such user
+  // (a config error); an error saying why when the lookup itself failed
+  // (e.g. "Input/output error"). Unset: every user is unknown.
+  std::function<Result<std::optional<UserIds>>(const std::string& user)>
+      look_up_user;
+  // $RUNTIME_DIRECTORY as systemd sets it (several directories are joined by
+  // ':'); empty when unset. Decides the default control socket.
+  std::string runtime_directory;
+};
 
-// The default control socket for a pool: $RUNTIME_DIRECTORY/<name>.sock when
-// RUNTIME_DIRECTORY is set, else /tmp/workerpool-<name>.sock.
-std::string DefaultControlSocket(const std::string& pool_name);
+// Parses TEXT, the bytes of the file FILE_NAME (named in every error), and
+// validates it against ENVIRONMENT. Binary garbage and an empty file each
+// give one clear error.
+ConfigLoad ParseConfig(const std::string& text, const std::string& file_name,
+                       const ConfigEnvironment& environment);
+
+// The default control socket for a pool: <dir>/<name>.sock for the first
+// directory in RUNTIME_DIRECTORY when there is one, else
+// /tmp/workerpool-<name>.sock.
+std::string DefaultControlSocket(const std::string& pool_name,
+                                 std::string_view runtime_directory);
 
 }  // namespace workerpool

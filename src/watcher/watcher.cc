@@ -27,6 +27,7 @@
 #include "core/restart_policy.h"
 #include "core/routing.h"
 #include "os/builtin_path.h"
+#include "os/config_file.h"
 #include "os/listen_socket.h"
 #include "os/notify.h"
 #include "os/spawn.h"

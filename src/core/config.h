@@ -6,6 +6,14 @@
 //
 // Every error is one line: "FILE:LINE:COL: KEY: what is wrong", where KEY is a
 // path like "groups[1].processes" (1-based line and column, as editors show).
+//
+// The parser's rooms, from the text up (namespace config_parser):
+//   yaml_node.h        the YAML tree with positions; the only yaml-cpp user
+//   config_reader.h    typed reads from a mapping, each error positioned
+//   config_values.h    checks on single values (names, addresses, URLs, user)
+//   config_text.h      quoting, "did you mean", the is-it-text check
+//   config_group.h     one entry of `groups`
+//   config_document.h  the root, `pool`, and the checks across groups
 #pragma once
 
 #include <cstdint>

@@ -11,6 +11,7 @@
 
 #include "core/config.h"
 #include "os/builtin_path.h"
+#include "os/config_file.h"
 #include "version.h"
 #include "watcher/control_client.h"
 #include "watcher/watcher.h"

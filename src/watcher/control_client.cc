@@ -23,6 +23,7 @@
 
 #include "core/config.h"
 #include "core/control_request.h"
+#include "os/config_file.h"
 
 namespace workerpool {
 namespace {

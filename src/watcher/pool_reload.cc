@@ -5,6 +5,7 @@
 #include <ctime>
 
 #include "core/pool_diff.h"
+#include "os/config_file.h"
 #include "os/notify.h"
 #include "watcher/child_table.h"
 #include "watcher/listen_sockets.h"

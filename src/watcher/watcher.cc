@@ -24,6 +24,7 @@
 
 #include "core/config.h"
 #include "os/builtin_path.h"
+#include "os/config_file.h"
 #include "os/notify.h"
 #include "watcher/child_table.h"
 #include "watcher/control.h"

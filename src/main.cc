@@ -9,10 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "cli/control_client.h"
 #include "core/config.h"
 #include "os/builtin_path.h"
 #include "version.h"
-#include "watcher/control_client.h"
 #include "watcher/watcher.h"
 
 namespace {

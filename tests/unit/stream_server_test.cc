@@ -285,6 +285,15 @@ TEST_CASE("stream server: a client that leaves during a large answer") {
   CHECK(live_sessions == 0);
 }
 
+TEST_CASE("stream server: the client's EOF does not cut an answer short") {
+  Fixture f(Framing::kLine);
+  f.Run();
+  // The EOF comes while 8 MB are still being written.
+  CHECK(f.Exchange("big\n", true).size() == 8u * 1024 * 1024);
+  f.Finish();
+  CHECK(live_sessions == 0);
+}
+
 TEST_CASE("stream server: unread input does not lose the answer") {
   Fixture f(Framing::kLine);
   f.Run();

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "client/link.h"
 #include "client/route.h"
 
 namespace workerpool::client {
@@ -13,6 +14,7 @@ namespace {
 TEST_CASE("request pool: a spent request comes back reset") {
   RequestPool pool;
   Route route;
+  Link link;
   OutRequest* request = pool.Take();
   request->id = 7;
   request->route = &route;
@@ -22,6 +24,7 @@ TEST_CASE("request pool: a spent request comes back reset") {
   request->sequence = 9;
   request->done = [](Reply) {};
   request->on_progress = [](const Progress&) {};
+  request->link = &link;
   request->deadline_ms = 55;
   request->sent_ms = 44;
   request->cancelled = true;

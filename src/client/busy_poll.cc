@@ -26,25 +26,6 @@ void BusyPoller::ForgetAll() {
   hot_.clear();
 }
 
-bool BusyPoller::WorthPolling(Link* link) {
-  // A draining sender link waits for the Watcher's word, not for bytes.
-  if (link->closed || link->draining || *finished_ || budget_ns_ == 0) {
-    return false;
-  }
-  // A peer on this CPU cannot answer while we spin; one whose CPU we do
-  // not know might be.
-  if (link->placement->Check(uv_now(loop_)) !=
-      PeerPlacement::Where::kOtherCpu) {
-    return false;
-  }
-  // A sender waits for replies; a server for the next request of a sender
-  // that just sent some.
-  if (link->role == Link::Role::kSender && link->outstanding == 0) {
-    return false;
-  }
-  return link->busy_poll.TakeChance();
-}
-
 void BusyPoller::Missed() {
   ++misses_;
   for (Link* link : polling_) {

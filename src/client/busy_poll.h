@@ -73,6 +73,7 @@ class BusyPoller {
   std::uint64_t misses() const { return misses_; }
 
  private:
+  // Per hot link and poll: header-inline.
   bool WorthPolling(Link* link);
   // Counts a poll that found nothing, and backs off its links.
   void Missed();
@@ -87,6 +88,25 @@ class BusyPoller {
   std::uint64_t reads_ = 0;
   std::uint64_t misses_ = 0;
 };
+
+inline bool BusyPoller::WorthPolling(Link* link) {
+  // A draining sender link waits for the Watcher's word, not for bytes.
+  if (link->closed || link->draining || *finished_ || budget_ns_ == 0) {
+    return false;
+  }
+  // A peer on this CPU cannot answer while we spin; one whose CPU we do
+  // not know might be.
+  if (link->placement->Check(uv_now(loop_)) !=
+      PeerPlacement::Where::kOtherCpu) {
+    return false;
+  }
+  // A sender waits for replies; a server for the next request of a sender
+  // that just sent some.
+  if (link->role == Link::Role::kSender && link->outstanding == 0) {
+    return false;
+  }
+  return link->busy_poll.TakeChance();
+}
 
 template <typename OnBytes>
 BusyPoller::Outcome BusyPoller::Poll(OnBytes on_bytes) {

@@ -7,13 +7,7 @@ namespace workerpool::client {
 using wire::ErrorCode;
 using wire::FrameType;
 
-void Server::OnFrame(Link* link, const FrameView& frame) {
-  if (frame.header.type == FrameType::kRequest) {
-    OnRequest(link, frame);
-    return;
-  }
-  if (frame.header.type != FrameType::kCancel) return;
-  const uint64_t id = frame.header.id;
+void Server::OnCancel(Link* link, uint64_t id) {
   auto found = link->serving.find(id);
   if (found == link->serving.end()) return;
   std::shared_ptr<ServerRequest> request = found->second;
@@ -102,6 +96,43 @@ void Server::ReportRecycleLimit() {
   if (served_ + served_errors_ < recycle_after_) return;
   recycle_reported_ = true;
   client_->SendStats();  // the Watcher starts a replacement and then drains us
+}
+
+// ---------------------------------------------------------------- answers
+// In this file rather than their own: an answer ends in RequestDone, and a
+// sync handler's request is answered inside Start(), so the compiler may
+// inline them into each other.
+
+void ServerRequest::Answer(FrameType type, uint32_t aux, std::string_view meta,
+                           std::string_view body) {
+  if (answered_) return;
+  answered_ = true;
+  if (link_ != nullptr) client_->SendOnLink(link_, type, id_, aux, meta, body);
+  client_->server().RequestDone(*this, type == FrameType::kReply);
+}
+
+void ServerRequest::Reply(std::string_view body, std::string_view meta) {
+  if (!FrameFits(meta, body)) {
+    Answer(FrameType::kError, static_cast<uint32_t>(ErrorCode::kTooLarge), {},
+           "reply of " + std::to_string(body.size()) +
+               " bytes is over the frame limit");
+    return;
+  }
+  Answer(FrameType::kReply, 0, meta, body);
+}
+
+void ServerRequest::Fail(std::string_view message) {
+  Answer(FrameType::kError, static_cast<uint32_t>(ErrorCode::kHandlerError), {},
+         message.substr(0, 64 * 1024));
+}
+
+void ServerRequest::SendProgress(double fraction, std::string_view text) {
+  if (answered_ || link_ == nullptr) return;
+  if (!(fraction >= 0)) fraction = 0;  // also catches NaN
+  if (fraction > 1) fraction = 1;
+  client_->SendOnLink(link_, FrameType::kProgress, id_,
+                      static_cast<uint32_t>(fraction * wire::kProgressScale),
+                      {}, text.substr(0, 4096));
 }
 
 }  // namespace workerpool::client

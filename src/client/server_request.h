@@ -8,7 +8,8 @@
 // loop thread (an async handler answers from the loop too). Lifetime:
 // shared; the link that brought it keeps it while it may still be
 // cancelled, the async handler as long as it likes. Detach() cuts it from
-// its link when the link goes away; an answer then goes nowhere.
+// its link when the link goes away; an answer then goes nowhere. Its
+// methods are defined in server.cc, next to the server they answer to.
 #pragma once
 
 #include <cstdint>

@@ -175,13 +175,19 @@ void PoolChannel::SendStats(const ClientStats& s,
             {"busy_poll_reads", s.busy_poll_reads},
             {"busy_poll_misses", s.busy_poll_misses}};
   json by_group = json::object();
+  json queued = json::object();
   for (const GroupLatency& route : latency) {
+    // Only routes with a backlog: a route absent from a frame has none.
+    if (route.queued > 0) {
+      queued[*route.group] = {{"queued", route.queued}};
+    }
     if (route.latency->total() == 0) continue;
     by_group[*route.group] = {{"bounds_ms", kLatencyBoundsMs},
                               {"counts", route.latency->counts},
                               {"sum_ms", route.latency->sum_ms}};
   }
   if (!by_group.empty()) body["latency"] = std::move(by_group);
+  if (!queued.empty()) body["routes"] = std::move(queued);
   if (!app_stats.empty()) body["app"] = ParseJsonObject(app_stats);
   Send(FrameType::kStats, body.dump());
 }

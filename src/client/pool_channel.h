@@ -51,10 +51,13 @@ struct RouteLimits {
   std::int64_t request_timeout_ms = 30000;
 };
 
-// One route's latency histogram, for the stats frame.
+// One route's figures for the stats frame: its latency histogram and the
+// requests queued for lack of a free peer (the Watcher's autoscaling reads
+// them as the target group's backlog).
 struct GroupLatency {
   const std::string* group;
   const LatencyHistogram* latency;
+  std::size_t queued = 0;
 };
 
 class PoolChannel {

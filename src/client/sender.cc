@@ -309,7 +309,8 @@ void Sender::FillStats(ClientStats* stats) const {
 std::vector<GroupLatency> Sender::Latencies() const {
   std::vector<GroupLatency> latencies;
   for (const auto& [name, route] : routes_) {
-    latencies.push_back(GroupLatency{&name, &route->latency});
+    latencies.push_back(
+        GroupLatency{&name, &route->latency, route->balancer.queued()});
   }
   return latencies;
 }

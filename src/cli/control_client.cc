@@ -420,7 +420,7 @@ int RunControlCommand(const ControlOptions& options) {
     request.command = ControlRequest::Command::kRestart;
     if (options.command == "scale") {
       request.command = ControlRequest::Command::kScale;
-      Result<int> count = ParseProcessCount(options.count_text);
+      Result<int> count = ParseScaleTarget(options.count_text);
       if (!count.ok()) {
         return Fail(options, kExitBadInput, count.status().message());
       }
@@ -475,11 +475,18 @@ int RunControlCommand(const ControlOptions& options) {
     } else {
       PrintStatusTable(status);
     }
+  } else if (options.command == "scale" && request.processes == kScaleAuto) {
+    std::printf(
+        "group %s: autoscaling again between its autoscale bounds "
+        "(`workerpool status` shows its target)\n",
+        options.group.c_str());
   } else if (options.command == "scale") {
     std::printf(
         "group %s: scaled to %s processes (until the next reload; edit the "
-        "YAML to keep it)\n",
-        options.group.c_str(), options.count_text.c_str());
+        "YAML to keep it; an autoscaled group stays there until `workerpool "
+        "scale %s auto`)\n",
+        options.group.c_str(), options.count_text.c_str(),
+        options.group.c_str());
   } else if (options.command == "restart") {
     std::printf("group %s: rolling restart started\n", options.group.c_str());
   } else if (options.command == "reload") {

@@ -163,9 +163,23 @@ TEST_CASE("control client: scale, restart, reload succeed with exit 0") {
         std::vector<std::string>{"scale web 3", "restart compute", "reload"});
 }
 
+TEST_CASE("control client: scale GROUP auto sends processes \"auto\"") {
+  Fixture f;
+  ControlOptions scale = f.Options("scale");
+  scale.group = "compute";
+  scale.count_text = "auto";
+  Output resumed = Run(scale);
+  CHECK(resumed.code == 0);
+  CHECK(resumed.out ==
+        "group compute: autoscaling again between its autoscale bounds "
+        "(`workerpool status` shows its target)\n");
+  // The control server hands the Watcher kScaleAuto (-1) for "auto".
+  CHECK(f.target.Calls() == std::vector<std::string>{"scale compute -1"});
+}
+
 TEST_CASE("control client: bad N is refused before connecting") {
   Fixture f;
-  for (const char* bad : {"-1", "two", "", "1.5", "100001"}) {
+  for (const char* bad : {"-1", "two", "", "1.5", "100001", "AUTO"}) {
     ControlOptions scale = f.Options("scale");
     scale.group = "web";
     scale.count_text = bad;

@@ -13,7 +13,13 @@ constexpr std::size_t kMaxSmallBodyBytes = 4096;
 // printing it cannot recurse without bound.
 constexpr int kMaxAppDepth = 16;
 
+// The detail is logged: whatever of the child's bytes it quotes must not
+// start a line of its own or reach a terminal as a control sequence.
 OffendingFrame Offence(ChildOffence offence, std::string detail) {
+  for (char& c : detail) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7f) c = '?';
+  }
   return OffendingFrame{offence, std::move(detail)};
 }
 
@@ -97,7 +103,12 @@ ChildMessage ReadKillPeer(std::string_view body) {
       return Offence(ChildOffence::kBadField,
                      "kill_peer: \"reason\" must be a string");
     }
+    // Logged with the kill: one line, whatever the child wrote.
     message.reason = reason->get_ref<const std::string&>().substr(0, 200);
+    for (char& c : message.reason) {
+      const auto byte = static_cast<unsigned char>(c);
+      if (byte < 0x20 || byte == 0x7f) c = '?';
+    }
   }
   return message;
 }

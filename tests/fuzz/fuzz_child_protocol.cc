@@ -3,9 +3,12 @@
 // children whose pool channels carry frames taken from the input, through
 // FrameDecoder, ChildConversation (core/child_conversation.h) and
 // NextSlotState (core/slot_lifecycle.h), doing with each decision and each
-// effect what the Watcher does with it. The input is a sequence of
-// operations (see Op): a frame or raw bytes from a child, a child's exit, a
-// timer, an operator's event for a slot, a reload, a new slot. After every
+// effect what the Watcher does with it (watcher/child_table.cc executes the
+// table's effects in bit order, nested; watcher/child_channels.cc the
+// conversation's decisions). The input is a sequence of operations (see
+// Op): a frame or raw bytes from a child, a child's exit, a timer, an
+// operator's event for a slot, a reload, a new slot; spawns and the
+// restart policy's verdicts take a byte each when they happen. After every
 // operation the invariants are checked (CheckPool); a broken one aborts.
 // Pids of children that exited are handed out again (more often than the
 // kernel does), so that state kept by pid meets a new process with an old
@@ -16,7 +19,9 @@
 //    a gone slot never changes again; kRemove exactly when it goes;
 //  - a child changes (appears, goes) only on kSpawned and kExited; no
 //    signal to a slot without a child, no spawn where one runs; the policy
-//    is only asked for a slot whose child ended;
+//    is only asked for a slot whose child ended; an effect that feeds the
+//    slot another event (mark up, ask policy, spawn) is the last of its
+//    cell, as ChildTable::Apply needs;
 //  - the slot's one timer means what its state says (start grace in
 //    kStarting, backoff in kBackoff, kill deadline in kStopping/kEvicting),
 //    and a slot that waits on it has it armed;
@@ -35,12 +40,12 @@
 //  - once the pool stops, nothing spawns or restarts, and every slot ends
 //    down, failed or gone.
 #include <algorithm>
+#include <bit>
 #include <bitset>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <deque>
 #include <iterator>
 #include <map>
 #include <memory>
@@ -82,6 +87,9 @@ constexpr std::size_t kMaxSlots = 40;
 // fewer here so that inputs reach it.
 constexpr std::uint64_t kOffencesBeforeEviction = 64;
 constexpr std::int64_t kFirstPid = 1000;
+// Every group's max_requests: a child up that reports this many answered
+// requests is recycled.
+constexpr std::uint64_t kMaxRequests = 1000;
 
 // The fuzz input, read from the front; 0 once it is used up (the defaults
 // are chosen so that a run of zeros ends: spawns succeed, the restart policy
@@ -146,10 +154,16 @@ struct Slot {
   SlotState state = SlotState::kDown;
   std::int64_t pid = 0;  // the child running in it; 0: none
   Timer timer = Timer::kNone;
-  int predecessor = -1;       // the replaced slot it stops once it is up
-  int successor = -1;         // the slot that replaces this one
-  bool pool_stopped = false;  // the pool's stop sequence kills its child
-  bool kill_sent = false;     // its child was sent SIGKILL
+  int predecessor = -1;             // the replaced slot it stops once it is up
+  int successor = -1;               // the slot that replaces this one
+  bool outgoing = false;            // replaced: out of its group's table
+  bool pool_stopped = false;        // the pool's stop sequence kills its child
+  bool kill_sent = false;           // its child was sent SIGKILL
+  bool quick_restart_used = false;  // restarted without delay since up
+};
+
+struct GroupState {
+  bool failed = false;  // too many restarts: its slots wait for a retry
 };
 
 // A fake child process with its pool channel, as the Watcher keeps it.
@@ -255,33 +269,29 @@ class Pool {
   explicit Pool(Input& input) : in_(input) {}
 
   void Run() {
-    // Every slot of every group starts (the table has no "start" event: a
-    // retry from kDown spawns). These spawns succeed without input.
+    // Every slot of every group starts; these spawns succeed, with new
+    // pids, without input.
     scripted_spawns_ = true;
-    for (int group = 0; group < static_cast<int>(Config(0).groups.size());
-         ++group) {
+    for (int group = 0; group < static_cast<int>(groups_.size()); ++group) {
       for (int i = 0; i < Config(0).groups[group].processes; ++i) {
         AddSlot(group);
       }
     }
-    Settle();
     scripted_spawns_ = false;
     CheckPool();
     for (int op = 0; op < kMaxOps && !in_.empty(); ++op) {
       Step();
-      Settle();
       CheckPool();
     }
-    // The pool stops: nothing restarts; every child exits in the end.
+    // The pool stops (ChildTable::BeginStop): nothing restarts; every child
+    // exits in the end.
     stopping_ = true;
     for (int slot = 0; slot < static_cast<int>(slots_.size()); ++slot) {
       Feed(slot, SlotEvent::kPoolStop);
     }
-    Settle();
     CheckPool();
     while (!children_.empty()) {
       Exit(children_.begin()->first);
-      Settle();
       CheckPool();
     }
     for (const Slot& slot : slots_) {
@@ -292,11 +302,6 @@ class Pool {
   }
 
  private:
-  struct Followup {
-    enum Kind { kSpawn, kVerdict, kStop } kind;
-    int slot;
-  };
-
   const std::string& GroupName(int slot) const {
     return Config(variant_).groups[slots_[slot].group].name;
   }
@@ -338,10 +343,18 @@ class Pool {
         const int slot = PickSlot();
         const SlotEvent event =
             kOperatorEvents[in_.Byte() % std::size(kOperatorEvents)];
-        if (event == SlotEvent::kReplace) {
-          Replace(slot);
-        } else {
-          Feed(slot, event);
+        switch (event) {
+          case SlotEvent::kReplace:
+            Replace(slot);
+            break;
+          case SlotEvent::kEvict:
+            Evict(slot);
+            break;
+          case SlotEvent::kRetry:
+            RetryFailedGroup(slots_[slot].group);
+            break;
+          default:
+            Feed(slot, event);
         }
         break;
       }
@@ -349,7 +362,7 @@ class Pool {
         Reload();
         break;
       case kOpAddSlot: {
-        const int group = in_.Byte() % Config(variant_).groups.size();
+        const int group = in_.Byte() % groups_.size();
         if (slots_.size() < kMaxSlots) AddSlot(group);
         break;
       }
@@ -373,25 +386,65 @@ class Pool {
   }
 
   // --- the lifecycle table, and its effects as the Watcher executes them
+  // (watcher/child_table.cc): in the order of the bits, at once, so that an
+  // effect that feeds another event runs it nested.
 
+  // A new slot in GROUP (start, scale up): ChildTable::Resize.
   void AddSlot(int group) {
     slots_.push_back(Slot{.group = group});
-    Feed(static_cast<int>(slots_.size()) - 1, SlotEvent::kRetry);
+    const int slot = static_cast<int>(slots_.size()) - 1;
+    if (groups_[group].failed) {
+      Feed(slot, SlotEvent::kGroupFailed);
+    } else {
+      Spawn(slot);
+    }
   }
 
-  // A replacement starts in the slot's index while its child keeps serving.
+  // ChildTable::ReplaceSlot: SLOT's child moves aside (it keeps serving)
+  // and a replacement starts in its index. The Watcher only replaces slots
+  // of its group's table (never one already replaced).
   void Replace(int slot) {
-    if (slots_.size() >= kMaxSlots) return;
-    const SlotState before = slots_[slot].state;
+    if (slots_.size() >= kMaxSlots || slots_[slot].outgoing) return;
     Feed(slot, SlotEvent::kReplace);
-    if (slots_[slot].state != SlotState::kReplaced ||
-        before == SlotState::kReplaced) {
-      return;
-    }
+    if (slots_[slot].state != SlotState::kReplaced) return;
+    slots_[slot].outgoing = true;
     slots_.push_back(Slot{.group = slots_[slot].group, .predecessor = slot});
     const int successor = static_cast<int>(slots_.size()) - 1;
     slots_[slot].successor = successor;
-    Feed(successor, SlotEvent::kRetry);
+    Spawn(successor);
+  }
+
+  // ChildTable::Evict: its channel closes, then the table decides.
+  void Evict(int slot) {
+    auto child = children_.find(slots_[slot].pid);
+    if (child != children_.end()) Forget(*child->second);
+    Feed(slot, SlotEvent::kEvict);
+  }
+
+  // ChildTable::RetryFailedGroup (reload, `workerpool restart`).
+  void RetryFailedGroup(int group) {
+    if (!groups_[group].failed) return;
+    groups_[group].failed = false;
+    for (int slot = 0; slot < static_cast<int>(slots_.size()); ++slot) {
+      if (slots_[slot].group == group && !slots_[slot].outgoing) {
+        Feed(slot, SlotEvent::kRetry);
+      }
+    }
+  }
+
+  // ChildTable::CheckRequestCount: a child up that answered its
+  // max_requests is replaced (recycled).
+  void CheckRequestCount(int slot) {
+    if (slots_[slot].state != SlotState::kUp || stopping_) return;
+    auto child = children_.find(slots_[slot].pid);
+    Check(child != children_.end());
+    const ChildStats& stats = child->second->conversation.stats();
+    const std::uint64_t served = stats.Counter("served");
+    if (std::max(served, served + stats.Counter("served_errors")) <
+        kMaxRequests) {
+      return;
+    }
+    Replace(slot);
   }
 
   // An event that cannot happen in the slot's state changes nothing.
@@ -436,6 +489,14 @@ class Pool {
     if (Has(t.effects, workerpool::kAskPolicy)) {
       Check(event == SlotEvent::kExited || event == SlotEvent::kSpawnFailed);
     }
+    // An effect that feeds this slot another event is the last of its cell
+    // (ChildTable::Apply relies on it: no effect runs after a nested one).
+    constexpr unsigned kFeedsSlot =
+        workerpool::kMarkUp | workerpool::kAskPolicy | workerpool::kSpawn;
+    if ((t.effects & kFeedsSlot) != 0) {
+      const unsigned last = std::bit_floor(t.effects & kFeedsSlot);
+      Check((t.effects & ~((last << 1) - 1)) == 0);
+    }
     if (stopping_) {
       Check(!Has(t.effects, workerpool::kSpawn));
       Check(!Has(t.effects, workerpool::kAskPolicy));
@@ -449,6 +510,9 @@ class Pool {
     return t.effects;
   }
 
+  // Runs one effect. Effects that feed events (spawn, the policy, a
+  // predecessor's stop, recycling) run them nested, as the Watcher does;
+  // slots_ may grow under them, so no reference to a slot is held across.
   void Execute(int index, workerpool::SlotEffect effect) {
     Slot& slot = slots_[index];
     switch (effect) {
@@ -458,19 +522,22 @@ class Pool {
       case workerpool::kGreet:
         Check(slot.pid != 0);
         break;
-      case workerpool::kStopPredecessor:
-        if (slot.predecessor >= 0) {
-          slots_[slot.predecessor].successor = -1;
-          followups_.push_back({Followup::kStop, slot.predecessor});
-          slot.predecessor = -1;
-        }
+      case workerpool::kStopPredecessor: {
+        const int predecessor = slot.predecessor;
+        if (predecessor < 0) break;
+        slot.predecessor = -1;
+        slots_[predecessor].successor = -1;
+        Feed(predecessor, SlotEvent::kStop);
         break;
+      }
       case workerpool::kMarkUp:
         Check(slot.state == SlotState::kUp && slot.pid != 0);
+        slot.quick_restart_used = false;
+        CheckRequestCount(index);
         break;
       case workerpool::kAskPolicy:
         Check(slot.pid == 0 && slot.state == SlotState::kDown);
-        followups_.push_back({Followup::kVerdict, index});
+        AskPolicy(index);
         break;
       case workerpool::kArmBackoff:
         Check(slot.state == SlotState::kBackoff);
@@ -478,7 +545,7 @@ class Pool {
         break;
       case workerpool::kSpawn:
         Check(slot.pid == 0 && slot.state == SlotState::kDown);
-        followups_.push_back({Followup::kSpawn, index});
+        Spawn(index);
         break;
       case workerpool::kArmStartGrace:
         Check(slot.state == SlotState::kStarting);
@@ -513,42 +580,46 @@ class Pool {
     }
   }
 
-  // What the Watcher does right after a transition: spawn (synchronous:
-  // kSpawned or kSpawnFailed), ask the restart policy (its verdict comes
-  // from the input), stop a predecessor.
-  void Settle() {
-    for (int steps = 0; !followups_.empty(); ++steps) {
-      Check(steps < 100000);
-      const Followup next = followups_.front();
-      followups_.pop_front();
-      switch (next.kind) {
-        case Followup::kSpawn:
-          Spawn(next.slot);
-          break;
-        case Followup::kVerdict: {
-          Check(slots_[next.slot].state == SlotState::kDown &&
-                slots_[next.slot].pid == 0);
-          // Used up input says "later": a run of zeros ends.
-          static constexpr SlotEvent kVerdicts[] = {SlotEvent::kRestartLater,
-                                                    SlotEvent::kRestartNow,
-                                                    SlotEvent::kGroupFailed};
-          Feed(next.slot, kVerdicts[in_.Byte() % 3]);
-          break;
+  // ChildTable::AskPolicy: the verdict comes from the input, within what
+  // the restart policy can say: one restart without delay, then backoff
+  // until the slot's child is up again (so a run of failing spawns ends).
+  // Used-up input says "later". A failed group fails each of its slots.
+  void AskPolicy(int slot) {
+    GroupState& group = groups_[slots_[slot].group];
+    if (group.failed) {
+      Feed(slot, SlotEvent::kGroupFailed);
+      return;
+    }
+    switch (in_.Byte() % 3) {
+      case 1:
+        if (!slots_[slot].quick_restart_used) {
+          slots_[slot].quick_restart_used = true;
+          Feed(slot, SlotEvent::kRestartNow);
+          return;
         }
-        case Followup::kStop:
-          Feed(next.slot, SlotEvent::kStop);
-          break;
-      }
+        [[fallthrough]];
+      case 0:
+        Feed(slot, SlotEvent::kRestartLater);
+        return;
+      default:
+        group.failed = true;
+        for (int other = 0; other < static_cast<int>(slots_.size()); ++other) {
+          if (slots_[other].group == slots_[slot].group &&
+              !slots_[other].outgoing) {
+            Feed(other, SlotEvent::kGroupFailed);
+          }
+        }
     }
   }
 
-  // The input byte: 3 mod 4 fails the spawn; else the child gets the pid of
-  // the child that exited last, or a new one when bit 2 is set. Pids are
-  // reused (never while their process is alive), here more often than the
-  // kernel does it, so that state kept by pid meets a pid of a new process.
+  // ChildTable::Spawn. The input byte: 3 mod 4 fails the spawn; else the
+  // child gets the pid of the child that exited last, or a new one when
+  // bit 2 is set. Pids are reused (never while their process is alive),
+  // here more often than the kernel does it, so that state kept by pid
+  // meets a pid of a new process.
   void Spawn(int index) {
     Check(slots_[index].state == SlotState::kDown && slots_[index].pid == 0);
-    const std::uint8_t how = scripted_spawns_ ? 0 : in_.Byte();
+    const std::uint8_t how = scripted_spawns_ ? 4 : in_.Byte();
     if (how % 4 == 3) {
       Feed(index, SlotEvent::kSpawnFailed);
       return;
@@ -569,7 +640,8 @@ class Pool {
     Feed(index, SlotEvent::kSpawned);
   }
 
-  // SIGCHLD: the child is gone with its channel and its conversation.
+  // ChildTable::OnChildExit (SIGCHLD): the child goes with its channel and
+  // its conversation.
   void Exit(std::int64_t pid) {
     auto found = children_.find(pid);
     Check(found != children_.end());
@@ -581,6 +653,19 @@ class Pool {
     Feed(slot, SlotEvent::kExited);
   }
 
+  // ChildChannels::Forget: the channel closes; the conversation starts over
+  // (its offences stay counted).
+  void Forget(Child& child) {
+    retired_offences_ += child.conversation.offences();
+    child.conversation = ChildConversation(child.pid);
+    child.said_hello = false;
+    child.offences = 0;
+    child.logged.reset();
+    child.routes.clear();
+    child.killed.clear();
+    child.channel_open = false;
+  }
+
   // --- the pool channel
 
   // Bytes as one read() returned them: the Channel feeds its decoder and
@@ -590,7 +675,6 @@ class Pool {
     FrameView frame;
     while (child.channel_open && child.decoder.Next(&frame)) {
       OnFrame(child, frame);
-      Settle();
     }
     if (child.channel_open && !child.decoder.error().ok()) {
       child.channel_open = false;
@@ -664,18 +748,10 @@ class Pool {
       ++child.offences;
       ++offence_decisions_;
       Check(child.conversation.offences() == child.offences);
-      // The Watcher's answer to a flood (OnProtocolError, ForgetChannel):
+      // The Watcher's answer to a flood (ChildChannels::OnProtocolError):
       // no more frames, a fresh conversation, the child evicted.
       if (child.conversation.offences() >= kOffencesBeforeEviction) {
-        retired_offences_ += child.conversation.offences();
-        child.conversation = ChildConversation(child.pid);
-        child.said_hello = false;
-        child.offences = 0;
-        child.logged.reset();
-        child.routes.clear();
-        child.killed.clear();
-        child.channel_open = false;
-        Feed(child.slot, SlotEvent::kEvict);
+        Evict(child.slot);
       }
       return;
     }
@@ -711,6 +787,7 @@ class Pool {
       case Action::kStats:
         CheckStats(decision.stats);
         child.conversation.KeepStats(std::move(decision.stats));
+        CheckRequestCount(child.slot);
         break;
     }
   }
@@ -900,7 +977,7 @@ class Pool {
   }
 
   static std::string StatsBody(std::uint8_t variant) {
-    switch (variant % 14) {
+    switch (variant % 15) {
       case 0:
         return R"({"served":3,"inflight":0,"sent":18446744073709551615})";
       case 1:
@@ -935,8 +1012,10 @@ class Pool {
                std::string(workerpool::kMaxStatsBytes, 'x') + "\"}}";
       case 12:
         return "{\"" + std::string(65, 'n') + "\":1}";
-      default:
+      case 13:
         return R"({"served":1e3})";
+      default:  // max_requests reached: recycled
+        return R"({"served":990,"served_errors":10})";
     }
   }
 
@@ -1008,9 +1087,10 @@ class Pool {
   int variant_ = 0;
   bool scripted_spawns_ = false;
   bool stopping_ = false;
+  std::vector<GroupState> groups_ =
+      std::vector<GroupState>(Config(0).groups.size());
   std::vector<Slot> slots_;
   std::map<std::int64_t, std::unique_ptr<Child>> children_;
-  std::deque<Followup> followups_;
   std::int64_t next_pid_ = kFirstPid;
   std::vector<std::int64_t> free_pids_;
   std::uint64_t next_serial_ = 1;

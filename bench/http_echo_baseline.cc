@@ -52,11 +52,11 @@ void OnRead(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
   bool close_after = false;
   while (!connection->input.empty()) {
     std::size_t used = 0;
-    RequestParser::Result result =
+    RequestParser::Outcome result =
         connection->parser.Feed(connection->input, &used);
     connection->input.erase(0, used);
-    if (result == RequestParser::Result::kNeedMore) break;
-    if (result == RequestParser::Result::kError) {
+    if (result == RequestParser::Outcome::kNeedMore) break;
+    if (result == RequestParser::Outcome::kError) {
       Response response;
       response.status = connection->parser.error_status();
       out += FormatResponse(response, false, false, false);

@@ -29,6 +29,14 @@
 // Publishing uses publisher confirms: a delivery is acked only once every
 // message published on its behalf was confirmed, so a crash at any point
 // leaves the original unacked (RabbitMQ redelivers it): at-least-once.
+//
+// The pieces, in amqp_session.cc and beside it: setting a connection up and
+// taking it down (connect, login, channels, declares, consumers, depth
+// polls) in children/amqp_connection.h; which acks to write and which
+// settles wait for confirms in children/amqp_settle.h; librabbitmq's types
+// converted in children/amqp_convert.h. The session itself holds the two
+// threads' plumbing, the reconnect loop with its backoff, the reads and
+// frame handling of a live connection, and the commands.
 #pragma once
 
 #include <cstdint>
@@ -42,12 +50,6 @@
 #include "core/amqp_service_config.h"
 
 namespace workerpool {
-
-// One line on stderr (the Watcher logs it with the child's name), written
-// with a single write(2) so lines of the two threads never interleave. A
-// line starting "error:" or "warning:" gets the syslog prefix "<3>" or
-// "<4>", so the Watcher logs it at that level.
-void AmqpLog(const std::string& line);
 
 struct AmqpDelivery {
   std::uint64_t generation = 0;

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string_view>
 
 #include "workerpool/client.h"
@@ -14,14 +15,17 @@
 namespace workerpool {
 namespace {
 
-// The number after PREFIX in BODY, or -1.
-long NumberAfter(std::string_view body, std::string_view prefix) {
-  if (!body.starts_with(prefix)) return -1;
-  long value = -1;
+// The number after PREFIX in BODY, when BODY is PREFIX and a number.
+std::optional<long> NumberAfter(std::string_view body,
+                                std::string_view prefix) {
+  if (!body.starts_with(prefix)) return std::nullopt;
+  long value = 0;
   std::string_view digits = body.substr(prefix.size());
   auto [end, error] =
       std::from_chars(digits.data(), digits.data() + digits.size(), value);
-  if (error != std::errc() || end != digits.data() + digits.size()) return -1;
+  if (error != std::errc() || end != digits.data() + digits.size()) {
+    return std::nullopt;
+  }
   return value;
 }
 
@@ -66,7 +70,7 @@ void ReplyAfter(uv_loop_t* loop, std::shared_ptr<IncomingRequest> request,
 }  // namespace
 
 int RunEchoJob(const std::vector<std::string>&) {
-  std::string error;
+  std::string error;  // the client library's convention
   std::unique_ptr<PoolClient> client =
       PoolClient::FromEnvironment(nullptr, &error);
   if (!client) {
@@ -80,13 +84,14 @@ int RunEchoJob(const std::vector<std::string>&) {
       request->Fail(body);
     } else if (body == "crash") {
       std::abort();
-    } else if (long ms = NumberAfter(body, "sleep:"); ms >= 0) {
-      ReplyAfter(loop, std::move(request), ms, 0);
-    } else if (long ms = NumberAfter(body, "block:"); ms >= 0) {
-      usleep(static_cast<useconds_t>(ms) * 1000);
+    } else if (auto ms = NumberAfter(body, "sleep:"); ms && *ms >= 0) {
+      ReplyAfter(loop, std::move(request), *ms, 0);
+    } else if (auto ms = NumberAfter(body, "block:"); ms && *ms >= 0) {
+      usleep(static_cast<useconds_t>(*ms) * 1000);
       request->Reply(body);
-    } else if (long steps = NumberAfter(body, "progress:"); steps > 0) {
-      ReplyAfter(loop, std::move(request), 1, steps);
+    } else if (auto steps = NumberAfter(body, "progress:");
+               steps && *steps > 0) {
+      ReplyAfter(loop, std::move(request), 1, *steps);
     } else {
       request->Reply(body);
     }

@@ -51,22 +51,22 @@ int HexValue(char c) {
   return -1;
 }
 
-// Percent-decoding; false on a broken escape.
-bool PercentDecode(std::string_view text, std::string* out) {
-  out->clear();
+// Percent-decoding; an error on a broken escape.
+Result<std::string> PercentDecode(std::string_view text) {
+  std::string out;
   for (std::size_t i = 0; i < text.size(); ++i) {
     if (text[i] != '%') {
-      out->push_back(text[i]);
+      out.push_back(text[i]);
       continue;
     }
-    if (i + 2 >= text.size()) return false;
+    if (i + 2 >= text.size()) return Status::Error("truncated '%' escape");
     int high = HexValue(text[i + 1]);
     int low = HexValue(text[i + 2]);
-    if (high < 0 || low < 0) return false;
-    out->push_back(static_cast<char>(high * 16 + low));
+    if (high < 0 || low < 0) return Status::Error("malformed '%' escape");
+    out.push_back(static_cast<char>(high * 16 + low));
     i += 2;
   }
-  return true;
+  return out;
 }
 
 }  // namespace
@@ -93,21 +93,21 @@ RequestParser::RequestParser(ParserLimits limits) : limits_(limits) {
   settings_.on_message_complete = &RequestParser::OnMessageComplete;
 }
 
-RequestParser::Result RequestParser::Feed(std::string_view data,
-                                          std::size_t* consumed) {
+RequestParser::Outcome RequestParser::Feed(std::string_view data,
+                                           std::size_t* consumed) {
   *consumed = 0;
-  if (failed_) return Result::kError;
-  if (complete_) return Result::kRequest;
+  if (failed_) return Outcome::kError;
+  if (complete_) return Outcome::kRequest;
   if (HTTP_PARSER_ERRNO(&parser_) == HPE_PAUSED) {
     http_parser_pause(&parser_, 0);
   }
-  if (data.empty()) return Result::kNeedMore;
+  if (data.empty()) return Outcome::kNeedMore;
   std::size_t used =
       http_parser_execute(&parser_, &settings_, data.data(), data.size());
   *consumed = std::min(used, data.size());
-  if (complete_ && !failed_) return Result::kRequest;
+  if (complete_ && !failed_) return Outcome::kRequest;
   enum http_errno error = HTTP_PARSER_ERRNO(&parser_);
-  if (error == HPE_OK && *consumed == data.size()) return Result::kNeedMore;
+  if (error == HPE_OK && *consumed == data.size()) return Outcome::kNeedMore;
   if (!failed_) {
     failed_ = true;
     switch (error) {
@@ -124,7 +124,7 @@ RequestParser::Result RequestParser::Feed(std::string_view data,
                                   : http_errno_description(error);
   }
   in_request_ = false;
-  return Result::kError;
+  return Outcome::kError;
 }
 
 Request RequestParser::TakeRequest() {
@@ -300,10 +300,9 @@ Route RouteRequest(const Request& request) {
     return route;
   }
   if (std::string_view(request.path).starts_with(kJobs)) {
-    std::string group;
-    if (!PercentDecode(std::string_view(request.path).substr(kJobs.size()),
-                       &group) ||
-        !IsValidGroupName(group)) {
+    Result<std::string> group =
+        PercentDecode(std::string_view(request.path).substr(kJobs.size()));
+    if (!group.ok() || !IsValidGroupName(*group)) {
       route.kind = Route::Kind::kNotFound;
       return route;
     }
@@ -313,16 +312,17 @@ Route RouteRequest(const Request& request) {
       return route;
     }
     route.kind = Route::Kind::kJob;
-    route.group = std::move(group);
+    route.group = std::move(*group);
     return route;
   }
   route.kind = Route::Kind::kNotFound;
   return route;
 }
 
-bool ParsePriority(const Request& request, std::int32_t* priority) {
+Result<std::int32_t> ParsePriority(const Request& request,
+                                   std::int32_t absent) {
   const std::string* text = request.Header("x-priority");
-  if (text == nullptr) return true;
+  if (text == nullptr) return absent;
   std::string_view digits = *text;
   while (!digits.empty() && (digits.front() == ' ' || digits.front() == '\t')) {
     digits.remove_prefix(1);
@@ -336,10 +336,9 @@ bool ParsePriority(const Request& request, std::int32_t* priority) {
       std::from_chars(digits.data(), digits.data() + digits.size(), value);
   if (digits.empty() || error != std::errc() ||
       end != digits.data() + digits.size()) {
-    return false;
+    return Status::Error("X-Priority must be a 32-bit integer");
   }
-  *priority = value;
-  return true;
+  return value;
 }
 
 std::string RequestMeta(const Request& request, std::string_view remote) {
@@ -393,10 +392,11 @@ std::string ReplyContentType(std::string_view reply_meta) {
   if (!meta.is_object()) return "";
   for (const char* key : {"content_type", "content-type"}) {
     auto found = meta.find(key);
-    if (found == meta.end() || !found->is_string()) continue;
-    const std::string& value = found->get_ref<const std::string&>();
-    if (!value.empty() && value.size() <= 256 && IsSafeHeaderValue(value)) {
-      return value;
+    if (found == meta.end()) continue;
+    const std::string* value = found->get_ptr<const std::string*>();
+    if (value != nullptr && !value->empty() && value->size() <= 256 &&
+        IsSafeHeaderValue(*value)) {
+      return *value;
     }
   }
   return "";

@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/status.h"
 #include "workerpool/wire.h"
 
 namespace workerpool::http {
@@ -48,7 +49,9 @@ struct Request {
 // the caller decides when to read the next one (pipelining caps).
 class RequestParser {
  public:
-  enum class Result {
+  // Not a Status: a stream has three states, and an error carries the HTTP
+  // status to answer with (error_status()).
+  enum class Outcome {
     kNeedMore,  // every byte was consumed; no complete request yet
     kRequest,   // a request is complete: TakeRequest(); bytes may remain
     kError,     // the input is not acceptable: error_status()
@@ -60,7 +63,7 @@ class RequestParser {
 
   // Parses from DATA; sets *CONSUMED to the bytes used. After kRequest feed
   // the rest (and anything later) again; after kError nothing more parses.
-  Result Feed(std::string_view data, std::size_t* consumed);
+  Outcome Feed(std::string_view data, std::size_t* consumed);
   Request TakeRequest();
 
   // True between the first byte of a request and its end.
@@ -117,9 +120,10 @@ Route RouteRequest(const Request& request);
 // A group name as the pool definition allows it: [A-Za-z0-9_.-], 1..128.
 bool IsValidGroupName(std::string_view name);
 
-// X-Priority, an int32 ("-5", "10"), into *PRIORITY (left alone when the
-// header is absent). Returns false for a malformed or out-of-range value.
-bool ParsePriority(const Request& request, std::int32_t* priority);
+// X-Priority, an int32 ("-5", "10"), or ABSENT when the request has no such
+// header. An error (the text for the 400 answer) for a malformed or
+// out-of-range value.
+Result<std::int32_t> ParsePriority(const Request& request, std::int32_t absent);
 
 // The SendOptions.meta the reactor forwards with a job request: a JSON
 // object {"http": {"method","path","query","remote","headers":{...}}} with

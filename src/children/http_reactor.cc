@@ -31,6 +31,7 @@
 
 #include "children/http_codec.h"
 #include "core/listen_address.h"
+#include "core/status.h"
 #include "core/units.h"
 #include "os/listen_socket.h"
 #include "workerpool/client.h"
@@ -45,6 +46,7 @@ struct Options {
   uint64_t idle_timeout_ms = 15000;
   uint64_t write_timeout_ms = 30000;
   std::size_t max_pipeline = 16;
+  bool help = false;  // --help: print the usage, serve nothing
 };
 
 // After the last answer, how long a connection is drained before closing.
@@ -76,8 +78,8 @@ constexpr const char kUsage[] =
     "[--max-body BYTES] [--read-timeout DURATION] [--idle-timeout DURATION] "
     "[--write-timeout DURATION] [--max-pipeline N]";
 
-bool ParseOptions(const std::vector<std::string>& args, Options* options,
-                  std::string* error) {
+Result<Options> ParseOptions(const std::vector<std::string>& args) {
+  Options options;
   for (std::size_t i = 0; i < args.size(); ++i) {
     std::string name = args[i];
     std::string value;
@@ -89,25 +91,25 @@ bool ParseOptions(const std::vector<std::string>& args, Options* options,
       has_value = true;
     }
     if (name == "--help" || name == "-h") {
-      *error = kUsage;
-      return false;
+      options.help = true;
+      return options;
     }
     if (!has_value) {
       if (i + 1 >= args.size()) {
-        *error = "http-reactor: " + name + " needs a value\n" + kUsage;
-        return false;
+        return Status::Error("http-reactor: " + name + " needs a value\n" +
+                             kUsage);
       }
       value = args[++i];
     }
     auto duration = [&](uint64_t* out) {
       Result<Duration> parsed = ParseDuration(value);
       if (!parsed.ok() || parsed->count() <= 0) {
-        *error = "http-reactor: " + name + " " + value +
-                 ": expected a positive duration such as 500ms or 10s";
-        return false;
+        return Status::Error(
+            "http-reactor: " + name + " " + value +
+            ": expected a positive duration such as 500ms or 10s");
       }
       *out = static_cast<uint64_t>(parsed->count());
-      return true;
+      return Status::Ok();
     };
     auto count = [&](std::size_t* out, std::size_t low) {
       std::size_t parsed = 0;
@@ -116,35 +118,37 @@ bool ParseOptions(const std::vector<std::string>& args, Options* options,
       if (code == std::errc() && end == value.data() + value.size() &&
           !value.empty() && parsed >= low) {
         *out = parsed;
-        return true;
+        return Status::Ok();
       }
       Result<std::int64_t> size = ParseSize(value);
       if (size.ok() && *size >= static_cast<std::int64_t>(low)) {
         *out = static_cast<std::size_t>(*size);
-        return true;
+        return Status::Ok();
       }
-      *error = "http-reactor: " + name + " " + value + ": expected a number" +
-               (low > 0 ? " of at least " + std::to_string(low) : "");
-      return false;
+      return Status::Error(
+          "http-reactor: " + name + " " + value + ": expected a number" +
+          (low > 0 ? " of at least " + std::to_string(low) : ""));
     };
+    Status status;
     if (name == "--listen") {
-      options->listen.push_back(value);
+      options.listen.push_back(value);
     } else if (name == "--max-body") {
-      if (!count(&options->max_body, 0)) return false;
+      status = count(&options.max_body, 0);
     } else if (name == "--read-timeout") {
-      if (!duration(&options->read_timeout_ms)) return false;
+      status = duration(&options.read_timeout_ms);
     } else if (name == "--idle-timeout") {
-      if (!duration(&options->idle_timeout_ms)) return false;
+      status = duration(&options.idle_timeout_ms);
     } else if (name == "--write-timeout") {
-      if (!duration(&options->write_timeout_ms)) return false;
+      status = duration(&options.write_timeout_ms);
     } else if (name == "--max-pipeline") {
-      if (!count(&options->max_pipeline, 1)) return false;
+      status = count(&options.max_pipeline, 1);
     } else {
-      *error = "http-reactor: unknown option '" + name + "'\n" + kUsage;
-      return false;
+      status = Status::Error("http-reactor: unknown option '" + name + "'\n" +
+                             kUsage);
     }
+    if (!status.ok()) return status;
   }
-  return true;
+  return options;
 }
 
 // Printable, bounded text for the access log.
@@ -186,7 +190,8 @@ class Server {
   Server(PoolClient* client, Options options)
       : client_(client), options_(std::move(options)) {}
 
-  bool Listen(int fd, std::string* error);
+  // Serves the listening socket FD (inherited or bound for --listen).
+  Status Listen(int fd);
   void Stop();
   void Track(Connection* connection) { connections_.insert(connection); }
   void Forget(Connection* connection) { connections_.erase(connection); }
@@ -286,18 +291,16 @@ class Connection {
 
 // ---------------------------------------------------------------- server
 
-bool Server::Listen(int fd, std::string* error) {
+Status Server::Listen(int fd) {
   if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, /*listening=*/1) <= 0) {
-    *error = "http-reactor: fd " + std::to_string(fd) +
-             " is not a listening stream socket";
-    return false;
+    return Status::Error("http-reactor: fd " + std::to_string(fd) +
+                         " is not a listening stream socket");
   }
   sockaddr_storage address{};
   socklen_t length = sizeof(address);
   if (getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
-    *error = "http-reactor: getsockname on fd " + std::to_string(fd) + ": " +
-             std::strerror(errno);
-    return false;
+    return Status::Error("http-reactor: getsockname on fd " +
+                         std::to_string(fd) + ": " + std::strerror(errno));
   }
   auto* listener = new StreamHandle;
   int rc;
@@ -312,14 +315,13 @@ bool Server::Listen(int fd, std::string* error) {
   listener->handle.data = this;
   if (rc == 0) rc = uv_listen(&listener->stream, SOMAXCONN, OnConnection);
   if (rc != 0) {
-    *error = "http-reactor: cannot listen on fd " + std::to_string(fd) + ": " +
-             uv_strerror(rc);
     uv_close(&listener->handle,
              [](uv_handle_t* h) { delete reinterpret_cast<StreamHandle*>(h); });
-    return false;
+    return Status::Error("http-reactor: cannot listen on fd " +
+                         std::to_string(fd) + ": " + uv_strerror(rc));
   }
   listeners_.push_back(listener);
-  return true;
+  return Status::Ok();
 }
 
 void Server::OnConnection(uv_stream_t* listener, int status) {
@@ -444,14 +446,14 @@ void Connection::ProcessInput() {
          pipeline_.size() < max_pipeline) {
     const bool continuing = parser_.in_request();
     std::size_t used = 0;
-    http::RequestParser::Result result = parser_.Feed(input_, &used);
+    http::RequestParser::Outcome result = parser_.Feed(input_, &used);
     input_.erase(0, used);
     if (parser_.TakeContinueWanted() && pipeline_.empty()) {
       Write("HTTP/1.1 100 Continue\r\n\r\n");
     }
-    if (result == http::RequestParser::Result::kNeedMore) break;
+    if (result == http::RequestParser::Outcome::kNeedMore) break;
     request_deadline_ = 0;
-    if (result == http::RequestParser::Result::kError) {
+    if (result == http::RequestParser::Outcome::kError) {
       input_.clear();
       EndWith(parser_.error_status(), parser_.error_text());
       break;
@@ -517,10 +519,13 @@ void Connection::StartExchange(http::Request request, uint64_t started_ns) {
       break;
   }
   SendOptions options;
-  if (!http::ParsePriority(request, &options.priority)) {
-    AnswerError(exchange, 400, "X-Priority must be a 32-bit integer");
+  Result<std::int32_t> priority =
+      http::ParsePriority(request, options.priority);
+  if (!priority.ok()) {
+    AnswerError(exchange, 400, priority.status().message());
     return;
   }
+  options.priority = *priority;
   if (!server_->AdmitGroup(route.group)) {
     AnswerError(exchange, 404,
                 "no such group: " + route.group + " (too many names tried)",
@@ -803,13 +808,16 @@ void Connection::LogAccess(const Exchange& exchange, int status,
 }  // namespace
 
 int RunHttpReactor(const std::vector<std::string>& args) {
-  Options options;
-  std::string error;
-  if (!ParseOptions(args, &options, &error)) {
-    bool help = error == kUsage;
-    std::fprintf(help ? stdout : stderr, "%s\n", error.c_str());
-    return help ? 0 : 1;
+  Result<Options> parsed = ParseOptions(args);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "%s\n", parsed.status().message().c_str());
+    return 1;
   }
+  if (parsed->help) {
+    std::fprintf(stdout, "%s\n", kUsage);
+    return 0;
+  }
+  const Options& options = *parsed;
   // Access lines are buffered (ScheduleAccessFlush): one write, and one
   // wake-up of the Watcher that logs them, for up to kAccessFlushMs of
   // requests instead of one per request. The Watcher splits lines itself,
@@ -861,6 +869,7 @@ int RunHttpReactor(const std::vector<std::string>& args) {
     return 1;
   }
 
+  std::string error;  // the client library's convention
   std::unique_ptr<PoolClient> client =
       PoolClient::FromEnvironment(nullptr, &error);
   if (!client) {
@@ -869,8 +878,8 @@ int RunHttpReactor(const std::vector<std::string>& args) {
   }
   Server server(client.get(), options);
   for (int fd : fds) {
-    if (!server.Listen(fd, &error)) {
-      std::fprintf(stderr, "%s\n", error.c_str());
+    if (Status listening = server.Listen(fd); !listening.ok()) {
+      std::fprintf(stderr, "%s\n", listening.message().c_str());
       return 2;
     }
   }

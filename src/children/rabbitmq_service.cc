@@ -82,6 +82,7 @@
 #include <random>
 #include <string>
 
+#include "children/amqp_log.h"
 #include "children/amqp_session.h"
 #include "core/amqp_message.h"
 #include "core/amqp_retry.h"

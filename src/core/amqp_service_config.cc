@@ -1,5 +1,6 @@
 #include "core/amqp_service_config.h"
 
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -18,16 +19,27 @@ Status ReadInt(const json& object, const char* key, long min, long max,
                long* out) {
   auto found = object.find(key);
   if (found == object.end() || found->is_null()) return Status::Ok();
-  if (!found->is_number_integer()) {
+  // nlohmann keeps a negative integer signed and a non-negative one
+  // unsigned, which may be beyond any long: compared before it is cast, or
+  // 2^64-1 would read as -1.
+  const auto* negative = found->get_ptr<const json::number_integer_t*>();
+  const auto* positive = found->get_ptr<const json::number_unsigned_t*>();
+  if (negative == nullptr && positive == nullptr) {
     return KeyError(key, "expected an integer, got " + found->dump());
   }
-  long value = found->get<long>();
-  if (value < min || value > max) {
-    return KeyError(key, std::to_string(value) + " is out of range (" +
+  if (positive != nullptr && *positive > static_cast<std::uint64_t>(max)) {
+    return KeyError(key, found->dump() + " is out of range (" +
                              std::to_string(min) + ".." + std::to_string(max) +
                              ")");
   }
-  *out = value;
+  long number = negative != nullptr ? static_cast<long>(*negative)
+                                    : static_cast<long>(*positive);
+  if (number < min || number > max) {
+    return KeyError(key, std::to_string(number) + " is out of range (" +
+                             std::to_string(min) + ".." + std::to_string(max) +
+                             ")");
+  }
+  *out = number;
   return Status::Ok();
 }
 
@@ -39,10 +51,11 @@ Status ReadStrings(const json& object, const char* key,
     return KeyError(key, "expected a list of names, got " + found->dump());
   }
   for (const json& item : *found) {
-    if (!item.is_string() || item.get<std::string>().empty()) {
+    const std::string* name = item.get_ptr<const std::string*>();
+    if (name == nullptr || name->empty()) {
       return KeyError(key, "expected non-empty names, got " + item.dump());
     }
-    out->push_back(item.get<std::string>());
+    out->push_back(*name);
   }
   return Status::Ok();
 }
@@ -58,11 +71,14 @@ Result<AmqpServiceConfig> ParseAmqpServiceConfig(std::string_view text) {
   }
   AmqpServiceConfig config;
 
-  auto url = object.find("url");
-  if (url == object.end() || !url->is_string()) {
+  auto found_url = object.find("url");
+  const std::string* url = found_url == object.end()
+                               ? nullptr
+                               : found_url->get_ptr<const std::string*>();
+  if (url == nullptr) {
     return KeyError("url", "missing (expected amqp://USER:PASSWORD@HOST)");
   }
-  Result<AmqpUrl> parsed = ParseAmqpUrl(url->get<std::string>());
+  Result<AmqpUrl> parsed = ParseAmqpUrl(*url);
   if (!parsed.ok()) return parsed.status();
   config.url = *parsed;
 
@@ -84,10 +100,11 @@ Result<AmqpServiceConfig> ParseAmqpServiceConfig(std::string_view text) {
 
   if (auto found = object.find("declare");
       found != object.end() && !found->is_null()) {
-    if (!found->is_boolean()) {
+    const bool* declare = found->get_ptr<const bool*>();
+    if (declare == nullptr) {
       return KeyError("declare", "expected true or false");
     }
-    config.declare = found->get<bool>();
+    config.declare = *declare;
   }
 
   long value = config.prefetch;
@@ -103,10 +120,11 @@ Result<AmqpServiceConfig> ParseAmqpServiceConfig(std::string_view text) {
 
   if (auto found = object.find("dead_letter_queue");
       found != object.end() && !found->is_null()) {
-    if (!found->is_string()) {
+    const std::string* queue = found->get_ptr<const std::string*>();
+    if (queue == nullptr) {
       return KeyError("dead_letter_queue", "expected a queue name");
     }
-    config.dead_letter_queue = found->get<std::string>();
+    config.dead_letter_queue = *queue;
     if (config.dead_letter_queue.size() > 255) {
       return KeyError("dead_letter_queue", "longer than 255 bytes");
     }

@@ -25,8 +25,7 @@ void Answer(const http::Request& request) {
   if (route.kind == http::Route::Kind::kJob) {
     Check(http::IsValidGroupName(route.group));
   }
-  std::int32_t priority = 0;
-  bool priority_ok = http::ParsePriority(request, &priority);
+  bool priority_ok = http::ParsePriority(request, 0).ok();
   std::string meta = http::RequestMeta(request, "127.0.0.1:1234");
   // The meta goes to a job as JSON: it must parse.
   Check(!nlohmann::json::parse(meta, nullptr, false).is_discarded());
@@ -66,9 +65,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
     pending.append(input.substr(offset, read_size));
     while (!pending.empty()) {
       std::size_t consumed = 0;
-      http::RequestParser::Result result = parser.Feed(pending, &consumed);
+      http::RequestParser::Outcome result = parser.Feed(pending, &consumed);
       Check(consumed <= pending.size());
-      if (result == http::RequestParser::Result::kError) {
+      if (result == http::RequestParser::Outcome::kError) {
         int status = parser.error_status();
         Check(status == 400 || status == 413 || status == 414 ||
               status == 431 || status == 505);
@@ -76,11 +75,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
         // After an error nothing more parses.
         std::size_t again = 0;
         Check(parser.Feed("GET / HTTP/1.1\r\n\r\n", &again) ==
-              http::RequestParser::Result::kError);
+              http::RequestParser::Outcome::kError);
         return 0;
       }
       pending.erase(0, consumed);
-      if (result == http::RequestParser::Result::kNeedMore) {
+      if (result == http::RequestParser::Outcome::kNeedMore) {
         Check(pending.empty());
         break;
       }

@@ -8,7 +8,7 @@
 namespace workerpool::http {
 namespace {
 
-using Result = RequestParser::Result;
+using Outcome = RequestParser::Outcome;
 
 // Feeds TEXT in pieces of CHUNK bytes (0: at once); collects every request
 // until the input ends or an error. *ERROR_STATUS gets the error, if any.
@@ -29,13 +29,13 @@ std::vector<Request> ParseAll(std::string_view text, std::size_t chunk = 0,
     }
     while (!pending.empty()) {
       std::size_t used = 0;
-      Result result = parser.Feed(pending, &used);
+      Outcome result = parser.Feed(pending, &used);
       pending.erase(0, used);
-      if (result == Result::kError) {
+      if (result == Outcome::kError) {
         if (error_status != nullptr) *error_status = parser.error_status();
         return requests;
       }
-      if (result == Result::kNeedMore) break;
+      if (result == Outcome::kNeedMore) break;
       requests.push_back(parser.TakeRequest());
     }
     if (offset >= text.size() && !pending.empty()) break;  // stuck: no more
@@ -73,12 +73,12 @@ TEST_CASE("pipelined requests come out one at a time, in order") {
       "POST /jobs/b HTTP/1.1\r\nContent-Length: 1\r\n\r\n2";
   RequestParser parser({});
   std::size_t used = 0;
-  REQUIRE(parser.Feed(two, &used) == Result::kRequest);
+  REQUIRE(parser.Feed(two, &used) == Outcome::kRequest);
   CHECK(used < two.size());  // stopped after the first request
   CHECK(parser.TakeRequest().body == "1");
   std::size_t rest = 0;
   REQUIRE(parser.Feed(std::string_view(two).substr(used), &rest) ==
-          Result::kRequest);
+          Outcome::kRequest);
   CHECK(used + rest == two.size());
   CHECK(parser.TakeRequest().body == "2");
 }
@@ -140,8 +140,8 @@ TEST_CASE("malformed requests are 400s, other limits their own codes") {
 TEST_CASE("after an error nothing more parses") {
   RequestParser parser({});
   std::size_t used = 0;
-  REQUIRE(parser.Feed("garbage\r\n\r\n", &used) == Result::kError);
-  CHECK(parser.Feed("GET / HTTP/1.1\r\n\r\n", &used) == Result::kError);
+  REQUIRE(parser.Feed("garbage\r\n\r\n", &used) == Outcome::kError);
+  CHECK(parser.Feed("GET / HTTP/1.1\r\n\r\n", &used) == Outcome::kError);
   CHECK(used == 0);
 }
 
@@ -150,11 +150,11 @@ TEST_CASE("Expect: 100-continue is reported once") {
   std::size_t used = 0;
   REQUIRE(parser.Feed("POST /jobs/a HTTP/1.1\r\nContent-Length: 2\r\n"
                       "Expect: 100-continue\r\n\r\n",
-                      &used) == Result::kNeedMore);
+                      &used) == Outcome::kNeedMore);
   CHECK(parser.in_request());
   CHECK(parser.TakeContinueWanted());
   CHECK_FALSE(parser.TakeContinueWanted());
-  REQUIRE(parser.Feed("ok", &used) == Result::kRequest);
+  REQUIRE(parser.Feed("ok", &used) == Outcome::kRequest);
   CHECK(parser.TakeRequest().body == "ok");
   CHECK_FALSE(parser.in_request());
 }
@@ -195,16 +195,19 @@ TEST_CASE("group names are what a pool definition allows") {
 
 TEST_CASE("X-Priority is an optional int32") {
   Request request;
-  std::int32_t priority = 7;
-  CHECK(ParsePriority(request, &priority));
-  CHECK(priority == 7);
+  Result<std::int32_t> priority = ParsePriority(request, 7);
+  REQUIRE(priority.ok());
+  CHECK(*priority == 7);
   request.headers = {{"x-priority", " -5 "}};
-  CHECK(ParsePriority(request, &priority));
-  CHECK(priority == -5);
+  priority = ParsePriority(request, 7);
+  REQUIRE(priority.ok());
+  CHECK(*priority == -5);
   for (const char* bad : {"", "x", "1.5", "99999999999", "5x"}) {
     CAPTURE(bad);
     request.headers = {{"x-priority", bad}};
-    CHECK_FALSE(ParsePriority(request, &priority));
+    priority = ParsePriority(request, 7);
+    REQUIRE_FALSE(priority.ok());
+    CHECK(priority.status().message() == "X-Priority must be a 32-bit integer");
   }
 }
 

@@ -1,0 +1,114 @@
+// Setting up and taking down one connection of rabbitmq-service to
+// RabbitMQ: the socket (plain TCP, connected here so that neither the DNS
+// lookup nor the connect outlasts the connect timeout or a shutdown; or TLS
+// through librabbitmq), the login, and the service's two channels, with the
+// declares and depth polls that run on the second one. The reads, acks and
+// publishes of a live connection are the session's (children/amqp_session.h),
+// through state().
+//
+// Everything here blocks (up to the handshake or RPC timeout): it runs on
+// the AMQP thread, or under its connection lock.
+#pragma once
+
+#include <amqp.h>
+
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "children/amqp_convert.h"
+#include "core/amqp_service_config.h"
+#include "core/status.h"
+
+namespace workerpool {
+
+// The largest frame this side accepts (frame_max at login); librabbitmq
+// reads the socket in buffers of this size.
+constexpr int kAmqpFrameMax = 131072;
+// Consuming, acking and publishing: publisher confirms on, the prefetch set.
+constexpr amqp_channel_t kAmqpConsumeChannel = 1;
+// Declares and depth polls. RabbitMQ closes the channel of a failed declare
+// (404, 406); on a channel of their own that does not end the consumers.
+constexpr amqp_channel_t kAmqpDeclareChannel = 2;
+
+// Connects to HOST:PORT without blocking past TIMEOUT; gives up early when
+// STOP_REQUESTED says so (asked whenever WAKE_FD is readable, which this
+// does not drain). Returns a non-blocking socket with TCP_NODELAY and
+// SO_KEEPALIVE, which the caller owns.
+Result<int> ConnectTcp(const std::string& host, int port,
+                       std::chrono::milliseconds timeout, int wake_fd,
+                       const std::function<bool()>& stop_requested);
+
+struct AmqpQueueDepth {
+  long messages = 0;   // ready to deliver
+  long consumers = 0;  // on the queue, ours included
+};
+
+// One connection at a time: Open(), use, then Close() or Drop(); Open()
+// again for the next one. Not thread-safe: the owner serializes (the
+// session's connection lock).
+class AmqpConnection {
+ public:
+  // CONFIG (URL, timeouts, heartbeat, prefetch) must outlive this.
+  explicit AmqpConnection(const AmqpServiceConfig& config);
+  ~AmqpConnection();  // Drop(false)
+  AmqpConnection(const AmqpConnection&) = delete;
+  AmqpConnection& operator=(const AmqpConnection&) = delete;
+
+  // Connects (WAKE_FD, STOP_REQUESTED: see ConnectTcp; TLS connects are not
+  // interrupted), logs in, opens both channels, turns publisher confirms on
+  // and sets the prefetch. On an error nothing is left open; the message
+  // names the broker and what failed (a refused login says what to check).
+  // REQUIRES: !is_open().
+  Status Open(int wake_fd, const std::function<bool()>& stop_requested);
+
+  // Declares QUEUE durable when CREATE, else checks that it exists
+  // (passive). A queue that exists with other arguments (e.g. a quorum
+  // queue, or one with its own x-dead-letter-exchange) is used as it is.
+  // KEY names the setting the queue comes from, for the error.
+  Status DeclareQueue(const std::string& queue, bool create, const char* key);
+  // basic.consume of QUEUE on the consume channel: the consumer tag.
+  Result<std::string> Consume(const std::string& queue);
+  // basic.cancel of consumer CONSUMER_TAG.
+  Status Cancel(const std::string& consumer_tag);
+  // The figures of QUEUE (a passive queue.declare on the declare channel,
+  // opened first if it is closed). Nothing when RabbitMQ refused it on the
+  // declare channel (the queue is gone): that is logged as a warning and
+  // the channel reopened. An error when the connection is unusable.
+  Result<std::optional<AmqpQueueDepth>> PollQueue(const std::string& queue);
+  // After RabbitMQ closed the declare channel: answers close-ok and opens it
+  // again. An error when the connection is unusable.
+  Status ReopenDeclareChannel();
+
+  // Closes both channels and the connection politely, then Drop().
+  void Close(bool shut_down_socket);
+  // Destroys the connection now (no-op when none is open). SHUT_DOWN_SOCKET
+  // shutdown(2)s the socket first: that ends the TCP connection also for a
+  // dup of its descriptor held elsewhere (the loop thread's watch), which
+  // would otherwise keep it open, and RabbitMQ holding our unacked
+  // deliveries. Plain TCP only: the TLS layer still writes its close on
+  // destroy.
+  void Drop(bool shut_down_socket);
+
+  bool is_open() const { return conn_ != nullptr; }
+  // librabbitmq's connection, for the reads, acks and publishes of the
+  // session. REQUIRES: is_open().
+  amqp_connection_state_t state() const { return conn_; }
+  // Seconds, as negotiated at login; 0: none.
+  int heartbeat() const { return heartbeat_; }
+
+ private:
+  Status OpenSocket(int wake_fd, const std::function<bool()>& stop_requested);
+  Status SetUp();
+  Status RpcOk(const char* what);
+  Status OpenChannel(amqp_channel_t channel);
+  std::string DescribeLoginFailure(const amqp::RpcError& why) const;
+
+  const AmqpServiceConfig& config_;
+  amqp_connection_state_t conn_ = nullptr;
+  bool declare_channel_open_ = false;
+  int heartbeat_ = 0;
+};
+
+}  // namespace workerpool

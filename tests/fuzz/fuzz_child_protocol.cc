@@ -59,8 +59,8 @@
 
 #include "core/child_conversation.h"
 #include "core/child_protocol.h"
-#include "core/config.h"
 #include "core/frame_codec.h"
+#include "core/pool_model.h"
 #include "core/routing.h"
 #include "core/slot_lifecycle.h"
 #include "fuzz_check.h"
@@ -260,6 +260,10 @@ void CheckStats(const ChildStats& stats) {
     for (std::size_t i = 1; i < histogram.bounds_ms.size(); ++i) {
       Check(histogram.bounds_ms[i - 1] < histogram.bounds_ms[i]);
     }
+  }
+  Check(stats.routes.size() <= workerpool::kMaxLatencyTargets);
+  for (const auto& [target, load] : stats.routes) {
+    Check(!target.empty() && target.size() <= workerpool::kMaxNameBytes);
   }
   Check(stats.app.is_object());
 }
@@ -977,7 +981,7 @@ class Pool {
   }
 
   static std::string StatsBody(std::uint8_t variant) {
-    switch (variant % 15) {
+    switch (variant % 17) {
       case 0:
         return R"({"served":3,"inflight":0,"sent":18446744073709551615})";
       case 1:
@@ -1014,8 +1018,13 @@ class Pool {
         return "{\"" + std::string(65, 'n') + "\":1}";
       case 13:
         return R"({"served":1e3})";
-      default:  // max_requests reached: recycled
+      case 14:  // max_requests reached: recycled
         return R"({"served":990,"served_errors":10})";
+      case 15:
+        return R"({"routes":{"compute":{"queued":3,"inflight":1},)"
+               R"("intake":{}}})";
+      default:
+        return R"({"routes":{"compute":{"queued":-1}}})";
     }
   }
 

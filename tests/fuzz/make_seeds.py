@@ -277,7 +277,7 @@ CHILD_PROTOCOL = {
     # 14 reaches max_requests: the child is replaced (a spawn byte follows).
     "stats": hello(0) + hello(1) +
     b"".join(stats(0, v) for v in range(14) if v != 10) + stats(0, 14) +
-    op(SPAWN_NEW_PID) + stats(1, 0),
+    op(SPAWN_NEW_PID) + stats(1, 15) + stats(1, 16) + stats(1, 0),
     "reload": ALL_HELLO + route_open(0, COMPUTE) + route_open(0, INTAKE) +
     route_open(2, COMPUTE) + route_open(2, BATCH) + route_open(2, WEB) +
     op(OP_RELOAD) + kill_peer(0, 4) + route_open(0, COMPUTE) +

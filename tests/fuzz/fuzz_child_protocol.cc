@@ -685,9 +685,10 @@ class Pool {
     }
   }
 
-  const std::string* GroupOfLiveChild(std::int64_t pid) const {
+  ChildConversation::Peer GroupOfLiveChild(std::int64_t pid) const {
     auto found = children_.find(pid);
-    return found == children_.end() ? nullptr : &GroupName(found->second->slot);
+    if (found == children_.end()) return {};
+    return {&GroupName(found->second->slot), found->second->serial};
   }
 
   // The contract of ChildConversation::OnFrame, written out on its own.

@@ -17,18 +17,24 @@ namespace {
 // Stats of many children arriving together make one decision.
 constexpr uint64_t kLoadSettleMs = 100;
 
-// Ready messages in the queues a service child reports in its app stats
-// ({"target": GROUP, "queues": {NAME: {"messages": N}}}), when it feeds
-// GROUP. The app stats are the child's own JSON: read without trusting it.
+// What a service child holds for GROUP, from its app stats ({"target":
+// GROUP, "held": N, "queues": {NAME: {"messages": N}}}): the ready messages
+// of its queues, and the deliveries it holds because GROUP could not take
+// them (none up: with min 0 they wait for the group to grow). The app stats
+// are the child's own JSON: read without trusting it.
 std::uint64_t BacklogFor(const nlohmann::json& app, const std::string& group) {
   auto target = app.find("target");
   if (target == app.end() || !target->is_string() ||
       target->get_ref<const std::string&>() != group) {
     return 0;
   }
-  auto queues = app.find("queues");
-  if (queues == app.end() || !queues->is_object()) return 0;
   std::uint64_t total = 0;
+  if (auto held = app.find("held");
+      held != app.end() && held->is_number_unsigned()) {
+    total += held->get<std::uint64_t>();
+  }
+  auto queues = app.find("queues");
+  if (queues == app.end() || !queues->is_object()) return total;
   for (const auto& queue : *queues) {
     if (!queue.is_object()) continue;
     auto messages = queue.find("messages");

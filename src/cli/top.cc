@@ -10,10 +10,12 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <deque>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
@@ -32,6 +34,10 @@ constexpr int kExitBadInput = 1;
 constexpr int kExitRuntime = 2;
 constexpr Duration kMinInterval{100};
 constexpr Duration kMaxInterval{3600 * 1000};
+// Rates are taken over at least this long: children report their counters
+// once a second, so over a shorter window a rate would swing between 0 and
+// twice its value from one refresh to the next.
+constexpr Duration kMinRateWindow{2000};
 
 // Set by the signal handlers; each also writes a byte to the wake pipe so
 // that the loop's poll() returns at once.
@@ -292,7 +298,12 @@ int RunTop(const ControlOptions& options, const std::string& interval_text) {
   if (!terminal.Enter()) {
     return Fail("cannot set up the terminal", kExitRuntime);
   }
-  bool have_current = true;
+  // Answers of the last rate window: the front is the newest one at least
+  // a window old (or the oldest there is), the back the current one.
+  const auto window =
+      std::max<SteadyClock::duration>(*interval, kMinRateWindow);
+  std::deque<Snapshot> history;
+  history.push_back(current);
   TopFigures figures = ComputeTopFigures(current.status, nullptr, 0);
   auto draw = [&] {
     int width = 80, height = 24;
@@ -347,15 +358,19 @@ int RunTop(const ControlOptions& options, const std::string& interval_text) {
     if (SteadyClock::now() < next) continue;
     Snapshot fresh;
     if (FetchStatus(path, &fresh, &error)) {
-      figures = ComputeTopFigures(fresh.status,
-                                  have_current ? &current.status : nullptr,
-                                  Seconds(fresh.at - current.at));
-      current = std::move(fresh);
-      have_current = true;
+      const auto fresh_at = fresh.at;
+      history.push_back(std::move(fresh));
+      while (history.size() > 2 && history[1].at <= fresh_at - window) {
+        history.pop_front();
+      }
+      const Snapshot* base = history.size() > 1 ? &history.front() : nullptr;
+      figures = ComputeTopFigures(
+          history.back().status, base != nullptr ? &base->status : nullptr,
+          base != nullptr ? Seconds(fresh_at - base->at) : 0.0);
       view.message.clear();
     } else {
       // Keep the last screen; rates start over once the pool answers.
-      have_current = false;
+      history.clear();
       view.message = "no answer: " + error.message + " (retrying every " +
                      FormatTopUptime(interval->count()) + "; q quits)";
     }

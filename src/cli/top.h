@@ -13,7 +13,8 @@
 namespace workerpool {
 
 // Shows the pool OPTIONS name (as every control command finds it),
-// refreshed every INTERVAL_TEXT ("1s", "500ms"; 100ms to 1h), until `q`,
+// refreshed every INTERVAL_TEXT ("1s", "500ms"; 100ms to 1h), with rates
+// and CPU% over the last interval or 2 s, whichever is longer, until `q`,
 // Ctrl-C, SIGTERM or SIGHUP; the terminal is restored on the way out (and
 // around Ctrl-Z). Keys: up/down or k/j select a group, Enter (or e, space)
 // shows or hides its processes, a shows or hides every group's.

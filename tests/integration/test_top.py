@@ -25,33 +25,7 @@ import unittest
 
 import wp
 
-PYTHON_DIR = os.path.join(wp.TOP, "python")
-
-# A service child without RabbitMQ: it says hello, then reports queue
-# figures once a second the way the RabbitMQ service does (its "app" stats).
-FAKE_SERVICE = r"""
-import json, os, socket, sys, time
-sys.path.insert(0, %(python_dir)r)
-import workerpool as w
-sock = socket.socket(fileno=int(os.environ["WORKERPOOL_IPC_FD"]))
-sock.sendall(w.encode_frame(w.FrameType.HELLO,
-                            body=json.dumps({"pid": os.getpid(), "protocol": 1})))
-delivered = 0
-while True:
-    delivered += 40
-    figures = {"messages": 5000 - delivered, "consumers": 1,
-               "deliveries": delivered, "acks": delivered, "dead_letters": 0}
-    stats = {"app": {"connection": "open", "queues": {"tasks": figures}}}
-    sock.sendall(w.encode_frame(w.FrameType.STATS, body=json.dumps(stats)))
-    until = time.monotonic() + 1.0
-    while time.monotonic() < until:
-        sock.settimeout(max(0.01, until - time.monotonic()))
-        try:
-            if not sock.recv(65536):
-                sys.exit(0)
-        except socket.timeout:
-            pass
-"""
+FAKE_SERVICE = os.path.join(wp.HERE, "fake_queue_service.py")
 
 POOL = """
 pool: {name: toptest, stop_timeout: 2s}
@@ -69,7 +43,7 @@ groups:
   - name: intake
     type: service
     processes: 1
-    command: [%(python)s, "{tmp}/fake_service.py"]
+    command: [%(python)s, %(fake_service)s]
 """
 
 TITLES = ["GROUP", "TYPE", "LIVE", "STATE", "RST", "REQ/s", "ERR/s", "P50",
@@ -155,11 +129,8 @@ class TopTest(wp.TestCase):
     def start_pool(self):
         self.port = free_port()
         pool = self.pool(POOL % {"bin": wp.BIN, "port": self.port,
-                                 "python": shutil.which("python3")},
-                         start=False)
-        pool.write("fake_service.py", FAKE_SERVICE % {
-            "python_dir": PYTHON_DIR})
-        pool.start()
+                                 "python": shutil.which("python3"),
+                                 "fake_service": FAKE_SERVICE})
         pool.wait_for_children(5)
         self.socket = os.path.join(pool.tmp, "toptest.sock")
         wp.wait_until(lambda: os.path.exists(self.socket),

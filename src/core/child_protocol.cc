@@ -157,6 +157,27 @@ ChildMessage ReadStats(std::string_view body) {
         }
         stats.latency.emplace(target, std::move(read));
       }
+    } else if (key == "routes") {
+      if (!value.is_object() || value.size() > kMaxLatencyTargets) {
+        return Offence(ChildOffence::kBadField,
+                       "stats: \"routes\" must be an object of routes");
+      }
+      for (auto& [target, route] : value.items()) {
+        RouteLoad read;
+        const json* queued =
+            route.is_object() ? Find(route, "queued") : nullptr;
+        const json* inflight =
+            route.is_object() ? Find(route, "inflight") : nullptr;
+        if (target.empty() || target.size() > kMaxNameBytes ||
+            !route.is_object() ||
+            (queued != nullptr && !ReadUnsigned(*queued, &read.queued)) ||
+            (inflight != nullptr && !ReadUnsigned(*inflight, &read.inflight))) {
+          return Offence(ChildOffence::kBadField,
+                         "stats: \"routes\" must map group names to "
+                         "{queued, inflight} of unsigned integers");
+        }
+        stats.routes.emplace(target, read);
+      }
     } else if (key == "app") {
       if (!value.is_object() || !DepthAtMost(value, kMaxAppDepth)) {
         return Offence(ChildOffence::kBadField,

@@ -53,6 +53,16 @@ struct RabbitmqConfig {
   bool operator==(const RabbitmqConfig&) const = default;
 };
 
+// groups[].autoscale: the group sizes itself between min and max
+// (core/autoscale.h).
+struct AutoscaleConfig {
+  int min = 1;
+  int max = 1;
+  Duration up_after{1000};     // load sustained this long adds processes
+  Duration down_after{30000};  // idleness sustained this long retires some
+  bool operator==(const AutoscaleConfig&) const = default;
+};
+
 struct GroupConfig {
   std::string name;
   GroupType type = GroupType::kJob;
@@ -78,6 +88,7 @@ struct GroupConfig {
   int busy_poll_us = wire::kDefaultBusyPollUs;
   RestartConfig restart;
   std::optional<RabbitmqConfig> rabbitmq;
+  std::optional<AutoscaleConfig> autoscale;
 
   // Where the group was defined, for messages about it.
   int line = 0;

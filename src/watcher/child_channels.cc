@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/routing.h"
+#include "os/uv_owner.h"
 #include "watcher/channel.h"
 #include "watcher/child_table.h"
 
@@ -162,7 +163,7 @@ void ChildChannels::ArmHeartbeat(Slot* slot) {
   uv_timer_start(
       &slot->heartbeat,
       [](uv_timer_t* timer) {
-        Slot* hung = static_cast<Slot*>(timer->data);
+        Slot* hung = Owner<Slot>(timer);
         if (!hung->has_child()) return;
         spdlog::error("{}[{}] pid {} is hung: no heartbeat for {}; SIGKILL",
                       hung->group->config.name, hung->index, hung->pid,

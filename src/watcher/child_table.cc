@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "os/spawn.h"
+#include "os/uv_owner.h"
 #include "watcher/channel.h"
 #include "watcher/listen_sockets.h"
 
@@ -170,7 +171,7 @@ void ChildTable::ArmTimer(Slot* slot, Duration after) {
 }
 
 void ChildTable::OnSlotTimer(uv_timer_t* timer) {
-  Slot* slot = static_cast<Slot*>(timer->data);
+  Slot* slot = Owner<Slot>(timer);
   if (slot->state == SlotState::kStarting) {
     spdlog::debug("{}[{}] pid {} did not say hello; taken as up",
                   slot->group->config.name, slot->index, slot->pid);
@@ -341,7 +342,7 @@ void ChildTable::CloseSlotHandles(Slot* slot) {
   if (slot->output != nullptr) slot->output->slot = nullptr;
   slot->output = nullptr;
   auto on_closed = [](uv_handle_t* handle) {
-    Slot* owner = static_cast<Slot*>(handle->data);
+    Slot* owner = Owner<Slot>(handle);
     if (--owner->open_handles == 0) delete owner;
   };
   uv_close(reinterpret_cast<uv_handle_t*>(&slot->timer), on_closed);

@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "os/spawn.h"
+#include "os/uv_owner.h"
 #include "watcher/child_table.h"
 
 namespace workerpool {
@@ -197,9 +198,7 @@ void ChildTable::UpdateRssSampling() {
   if (wanted && !running && !stopping_) {
     uv_timer_start(
         &rss_timer_,
-        [](uv_timer_t* timer) {
-          static_cast<ChildTable*>(timer->data)->SampleRss();
-        },
+        [](uv_timer_t* timer) { Owner<ChildTable>(timer)->SampleRss(); },
         kRssSampleMs, kRssSampleMs);
   } else if (!wanted && running) {
     uv_timer_stop(&rss_timer_);

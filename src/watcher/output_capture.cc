@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include "os/uv_owner.h"
 #include "watcher/logging.h"
 #include "watcher/pool_state.h"
 
@@ -17,11 +18,7 @@ char* OutputBuffer() {
   return buffer;
 }
 
-OutputReader* ReaderOf(uv_handle_t* handle) {
-  return static_cast<OutputReader*>(handle->data);
-}
-
-void DeleteReader(uv_handle_t* handle) { delete ReaderOf(handle); }
+void DeleteReader(uv_handle_t* handle) { delete Owner<OutputReader>(handle); }
 
 }  // namespace
 
@@ -82,7 +79,7 @@ void OutputCapture::Start(int fd, Slot* slot) {
     *buf = uv_buf_init(OutputBuffer(), kOutputBufferSize);
   };
   auto on_read = [](uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
-    OutputReader* reader = ReaderOf(reinterpret_cast<uv_handle_t*>(stream));
+    auto* reader = Owner<OutputReader>(stream);
     if (nread > 0) {
       reader->Feed(std::string_view(buf->base, nread));
       return;

@@ -7,6 +7,7 @@
 #include "core/pool_diff.h"
 #include "os/config_file.h"
 #include "os/notify.h"
+#include "os/uv_owner.h"
 #include "watcher/child_table.h"
 #include "watcher/listen_sockets.h"
 #include "watcher/logging.h"
@@ -67,7 +68,7 @@ void PoolReload::RunQueued() {
   uv_timer_start(
       &queued_timer_,
       [](uv_timer_t* timer) {
-        auto* self = static_cast<PoolReload*>(timer->data);
+        auto* self = Owner<PoolReload>(timer);
         if (!self->queued_ || self->table_->stopping()) return;
         self->queued_ = false;
         self->Apply();

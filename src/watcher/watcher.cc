@@ -26,6 +26,7 @@
 #include "os/builtin_path.h"
 #include "os/config_file.h"
 #include "os/notify.h"
+#include "os/uv_owner.h"
 #include "watcher/child_table.h"
 #include "watcher/control.h"
 #include "watcher/listen_sockets.h"
@@ -177,7 +178,7 @@ void Watcher::StartSignals() {
 }
 
 void Watcher::OnSignal(uv_signal_t* handle, int signal_number) {
-  auto* self = static_cast<Watcher*>(handle->data);
+  auto* self = Owner<Watcher>(handle);
   switch (signal_number) {
     case SIGCHLD:
       self->table_.Reap();
@@ -239,7 +240,7 @@ void Watcher::SignalJobsIfIntakeGone() {
 }
 
 void Watcher::OnStopTimer(uv_timer_t* timer) {
-  auto* self = static_cast<Watcher*>(timer->data);
+  auto* self = Owner<Watcher>(timer);
   spdlog::warn("{} children still running after {}: SIGKILL",
                self->table_.child_count(),
                FormatDuration(self->config().stop_timeout));

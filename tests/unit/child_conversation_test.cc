@@ -68,7 +68,10 @@ TEST_CASE("child protocol: stats with wrong types is an offence") {
         R"({"latency": {"echo": {"bounds_ms": [1], "counts": [1]}}})",
         R"({"latency": {"echo": {"bounds_ms": [2, 1], "counts": [1, 2, 3]}}})",
         R"({"latency": {"echo": {"bounds_ms": ["a"], "counts": [1, 2]}}})",
-        R"({"app": []})", R"({"app": "text"})", R"([1, 2])", "17", "nul"}) {
+        R"({"app": []})", R"({"app": "text"})", R"([1, 2])", "17", "nul",
+        R"({"routes": 1})", R"({"routes": {"echo": 1}})",
+        R"({"routes": {"echo": {"queued": -1}}})",
+        R"({"routes": {"echo": {"inflight": "x"}}})"}) {
     CAPTURE(body);
     ChildMessage message = ReadChildFrame(FrameType::kStats, body);
     REQUIRE(std::holds_alternative<OffendingFrame>(message));
@@ -76,6 +79,7 @@ TEST_CASE("child protocol: stats with wrong types is an offence") {
   ChildMessage good = ReadChildFrame(
       FrameType::kStats,
       R"({"served": 18446744073709551615, "inflight": 2, "app": {"k": [1]},
+          "routes": {"echo": {"queued": 7, "inflight": 3}},
           "latency": {"echo": {"bounds_ms": [1, 5], "counts": [1, 2, 3],
                                "sum_ms": 9}}})");
   REQUIRE(std::holds_alternative<StatsMessage>(good));
@@ -85,6 +89,8 @@ TEST_CASE("child protocol: stats with wrong types is an offence") {
   CHECK(stats.Counter("absent") == 0);
   CHECK(stats.latency.at("echo").counts.size() == 3);
   CHECK(stats.app["k"][0] == 1);
+  CHECK(stats.routes.at("echo").queued == 7);
+  CHECK(stats.routes.at("echo").inflight == 3);
 }
 
 TEST_CASE("child protocol: oversized and deeply nested stats are refused") {

@@ -114,9 +114,12 @@ class CompletionTest(wp.TestCase):
         self.assertEqual(
             self.complete("workerpool restart --socket %s c" % sock),
             ["compute"])
-        # The count after the group: nothing to offer.
+        # After the group: the count is the operator's, or `auto`.
         self.assertEqual(
-            self.complete("workerpool scale --socket %s web " % sock), [])
+            self.complete("workerpool scale --socket %s web " % sock),
+            ["auto"])
+        self.assertEqual(
+            self.complete("workerpool restart --socket %s web " % sock), [])
         # Without --socket: the pool `status` would find.
         self.assertEqual(
             self.complete("workerpool restart ",

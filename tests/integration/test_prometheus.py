@@ -115,11 +115,19 @@ class PrometheusTest(wp.TestCase):
     def test_live_endpoint_passes_promtool_check_metrics(self):
         self.start_pool()
         # Children report their counters and figures once a second.
+        wanted = ("workerpool_service_queue_deliveries{",
+                  'workerpool_group_requests_served_total{group="echo",'
+                  'outcome="error"} 1',
+                  'workerpool_group_requests_total{group="web",'
+                  'outcome="failed"} 1',
+                  "workerpool_group_request_duration_seconds_bucket{")
+
+        def complete():
+            text = self.metrics()
+            return text if all(w in text for w in wanted) else None
         text = wp.wait_until(
-            lambda: (lambda t: t if "workerpool_service_queue_deliveries{"
-                     in t and 'outcome="error"} 1' in t else None)(
-                         self.metrics()),
-            what="the service's and the requests' figures in /metrics")
+            complete, what="the service's and the requests' figures in "
+            "/metrics", on_timeout=self.metrics)
         proc = subprocess.run(["promtool", "check", "metrics"], input=text,
                               capture_output=True, text=True, timeout=60)
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
@@ -129,7 +137,7 @@ class PrometheusTest(wp.TestCase):
                        "workerpool_group_resident_memory_bytes",
                        "workerpool_group_request_duration_seconds_bucket",
                        "workerpool_service_queue_messages"):
-            self.assertIn(family, text)
+            self.assertTrue(family in text, family)
 
     def test_a_real_prometheus_scrapes_the_pool(self):
         self.start_pool()

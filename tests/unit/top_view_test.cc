@@ -340,6 +340,17 @@ TEST_CASE("top: the selected group stays in view on a short terminal") {
         "no answer: the pool went away");
 }
 
+TEST_CASE("top: an autoscaled group shows its bounds beside live/target") {
+  json status = Status(0, 0, 0);
+  status["groups"][1]["autoscale"] = {
+      {"min", 1}, {"max", 16}, {"last_decision", {{"reason", "up"}}}};
+  TopFigures figures = ComputeTopFigures(status, nullptr, 0);
+  CHECK(*Group(figures, "echo").autoscale_min == 1);
+  CHECK(*Group(figures, "echo").autoscale_max == 16);
+  std::string text = Joined(LayOutTop(figures, TopViewState{}, 80, 0));
+  CHECK(Contains(text, "4/4* 1-16 running"));
+}
+
 TEST_CASE("top: uptimes") {
   CHECK(FormatTopUptime(0) == "0s");
   CHECK(FormatTopUptime(200) == "0.2s");

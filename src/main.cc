@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cli/control_client.h"
+#include "cli/top.h"
 #include "core/config.h"
 #include "os/builtin_path.h"
 #include "os/config_file.h"
@@ -137,6 +138,16 @@ int main(int argc, char** argv) {
       "stop", "same as SIGTERM: graceful stop; returns once the pool stopped");
   add_socket(stop);
 
+  std::string top_interval = "1s";
+  auto* top = app.add_subcommand(
+      "top",
+      "live view of the pool: groups with rates, latency, memory and CPU; "
+      "Enter shows a group's processes, q quits");
+  add_socket(top);
+  top->add_option("--interval", top_interval,
+                  "refresh every DURATION, 100ms to 1h (default 1s)")
+      ->type_name("DURATION");
+
   std::string builtin_name;
   std::vector<std::string> builtin_args;
   auto* builtin =
@@ -167,5 +178,9 @@ int main(int argc, char** argv) {
   if (*restart) control.command = "restart";
   if (*reload) control.command = "reload";
   if (*stop) control.command = "stop";
+  if (*top) {
+    control.command = "top";
+    return workerpool::RunTop(control, top_interval);
+  }
   return workerpool::RunControlCommand(control);
 }

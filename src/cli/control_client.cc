@@ -450,6 +450,37 @@ void PrintStatusTable(const json& status) {
 
 }  // namespace
 
+bool FindControlSocket(const ControlOptions& options, std::string* path,
+                       ControlError* error) {
+  Failure failure{kExitOk, ""};
+  if (ResolveSocket(options, path, &failure)) return true;
+  *error = {failure.code, failure.message};
+  return false;
+}
+
+bool ExchangeControl(const std::string& path, const ControlRequest& request,
+                     json* answer, ControlError* error) {
+  Failure failure{kExitOk, ""};
+  int fd = Connect(path, &failure);
+  std::string line;
+  bool ok = fd >= 0 &&
+            SendAll(fd, FormatControlRequest(request) + "\n", &failure, path) &&
+            ReadAnswer(fd, path, &line, &failure);
+  if (fd >= 0) close(fd);
+  if (!ok) {
+    *error = {failure.code, failure.message};
+    return false;
+  }
+  *answer = json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (!answer->is_object() || !answer->contains("ok") ||
+      !(*answer)["ok"].is_boolean()) {
+    *error = {kExitRuntime,
+              "unexpected answer from " + path + ": " + line.substr(0, 200)};
+    return false;
+  }
+  return true;
+}
+
 int RunControlCommand(const ControlOptions& options) {
   ControlRequest request;
   if (options.command == "status") {

@@ -202,6 +202,18 @@ void AddPool(const json& status, Exposition* out) {
   out->AddJson("workerpool_refused_routes_total", "counter",
                "Routes refused by the routing rules or routes_to.", {},
                Member(status, "refused_routes"));
+  // The Watcher's own process, under the names every Prometheus client
+  // library uses for its process.
+  if (const json* watcher = Member(status, "watcher")) {
+    out->AddJson("process_resident_memory_bytes", "gauge",
+                 "Resident memory of the Watcher process.", {},
+                 Member(*watcher, "rss_bytes"));
+    if (std::optional<double> cpu_ms = NumberMember(*watcher, "cpu_ms")) {
+      out->Add("process_cpu_seconds_total", "counter",
+               "User and system CPU time of the Watcher process.", {},
+               FormatDouble(*cpu_ms / 1000.0));
+    }
+  }
 }
 
 // workerpool_service_connected from a connection state given as text.
@@ -440,6 +452,15 @@ void AddGroup(const json& group, Exposition* out) {
                      Member(*decisions, direction));
       }
     }
+  }
+  out->AddJson("workerpool_group_resident_memory_bytes", "gauge",
+               "Resident memory of the group's live children, summed.", labels,
+               Member(group, "rss_bytes"));
+  if (std::optional<double> cpu_ms = NumberMember(group, "cpu_ms")) {
+    out->Add("workerpool_group_cpu_seconds_total", "counter",
+             "User and system CPU time of the group's live children, summed "
+             "(a child that exits takes its share with it).",
+             labels, FormatDouble(*cpu_ms / 1000.0));
   }
   if (const json* latency = Member(group, "latency")) {
     AddLatency(name, *latency, out);

@@ -3,6 +3,7 @@
 // spaces and ')' itself, so fields are counted from the last ')'.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string_view>
 
@@ -11,5 +12,15 @@ namespace workerpool {
 // Field 39, "processor": the CPU the process last ran on. Nothing when
 // STAT is not a stat line (truncated, garbage, a negative or huge value).
 std::optional<int> ProcStatProcessor(std::string_view stat);
+
+// What a process has used, in the units of /proc/<pid>/stat.
+struct ProcStatUsage {
+  std::uint64_t cpu_ticks = 0;  // fields 14 + 15: utime + stime, clock ticks
+  std::uint64_t rss_pages = 0;  // field 24: resident set size, pages
+};
+
+// Fields 14, 15 and 24. Nothing when STAT is not a stat line (truncated,
+// garbage, a negative or non-numeric value).
+std::optional<ProcStatUsage> ProcStatUsageOf(std::string_view stat);
 
 }  // namespace workerpool

@@ -178,6 +178,7 @@ Status PoolReload::Apply() {
   }
   table_->channels().ApplyRoutes();
   table_->UpdateRssSampling();
+  ++applied_;
   last_ = {{"ok", true}, {"summary", diff.Summary()}, {"unix", time(nullptr)}};
   host_->OnReloadDone(true);
   return Status::Ok();

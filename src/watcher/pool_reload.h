@@ -56,6 +56,8 @@ class PoolReload {
   void Close();
   // null before the first reload; {"ok", "summary"|"error", "unix"}.
   const nlohmann::json& last() const { return last_; }
+  // Reloads applied since the start (the pool's generation, for `top`).
+  std::uint64_t applied() const { return applied_; }
 
  private:
   Status Apply();
@@ -71,6 +73,7 @@ class PoolReload {
   bool queued_ = false;
   uv_timer_t queued_timer_;  // starts a queued reload from a clean stack
   nlohmann::json last_ = nullptr;
+  std::uint64_t applied_ = 0;
 };
 
 }  // namespace workerpool

@@ -4,6 +4,8 @@
 
 #include <map>
 
+#include "os/proc_usage.h"
+#include "version.h"
 #include "watcher/child_table.h"
 
 namespace workerpool {
@@ -36,6 +38,7 @@ nlohmann::json StatusJson(const PoolFacts& pool, const ChildTable& table) {
     json app = json::array();
     std::map<std::string, uint64_t> requests;
     uint64_t inflight = 0, queued = 0;
+    std::int64_t rss_bytes = 0, cpu_ms = 0;
     int live = 0, ready = 0;
     group->ForEachSlot([&](const Slot* slot) {
       if (!slot->has_child()) return;
@@ -52,6 +55,13 @@ nlohmann::json StatusJson(const PoolFacts& pool, const ChildTable& table) {
            {"draining",
             slot->outgoing || (slot->state != SlotState::kUp &&
                                slot->state != SlotState::kStarting)}});
+      // Read now, for this report only (the header says why).
+      if (std::optional<ProcessUsage> usage = ReadProcessUsage(slot->pid)) {
+        children.back()["rss_bytes"] = usage->rss_bytes;
+        children.back()["cpu_ms"] = usage->cpu_ms;
+        rss_bytes += usage->rss_bytes;
+        cpu_ms += usage->cpu_ms;
+      }
       const ChildStats& stats = slot->conversation.stats();
       if (!stats.app.empty()) {
         json entry = stats.app;
@@ -86,6 +96,8 @@ nlohmann::json StatusJson(const PoolFacts& pool, const ChildTable& table) {
                       {"requests", requests},
                       {"recycled", group->recycled},
                       {"protocol_errors", group->protocol_errors},
+                      {"rss_bytes", rss_bytes},
+                      {"cpu_ms", cpu_ms},
                       {"app", app},
                       {"children", children}});
     json autoscale_json = nullptr;
@@ -113,15 +125,22 @@ nlohmann::json StatusJson(const PoolFacts& pool, const ChildTable& table) {
                                   {"sum_ms", found->second.sum_ms}};
     }
   }
-  return {{"pool", pool.name},
-          {"config", pool.config_path},
-          {"pid", getpid()},
-          {"state", pool.state},
-          {"reload_queued", pool.reload_queued},
-          {"uptime_ms", pool.uptime.count()},
-          {"last_reload", pool.last_reload},
-          {"refused_routes", pool.refused_routes},
-          {"groups", groups}};
+  json report = {{"pool", pool.name},
+                 {"config", pool.config_path},
+                 {"version", WORKERPOOL_VERSION},
+                 {"pid", getpid()},
+                 {"state", pool.state},
+                 {"reload_queued", pool.reload_queued},
+                 {"uptime_ms", pool.uptime.count()},
+                 {"last_reload", pool.last_reload},
+                 {"refused_routes", pool.refused_routes},
+                 {"groups", groups}};
+  if (pool.generation) report["generation"] = *pool.generation;
+  if (std::optional<ProcessUsage> usage = ReadProcessUsage(0)) {
+    report["watcher"] = {{"rss_bytes", usage->rss_bytes},
+                         {"cpu_ms", usage->cpu_ms}};
+  }
+  return report;
 }
 
 std::string StatusLine(const PoolFacts& pool, const ChildTable& table) {

@@ -1,11 +1,16 @@
-// The status report: what `workerpool status`, the metrics endpoint and
-// systemd's STATUS= line say about the running pool, built from the child
-// table on demand (nothing is kept or sampled for it). The JSON shape is
+// The status report: what `workerpool status`, `workerpool top`, the
+// metrics endpoint and systemd's STATUS= line say about the running pool,
+// built from the child table on demand (nothing is kept or sampled for it:
+// the resident size and CPU time of the Watcher and of each child are read
+// from /proc/PID/stat while the report is built, one read per process, so an
+// idle pool nobody asks about never wakes up for them). The JSON shape is
 // the one documented in docs/OPERATIONS.md ("status --json"). Runs on the
 // Watcher's loop thread.
 #pragma once
 
+#include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "core/units.h"
@@ -23,6 +28,9 @@ struct PoolFacts {
   Duration uptime{0};
   nlohmann::json last_reload;  // null, or {"ok", "summary"|"error", "unix"}
   std::uint64_t refused_routes = 0;
+  // Reloads applied since the Watcher started (its configuration's
+  // generation); reported as "generation" when known.
+  std::optional<std::uint64_t> generation;
 };
 
 nlohmann::json StatusJson(const PoolFacts& pool, const ChildTable& table);

@@ -377,6 +377,7 @@ PoolFacts Watcher::Facts() const {
       std::chrono::duration_cast<Duration>(Clock::now() - started_at_);
   facts.last_reload = reload_.last();
   facts.refused_routes = table_.channels().refused_requests();
+  facts.generation = reload_.applied();
   return facts;
 }
 

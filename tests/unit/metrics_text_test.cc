@@ -152,6 +152,26 @@ TEST_CASE("MetricsText renders every figure of a full status document") {
   CHECK(!Contains(text, "scaled_until_reload{group=\"intake\""));
 }
 
+TEST_CASE("MetricsText: memory and CPU of the Watcher and of each group") {
+  std::string text = MetricsText(json::parse(R"({
+    "pool": "demo", "watcher": {"rss_bytes": 5242880, "cpu_ms": 1500},
+    "groups": [{"name": "web", "rss_bytes": 20971520, "cpu_ms": 250},
+               {"name": "idle", "rss_bytes": "lots", "cpu_ms": null}]})"));
+  CheckExposition(text);
+  for (const char* line : {
+           "# TYPE process_resident_memory_bytes gauge\n"
+           "process_resident_memory_bytes 5242880\n",
+           "# TYPE process_cpu_seconds_total counter\n"
+           "process_cpu_seconds_total 1.5\n",
+           "workerpool_group_resident_memory_bytes{group=\"web\"} 20971520\n",
+           "# TYPE workerpool_group_cpu_seconds_total counter\n",
+           "workerpool_group_cpu_seconds_total{group=\"web\"} 0.25\n",
+       }) {
+    CHECK_MESSAGE(Contains(text, line), "missing: ", line, "\n", text);
+  }
+  CHECK(!Contains(text, "{group=\"idle\"} "));
+}
+
 TEST_CASE("MetricsText survives missing, null and wrongly typed fields") {
   for (const char* doc : {
            "null",

@@ -58,3 +58,55 @@ TEST_CASE("ProcStatProcessor reads this process's own stat") {
   CHECK(*cpu >= 0);
   CHECK(*cpu < sysconf(_SC_NPROCESSORS_CONF) + 1024);
 }
+
+namespace {
+
+// A stat line with utime (14), stime (15) and rss (24) set, others made up.
+std::string UsageLine(const std::string& comm, const std::string& utime,
+                      const std::string& stime, const std::string& rss) {
+  std::string line = "4242 (" + comm + ") S";
+  for (int field = 4; field <= 52; ++field) {
+    std::string value = std::to_string(field * 1000);
+    if (field == 14) value = utime;
+    if (field == 15) value = stime;
+    if (field == 24) value = rss;
+    line += " " + value;
+  }
+  return line + "\n";
+}
+
+}  // namespace
+
+TEST_CASE("ProcStatUsageOf adds utime and stime and reads rss") {
+  auto usage =
+      workerpool::ProcStatUsageOf(UsageLine("echo-job", "7", "5", "321"));
+  REQUIRE(usage.has_value());
+  CHECK(usage->cpu_ticks == 12);
+  CHECK(usage->rss_pages == 321);
+  // Spaces and parentheses in the command name do not shift the fields.
+  usage = workerpool::ProcStatUsageOf(UsageLine("a) b (c", "1", "2", "3"));
+  REQUIRE(usage.has_value());
+  CHECK(usage->cpu_ticks == 3);
+  CHECK(usage->rss_pages == 3);
+}
+
+TEST_CASE("ProcStatUsageOf refuses what is not a stat line") {
+  using workerpool::ProcStatUsageOf;
+  CHECK_FALSE(ProcStatUsageOf(""));
+  CHECK_FALSE(ProcStatUsageOf("1 (x) S 2 3"));
+  CHECK_FALSE(ProcStatUsageOf(UsageLine("x", "-1", "0", "0")));
+  CHECK_FALSE(ProcStatUsageOf(UsageLine("x", "0", "1x", "0")));
+  CHECK_FALSE(ProcStatUsageOf(UsageLine("x", "0", "0", "-5")));
+  std::string cut = UsageLine("x", "1", "2", "98765");
+  CHECK_FALSE(ProcStatUsageOf(cut.substr(0, cut.find(" 98765"))));
+}
+
+TEST_CASE("ProcStatUsageOf reads this process's own stat") {
+  std::ifstream file("/proc/self/stat");
+  if (!file) return;  // no /proc here
+  std::stringstream text;
+  text << file.rdbuf();
+  auto usage = workerpool::ProcStatUsageOf(text.str());
+  REQUIRE(usage.has_value());
+  CHECK(usage->rss_pages > 0);
+}

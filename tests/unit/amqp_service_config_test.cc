@@ -25,6 +25,93 @@ TEST_CASE("ParseAmqpServiceConfig: minimal section, defaults") {
   CHECK(config->max_retries == 5);
   CHECK(config->dead_letter_queue.empty());
   CHECK(config->heartbeat_s == 30);
+  CHECK(config->queue_type == AmqpQueueType::kClassic);
+  CHECK(config->consumer_timeout == kRabbitmqDefaultConsumerTimeout);
+  CHECK(config->target_request_timeout == Duration(0));
+  CHECK(config->connection_name.empty());
+  CHECK(AmqpQueueArguments(*config).empty());
+  CHECK(AmqpDeadLetterQueueArguments(*config).empty());
+}
+
+const AmqpValue* Argument(const AmqpTable& table, const std::string& name) {
+  for (const AmqpField& field : table) {
+    if (field.name == name) return &field.value;
+  }
+  return nullptr;
+}
+
+TEST_CASE("ParseAmqpServiceConfig: quorum queues and their arguments") {
+  Result<AmqpServiceConfig> config = ParseAmqpServiceConfig(
+      R"({"url":"amqp://h","queues":["q"],"routes_to":["w"],"declare":true,
+          "queue_type":"quorum","delivery_limit":7,
+          "dead_letter_queue":"q.dead","consumer_timeout_ms":60000,
+          "target_request_timeout_ms":90000,"connection_name":"p/g/0"})");
+  REQUIRE(config.ok());
+  CHECK(config->queue_type == AmqpQueueType::kQuorum);
+  CHECK(config->delivery_limit == 7);
+  CHECK(config->consumer_timeout == Duration(60000));
+  CHECK(config->target_request_timeout == Duration(90000));
+  CHECK(config->connection_name == "p/g/0");
+  AmqpTable arguments = AmqpQueueArguments(*config);
+  REQUIRE(Argument(arguments, "x-queue-type") != nullptr);
+  CHECK(Argument(arguments, "x-queue-type")->bytes == "quorum");
+  CHECK(Argument(arguments, "x-delivery-limit")->AsInteger() == 7);
+  CHECK(Argument(arguments, "x-dead-letter-exchange")->bytes.empty());
+  CHECK(Argument(arguments, "x-dead-letter-routing-key")->bytes == "q.dead");
+  CHECK(Argument(arguments, "x-dead-letter-strategy")->bytes ==
+        "at-least-once");
+  CHECK(Argument(arguments, "x-overflow")->bytes == "reject-publish");
+  AmqpTable dead = AmqpDeadLetterQueueArguments(*config);
+  REQUIRE(dead.size() == 1);
+  CHECK(dead[0].value.bytes == "quorum");
+
+  // Without a dead-letter queue: the limit, and no dead-lettering.
+  config = ParseAmqpServiceConfig(
+      R"({"url":"amqp://h","queues":["q"],"routes_to":["w"],
+          "queue_type":"quorum"})");
+  REQUIRE(config.ok());
+  arguments = AmqpQueueArguments(*config);
+  CHECK(Argument(arguments, "x-delivery-limit")->AsInteger() ==
+        kDefaultDeliveryLimit);
+  CHECK(Argument(arguments, "x-dead-letter-exchange") == nullptr);
+}
+
+TEST_CASE("AmqpConsumerTimeoutCutoff: a tenth earlier, 200ms to 60s") {
+  CHECK(AmqpConsumerTimeoutCutoff(Duration(0)) == Duration(0));
+  CHECK(AmqpConsumerTimeoutCutoff(Duration(2000)) == Duration(1800));
+  CHECK(AmqpConsumerTimeoutCutoff(Duration(1000)) == Duration(800));
+  CHECK(AmqpConsumerTimeoutCutoff(Duration(100)) == Duration(1));
+  CHECK(AmqpConsumerTimeoutCutoff(Duration(60000)) == Duration(54000));
+  CHECK(AmqpConsumerTimeoutCutoff(kRabbitmqDefaultConsumerTimeout) ==
+        Duration(29 * 60 * 1000));
+}
+
+TEST_CASE("ParseConsumerTimeoutClose: RabbitMQ's close, and only it") {
+  CHECK(ParseConsumerTimeoutClose(
+            406,
+            "PRECONDITION_FAILED - delivery acknowledgement on channel 1 "
+            "timed out. Timeout value used: 2000 ms. This timeout value can "
+            "be configured, see consumers doc guide to learn more") ==
+        Duration(2000));
+  // Older wordings name no value.
+  CHECK(ParseConsumerTimeoutClose(406,
+                                  "PRECONDITION_FAILED - consumer ack timed "
+                                  "out on channel 1") == std::nullopt);
+  CHECK(ParseConsumerTimeoutClose(
+            406,
+            "PRECONDITION_FAILED - delivery acknowledgement on channel 1 "
+            "timed out") == Duration(0));
+  CHECK(ParseConsumerTimeoutClose(
+            406,
+            "PRECONDITION_FAILED - delivery acknowledgement on channel 1 "
+            "timed out. Timeout value used: lots ms") == Duration(0));
+  CHECK(ParseConsumerTimeoutClose(
+            406, "PRECONDITION_FAILED - unknown delivery tag 5") ==
+        std::nullopt);
+  CHECK(ParseConsumerTimeoutClose(
+            404,
+            "delivery acknowledgement on channel 1 timed out. Timeout value "
+            "used: 2000 ms") == std::nullopt);
 }
 
 TEST_CASE("ParseAmqpServiceConfig: every key, and the URL's heartbeat wins") {
@@ -86,6 +173,24 @@ TEST_CASE("ParseAmqpServiceConfig errors name the key") {
       {R"({"url":"amqp://h","queues":["q"],"routes_to":["w"],
            "declare":"yes"})",
        "declare: expected true or false"},
+      {R"({"url":"amqp://h","queues":["q"],"routes_to":["w"],
+           "queue_type":"stream"})",
+       "queue_type: expected \"classic\" or \"quorum\""},
+      {R"({"url":"amqp://h","queues":["q"],"routes_to":["w"],
+           "queue_type":3})",
+       "queue_type: expected"},
+      {R"({"url":"amqp://h","queues":["q"],"routes_to":["w"],
+           "delivery_limit":3})",
+       "delivery_limit: only quorum queues"},
+      {R"({"url":"amqp://h","queues":["q"],"routes_to":["w"],
+           "queue_type":"quorum","delivery_limit":0})",
+       "delivery_limit: 0 is out of range"},
+      {R"({"url":"amqp://h","queues":["q"],"routes_to":["w"],
+           "consumer_timeout_ms":-5})",
+       "consumer_timeout_ms: -5 is out of range"},
+      {R"({"url":"amqp://h","queues":["q"],"routes_to":["w"],
+           "connection_name":false})",
+       "connection_name: expected a string"},
   };
   for (const Case& c : cases) {
     CAPTURE(c.text);

@@ -117,7 +117,7 @@ struct QueueFigures {
   std::uint64_t deliveries = 0, redelivered = 0, acks = 0, retries = 0,
                 dead_letters = 0, rejected = 0, requeued = 0;
   // Times the queue lost its consumer (RabbitMQ cancelled it, or the depth
-  // look found the queue gone), and deliveries that ran into the broker's
+  // look found the queue gone), and jobs that ran into the broker's
   // consumer_timeout (cut off by the service, or the channel closed).
   std::uint64_t cancels = 0, consumer_timeouts = 0;
   long messages = -1, consumers = -1;  // -1: not looked at yet
@@ -632,11 +632,20 @@ class Service {
           return;
         }
         Duration delay = config_.retry_backoff.Delay(work->retries, Random01());
+        // Held no longer than the consumer_timeout allows: a delivery that
+        // long here gets its retry copy at once.
+        const bool overdue = cutoff_.count() > 0 &&
+                             work->arrived + cutoff_ <= Clock::now() + delay;
         retry_log_.Log(Describe(*work->delivery) + " failed (" +
                        CodeName(*work) + ": " + OneLine(work->error) +
                        "); retry " + std::to_string(work->retries + 1) +
-                       " of " + std::to_string(config_.max_retries) + " in " +
-                       FormatDuration(delay));
+                       " of " + std::to_string(config_.max_retries) +
+                       (overdue ? std::string(" now")
+                                : " in " + FormatDuration(delay)));
+        if (overdue) {
+          PublishRetry(key);
+          return;
+        }
         Hold(key, Work::Hold::kRetry, delay);
         return;
       }
@@ -1019,9 +1028,9 @@ class Service {
       auto found = works_.find(key);  // an earlier cut may have settled it
       if (found == works_.end()) continue;
       Work* work = found->second.get();
-      ++figures_[work->delivery->queue].consumer_timeouts;
-      MarkDirty();
       if (work->in_request) {
+        ++figures_[work->delivery->queue].consumer_timeouts;
+        MarkDirty();
         work->cut_off = true;
         client_->Cancel(work->request_id);  // OnReply: kCancelled
         continue;

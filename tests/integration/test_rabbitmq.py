@@ -261,18 +261,19 @@ class MiniAmqp:
 
     # -- operations
 
-    def declare(self, queue, passive=False, durable=True):
+    def declare(self, queue, passive=False, durable=True, arguments=None):
         """(message count, consumer count)."""
         bits = (1 if passive else 0) | (2 if durable else 0)
         self._method(1, 50, 10, struct.pack(">H", 0) + _shortstr(queue) +
-                     bytes([bits]) + _encode_table({}))
+                     bytes([bits]) + _encode_table(arguments or {}))
         reader = self._expect(1, (50, 11))
         reader.shortstr()
         return reader.unpack(">II")
 
     def delete(self, queue):
+        """The number of (ready) messages deleted with QUEUE."""
         self._method(1, 50, 40, struct.pack(">H", 0) + _shortstr(queue) + b"\0")
-        self._expect(1, (50, 41))
+        return self._expect(1, (50, 41)).unpack(">I")[0]
 
     def publish(self, queue, bodies, properties=None, batch=500):
         """Publishes every body (persistent) to QUEUE through the default
@@ -447,7 +448,10 @@ def unique_name(what):
 
 @unittest.skipUnless(URL, "WORKERPOOL_TEST_AMQP_URL is not set (needs a "
                      "RabbitMQ: scripts/test starts one)")
-class RabbitmqServiceTest(wp.TestCase):
+class RabbitmqTestCase(wp.TestCase):
+    """What every RabbitMQ service test needs (no tests of its own): its
+    own queues, deleted afterwards; a pool of a service group consuming
+    them into a recorder job group; waits on the broker and on status."""
 
     def setUp(self):
         self.amqp = MiniAmqp()
@@ -470,13 +474,17 @@ class RabbitmqServiceTest(wp.TestCase):
     def service_pool(self, queue, dead=None, prefetch=20, max_retries=3,
                      jobs=2, delay_ms=0, record="body", url=None,
                      declare=True, extra_groups="", restart=None,
-                     start=True, service_processes=1):
+                     start=True, service_processes=1, rabbitmq_keys=None,
+                     work_keys=""):
         """A pool of one service group (intake) consuming QUEUE into a
-        recorder job group (work). The records land in pool.tmp/processed."""
+        recorder job group (work). The records land in pool.tmp/processed.
+        RABBITMQ_KEYS: more keys of the rabbitmq section; WORK_KEYS: more
+        keys of the work group, as YAML lines ("\n    request_timeout: 5s")."""
         rabbitmq = {"url": url or URL, "queues": [queue], "declare": declare,
                     "prefetch": prefetch, "max_retries": max_retries}
         if dead:
             rabbitmq["dead_letter_queue"] = dead
+        rabbitmq.update(rabbitmq_keys or {})
         restart_text = ""
         if restart:
             restart_text = (
@@ -494,9 +502,9 @@ groups:
     type: job
     processes: %d
     command: [python3, "{tmp}/recorder.py"]
-    env: {OUT: "{tmp}/processed", DELAY_MS: "%d", RECORD: %s}%s
+    env: {OUT: "{tmp}/processed", DELAY_MS: "%d", RECORD: %s}%s%s
 %s""" % (service_processes, json.dumps(rabbitmq), restart_text, jobs,
-         delay_ms, record, restart_text, extra_groups)
+         delay_ms, record, work_keys, restart_text, extra_groups)
         pool = self.pool(yaml, start=False)
         pool.write("recorder.py", RECORDER)
         pool.processed = os.path.join(pool.tmp, "processed")
@@ -550,6 +558,9 @@ groups:
 
     def service_pids(self, pool):
         return [c.pid for c in pool.children("intake")]
+
+
+class RabbitmqServiceTest(RabbitmqTestCase):
 
     # ------------------------------------------------------------- volume
 

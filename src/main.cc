@@ -9,10 +9,11 @@
 #include <string>
 #include <vector>
 
+#include "cli/control_client.h"
 #include "core/config.h"
 #include "os/builtin_path.h"
+#include "os/config_file.h"
 #include "version.h"
-#include "watcher/control_client.h"
 #include "watcher/watcher.h"
 
 namespace {

@@ -1,7 +1,7 @@
 // One child's pool channel as the Watcher keeps it: what the child has said
 // (hello, its routes, its last stats) and what the Watcher should do with
 // each frame it sends next. Pure: the Watcher's child protocol room
-// (watcher/child_protocol_room) executes the decisions; tests and the fuzz
+// (watcher/child_channels.h) executes the decisions; tests and the fuzz
 // target drive it without processes.
 //
 // Contract: OnFrame never throws and accepts any frame in any order. A

@@ -1,106 +1,32 @@
-// The pool definition: YAML -> PoolConfig. This module is the only user of
-// yaml-cpp. Loading never throws and never touches processes; it does look up
-// `user` in the passwd database (an unknown user is a config error).
+// The pool definition's parser: the bytes of a YAML file -> PoolConfig (the
+// model is in src/core/pool_model.h). Pure: it opens no file, reads no
+// environment variable and no passwd database; what it needs from outside
+// the file comes in a ConfigEnvironment. src/os/config_file.h reads the file
+// and gives the real environment. Parsing never throws.
 //
 // Every error is one line: "FILE:LINE:COL: KEY: what is wrong", where KEY is a
 // path like "groups[1].processes" (1-based line and column, as editors show).
+//
+// The parser's rooms, from the text up (namespace config_parser):
+//   yaml_node.h        the YAML tree with positions; the only yaml-cpp user
+//   config_reader.h    typed reads from a mapping, each error positioned
+//   config_values.h    checks on single values (names, addresses, URLs, user)
+//   config_text.h      quoting, "did you mean", the is-it-text check
+//   config_group.h     one entry of `groups`
+//   config_document.h  the root, `pool`, and the checks across groups
 #pragma once
 
 #include <cstdint>
-#include <map>
+#include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "core/pool_model.h"
 #include "core/status.h"
-#include "core/units.h"
-#include "workerpool/wire.h"
 
 namespace workerpool {
-
-enum class GroupType { kReactor, kJob, kService };
-const char* GroupTypeName(GroupType type);
-
-struct BackoffConfig {
-  Duration initial{100};
-  Duration max{30000};
-  // A child that stayed up this long resets its slot's backoff (team key).
-  Duration reset_after{10000};
-  bool operator==(const BackoffConfig&) const = default;
-};
-
-struct IntensityConfig {
-  int max_restarts = 10;
-  Duration period{60000};
-  bool operator==(const IntensityConfig&) const = default;
-};
-
-struct RestartConfig {
-  BackoffConfig backoff;
-  IntensityConfig intensity;
-  bool operator==(const RestartConfig&) const = default;
-};
-
-struct RabbitmqConfig {
-  std::string url;
-  std::vector<std::string> queues;
-  bool declare = false;
-  int prefetch = 32;
-  int max_retries = 5;
-  std::string dead_letter_queue;  // empty: none
-  bool operator==(const RabbitmqConfig&) const = default;
-};
-
-struct GroupConfig {
-  std::string name;
-  GroupType type = GroupType::kJob;
-  int processes = 1;
-  // argv; command[0] "workerpool" means the running workerpool binary.
-  std::vector<std::string> command;
-  std::map<std::string, std::string> env;
-  std::string cwd;   // empty: the Watcher's working directory
-  std::string user;  // empty: do not change user
-  // Resolved from `user` at load time; -1 when `user` is empty.
-  std::int64_t uid = -1;
-  std::int64_t gid = -1;
-  std::vector<std::string> listen;
-  std::vector<std::string> routes_to;
-  int max_inflight = 1;
-  int queue_limit = 1000;
-  Duration request_timeout{30000};
-  Duration heartbeat_timeout{0};  // 0: no heartbeats (no idle wake-ups)
-  std::int64_t max_requests = 0;  // 0: never recycle by count
-  std::int64_t max_rss = 0;       // bytes; 0: never recycle by memory
-  // How long a child reads a busy link without blocking before it sleeps in
-  // its loop (client library, docs/PROTOCOL.md "Busy polling"); 0: never.
-  int busy_poll_us = wire::kDefaultBusyPollUs;
-  RestartConfig restart;
-  std::optional<RabbitmqConfig> rabbitmq;
-
-  // Where the group was defined, for messages about it.
-  int line = 0;
-  int column = 0;
-
-  bool operator==(const GroupConfig&) const = default;
-};
-
-struct LogConfig {
-  std::string level = "info";   // trace debug info warn error critical off
-  std::string format = "text";  // text | json
-  bool operator==(const LogConfig&) const = default;
-};
-
-struct PoolConfig {
-  std::string path;  // the file it was loaded from
-  std::string name;
-  std::string control_socket;  // resolved default when absent in the YAML
-  Duration stop_timeout{10000};
-  std::string metrics;  // host:port; empty: no endpoint
-  LogConfig log;
-  std::vector<GroupConfig> groups;
-
-  const GroupConfig* FindGroup(const std::string& name) const;
-};
 
 struct ConfigError {
   std::string file;
@@ -120,15 +46,34 @@ struct ConfigLoad {
   std::string ErrorText() const;
 };
 
-// Reads and validates FILE. A missing file, a directory, an empty file and
-// binary garbage each give one clear error.
-ConfigLoad LoadConfigFile(const std::string& path);
+// The ids a group's `user` names.
+struct UserIds {
+  std::int64_t uid = -1;
+  std::int64_t gid = -1;
+};
 
-// Parses TEXT as if read from FILE_NAME (for tests and fuzzing).
-ConfigLoad ParseConfig(const std::string& text, const std::string& file_name);
+// What reading a pool definition needs from outside its file.
+struct ConfigEnvironment {
+  // Resolves a group's `user`: its ids; nullopt when there is no such user
+  // (a config error); an error saying why when the lookup itself failed
+  // (e.g. "Input/output error"). Unset: every user is unknown.
+  std::function<Result<std::optional<UserIds>>(const std::string& user)>
+      look_up_user;
+  // $RUNTIME_DIRECTORY as systemd sets it (several directories are joined by
+  // ':'); empty when unset. Decides the default control socket.
+  std::string runtime_directory;
+};
 
-// The default control socket for a pool: $RUNTIME_DIRECTORY/<name>.sock when
-// RUNTIME_DIRECTORY is set, else /tmp/workerpool-<name>.sock.
-std::string DefaultControlSocket(const std::string& pool_name);
+// Parses TEXT, the bytes of the file FILE_NAME (named in every error), and
+// validates it against ENVIRONMENT. Binary garbage and an empty file each
+// give one clear error.
+ConfigLoad ParseConfig(const std::string& text, const std::string& file_name,
+                       const ConfigEnvironment& environment);
+
+// The default control socket for a pool: <dir>/<name>.sock for the first
+// directory in RUNTIME_DIRECTORY when there is one, else
+// /tmp/workerpool-<name>.sock.
+std::string DefaultControlSocket(const std::string& pool_name,
+                                 std::string_view runtime_directory);
 
 }  // namespace workerpool

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "core/config.h"
+#include "core/pool_model.h"
 
 namespace workerpool {
 

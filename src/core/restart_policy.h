@@ -16,7 +16,7 @@
 #include <deque>
 #include <vector>
 
-#include "core/config.h"
+#include "core/pool_model.h"
 
 namespace workerpool {
 

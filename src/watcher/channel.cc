@@ -3,6 +3,8 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include "os/uv_owner.h"
+
 namespace workerpool {
 namespace {
 
@@ -16,7 +18,7 @@ struct WriteRequest {
 };
 
 void OnWritten(uv_write_t* request, int) {
-  auto* write = static_cast<WriteRequest*>(request->data);
+  auto* write = Owner<WriteRequest>(request);
   if (write->passed != nullptr) {
     uv_close(reinterpret_cast<uv_handle_t*>(write->passed),
              [](uv_handle_t* handle) {
@@ -39,7 +41,7 @@ Channel* Channel::Open(uv_loop_t* loop, int fd, FrameHandler on_frame,
     ::close(fd);
     channel->closed_ = true;
     uv_close(reinterpret_cast<uv_handle_t*>(&channel->pipe_),
-             [](uv_handle_t* h) { delete static_cast<Channel*>(h->data); });
+             [](uv_handle_t* h) { delete Owner<Channel>(h); });
     return nullptr;
   }
   auto on_alloc = [](uv_handle_t*, size_t, uv_buf_t* buf) {
@@ -49,7 +51,7 @@ Channel* Channel::Open(uv_loop_t* loop, int fd, FrameHandler on_frame,
   uv_read_start(
       reinterpret_cast<uv_stream_t*>(&channel->pipe_), on_alloc,
       [](uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
-        auto* self = static_cast<Channel*>(stream->data);
+        auto* self = Owner<Channel>(stream);
         if (nread < 0) {
           self->Fail();
           return;
@@ -127,7 +129,7 @@ void Channel::Close() {
   if (closed_) return;
   closed_ = true;
   uv_close(reinterpret_cast<uv_handle_t*>(&pipe_),
-           [](uv_handle_t* h) { delete static_cast<Channel*>(h->data); });
+           [](uv_handle_t* h) { delete Owner<Channel>(h); });
 }
 
 }  // namespace workerpool

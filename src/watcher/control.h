@@ -57,9 +57,8 @@ class MetricsServer {
   virtual ~MetricsServer() = default;
   // Serves GET /metrics (Prometheus text format 0.0.4) on ADDRESS
   // ("host:port").
-  static Result<std::unique_ptr<MetricsServer>> Start(uv_loop_t* loop,
-                                                      const std::string& address,
-                                                      ControlTarget* target);
+  static Result<std::unique_ptr<MetricsServer>> Start(
+      uv_loop_t* loop, const std::string& address, ControlTarget* target);
   virtual void Close() = 0;
 };
 

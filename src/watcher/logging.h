@@ -2,7 +2,7 @@
 // text or one JSON object per line. Call once, before the loop starts.
 #pragma once
 
-#include "core/config.h"
+#include "core/pool_model.h"
 
 namespace workerpool {
 

@@ -88,6 +88,49 @@ TEST_CASE("ParseAmqpUrl errors name what is wrong and hide the password") {
   }
 }
 
+// What `workerpool check` used to accept (config.cc had a grammar of its own)
+// and the service refused at every start; config validation now calls
+// ParseAmqpUrl, so these are refused by both (tests/unit/config_test.cc).
+TEST_CASE("ParseAmqpUrl refuses what the old config check let through") {
+  struct Case {
+    const char* url;
+    const char* says;
+  } cases[] = {
+      {"amqp://u:pw@h#frag", "a fragment ('#...') has no meaning here"},
+      {"amqp://u:pw@h/a/b", "the vhost may not contain '/'"},
+      {"amqp://u:pw@h/%zz", "bad %-escape in the vhost"},
+      {"amqp://u%zz:pw@h", "bad %-escape in the user name"},
+      {"amqp://u:pw%4@h", "bad %-escape in the password"},
+      {"amqp://u:pw@h?frame_max=1", "unknown query parameter 'frame_max'"},
+      {"amqp://u:pw@h?heartbeat=65536", "heartbeat '65536'"},
+      {"amqp://u:pw@h?heartbeat=", "heartbeat ''"},
+      {"amqp://u:pw@h?connection_timeout=0", "connection_timeout '0'"},
+      {"amqp://u:pw@h?connection_timeout=-5", "connection_timeout '-5'"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.url);
+    Result<AmqpUrl> url = ParseAmqpUrl(c.url);
+    REQUIRE_FALSE(url.ok());
+    CHECK(Contains(url.status().message(), c.says));
+    CHECK_FALSE(Contains(url.status().message(), "pw"));
+  }
+}
+
+// The errors the old config check gave, word for word: config messages did
+// not change for URLs both grammars refused.
+TEST_CASE("ParseAmqpUrl errors read as config errors did") {
+  CHECK(ParseAmqpUrl("http://h").status().message() ==
+        "invalid RabbitMQ URL 'http://h': must start with amqp:// or "
+        "amqps://; expected amqp://USER:PASSWORD@HOST[:PORT][/VHOST] (or "
+        "amqps://)");
+  CHECK(ParseAmqpUrl("amqp://guest:s3cret@:5672").status().message() ==
+        "invalid RabbitMQ URL 'amqp://guest:***@:5672': no host; expected "
+        "amqp://USER:PASSWORD@HOST[:PORT][/VHOST] (or amqps://)");
+  CHECK(ParseAmqpUrl("amqp://h:99999").status().message() ==
+        "invalid RabbitMQ URL 'amqp://h:99999': port '99999' is not a number "
+        "from 1 to 65535");
+}
+
 TEST_CASE("AmqpUrl::Redacted hides the password; Describe names the vhost") {
   Result<AmqpUrl> url = ParseAmqpUrl("amqp://bob:hunter2@h:1234/v%20x");
   REQUIRE(url.ok());

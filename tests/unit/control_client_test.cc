@@ -1,7 +1,7 @@
-// The CLI side of the control socket (src/watcher/control_client.cc)
+// The CLI side of the control socket (src/cli/control_client.cc)
 // against the real control server and a fake Watcher: exit codes, the
 // status table, and the error messages an operator reads.
-#include "watcher/control_client.h"
+#include "cli/control_client.h"
 
 #include <fcntl.h>
 

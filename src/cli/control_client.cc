@@ -1,6 +1,6 @@
 // The operator's side of the control socket. Plain blocking sockets: this
 // runs in the short-lived CLI process, never in the Watcher.
-#include "watcher/control_client.h"
+#include "cli/control_client.h"
 
 #include <errno.h>
 #include <glob.h>
@@ -23,6 +23,7 @@
 
 #include "core/config.h"
 #include "core/control_request.h"
+#include "os/config_file.h"
 
 namespace workerpool {
 namespace {

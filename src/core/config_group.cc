@@ -1,0 +1,181 @@
+#include "core/config_group.h"
+
+#include <iterator>
+#include <limits>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "core/config_text.h"
+#include "core/config_values.h"
+#include "core/routing.h"
+#include "workerpool/wire.h"
+
+namespace workerpool::config_parser {
+namespace {
+
+// What a service with a rabbitmq section and no command runs.
+constexpr std::string_view kBuiltinRabbitmqCommand[] = {"workerpool", "builtin",
+                                                        "rabbitmq-service"};
+
+constexpr std::string_view kGroupTypeNames[] = {"reactor", "job", "service"};
+
+void ReadRestart(MapReader& restart, RestartConfig* config) {
+  if (std::optional<MapReader> backoff = restart.Map("backoff")) {
+    bool initial_ok =
+        backoff->DurationValue("initial", &config->backoff.initial);
+    bool max_ok = backoff->DurationValue("max", &config->backoff.max);
+    backoff->DurationValue("reset_after", &config->backoff.reset_after);
+    backoff->Finish();
+    bool both_valid = (initial_ok || !backoff->Has("initial")) &&
+                      (max_ok || !backoff->Has("max"));
+    if (both_valid && config->backoff.initial > config->backoff.max) {
+      std::string message =
+          "initial backoff " + FormatDuration(config->backoff.initial) +
+          " is longer than max " + FormatDuration(config->backoff.max) +
+          (max_ok ? "" : " (the default)") + "; initial must be <= max";
+      if (initial_ok) {
+        backoff->ValueError("initial", std::move(message));
+      } else {
+        backoff->ValueError("max", std::move(message));
+      }
+    }
+  }
+  if (std::optional<MapReader> intensity = restart.Map("intensity")) {
+    intensity->Int("max_restarts", &config->intensity.max_restarts);
+    intensity->DurationValue("period", &config->intensity.period);
+    intensity->Finish();
+  }
+  restart.Finish();
+}
+
+void ReadRabbitmq(MapReader& rabbitmq, RabbitmqConfig* config) {
+  rabbitmq.Text("url", &config->url, Need::kRequired, CheckAmqpUrl);
+  rabbitmq.TextList("queues", &config->queues,
+                    {.need = Need::kRequired,
+                     .allow_empty = false,
+                     .example = "[tasks]",
+                     .check = CheckNotEmpty});
+  rabbitmq.Bool("declare", &config->declare);
+  rabbitmq.Int("prefetch", &config->prefetch, {.min = 1, .max = 65535});
+  rabbitmq.Int("max_retries", &config->max_retries);
+  rabbitmq.Text("dead_letter_queue", &config->dead_letter_queue,
+                Need::kOptional, CheckNotEmpty);
+  rabbitmq.Finish();
+}
+
+}  // namespace
+
+void ReadGroup(ErrorList* errors, const YamlNode& node, std::size_t index,
+               const ConfigEnvironment& environment, GroupConfig* group,
+               GroupSource* source) {
+  MapReader reader(errors, node, "groups[" + std::to_string(index) + "]");
+  TextPosition position = node.Position();
+  group->line = position.line;
+  group->column = position.column;
+  if (!reader.is_map()) {
+    errors->Add(
+        position, reader.path(),
+        "must be a mapping with name, type and command, got " + Describe(node));
+    return;
+  }
+
+  source->name_ok =
+      reader.Text("name", &group->name, Need::kRequired, CheckName);
+  if (source->name_ok)
+    source->name_position = reader.Lookup("name")->value.Position();
+  std::string type_name;
+  source->type_ok =
+      reader.OneOf("type", &type_name, kGroupTypeNames, Need::kRequired);
+  if (source->type_ok) group->type = *GroupTypeFromName(type_name);
+  reader.Int("processes", &group->processes);
+  bool command_ok =
+      reader.TextList("command", &group->command,
+                      {.allow_empty = false, .example = "[./my_job, --flag]"});
+  reader.TextMap("env", &group->env, CheckReservedEnvName);
+  reader.Text("cwd", &group->cwd, Need::kOptional, CheckNotEmpty);
+  bool user_ok =
+      reader.Text("user", &group->user, Need::kOptional, CheckNotEmpty);
+  if (reader.TextList(
+          "listen", &group->listen,
+          {.example = "[\"127.0.0.1:8080\"]", .check = CheckListenAddress})) {
+    source->listen = reader.Lookup("listen")->value;
+  }
+  if (reader.TextList("routes_to", &group->routes_to,
+                      {.example = "[compute]"})) {
+    source->routes_to = reader.Lookup("routes_to")->value;
+  }
+  reader.Int("max_inflight", &group->max_inflight, {.min = 1});
+  reader.Int("queue_limit", &group->queue_limit);
+  reader.DurationValue("request_timeout", &group->request_timeout);
+  reader.DurationValue("heartbeat_timeout", &group->heartbeat_timeout);
+  reader.Int64("max_requests", &group->max_requests,
+               {.max = std::numeric_limits<std::int64_t>::max()});
+  reader.Size("max_rss", &group->max_rss);
+  reader.Int("busy_poll_us", &group->busy_poll_us,
+             {.max = wire::kMaxBusyPollUs});
+  if (std::optional<MapReader> restart = reader.Map("restart")) {
+    ReadRestart(*restart, &group->restart);
+  }
+  if (std::optional<MapReader> rabbitmq = reader.Map("rabbitmq")) {
+    ReadRabbitmq(*rabbitmq, &group->rabbitmq.emplace());
+  }
+  reader.Finish();
+
+  if (command_ok && group->command[0].empty()) {
+    errors->Add(reader.Lookup("command")->value[0].Position(),
+                reader.PathOf("command") + "[0]",
+                "the program to run must not be empty");
+  }
+  if (!reader.Has("command") && !reader.Has("rabbitmq")) {
+    errors->Add(position, reader.PathOf("command"),
+                "missing command: give the program to run as a list, e.g. "
+                "command: [./my_job, --flag]");
+  }
+  // A service given only a rabbitmq section runs the built-in consumer. The
+  // check below refuses rabbitmq on other types, so no second error here.
+  if (!reader.Has("command") && reader.Has("rabbitmq")) {
+    group->command.assign(std::begin(kBuiltinRabbitmqCommand),
+                          std::end(kBuiltinRabbitmqCommand));
+  }
+
+  if (user_ok) {
+    Result<UserIds> ids = ResolveUser(environment, group->user);
+    if (ids.ok()) {
+      group->uid = ids->uid;
+      group->gid = ids->gid;
+    } else {
+      reader.ValueError("user", ids.status().message());
+    }
+  }
+
+  if (!source->type_ok) return;  // the rules below depend on the type
+  const char* type = GroupTypeName(group->type);
+  if (reader.Has("listen") && group->type != GroupType::kReactor) {
+    reader.KeyError("listen", std::string("only reactor groups listen; this "
+                                          "group is a ") +
+                                  type +
+                                  " (remove listen, or make it a "
+                                  "reactor)");
+  }
+  if (reader.Has("max_requests") && group->type == GroupType::kReactor) {
+    reader.KeyError("max_requests",
+                    "a reactor does not serve requests, so it is never "
+                    "recycled by count; use max_rss, or move max_requests to "
+                    "the job group it sends to");
+  }
+  if (reader.Has("rabbitmq") && group->type != GroupType::kService) {
+    reader.KeyError("rabbitmq",
+                    std::string("only service groups consume from RabbitMQ; "
+                                "this group is a ") +
+                        type + " (use type: service)");
+  }
+  if (reader.Has("routes_to") && group->type == GroupType::kJob) {
+    reader.KeyError("routes_to",
+                    RuleViolation(GroupType::kJob, GroupType::kJob) +
+                        "; remove routes_to from this job group");
+    source->routes_to = YamlNode();  // none: one error is enough
+  }
+}
+
+}  // namespace workerpool::config_parser

@@ -1,0 +1,118 @@
+// The pool model: what a pool definition says, as plain values with their
+// defaults. Built from YAML by src/core/config.h (or by hand in tests); read
+// by the restart policy, routing, the reload diff and the Watcher. Nothing
+// here parses or validates: a PoolConfig from ParseConfig has passed every
+// check of the format; one built by hand has only the defaults below.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/units.h"
+#include "workerpool/wire.h"
+
+namespace workerpool {
+
+enum class GroupType { kReactor, kJob, kService };
+// "reactor", "job" or "service", as written in the YAML.
+const char* GroupTypeName(GroupType type);
+// The inverse of GroupTypeName; nullopt for any other word.
+std::optional<GroupType> GroupTypeFromName(std::string_view name);
+
+struct BackoffConfig {
+  Duration initial{100};
+  Duration max{30000};
+  // A child that stayed up this long resets its slot's backoff (team key).
+  Duration reset_after{10000};
+  bool operator==(const BackoffConfig&) const = default;
+};
+
+struct IntensityConfig {
+  int max_restarts = 10;
+  Duration period{60000};
+  bool operator==(const IntensityConfig&) const = default;
+};
+
+struct RestartConfig {
+  BackoffConfig backoff;
+  IntensityConfig intensity;
+  bool operator==(const RestartConfig&) const = default;
+};
+
+struct RabbitmqConfig {
+  std::string url;
+  std::vector<std::string> queues;
+  bool declare = false;
+  int prefetch = 32;
+  int max_retries = 5;
+  std::string dead_letter_queue;  // empty: none
+  bool operator==(const RabbitmqConfig&) const = default;
+};
+
+// groups[].autoscale: the group sizes itself between min and max
+// (core/autoscale.h).
+struct AutoscaleConfig {
+  int min = 1;
+  int max = 1;
+  Duration up_after{1000};     // load sustained this long adds processes
+  Duration down_after{30000};  // idleness sustained this long retires some
+  bool operator==(const AutoscaleConfig&) const = default;
+};
+
+struct GroupConfig {
+  std::string name;
+  GroupType type = GroupType::kJob;
+  int processes = 1;
+  // argv; command[0] "workerpool" means the running workerpool binary.
+  std::vector<std::string> command;
+  std::map<std::string, std::string> env;
+  std::string cwd;   // empty: the Watcher's working directory
+  std::string user;  // empty: do not change user
+  // Resolved from `user` at load time; -1 when `user` is empty.
+  std::int64_t uid = -1;
+  std::int64_t gid = -1;
+  std::vector<std::string> listen;
+  std::vector<std::string> routes_to;
+  int max_inflight = 1;
+  int queue_limit = 1000;
+  Duration request_timeout{30000};
+  Duration heartbeat_timeout{0};  // 0: no heartbeats (no idle wake-ups)
+  std::int64_t max_requests = 0;  // 0: never recycle by count
+  std::int64_t max_rss = 0;       // bytes; 0: never recycle by memory
+  // How long a child reads a busy link without blocking before it sleeps in
+  // its loop (client library, docs/PROTOCOL.md "Busy polling"); 0: never.
+  int busy_poll_us = wire::kDefaultBusyPollUs;
+  RestartConfig restart;
+  std::optional<RabbitmqConfig> rabbitmq;
+  std::optional<AutoscaleConfig> autoscale;
+
+  // Where the group was defined, for messages about it.
+  int line = 0;
+  int column = 0;
+
+  bool operator==(const GroupConfig&) const = default;
+};
+
+struct LogConfig {
+  std::string level = "info";   // trace debug info warn error critical off
+  std::string format = "text";  // text | json
+  bool operator==(const LogConfig&) const = default;
+};
+
+struct PoolConfig {
+  std::string path;  // the file it was loaded from
+  std::string name;
+  std::string control_socket;  // resolved default when absent in the YAML
+  Duration stop_timeout{10000};
+  std::string metrics;  // host:port; empty: no endpoint
+  LogConfig log;
+  std::vector<GroupConfig> groups;
+
+  const GroupConfig* FindGroup(const std::string& name) const;
+};
+
+}  // namespace workerpool

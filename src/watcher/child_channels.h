@@ -1,0 +1,72 @@
+// The child protocol room: the Watcher's side of every child's pool channel
+// (docs/PROTOCOL.md, "Control frames"). It reads what children say through
+// ChildConversation (core/child_conversation.h: every frame is untrusted
+// input, nothing throws), links senders to the children of the groups they
+// route to, forwards kills and heartbeats, keeps each child's stats, and
+// tells senders when a peer joins, drains or dies.
+//
+// Reports upward: a hello becomes SlotEvent::kHello for the child table; a
+// child that offends too often is evicted (ChildTable::Evict); stats may
+// make the table recycle a child (ChildTable::CheckRequestCount). Runs on
+// the Watcher's loop thread.
+#pragma once
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+
+#include "core/frame_codec.h"
+#include "watcher/pool_state.h"
+
+namespace workerpool {
+
+class ChildTable;
+
+class ChildChannels {
+ public:
+  explicit ChildChannels(ChildTable* table) : table_(table) {}
+
+  // Opens SLOT's channel on FD (taken over), for its newly spawned child.
+  void Open(Slot* slot, int fd);
+  // The child said hello (SlotEffect kGreet): config, heartbeat deadline,
+  // and a link from every child that routes to its group.
+  void Greet(Slot* slot);
+  // Asks SLOT's child to finish its work and exit, and its senders to send
+  // it nothing new. False when it cannot be asked (it never said hello, or
+  // its channel is gone): then it must be signalled.
+  bool Drain(Slot* slot);
+  // SLOT's child is gone (or lost its channel): close the channel, drop its
+  // routes and what it said.
+  void Forget(Slot* slot);
+  // Tells every sender to GROUP that the child HOW ended.
+  void PeerGone(Slot* slot, const std::string& how);
+
+  // After a reload: routes no longer allowed are revoked, routes refused
+  // before and allowed now are opened.
+  void ApplyRoutes();
+  // After a reload changed GROUP's limits: its children and its senders
+  // hear of them without a restart.
+  void ApplyLimits(Group* group);
+
+  // Requests refused by the routing rules, for status.
+  std::uint64_t refused_requests() const { return refused_requests_; }
+
+ private:
+  void OnFrame(Slot* slot, const FrameView& frame);
+  void OnProtocolError(Slot* slot, const OffendingFrame& offence, bool log);
+  void OnRouteOpen(Slot* sender, const std::string& target);
+  void SendConfig(Slot* slot);
+  void SendRouteOpened(Slot* sender, const GroupConfig& config);
+  void ArmHeartbeat(Slot* slot);
+  void LinkPeers(Slot* sender, Slot* server);
+  void Broadcast(const std::string& group, wire::FrameType type,
+                 const nlohmann::json& body);
+
+  ChildTable* table_;
+  // Target group -> children that opened a route to it.
+  std::map<std::string, std::set<Slot*>> subscribers_;
+  std::uint64_t refused_requests_ = 0;
+};
+
+}  // namespace workerpool

@@ -1,0 +1,43 @@
+// What a child is started with: its argv (with `workerpool builtin NAME`
+// resolved to the builtin executable), its environment (the Watcher's,
+// minus what describes the Watcher's own place under systemd, plus the
+// group's `env` and the WORKERPOOL_* variables of docs/PROTOCOL.md), its
+// listen sockets, working directory and user. Runs on the Watcher's loop
+// thread; reads nothing but the Watcher's environment (once) and, once per
+// program, realpath().
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "os/spawn.h"
+
+namespace workerpool {
+
+class ListenSockets;
+
+class ChildEnvironment {
+ public:
+  // SELF_EXE: the running workerpool binary. Captures the Watcher's
+  // environment now.
+  explicit ChildEnvironment(std::string self_exe);
+
+  // The spec for a child of GROUP at INDEX in POOL, whose pool channel is
+  // CHANNEL_FD (passed last). With RUNNING_AS_ROOT the group's user applies.
+  SpawnSpec SpecFor(const PoolConfig& pool, const GroupConfig& group, int index,
+                    const ListenSockets& sockets, int channel_fd,
+                    bool running_as_root);
+
+ private:
+  bool IsThisWorkerpool(const std::string& program);
+
+  std::string self_exe_;
+  // "" when missing; then `workerpool builtin` runs and says what is missing.
+  std::string builtin_exe_;
+  std::map<std::string, bool> is_this_workerpool_;  // by command[0]
+  std::vector<std::string> base_environment_;
+};
+
+}  // namespace workerpool

@@ -1,0 +1,365 @@
+// The child table, part one: slots. Spawning, reaping, the slot timer and the
+// executor of the lifecycle table. Groups (resize, rolling restart,
+// recycling) are in child_table_groups.cc.
+#include "watcher/child_table.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "os/spawn.h"
+#include "os/uv_owner.h"
+#include "watcher/channel.h"
+#include "watcher/listen_sockets.h"
+
+namespace workerpool {
+namespace {
+
+// How long a child may take to say hello before it is taken as up anyway:
+// children that do not use the client library never say it. A group whose
+// children have spoken the protocol waits longer, since hello is what links
+// a child to its senders.
+constexpr Duration kPlainStartGrace{1000};
+constexpr Duration kProtocolStartGrace{30000};
+
+// How a child ended, nginx-style: "exited with code 3",
+// "killed by signal SIGKILL (9)", "... (core dumped)".
+std::string DescribeWaitStatus(int status) {
+  if (WIFEXITED(status)) {
+    return "exited with code " + std::to_string(WEXITSTATUS(status));
+  }
+  if (WIFSIGNALED(status)) {
+    std::string text = "killed by signal " + SignalName(WTERMSIG(status)) +
+                       " (" + std::to_string(WTERMSIG(status)) + ")";
+    if (WCOREDUMP(status)) text += " (core dumped)";
+    return text;
+  }
+  return "ended with wait status " + std::to_string(status);
+}
+
+}  // namespace
+
+ChildTable::ChildTable(uv_loop_t* loop, std::string self_exe,
+                       const ListenSockets* sockets, Observer* observer)
+    : loop_(loop),
+      sockets_(sockets),
+      observer_(observer),
+      environment_(std::move(self_exe)),
+      output_(loop, [observer] { observer->OnPoolChanged(); }),
+      file_limit_(RaiseFileLimit()),
+      running_as_root_(geteuid() == 0),
+      random_(std::random_device{}()) {
+  uv_timer_init(loop_, &rss_timer_);
+  rss_timer_.data = this;
+}
+
+ChildTable::~ChildTable() = default;
+
+Slot* ChildTable::NewSlot(Group* group, int index) {
+  Slot* slot = new Slot;
+  slot->table = this;
+  slot->group = group;
+  slot->index = index;
+  uv_timer_init(loop_, &slot->timer);
+  slot->timer.data = slot;
+  uv_timer_init(loop_, &slot->heartbeat);
+  slot->heartbeat.data = slot;
+  group->slots[index] = slot;
+  return slot;
+}
+
+Group* ChildTable::AddGroup(const GroupConfig& config) {
+  groups_.push_back(std::make_unique<Group>(config));
+  Group* group = groups_.back().get();
+  for (int index = 0; index < group->config.processes; ++index) {
+    Spawn(NewSlot(group, index));
+  }
+  return group;
+}
+
+void ChildTable::Spawn(Slot* slot) {
+  const GroupConfig& config = slot->group->config;
+  slot->started = Clock::now();
+  int channel_fds[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, channel_fds) != 0) {
+    spdlog::error("cannot start {}[{}]: socketpair: {}", config.name,
+                  slot->index, strerror(errno));
+    Apply(slot, SlotEvent::kSpawnFailed);
+    return;
+  }
+  SpawnSpec spec =
+      environment_.SpecFor(*config_, config, slot->index, *sockets_,
+                           channel_fds[1], running_as_root_);
+  const bool hold_ends = output_.HoldsChildEnds(children_.size(), file_limit_);
+  spec.keep_output_write = hold_ends;
+  Result<SpawnedChild> child = SpawnChild(spec);
+  if (hold_ends && child.ok()) {
+    slot->channel_child_end = channel_fds[1];
+    slot->output_write_end = child->output_write_fd;
+  } else {
+    close(channel_fds[1]);
+  }
+  if (!child.ok()) {
+    close(channel_fds[0]);
+    spdlog::error("cannot start {}[{}]: {}", config.name, slot->index,
+                  child.status().message());
+    Apply(slot, SlotEvent::kSpawnFailed);
+    return;
+  }
+  slot->pid = child->pid;
+  slot->generation = slot->group->generation;
+  slot->ready = false;
+  slot->conversation = ChildConversation(slot->pid);
+  slot->recycle_after = RecycleAfter(config.max_requests, random_());
+  children_[slot->pid] = slot;
+  channels_.Open(slot, channel_fds[0]);
+  spdlog::info("spawned {}[{}] pid {}", config.name, slot->index, slot->pid);
+  output_.Start(child->output_fd, slot);
+  Apply(slot, SlotEvent::kSpawned);
+}
+
+// Executes the cell of the lifecycle table for SLOT's state and EVENT, in
+// the order of the effect bits. An effect that feeds the same slot another
+// event (kAskPolicy, kSpawn, kMarkUp's recycling) is the last of its cell,
+// so a nested Apply never runs under effects still to come.
+void ChildTable::Apply(Slot* slot, SlotEvent event) {
+  const SlotTransition transition = NextSlotState(slot->state, event);
+  slot->state = transition.next;
+  const std::uint16_t effects = transition.effects;
+  const GroupConfig& config = slot->group->config;
+  if (effects & kCancelTimer) uv_timer_stop(&slot->timer);
+  if (effects & kGreet) channels_.Greet(slot);
+  if (effects & kStopPredecessor) StopPredecessor(slot, event);
+  if (effects & kMarkUp) {
+    CheckRequestCount(slot);
+    observer_->OnPoolChanged();
+  }
+  if (effects & kAskPolicy) AskPolicy(slot);
+  if (effects & kArmBackoff) ArmTimer(slot, slot->backoff);
+  if (effects & kSpawn) Spawn(slot);
+  if (effects & kArmStartGrace) {
+    ArmTimer(slot, slot->group->speaks_protocol ? kProtocolStartGrace
+                                                : kPlainStartGrace);
+  }
+  if ((effects & kStopChild) && !channels_.Drain(slot)) {
+    spdlog::info("stopping {}[{}] pid {} (SIGTERM)", config.name, slot->index,
+                 slot->pid);
+    Signal(slot, SIGTERM);
+  }
+  if (effects & kTerminateChild) Signal(slot, SIGTERM);
+  if (effects & kArmKillDeadline) ArmTimer(slot, config_->stop_timeout);
+  if (effects & kKillChild) {
+    spdlog::warn(
+        "{}[{}] pid {} still running {} after it was told to stop: SIGKILL",
+        config.name, slot->index, slot->pid,
+        FormatDuration(config_->stop_timeout));
+    Signal(slot, SIGKILL);
+  }
+  if (effects & kDetachSuccessor) DetachSuccessor(slot);
+  if (effects & kRemove) Remove(slot);
+}
+
+void ChildTable::ArmTimer(Slot* slot, Duration after) {
+  uv_timer_start(&slot->timer, OnSlotTimer,
+                 static_cast<uint64_t>(std::max<int64_t>(0, after.count())), 0);
+}
+
+void ChildTable::OnSlotTimer(uv_timer_t* timer) {
+  Slot* slot = Owner<Slot>(timer);
+  if (slot->state == SlotState::kStarting) {
+    spdlog::debug("{}[{}] pid {} did not say hello; taken as up",
+                  slot->group->config.name, slot->index, slot->pid);
+  }
+  slot->table->Apply(slot, SlotEvent::kTimer);
+}
+
+void ChildTable::Signal(Slot* slot, int signal_number) {
+  if (slot->pid <= 0) return;
+  // The child leads its own process group; signal the group so helpers it
+  // started go too, and fall back to the pid if it left the group.
+  if (kill(-slot->pid, signal_number) != 0) kill(slot->pid, signal_number);
+}
+
+void ChildTable::Evict(Slot* slot) {
+  channels_.Forget(slot);
+  Apply(slot, SlotEvent::kEvict);
+}
+
+// The restart policy's verdict on an unexpected end, fed back as an event.
+void ChildTable::AskPolicy(Slot* slot) {
+  Group* group = slot->group;
+  if (stopping_) return;
+  if (group->failed) {
+    Apply(slot, SlotEvent::kGroupFailed);
+    return;
+  }
+  RestartDecision decision =
+      group->policy.OnChildExit(slot->index, slot->started, Clock::now());
+  if (decision.group_failed) {
+    group->failed = true;
+    spdlog::error(
+        "group {} failed: more than {} restarts within {}; not restarting "
+        "it until reload or `workerpool restart {}`",
+        group->config.name, group->config.restart.intensity.max_restarts,
+        FormatDuration(group->config.restart.intensity.period),
+        group->config.name);
+    // Every slot of the group without a child waits with this one.
+    for (auto& [index, other] : group->slots) {
+      Apply(other, SlotEvent::kGroupFailed);
+    }
+    observer_->OnGroupFailed();
+    return;
+  }
+  if (decision.delay.count() == 0) {
+    Apply(slot, SlotEvent::kRestartNow);
+    return;
+  }
+  spdlog::info("restarting {}[{}] in {}", group->config.name, slot->index,
+               FormatDuration(decision.delay));
+  slot->backoff = decision.delay;
+  Apply(slot, SlotEvent::kRestartLater);
+}
+
+void ChildTable::StopPredecessor(Slot* slot, SlotEvent because) {
+  Slot* predecessor = slot->replaces;
+  if (predecessor == nullptr) return;
+  slot->replaces = nullptr;
+  predecessor->replaced_by = nullptr;
+  if (because == SlotEvent::kHello || because == SlotEvent::kTimer) {
+    spdlog::info("{}[{}] pid {} is up; it replaces pid {}",
+                 slot->group->config.name, slot->index, slot->pid,
+                 predecessor->pid);
+  }
+  Apply(predecessor, SlotEvent::kStop);
+}
+
+void ChildTable::DetachSuccessor(Slot* slot) {
+  if (Slot* successor = slot->replaced_by) {
+    successor->replaces = nullptr;
+    slot->replaced_by = nullptr;
+  }
+}
+
+// Takes SLOT out of its group. A group left empty by a reload is deleted
+// later, from DeleteDrainedGroups: callers may still hold it.
+void ChildTable::Remove(Slot* slot) {
+  Group* group = slot->group;
+  if (slot->outgoing) {
+    std::erase(group->outgoing, slot);
+    CloseSlotHandles(slot);
+    ContinueRollingRestart(group);
+    return;
+  }
+  auto found = group->slots.find(slot->index);
+  if (found != group->slots.end() && found->second == slot) {
+    group->slots.erase(found);
+  }
+  CloseSlotHandles(slot);
+}
+
+void ChildTable::Reap() {
+  for (;;) {
+    int status = 0;
+    pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) break;
+    auto found = children_.find(pid);
+    if (found == children_.end()) {
+      spdlog::debug("reaped orphaned descendant pid {}: {}", pid,
+                    DescribeWaitStatus(status));
+      continue;
+    }
+    Slot* slot = found->second;
+    children_.erase(found);
+    output_.DrainAfterExit(slot);
+    OnChildExit(slot, status);
+  }
+  DeleteDrainedGroups();
+  observer_->OnPoolChanged();
+}
+
+void ChildTable::OnChildExit(Slot* slot, int status) {
+  const GroupConfig& config = slot->group->config;
+  const bool expected = stopping_ || slot->state == SlotState::kStopping ||
+                        slot->state == SlotState::kReplaced;
+  const std::string how = DescribeWaitStatus(status);
+  const auto uptime =
+      std::chrono::duration_cast<Duration>(Clock::now() - slot->started);
+  spdlog::log(expected ? spdlog::level::info : spdlog::level::warn,
+              "{}[{}] pid {} {} after {}", config.name, slot->index, slot->pid,
+              how, FormatDuration(uptime));
+  channels_.PeerGone(slot, how);
+  channels_.Forget(slot);
+  slot->pid = 0;
+  Apply(slot, SlotEvent::kExited);
+}
+
+void ChildTable::BeginStop() {
+  stopping_ = true;
+  uv_timer_stop(&rss_timer_);
+  for (auto& group : groups_) {
+    group->rolling.clear();
+    std::vector<Slot*> slots;
+    group->ForEachSlot([&slots](Slot* slot) { slots.push_back(slot); });
+    for (Slot* slot : slots) Apply(slot, SlotEvent::kPoolStop);
+  }
+}
+
+void ChildTable::SignalAll(int signal_number, bool jobs_too) {
+  for (auto& [pid, slot] : children_) {
+    if (jobs_too || slot->group->config.type != GroupType::kJob) {
+      Signal(slot, signal_number);
+    }
+  }
+}
+
+bool ChildTable::IntakeRunning() const {
+  for (const auto& [pid, slot] : children_) {
+    if (slot->group->config.type != GroupType::kJob) return true;
+  }
+  return false;
+}
+
+Slot* ChildTable::FindChild(pid_t pid) const {
+  auto found = children_.find(pid);
+  return found == children_.end() ? nullptr : found->second;
+}
+
+Group* ChildTable::FindGroup(const std::string& name) const {
+  for (const auto& group : groups_) {
+    if (group->config.name == name && !group->removing) return group.get();
+  }
+  return nullptr;
+}
+
+void ChildTable::CloseSlotHandles(Slot* slot) {
+  OutputCapture::ReleaseChildEnds(slot);
+  if (slot->output != nullptr) slot->output->slot = nullptr;
+  slot->output = nullptr;
+  auto on_closed = [](uv_handle_t* handle) {
+    Slot* owner = Owner<Slot>(handle);
+    if (--owner->open_handles == 0) delete owner;
+  };
+  uv_close(reinterpret_cast<uv_handle_t*>(&slot->timer), on_closed);
+  uv_close(reinterpret_cast<uv_handle_t*>(&slot->heartbeat), on_closed);
+}
+
+void ChildTable::CloseAll() {
+  if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&rss_timer_))) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&rss_timer_), nullptr);
+  }
+  output_.CloseAll();
+  for (auto& group : groups_) {
+    for (auto& [index, slot] : group->slots) CloseSlotHandles(slot);
+    group->slots.clear();
+    for (Slot* slot : group->outgoing) CloseSlotHandles(slot);
+    group->outgoing.clear();
+  }
+}
+
+}  // namespace workerpool

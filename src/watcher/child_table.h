@@ -1,0 +1,133 @@
+// The child table: every group and slot of the running pool, and the one
+// place that executes the slot lifecycle (core/slot_lifecycle.h). It spawns
+// children with their environment, reaps them, runs each slot's timer
+// (start grace, backoff, kill deadline), asks the restart policy after an
+// unexpected end, and carries out what groups need: resize, rolling restart,
+// retire, recycle (max_requests, max_rss).
+//
+// Reports upward through Observer: a slot came up or went, a group failed,
+// a child was reaped (the loop settles the start or a reload, and finishes
+// the stop). Runs on the Watcher's loop thread.
+#pragma once
+
+#include <uv.h>
+
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "watcher/child_channels.h"
+#include "watcher/child_environment.h"
+#include "watcher/output_capture.h"
+#include "watcher/pool_state.h"
+
+namespace workerpool {
+
+class ListenSockets;
+
+class ChildTable {
+ public:
+  class Observer {
+   public:
+    virtual ~Observer() = default;
+    // Something changed that may end the start, a reload or the stop.
+    virtual void OnPoolChanged() = 0;
+    // A group reached its restart limit (systemd's STATUS= shows it).
+    virtual void OnGroupFailed() = 0;
+  };
+
+  ChildTable(uv_loop_t* loop, std::string self_exe,
+             const ListenSockets* sockets, Observer* observer);
+  ~ChildTable();
+
+  // The definition in force (owned by the reload room; outlives the table).
+  void SetConfig(const PoolConfig* config) { config_ = config; }
+  const PoolConfig& config() const { return *config_; }
+
+  // Adds a group from CONFIG and starts its children.
+  Group* AddGroup(const GroupConfig& config);
+  // A reload dropped GROUP: its children drain, then it is deleted.
+  void RemoveGroup(Group* group);
+  // Applies group->config.processes: retires the idlest extra slots, starts
+  // new ones in the lowest free indices.
+  void Resize(Group* group);
+  // Replaces every child of GROUP one at a time (new generation).
+  void StartRollingRestart(Group* group);
+  // A failed group gets another chance (reload, `workerpool restart`).
+  void RetryFailedGroup(Group* group);
+  // A reload changed GROUP's limits: its running children get new
+  // max_requests limits, and they and their senders hear of the limits.
+  void ApplyLimits(Group* group);
+  // Recycles SLOT's child when it answered max_requests requests.
+  void CheckRequestCount(Slot* slot);
+  // Starts or stops max_rss sampling as the groups need it.
+  void UpdateRssSampling();
+
+  // SIGCHLD: reaps every child that exited.
+  void Reap();
+  // The pool stops: no spawns and no restarts from here on; every timer of
+  // every slot stops (the loop's stop timer takes over).
+  void BeginStop();
+  // Sends SIGNAL to every child (of every group when JOBS_TOO, else to the
+  // reactors and services only).
+  void SignalAll(int signal_number, bool jobs_too);
+  // True while a child of a reactor or service group runs.
+  bool IntakeRunning() const;
+  // Closes every slot's handles (the pool has stopped).
+  void CloseAll();
+
+  // SLOT's child broke the protocol too often: it loses its channel and is
+  // stopped, then restarted with backoff.
+  void Evict(Slot* slot);
+  void Signal(Slot* slot, int signal_number);
+  // Feeds EVENT to SLOT's lifecycle and executes what the table decides.
+  void Apply(Slot* slot, SlotEvent event);
+
+  Slot* FindChild(pid_t pid) const;
+  // A group of the running pool (not one being removed); nullptr if none.
+  Group* FindGroup(const std::string& name) const;
+  const std::vector<std::unique_ptr<Group>>& groups() const { return groups_; }
+  std::size_t child_count() const { return children_.size(); }
+  bool stopping() const { return stopping_; }
+  uv_loop_t* loop() const { return loop_; }
+  ChildChannels& channels() { return channels_; }
+  const ChildChannels& channels() const { return channels_; }
+  OutputCapture& output() { return output_; }
+
+ private:
+  Slot* NewSlot(Group* group, int index);
+  void Spawn(Slot* slot);
+  void OnChildExit(Slot* slot, int status);
+  void AskPolicy(Slot* slot);
+  void StopPredecessor(Slot* slot, SlotEvent because);
+  void DetachSuccessor(Slot* slot);
+  void Remove(Slot* slot);
+  void ArmTimer(Slot* slot, Duration after);
+  bool ReplaceSlot(Slot* slot);
+  void ContinueRollingRestart(Group* group);
+  void Recycle(Slot* slot, const std::string& why);
+  void SampleRss();
+  void DeleteDrainedGroups();
+  void CloseSlotHandles(Slot* slot);
+  static void OnSlotTimer(uv_timer_t* timer);
+
+  uv_loop_t* loop_;
+  const PoolConfig* config_ = nullptr;
+  const ListenSockets* sockets_;
+  Observer* observer_;
+  ChildEnvironment environment_;
+  ChildChannels channels_{this};
+  OutputCapture output_;
+  std::vector<std::unique_ptr<Group>> groups_;
+  std::map<pid_t, Slot*> children_;  // live children by pid
+  std::uint64_t file_limit_ = 1024;  // RLIMIT_NOFILE, raised at start
+  bool running_as_root_;
+  bool stopping_ = false;
+  std::mt19937_64 random_;  // recycling jitter
+  uv_timer_t rss_timer_;    // runs only while some group sets max_rss
+};
+
+}  // namespace workerpool

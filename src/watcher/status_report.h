@@ -1,0 +1,34 @@
+// The status report: what `workerpool status`, the metrics endpoint and
+// systemd's STATUS= line say about the running pool, built from the child
+// table on demand (nothing is kept or sampled for it). The JSON shape is
+// the one documented in docs/OPERATIONS.md ("status --json"). Runs on the
+// Watcher's loop thread.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "core/units.h"
+
+namespace workerpool {
+
+class ChildTable;
+
+// The pool-level facts the report needs besides the table.
+struct PoolFacts {
+  std::string name;
+  std::string config_path;
+  const char* state = "running";  // starting | running | reloading | stopping
+  bool reload_queued = false;
+  Duration uptime{0};
+  nlohmann::json last_reload;  // null, or {"ok", "summary"|"error", "unix"}
+  std::uint64_t refused_routes = 0;
+};
+
+nlohmann::json StatusJson(const PoolFacts& pool, const ChildTable& table);
+
+// One line for systemctl status: "demo: 6/6 children up in 2 groups;
+// failed: web; last reload failed: FILE:LINE:COL: ...".
+std::string StatusLine(const PoolFacts& pool, const ChildTable& table);
+
+}  // namespace workerpool

@@ -191,16 +191,17 @@ Result<AmqpServiceConfig> ParseAmqpServiceConfig(std::string_view text) {
     }
     *d.out = Duration(value);
   }
+  // Up to ten years: any duration the YAML allows (config_group.cc).
+  constexpr long kLongest = 3650L * 86400000L;
   value = static_cast<long>(config.consumer_timeout.count());
-  if (Status s =
-          ReadInt(object, "consumer_timeout_ms", 0, 30L * 86400000L, &value);
+  if (Status s = ReadInt(object, "consumer_timeout_ms", 0, kLongest, &value);
       !s.ok()) {
     return s;
   }
   config.consumer_timeout = Duration(value);
   value = static_cast<long>(config.target_request_timeout.count());
-  if (Status s = ReadInt(object, "target_request_timeout_ms", 0,
-                         365L * 86400000L, &value);
+  if (Status s =
+          ReadInt(object, "target_request_timeout_ms", 0, kLongest, &value);
       !s.ok()) {
     return s;
   }
@@ -223,6 +224,33 @@ Result<AmqpServiceConfig> ParseAmqpServiceConfig(std::string_view text) {
     config.connect_timeout = Duration(config.url.connection_timeout_ms);
   }
   return config;
+}
+
+std::string AmqpServiceEnvironment(const PoolConfig& pool,
+                                   const GroupConfig& group) {
+  if (!group.rabbitmq) return "{}";
+  const RabbitmqConfig& rabbitmq = *group.rabbitmq;
+  json section = {{"url", rabbitmq.url},
+                  {"queues", rabbitmq.queues},
+                  {"declare", rabbitmq.declare},
+                  {"prefetch", rabbitmq.prefetch},
+                  {"max_retries", rabbitmq.max_retries},
+                  {"dead_letter_queue", rabbitmq.dead_letter_queue},
+                  {"queue_type", rabbitmq.queue_type},
+                  {"consumer_timeout_ms", rabbitmq.consumer_timeout.count()},
+                  {"routes_to", group.routes_to}};
+  if (rabbitmq.queue_type == "quorum") {
+    section["delivery_limit"] = rabbitmq.delivery_limit;
+  }
+  if (!group.routes_to.empty()) {
+    if (const GroupConfig* target = pool.FindGroup(group.routes_to.front())) {
+      // Only compared with consumer_timeout: longer than ten years reads
+      // as ten years.
+      section["target_request_timeout_ms"] = std::min<Duration::rep>(
+          target->request_timeout.count(), 3650L * 86400000L);
+    }
+  }
+  return DumpJson(section);
 }
 
 const char* AmqpQueueTypeName(AmqpQueueType type) {

@@ -23,6 +23,7 @@
 #include "core/amqp_message.h"
 #include "core/amqp_retry.h"
 #include "core/amqp_url.h"
+#include "core/pool_model.h"
 #include "core/status.h"
 #include "core/units.h"
 
@@ -69,6 +70,13 @@ struct AmqpServiceConfig {
 
 // Parses and checks TEXT; the error names the key and what was wrong.
 Result<AmqpServiceConfig> ParseAmqpServiceConfig(std::string_view text);
+
+// What the Watcher puts in WORKERPOOL_RABBITMQ for a child of GROUP (a
+// service group with a rabbitmq section; "{}" without one) of POOL: the
+// section's keys, the group's routes_to, and the request_timeout of the
+// group it routes to. ParseAmqpServiceConfig reads it back.
+std::string AmqpServiceEnvironment(const PoolConfig& pool,
+                                   const GroupConfig& group);
 
 // "classic" or "quorum".
 const char* AmqpQueueTypeName(AmqpQueueType type);

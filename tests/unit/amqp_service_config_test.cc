@@ -4,6 +4,8 @@
 
 #include <string>
 
+#include "core/config.h"
+
 namespace workerpool {
 namespace {
 
@@ -198,6 +200,102 @@ TEST_CASE("ParseAmqpServiceConfig errors name the key") {
     REQUIRE_FALSE(config.ok());
     CHECK(Contains(config.status().message(), c.says));
   }
+}
+
+// --- From the YAML, through the Watcher's WORKERPOOL_RABBITMQ --------------
+
+ConfigLoad ParseYaml(const std::string& rabbitmq_keys,
+                     const std::string& work_keys = "") {
+  return ParseConfig(
+      "pool: {name: p}\n"
+      "groups:\n"
+      "  - name: intake\n"
+      "    type: service\n"
+      "    routes_to: [work]\n"
+      "    rabbitmq: {url: \"amqp://u:p@h\", queues: [q]" +
+          rabbitmq_keys +
+          "}\n"
+          "  - name: work\n"
+          "    type: job\n"
+          "    command: [x]\n" +
+          work_keys,
+      "test.yaml", ConfigEnvironment{});
+}
+
+// The service's view of the YAML's intake group.
+Result<AmqpServiceConfig> ThroughEnvironment(const ConfigLoad& load) {
+  REQUIRE(load.ok());
+  return ParseAmqpServiceConfig(
+      AmqpServiceEnvironment(*load.config, load.config->groups[0]));
+}
+
+TEST_CASE("AmqpServiceEnvironment: the YAML's keys reach the service") {
+  ConfigLoad load = ParseYaml(
+      ", declare: true, prefetch: 7, max_retries: 2, "
+      "dead_letter_queue: q.dead, queue_type: quorum, delivery_limit: 4, "
+      "consumer_timeout: 90s",
+      "    request_timeout: 2m\n");
+  INFO(load.ErrorText());
+  Result<AmqpServiceConfig> config = ThroughEnvironment(load);
+  REQUIRE(config.ok());
+  CHECK(config->url.host == "h");
+  CHECK(config->queues == std::vector<std::string>{"q"});
+  CHECK(config->declare);
+  CHECK(config->prefetch == 7);
+  CHECK(config->max_retries == 2);
+  CHECK(config->dead_letter_queue == "q.dead");
+  CHECK(config->target == "work");
+  CHECK(config->queue_type == AmqpQueueType::kQuorum);
+  CHECK(config->delivery_limit == 4);
+  CHECK(config->consumer_timeout == Duration(90000));
+  CHECK(config->target_request_timeout == Duration(120000));
+}
+
+TEST_CASE("AmqpServiceEnvironment: defaults, and 0s for no consumer_timeout") {
+  ConfigLoad load = ParseYaml("");
+  INFO(load.ErrorText());
+  Result<AmqpServiceConfig> config = ThroughEnvironment(load);
+  REQUIRE(config.ok());
+  CHECK(config->queue_type == AmqpQueueType::kClassic);
+  CHECK(config->consumer_timeout == kRabbitmqDefaultConsumerTimeout);
+  CHECK(config->target_request_timeout == Duration(30000));
+  load = ParseYaml(", consumer_timeout: 0s");
+  INFO(load.ErrorText());
+  config = ThroughEnvironment(load);
+  REQUIRE(config.ok());
+  CHECK(config->consumer_timeout == Duration(0));
+  CHECK(AmqpConsumerTimeoutCutoff(config->consumer_timeout) == Duration(0));
+}
+
+TEST_CASE("YAML: queue_type, delivery_limit and consumer_timeout are checked") {
+  struct Case {
+    const char* keys;
+    const char* says;
+  } cases[] = {
+      {", declare: true, queue_type: stream", "groups[0].rabbitmq.queue_type"},
+      {", queue_type: quorum",
+       "groups[0].rabbitmq.queue_type: only declare: true declares queues"},
+      {", declare: true, delivery_limit: 3",
+       "groups[0].rabbitmq.delivery_limit: only quorum queues have a "
+       "delivery limit"},
+      {", declare: true, queue_type: quorum, delivery_limit: 0",
+       "groups[0].rabbitmq.delivery_limit"},
+      {", consumer_timeout: soon", "groups[0].rabbitmq.consumer_timeout"},
+      {", consumer_timeout: 90000h",
+       "groups[0].rabbitmq.consumer_timeout: longer than ten years"},
+  };
+  for (const Case& c : cases) {
+    ConfigLoad load = ParseYaml(c.keys);
+    INFO(c.keys, " -> ", load.ErrorText());
+    REQUIRE_FALSE(load.ok());
+    CHECK(Contains(load.ErrorText(), c.says));
+  }
+}
+
+TEST_CASE("AmqpServiceEnvironment: a group without rabbitmq gives {}") {
+  ConfigLoad load = ParseYaml("");
+  REQUIRE(load.ok());
+  CHECK(AmqpServiceEnvironment(*load.config, load.config->groups[1]) == "{}");
 }
 
 }  // namespace

@@ -391,7 +391,8 @@ def queue_counts(name):
 
 # Appends one JSON line per request to $OUT (one write(2), O_APPEND: atomic
 # between processes), then answers. "fail..." -> error reply; "progress:N"
-# -> N progress updates; "slow:MS" -> a pause of MS first; $DELAY_MS: a
+# -> N progress updates; "slow:MS" -> a pause of MS first; "slowfail:MS" ->
+# a pause, then an error reply; $DELAY_MS: a
 # pause per request.
 RECORDER = r"""
 import json, os, sys, time
@@ -408,13 +409,15 @@ def handler(request):
         time.sleep(delay)
     if body.startswith(b"slow:"):
         time.sleep(int(body[5:]) / 1000.0)
+    if body.startswith(b"slowfail:"):
+        time.sleep(int(body[9:]) / 1000.0)
     record = {"body": body.decode(errors="replace"), "pid": os.getpid()}
     if full:
         record["meta"] = request.meta
         record["size"] = len(body)
     os.write(out, (json.dumps(record) + "\n").encode())
     text = body[:64].decode(errors="replace")
-    if text.startswith("fail"):
+    if text.startswith("fail") or text.startswith("slowfail"):
         raise RuntimeError("rejected " + text)
     if text.startswith("progress:"):
         steps = int(text[9:])
@@ -559,6 +562,112 @@ groups:
     def service_pids(self, pool):
         return [c.pid for c in pool.children("intake")]
 
+    def declare_like_the_service(self, queue, dead=None, keys=None):
+        """Declares QUEUE as the service does for a rabbitmq section with
+        dead_letter_queue DEAD and KEYS (queue_type, delivery_limit): a
+        queue declared otherwise would be refused by a quorum service."""
+        keys = keys or {}
+        arguments = {}
+        if keys.get("queue_type") == "quorum":
+            arguments = {"x-queue-type": "quorum",
+                         "x-delivery-limit": keys.get("delivery_limit", 20)}
+            if dead:
+                arguments.update({
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": dead,
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish"})
+        self.amqp.declare(queue, arguments=arguments)
+
+    def check_kill_storm(self, quorum=False):
+        """Random SIGKILLs of the service and the jobs while 2000 messages
+        go through: nothing lost, duplicates within the window. QUORUM: the
+        queue is a quorum queue (with a delivery limit far above what the
+        storm can reach)."""
+        # 2000 messages (not 10,000) keeps the file's runtime modest; the
+        # storm lasts as long as the work does.
+        queue = self.queue("storm")
+        dead = self.queue("storm-dead")
+        prefetch = 10
+        messages = ["s%d" % n for n in range(2000)]
+        keys = {"queue_type": "quorum", "delivery_limit": 1000} if quorum \
+            else {}
+        self.declare_like_the_service(queue, dead, keys)
+        self.amqp.publish(queue, messages)
+        pool = self.service_pool(queue, dead=dead, prefetch=prefetch,
+                                 max_retries=1000, jobs=2, delay_ms=2,
+                                 restart=True, rabbitmq_keys=keys)
+        pool.wait_for_children(3)
+        rng = random.Random(5)
+        kills = {"intake": 0, "work": 0}
+        limit = time.monotonic() + wp.deadline(40)
+        while time.monotonic() < limit:
+            done = len(set(bodies(pool.processed)))
+            if done >= len(messages) * 0.9:
+                break
+            time.sleep(rng.uniform(0.2, 0.4))
+            victims = pool.children()
+            if not victims:
+                continue
+            victim = rng.choice(victims)
+            if wp._kill(victim.pid, signal.SIGKILL):
+                kills[victim.group] += 1
+        self.assertGreater(kills["intake"], 0)
+        self.assertGreater(kills["work"], 0)
+        seen = self.wait_processed(pool, messages, timeout=90)
+        duplicates = len(seen) - len(set(seen))
+        # Each service death can replay at most its prefetch window; each
+        # job death at most the request it was serving (max_inflight 1),
+        # counted twice when the service also dies before acking its retry.
+        window = kills["intake"] * prefetch + 2 * kills["work"]
+        self.assertLessEqual(duplicates, window, "kills %s" % kills)
+        # A message the last killed service had processed but not acked is
+        # seen already, but comes back from RabbitMQ: wait for its second
+        # pass before stopping.
+        self.wait_drained(queue, timeout=60)
+        self.assertEqual(pool.stop(), 0)
+        self.assertEqual(self.amqp.declare(queue, passive=True)[0], 0,
+                         "messages left unacked or unprocessed")
+        self.assertEqual(self.amqp.declare(dead, passive=True)[0], 0)
+        sys_note = "kill storm%s: %d messages, kills %s, duplicates %d" % (
+            " (quorum queue)" if quorum else "", len(messages), kills,
+            duplicates)
+        print(sys_note)
+
+    def check_poison_message(self, quorum=False):
+        """A message whose job always fails: tried 1 + max_retries times,
+        then dead-lettered with its reason and original properties. QUORUM:
+        from a quorum queue the service declared."""
+        queue = self.queue("poison")
+        dead = self.queue("poison-dead")
+        keys = {"queue_type": "quorum"} if quorum else {}
+        pool = self.service_pool(queue, dead=dead, max_retries=2,
+                                 rabbitmq_keys=keys)
+        pool.wait_for_log(r"rabbitmq-service: connected to")
+        self.amqp.publish(queue, ["fail-poison", "good-1"], {
+            "message_id": "poison-1", "content_type": "text/plain",
+            "headers": {"tenant": "acme"}})
+        self.wait_depth(dead, 1)
+        letter = self.amqp.get(dead)
+        self.assertEqual(letter.body, b"fail-poison")
+        self.assertEqual(letter.headers["x-workerpool-retries"], 2)
+        self.assertIn("rejected fail-poison",
+                      letter.headers["x-workerpool-error"])
+        self.assertEqual(letter.headers["x-workerpool-error-code"],
+                         "handler_error")
+        self.assertEqual(letter.headers["x-workerpool-queue"], queue)
+        # The original properties travel along.
+        self.assertEqual(letter.properties["message_id"], "poison-1")
+        self.assertEqual(letter.properties["content_type"], "text/plain")
+        self.assertEqual(letter.headers["tenant"], "acme")
+        # Tried 1 + max_retries times, the good one once.
+        wp.wait_until(lambda: bodies(pool.processed).count("fail-poison") == 3,
+                      what="three attempts")
+        self.assertEqual(bodies(pool.processed).count("good-1"), 1)
+        pool.wait_for_log(r"dead-lettered to '%s' after 2 retries" % dead)
+        self.assertEqual(pool.stop(), 0)
+        self.assertEqual(self.amqp.declare(queue, passive=True)[0], 0)
+
 
 class RabbitmqServiceTest(RabbitmqTestCase):
 
@@ -617,52 +726,7 @@ class RabbitmqServiceTest(RabbitmqTestCase):
         self.assertEqual(pool.stop(), 0)
 
     def test_kill_storm_loses_nothing_and_duplicates_stay_within_window(self):
-        # 2000 messages (not 10,000) keeps the file's runtime modest; the
-        # storm lasts as long as the work does.
-        queue = self.queue("storm")
-        dead = self.queue("storm-dead")
-        prefetch = 10
-        messages = ["s%d" % n for n in range(2000)]
-        self.amqp.declare(queue)
-        self.amqp.publish(queue, messages)
-        pool = self.service_pool(queue, dead=dead, prefetch=prefetch,
-                                 max_retries=1000, jobs=2, delay_ms=2,
-                                 restart=True)
-        pool.wait_for_children(3)
-        rng = random.Random(5)
-        kills = {"intake": 0, "work": 0}
-        limit = time.monotonic() + wp.deadline(40)
-        while time.monotonic() < limit:
-            done = len(set(bodies(pool.processed)))
-            if done >= len(messages) * 0.9:
-                break
-            time.sleep(rng.uniform(0.2, 0.4))
-            victims = pool.children()
-            if not victims:
-                continue
-            victim = rng.choice(victims)
-            if wp._kill(victim.pid, signal.SIGKILL):
-                kills[victim.group] += 1
-        self.assertGreater(kills["intake"], 0)
-        self.assertGreater(kills["work"], 0)
-        seen = self.wait_processed(pool, messages, timeout=90)
-        duplicates = len(seen) - len(set(seen))
-        # Each service death can replay at most its prefetch window; each
-        # job death at most the request it was serving (max_inflight 1),
-        # counted twice when the service also dies before acking its retry.
-        window = kills["intake"] * prefetch + 2 * kills["work"]
-        self.assertLessEqual(duplicates, window, "kills %s" % kills)
-        # A message the last killed service had processed but not acked is
-        # seen already, but comes back from RabbitMQ: wait for its second
-        # pass before stopping.
-        self.wait_drained(queue, timeout=60)
-        self.assertEqual(pool.stop(), 0)
-        self.assertEqual(self.amqp.declare(queue, passive=True)[0], 0,
-                         "messages left unacked or unprocessed")
-        self.assertEqual(self.amqp.declare(dead, passive=True)[0], 0)
-        sys_note = "kill storm: %d messages, kills %s, duplicates %d" % (
-            len(messages), kills, duplicates)
-        print(sys_note)
+        self.check_kill_storm()
 
     def test_acks_never_cover_a_delivery_still_in_flight(self):
         # Acks go out in batches (one multiple ack where the tags allow it):
@@ -720,33 +784,7 @@ class RabbitmqServiceTest(RabbitmqTestCase):
     # ------------------------------------------------------------- failures
 
     def test_poison_message_dead_lettered_after_max_retries_with_reason(self):
-        queue = self.queue("poison")
-        dead = self.queue("poison-dead")
-        pool = self.service_pool(queue, dead=dead, max_retries=2)
-        pool.wait_for_log(r"rabbitmq-service: connected to")
-        self.amqp.publish(queue, ["fail-poison", "good-1"], {
-            "message_id": "poison-1", "content_type": "text/plain",
-            "headers": {"tenant": "acme"}})
-        self.wait_depth(dead, 1)
-        letter = self.amqp.get(dead)
-        self.assertEqual(letter.body, b"fail-poison")
-        self.assertEqual(letter.headers["x-workerpool-retries"], 2)
-        self.assertIn("rejected fail-poison",
-                      letter.headers["x-workerpool-error"])
-        self.assertEqual(letter.headers["x-workerpool-error-code"],
-                         "handler_error")
-        self.assertEqual(letter.headers["x-workerpool-queue"], queue)
-        # The original properties travel along.
-        self.assertEqual(letter.properties["message_id"], "poison-1")
-        self.assertEqual(letter.properties["content_type"], "text/plain")
-        self.assertEqual(letter.headers["tenant"], "acme")
-        # Tried 1 + max_retries times, the good one once.
-        wp.wait_until(lambda: bodies(pool.processed).count("fail-poison") == 3,
-                      what="three attempts")
-        self.assertEqual(bodies(pool.processed).count("good-1"), 1)
-        pool.wait_for_log(r"dead-lettered to '%s' after 2 retries" % dead)
-        self.assertEqual(pool.stop(), 0)
-        self.assertEqual(self.amqp.declare(queue, passive=True)[0], 0)
+        self.check_poison_message()
 
     def test_body_over_frame_limit_dead_lettered_with_reason(self):
         queue = self.queue("huge")

@@ -106,6 +106,13 @@ class QueueRecoveryTest(RabbitmqTestCase):
         self.assertRegex(app["problem"], r"queue '%s' not consumed" % queue)
         self.assertRegex(app["last_error"], queue)
         self.assertTrue(app["queues"][other]["consuming"])
+        # The status table flags the group and says why.
+        code, out, _ = wp.run_cli(["status", "--socket",
+                                   os.path.join(pool.tmp, "rmq.sock")])
+        self.assertEqual(code, 0)
+        self.assertRegex(out, r"intake +service .* running! ")
+        self.assertIn("! intake[0]: queue '%s' not consumed: queue '%s' does "
+                      "not exist" % (queue, queue), out)
         # The other queue is consumed meanwhile.
         self.amqp.publish(other, ["o1"])
         self.wait_processed(pool, ["o1"])
@@ -235,6 +242,53 @@ class QueueRecoveryTest(RabbitmqTestCase):
         self.assertEqual(app["consumer_timeout_ms"], 2000)
         self.assertEqual(app["reconnects"], 1)
         self.wait_drained(queue)
+        self.assertEqual(pool.stop(), 0)
+
+    def test_job_slower_than_known_consumer_timeout_cut_off_in_time(self):
+        # Told the broker's consumer_timeout (rabbitmq.consumer_timeout),
+        # the service warns at start that the jobs may run longer, and cuts
+        # a job off before RabbitMQ would close the channel: the channel
+        # never closes, the message is retried, then dead-lettered.
+        self.short_consumer_timeout(2000)
+        queue = self.queue("ctold")
+        dead = self.queue("ctold-dead")
+        pool = self.service_pool(queue, dead=dead, max_retries=1,
+                                 rabbitmq_keys={"consumer_timeout": "2s"})
+        pool.wait_for_log(
+            r"warning: group 'work' has request_timeout 30s, but RabbitMQ "
+            r"closes the channel of a delivery unacked for 2s .*cut off")
+        pool.wait_for_log(r"rabbitmq-service: connected to")
+        self.amqp.publish(queue, ["slow:3000"], {"message_id": "long-2"})
+        self.wait_depth(dead, 1, timeout=30)
+        letter = self.amqp.get(dead)
+        self.assertEqual(letter.headers["x-workerpool-error-code"],
+                         "consumer_timeout")
+        self.assertEqual(letter.headers["x-workerpool-retries"], 1)
+        wp.wait_until(lambda: bodies(pool.processed).count("slow:3000") >= 2,
+                      20, "the attempts' jobs finished")
+        time.sleep(0.5)
+        self.assertEqual(bodies(pool.processed).count("slow:3000"), 2)
+        app = self.wait_service_figures(
+            pool, lambda app: app["queues"][queue]["consumer_timeouts"] == 2)
+        self.assertEqual(app["reconnects"], 0, "the channel never closed")
+        self.assertEqual(pool.find_log(r"ran out|lost:"), [])
+        self.assertEqual(pool.stop(), 0)
+
+    # ------------------------------------------------------------- login
+
+    def test_login_names_the_connection_and_advertises_capabilities(self):
+        queue = self.queue("named")
+        pool = self.service_pool(queue)
+        pool.wait_for_log(r"rabbitmq-service: connected to")
+        line = wp.wait_until(lambda: next(
+            (l for l in rabbitmqctl("list_connections", "client_properties")
+             .splitlines() if '"rmq/intake/0"' in l), None), 20,
+            "the service's connection listed")
+        self.assertIn('{"connection_name","rmq/intake/0"}', line)
+        for capability in ("consumer_cancel_notify", "connection.blocked",
+                           "publisher_confirms", "basic.nack",
+                           "authentication_failure_close"):
+            self.assertIn('{"%s",true}' % capability, line)
         self.assertEqual(pool.stop(), 0)
 
 

@@ -556,11 +556,13 @@ class AmqpSession::Impl {
     const int fd = amqp_get_sockfd(conn);
     for (;;) {
       if (!loop_error_.ok()) return std::exchange(loop_error_, Status::Ok());
-      if (Status s = RunCommands(); !s.ok()) return s;
-      if (Status s = FlushAcks(); !s.ok()) return s;
+      // Before the commands: a dead letter waiting among them must find
+      // the queue that returned the last one declared again.
       if (redeclare_dead_letter_queue_) {
         if (Status s = DeclareDeadLetterQueue(); !s.ok()) return s;
       }
+      if (Status s = RunCommands(); !s.ok()) return s;
+      if (Status s = FlushAcks(); !s.ok()) return s;
       if (Status s = MaybeLookForQueues(); !s.ok()) return s;
       if (shutdown_) {
         if (confirms_.waiting() == 0 || Clock::now() >= shutdown_deadline_) {

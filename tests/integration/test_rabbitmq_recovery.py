@@ -85,11 +85,18 @@ class QueueRecoveryTest(RabbitmqTestCase):
         other = self.queue("other")
         self.amqp.declare(queue)
         self.amqp.declare(other)
-        pool = self.service_pool(queue, declare=False, rabbitmq_keys={
-            "queues": [queue, other]})
+        dead = self.queue("recreated-dead")
+        pool = self.service_pool(queue, dead=dead, declare=False,
+                                 max_retries=1, rabbitmq_keys={
+                                     "queues": [queue, other]})
         pool.wait_for_log(r"rabbitmq-service: connected to")
         self.amqp.publish(queue, ["x%d" % n for n in range(50)])
         self.wait_processed(pool, ["x%d" % n for n in range(50)])
+        # One delivery still with a job when the queue goes: it fails, and
+        # its retry waits for the queue instead of being published into
+        # nothing.
+        self.amqp.publish(queue, ["slowfail:3000"])
+        self.wait_service_figures(pool, lambda app: app["inflight"] == 1)
         mark = pool.mark()
         self.amqp.delete(queue)
         pool.wait_for_log(
@@ -126,6 +133,14 @@ class QueueRecoveryTest(RabbitmqTestCase):
         second = ["y%d" % n for n in range(50)]
         self.amqp.publish(queue, second)
         self.wait_processed(pool, second)
+        # The delivery that failed while its queue was gone was retried
+        # once it was back (then dead-lettered: max_retries 1).
+        self.wait_depth(dead, 1)
+        letter = self.amqp.get(dead)
+        self.assertEqual(letter.body, b"slowfail:3000")
+        self.assertEqual(letter.headers["x-workerpool-retries"], 1)
+        self.assertEqual(bodies(pool.processed).count("slowfail:3000"), 2)
+        self.assertEqual(pool.find_log(r"returned a message"), [])
         app = self.wait_service_figures(
             pool, lambda app: app["queues"][queue]["consuming"] and
             app["problem"] == "")
@@ -151,6 +166,31 @@ class QueueRecoveryTest(RabbitmqTestCase):
                           timeout=15)
         self.amqp.publish(queue, ["l1"])
         self.wait_processed(pool, ["l1"])
+        self.assertEqual(pool.stop(), 0)
+
+    def test_dead_letter_queue_deleted_letter_returned_not_lost(self):
+        # Dead letters are published mandatory: with the dead-letter queue
+        # deleted under the service, RabbitMQ returns the letter; the
+        # delivery is requeued instead of acked, the queue declared again,
+        # and the next attempt's letter lands there.
+        queue = self.queue("dlq-gone")
+        dead = self.queue("dlq-gone-dead")
+        pool = self.service_pool(queue, dead=dead, max_retries=0)
+        pool.wait_for_log(r"rabbitmq-service: connected to")
+        self.amqp.delete(dead)
+        self.amqp.publish(queue, ["fail-returned"])
+        pool.wait_for_log(
+            r"warning: RabbitMQ returned a message published to '%s' \(312 "
+            r"NO_ROUTE: no such queue\); declaring the dead-letter queue "
+            r"again; requeueing the delivery it was published for" % dead)
+        self.wait_depth(dead, 1)
+        letter = self.amqp.get(dead)
+        self.assertEqual(letter.body, b"fail-returned")
+        self.assertEqual(bodies(pool.processed).count("fail-returned"), 2)
+        self.wait_drained(queue)
+        app = self.wait_service_figures(
+            pool, lambda app: app["queues"][queue]["dead_letters"] == 1)
+        self.assertEqual(app["queues"][queue]["requeued"], 1)
         self.assertEqual(pool.stop(), 0)
 
     # ------------------------------------------------------------- blocked

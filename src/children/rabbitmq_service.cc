@@ -528,7 +528,6 @@ class Service {
                     delivery->redelivered, work->retries, delivery->properties);
     work->delivery = std::move(delivery);
     works_[key] = std::move(owned);
-    ArmCutoff();
     if (!FrameFits(work->meta, work->delivery->body)) {
       work->code = wire::ErrorCode::kTooLarge;
       work->error = "message of " +
@@ -541,6 +540,7 @@ class Service {
       return;
     }
     SendRequest(key);
+    ArmCutoff();
   }
 
   void SendRequest(const WorkKey& key) {
@@ -636,12 +636,12 @@ class Service {
         // long here gets its retry copy at once.
         const bool overdue = cutoff_.count() > 0 &&
                              work->arrived + cutoff_ <= Clock::now() + delay;
-        retry_log_.Log(Describe(*work->delivery) + " failed (" +
-                       CodeName(*work) + ": " + OneLine(work->error) +
-                       "); retry " + std::to_string(work->retries + 1) +
-                       " of " + std::to_string(config_.max_retries) +
-                       (overdue ? std::string(" now")
-                                : " in " + FormatDuration(delay)));
+        retry_log_.Log(
+            Describe(*work->delivery) + " failed (" + CodeName(*work) + ": " +
+            OneLine(work->error) + "); retry " +
+            std::to_string(work->retries + 1) + " of " +
+            std::to_string(config_.max_retries) +
+            (overdue ? std::string(" now") : " in " + FormatDuration(delay)));
         if (overdue) {
           PublishRetry(key);
           return;
@@ -995,6 +995,7 @@ class Service {
   Work* OldestUncut() {
     for (auto& [key, work] : works_) {
       if (Stale(*work) || work->cut_off) continue;
+      if (!work->in_request && work->hold == Work::Hold::kNone) continue;
       return work.get();
     }
     return nullptr;
@@ -1022,6 +1023,8 @@ class Service {
     for (auto& [key, work] : works_) {
       if (Stale(*work) || work->cut_off) continue;
       if (work->arrived + cutoff_ > now) continue;
+      // Neither with a job nor held: its settle is on its way already.
+      if (!work->in_request && work->hold == Work::Hold::kNone) continue;
       overdue.push_back(key);
     }
     for (const WorkKey& key : overdue) {

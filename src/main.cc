@@ -108,12 +108,16 @@ int main(int argc, char** argv) {
   auto* scale = app.add_subcommand(
       "scale",
       "set a group's process count until the next reload (edit the YAML to "
-      "keep it)");
+      "keep it); on an autoscaled group this pauses autoscaling, and N auto "
+      "resumes it");
   add_socket(scale);
   scale->add_option("GROUP", control.group, "a group of the running pool")
       ->required()
       ->type_name("");
-  scale->add_option("N", control.count_text, "processes, 0 to 100000")
+  scale
+      ->add_option("N", control.count_text,
+                   "processes, 0 to 100000, or auto (the group's autoscale "
+                   "section sizes it again)")
       ->required()
       ->type_name("");
   auto* restart = app.add_subcommand(

@@ -345,6 +345,15 @@ std::string FormatUptime(long long seconds) {
   return text;
 }
 
+// GROUP's "autoscale" object (docs/OPERATIONS.md, "Autoscaling"), or
+// nullptr when it has none (null, absent, or not an object).
+const json* AutoscaleOf(const json& group) {
+  if (!group.is_object()) return nullptr;
+  auto found = group.find("autoscale");
+  if (found == group.end() || !found->is_object()) return nullptr;
+  return &*found;
+}
+
 void PrintStatusTable(const json& status) {
   std::string header = "pool " + Text(status, "pool");
   std::vector<std::string> facts;
@@ -388,6 +397,27 @@ void PrintStatusTable(const json& status) {
                                status["groups"].is_array()
                            ? status["groups"]
                            : empty;
+  // The AUTOSCALE column and the last decisions appear only when some group
+  // is autoscaled, so the table of a pool without autoscale stays as it was.
+  std::vector<std::string> decisions;
+  for (const json& group : groups) {
+    const json* autoscale = AutoscaleOf(group);
+    if (autoscale == nullptr) continue;
+    if (rows.front().size() == 8) rows.front().push_back("AUTOSCALE");
+    const json* last = autoscale->contains("last_decision")
+                           ? &(*autoscale)["last_decision"]
+                           : nullptr;
+    std::string reason = last != nullptr ? Text(*last, "reason") : "-";
+    if (reason == "-") continue;
+    std::string line = Text(group, "name") + ": " + reason;
+    if (last->contains("unix") && (*last)["unix"].is_number()) {
+      long long ago = static_cast<long long>(std::time(nullptr)) -
+                      (*last)["unix"].get<long long>();
+      line += " (" + FormatUptime(ago) + " ago)";
+    }
+    decisions.push_back(std::move(line));
+  }
+  const bool any_autoscaled = rows.front().size() == 9;
   std::vector<std::string> problems;
   for (const json& group : groups) {
     std::string desired = Text(group, "desired");
@@ -403,6 +433,13 @@ void PrintStatusTable(const json& status) {
     rows.push_back({Text(group, "name"), Text(group, "type"), desired,
                     Text(group, "live"), Text(group, "restarts"), state,
                     Text(group, "inflight"), Text(group, "queued")});
+    if (any_autoscaled) {
+      const json* autoscale = AutoscaleOf(group);
+      rows.back().push_back(autoscale == nullptr
+                                ? "-"
+                                : Text(*autoscale, "min") + ".." +
+                                      Text(*autoscale, "max"));
+    }
   }
   std::vector<std::size_t> widths(rows.front().size(), 0);
   for (const auto& row : rows) {
@@ -424,6 +461,15 @@ void PrintStatusTable(const json& status) {
     std::printf(
         "* scaled with `workerpool scale`: lasts until the next reload; "
         "edit the YAML to keep it\n");
+    if (any_autoscaled) {
+      std::printf(
+          "  (an autoscaled group: or until `workerpool scale GROUP "
+          "auto`)\n");
+    }
+  }
+  if (!decisions.empty()) std::printf("last autoscale decisions:\n");
+  for (const std::string& line : decisions) {
+    std::printf("  %s\n", line.c_str());
   }
   for (const std::string& problem : problems) {
     std::printf("! %s\n", problem.c_str());
@@ -448,7 +494,7 @@ int RunControlCommand(const ControlOptions& options) {
     request.command = ControlRequest::Command::kRestart;
     if (options.command == "scale") {
       request.command = ControlRequest::Command::kScale;
-      Result<int> count = ParseProcessCount(options.count_text);
+      Result<int> count = ParseScaleTarget(options.count_text);
       if (!count.ok()) {
         return Fail(options, kExitBadInput, count.status().message());
       }
@@ -503,11 +549,18 @@ int RunControlCommand(const ControlOptions& options) {
     } else {
       PrintStatusTable(status);
     }
+  } else if (options.command == "scale" && request.processes == kScaleAuto) {
+    std::printf(
+        "group %s: autoscaling again between its autoscale bounds "
+        "(`workerpool status` shows its target)\n",
+        options.group.c_str());
   } else if (options.command == "scale") {
     std::printf(
         "group %s: scaled to %s processes (until the next reload; edit the "
-        "YAML to keep it)\n",
-        options.group.c_str(), options.count_text.c_str());
+        "YAML to keep it; an autoscaled group stays there until `workerpool "
+        "scale %s auto`)\n",
+        options.group.c_str(), options.count_text.c_str(),
+        options.group.c_str());
   } else if (options.command == "restart") {
     std::printf("group %s: rolling restart started\n", options.group.c_str());
   } else if (options.command == "reload") {

@@ -11,7 +11,7 @@ struct ControlOptions {
   std::string socket_path;  // --socket
   std::string config_path;  // --config: take control_socket from this file
   std::string group;        // scale, restart
-  std::string count_text;   // scale: N as typed
+  std::string count_text;   // scale: N or "auto", as typed
   bool json = false;        // status --json
 };
 

@@ -16,6 +16,22 @@
 //   sustained); a group at rest with no pending condition asks for none.
 // - The caller does not ask while the group is failed, stopping, or pinned
 //   by `workerpool scale GROUP N`.
+// - Each decision replaces the previous one's recheck: the caller re-arms
+//   its one timer to recheck_after, or stops it when that is 0. Besides the
+//   timer, the caller observes on every stats frame of the group's children
+//   and senders and whenever a child of the group comes up or goes.
+//
+// The policy, rule by rule, with the reasons for each, is in
+// docs/OPERATIONS.md ("Autoscaling"); in short:
+//   need = ceil((serving + queued + counted backlog) / max_inflight), where
+//   the RabbitMQ backlog counts only while every up process is full and
+//   none is starting, and at most one current target's worth of it (so a
+//   sustained backlog at most doubles the group per decision);
+//   up after up_after of need > target: target = min(max, max(need,
+//   target + 1)), at most kMaxStepUp starting at once; from 0 at once;
+//   down after down_after of need < target: to max(min, the highest need
+//   seen during those down_after);
+//   a target outside [min, max] (new bounds) is clamped at once.
 #pragma once
 
 #include <cstdint>
@@ -23,20 +39,22 @@
 #include <string>
 
 #include "core/pool_model.h"
+#include "core/restart_policy.h"  // TimePoint
 #include "core/units.h"
 
 namespace workerpool {
 
 // What the group carries now, summed over its children and its senders.
 struct GroupLoad {
-  int processes = 0;      // running and up (not draining, not replaced)
-  int starting = 0;       // spawned, not up yet (counted towards the target)
-  int max_inflight = 1;   // per process (groups[].max_inflight)
+  int processes = 0;     // running and up (not draining, not replaced)
+  int starting = 0;      // spawned, not up yet (counted towards the target)
+  int max_inflight = 1;  // per process (groups[].max_inflight)
   std::uint64_t serving = 0;  // requests its children are handling
   // Requests its senders hold for lack of a free process of this group
-  // (the senders' per-route queue), and ready messages waiting in the
-  // RabbitMQ queues of the services that route to it.
+  // (the senders' per-route queue).
   std::uint64_t queued = 0;
+  // Ready messages (not yet delivered to any consumer) in the RabbitMQ
+  // queues of the services that route to it, as the services last reported.
   std::uint64_t backlog_messages = 0;
 };
 
@@ -49,19 +67,37 @@ struct AutoscaleDecision {
   std::string reason;
 };
 
-// At most this many processes are added by one decision.
+// At most this many processes are added by one decision, and at most this
+// many are starting at once (GroupLoad::starting included): no fork storm
+// when max is large.
 inline constexpr int kMaxStepUp = 64;
 
 class Autoscaler {
  public:
-  explicit Autoscaler(const AutoscaleConfig& config) : config_(config) {}
+  // CONFIG as given, made consistent (see SetConfig).
+  explicit Autoscaler(const AutoscaleConfig& config);
 
-  // New bounds or delays from a reload; the current target is clamped.
+  // New bounds or delays from a reload. A config built by hand is made
+  // consistent (min >= 0, max >= min, delays >= 0; a parsed one already
+  // is). The current target is clamped into the new bounds by the next
+  // Observe, which the caller makes right after; pending conditions keep
+  // their start and are timed against the new delays.
   void SetConfig(const AutoscaleConfig& config);
   const AutoscaleConfig& config() const { return config_; }
 
-  // The decision for LOAD observed at NOW, given the CURRENT target.
+  // Forgets pending conditions (not last_reason): for a group that goes back
+  // to autoscaling after `workerpool scale GROUP N` pinned it, so load seen
+  // before the pin does not count.
+  void Reset();
+
+  // The decision for LOAD observed at NOW, given the CURRENT target. NOW
+  // never goes backwards between calls.
   AutoscaleDecision Observe(const GroupLoad& load, int current, TimePoint now);
+
+  // How many processes LOAD needs given the CURRENT target, before bounds:
+  // the number Observe compares with the target (exposed for status and
+  // tests).
+  static std::int64_t Need(const GroupLoad& load, int current);
 
   // The last decision that changed the target, for status ("" before any).
   const std::string& last_reason() const { return last_reason_; }
@@ -72,6 +108,10 @@ class Autoscaler {
   // while it does not), and since when it has needed fewer.
   std::optional<TimePoint> overloaded_since_;
   std::optional<TimePoint> idle_since_;
+  // The highest need observed since idle_since_: a down step goes to it,
+  // not to the need of the moment, so load that dips and comes back does
+  // not make the group flap.
+  std::int64_t idle_peak_need_ = 0;
   std::string last_reason_;
 };
 

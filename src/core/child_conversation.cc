@@ -50,20 +50,19 @@ ChildConversation::Decision ChildConversation::OnFrame(
                     .group = std::move(route->group)};
   }
   if (auto* kill = std::get_if<KillPeerMessage>(&message)) {
-    const std::string* group =
-        kill->pid == own_pid_ ? nullptr : group_of(kill->pid);
-    if (group == nullptr || routes_.count(*group) == 0) {
+    const Peer peer = kill->pid == own_pid_ ? Peer{} : group_of(kill->pid);
+    if (peer.group == nullptr || routes_.count(*peer.group) == 0) {
       return Refuse({ChildOffence::kKillRefused,
                      "kill_peer for pid " + std::to_string(kill->pid) +
                          ", which it does not send to"});
     }
     // A flood of requests for one peer is one kill (and one log line).
-    // Pids of children that are gone leave the set first, so it stays as
-    // small as the peers being killed, and a reused pid can be killed again.
-    std::erase_if(killed_, [&group_of](std::int64_t pid) {
-      return group_of(pid) == nullptr;
+    // Peers that are gone leave the set first, so it stays as small as the
+    // peers being killed.
+    std::erase_if(killed_, [&group_of](const auto& entry) {
+      return group_of(entry.second).serial != entry.first;
     });
-    if (!killed_.insert(kill->pid).second) return Decision{};
+    if (!killed_.emplace(peer.serial, kill->pid).second) return Decision{};
     return Decision{.action = Action::kKill,
                     .pid = kill->pid,
                     .reason = std::move(kill->reason)};
@@ -78,6 +77,9 @@ void ChildConversation::RouteOpened(const std::string& group) {
 }
 
 bool ChildConversation::RouteRefused(const std::string& group) {
+  // Bounded: a child asking for endless names is refused each time, but the
+  // Watcher remembers (and logs) only the first ones.
+  if (refused_.size() >= kMaxRefusedRoutes) return false;
   return refused_.insert(group).second;
 }
 

@@ -13,6 +13,7 @@
 #include <bitset>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -21,6 +22,10 @@
 #include "core/child_protocol.h"
 
 namespace workerpool {
+
+// Refused routes a conversation remembers (to log once and to open again
+// when a reload allows them).
+inline constexpr std::size_t kMaxRefusedRoutes = 64;
 
 class ChildConversation {
  public:
@@ -45,9 +50,15 @@ class ChildConversation {
     bool log = false;
   };
 
-  // The group name of the live child with PID, or nullptr when there is
-  // none (the Watcher's table of children).
-  using ChildGroupLookup = std::function<const std::string*(std::int64_t pid)>;
+  // The live child with a pid, as the Watcher's table of children knows it:
+  // its group (nullptr when no live child has that pid) and a number unique
+  // to that process among every child the Watcher ever started, so that a
+  // pid reused by a new process is a new peer.
+  struct Peer {
+    const std::string* group = nullptr;
+    std::uint64_t serial = 0;
+  };
+  using ChildGroupLookup = std::function<Peer(std::int64_t pid)>;
 
   explicit ChildConversation(std::int64_t own_pid) : own_pid_(own_pid) {}
 
@@ -62,7 +73,8 @@ class ChildConversation {
   const std::set<std::string>& routes() const { return routes_; }
   const std::set<std::string>& refused_routes() const { return refused_; }
   void RouteOpened(const std::string& group);
-  // True the first time GROUP is refused (to log it once).
+  // True the first time GROUP is refused (to log it once); false too once
+  // kMaxRefusedRoutes are remembered.
   bool RouteRefused(const std::string& group);
   // The route is no longer allowed (a reload): remembered as refused.
   void RouteRevoked(const std::string& group);
@@ -82,7 +94,9 @@ class ChildConversation {
   bool said_hello_ = false;
   std::set<std::string> routes_;
   std::set<std::string> refused_;
-  std::set<std::int64_t> killed_;  // asked once already: not again
+  // Peers this child asked to kill, by serial (with their pid, to forget
+  // them once gone): asked once, killed once.
+  std::map<std::uint64_t, std::int64_t> killed_;
   ChildStats stats_;
   std::bitset<kChildOffenceKinds> logged_;
   std::uint64_t offences_ = 0;

@@ -13,7 +13,13 @@ constexpr std::size_t kMaxSmallBodyBytes = 4096;
 // printing it cannot recurse without bound.
 constexpr int kMaxAppDepth = 16;
 
+// The detail is logged: whatever of the child's bytes it quotes must not
+// start a line of its own or reach a terminal as a control sequence.
 OffendingFrame Offence(ChildOffence offence, std::string detail) {
+  for (char& c : detail) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7f) c = '?';
+  }
   return OffendingFrame{offence, std::move(detail)};
 }
 
@@ -97,7 +103,12 @@ ChildMessage ReadKillPeer(std::string_view body) {
       return Offence(ChildOffence::kBadField,
                      "kill_peer: \"reason\" must be a string");
     }
+    // Logged with the kill: one line, whatever the child wrote.
     message.reason = reason->get_ref<const std::string&>().substr(0, 200);
+    for (char& c : message.reason) {
+      const auto byte = static_cast<unsigned char>(c);
+      if (byte < 0x20 || byte == 0x7f) c = '?';
+    }
   }
   return message;
 }
@@ -156,6 +167,27 @@ ChildMessage ReadStats(std::string_view body) {
                          "{bounds_ms, counts, sum_ms} of unsigned integers");
         }
         stats.latency.emplace(target, std::move(read));
+      }
+    } else if (key == "routes") {
+      if (!value.is_object() || value.size() > kMaxLatencyTargets) {
+        return Offence(ChildOffence::kBadField,
+                       "stats: \"routes\" must be an object of routes");
+      }
+      for (auto& [target, route] : value.items()) {
+        RouteLoad read;
+        const json* queued =
+            route.is_object() ? Find(route, "queued") : nullptr;
+        const json* inflight =
+            route.is_object() ? Find(route, "inflight") : nullptr;
+        if (target.empty() || target.size() > kMaxNameBytes ||
+            !route.is_object() ||
+            (queued != nullptr && !ReadUnsigned(*queued, &read.queued)) ||
+            (inflight != nullptr && !ReadUnsigned(*inflight, &read.inflight))) {
+          return Offence(ChildOffence::kBadField,
+                         "stats: \"routes\" must map group names to "
+                         "{queued, inflight} of unsigned integers");
+        }
+        stats.routes.emplace(target, read);
       }
     } else if (key == "app") {
       if (!value.is_object() || !DepthAtMost(value, kMaxAppDepth)) {

@@ -55,12 +55,19 @@ struct LatencyHistogram {
   std::uint64_t sum_ms = 0;
 };
 
+// A sender's requests towards one target group, as it last reported them.
+struct RouteLoad {
+  std::uint64_t queued = 0;    // held for lack of a free process there
+  std::uint64_t inflight = 0;  // sent, not answered yet
+};
+
 // A child's last stats frame, every field checked. Counters are the
 // unsigned-integer members (served, served_errors, inflight, queued,
-// serving, sent, ...); other members are ignored except "latency" and "app".
+// serving, sent, ...); the other members are "latency", "routes" and "app".
 struct ChildStats {
   std::map<std::string, std::uint64_t, std::less<>> counters;
   std::map<std::string, LatencyHistogram, std::less<>> latency;  // by target
+  std::map<std::string, RouteLoad, std::less<>> routes;          // by target
   nlohmann::json app = nlohmann::json::object();  // the application's own
   // 0 when the child did not report it.
   std::uint64_t Counter(std::string_view name) const;

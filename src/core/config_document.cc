@@ -165,6 +165,49 @@ void CheckRoutes(ErrorList* errors, const PoolConfig& pool,
   }
 }
 
+// autoscale.min 0 leaves a job group without a process while it is idle.
+// That suits only a group fed by services alone: a RabbitMQ message waits
+// in its queue (and the services report the backlog) while the first
+// process starts. A reactor's HTTP client would wait on an open connection
+// instead, and a group nothing routes to would never get work to start it.
+void CheckAutoscaleFromZero(ErrorList* errors, const PoolConfig& pool,
+                            const std::vector<GroupSource>& sources) {
+  for (std::size_t i = 0; i < pool.groups.size(); ++i) {
+    const GroupConfig& group = pool.groups[i];
+    if (!sources[i].autoscale_min.IsScalar() || !group.autoscale ||
+        group.autoscale->min != 0 || !sources[i].name_ok) {
+      continue;
+    }
+    std::string service, other;
+    for (std::size_t j = 0; j < pool.groups.size(); ++j) {
+      const GroupConfig& from = pool.groups[j];
+      if (!sources[j].type_ok || !sources[j].routes_to.IsList() ||
+          std::find(from.routes_to.begin(), from.routes_to.end(), group.name) ==
+              from.routes_to.end()) {
+        continue;
+      }
+      std::string& found = from.type == GroupType::kService ? service : other;
+      if (found.empty()) found = from.name;
+    }
+    if (!service.empty() && other.empty()) continue;
+    std::string message =
+        "min 0 is only for a job group fed by services alone (a service "
+        "group lists it in routes_to): their RabbitMQ messages wait in the "
+        "queue while the first process starts; ";
+    if (!other.empty()) {
+      message += "group " + Quote(other) + " also routes to " +
+                 Quote(group.name) +
+                 " and its requests would fail while no process runs";
+    } else {
+      message += "no service routes to " + Quote(group.name) +
+                 ", so nothing would ever start its first process";
+    }
+    errors->Add(sources[i].autoscale_min.Position(),
+                "groups[" + std::to_string(i) + "].autoscale.min",
+                message + "; use min: 1");
+  }
+}
+
 }  // namespace
 
 void ReadDocument(ErrorList* errors, const YamlNode& document,
@@ -208,6 +251,7 @@ void ReadDocument(ErrorList* errors, const YamlNode& document,
   CheckGroupNames(errors, config->groups, sources);
   CheckRoutes(errors, *config, sources);
   CheckListenClashes(errors, *config, sources);
+  CheckAutoscaleFromZero(errors, *config, sources);
 }
 
 }  // namespace workerpool::config_parser

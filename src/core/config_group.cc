@@ -8,6 +8,7 @@
 
 #include "core/config_text.h"
 #include "core/config_values.h"
+#include "core/control_request.h"  // kMaxScaleProcesses
 #include "core/routing.h"
 #include "workerpool/wire.h"
 
@@ -84,6 +85,33 @@ void ReadRabbitmq(MapReader& rabbitmq, RabbitmqConfig* config) {
   }
 }
 
+// groups[].autoscale. Returns true when min and max were both read; the
+// rules that need the group's type and processes are ReadGroup's.
+bool ReadAutoscale(MapReader& autoscale, AutoscaleConfig* config) {
+  // The same ceiling as `workerpool scale` (core/control_request.h).
+  bool min_ok =
+      autoscale.Int("min", &config->min, {.min = 0, .max = kMaxScaleProcesses});
+  bool max_ok =
+      autoscale.Int("max", &config->max, {.min = 1, .max = kMaxScaleProcesses});
+  autoscale.DurationValue("up_after", &config->up_after);
+  autoscale.DurationValue("down_after", &config->down_after);
+  autoscale.Finish();
+  for (std::string_view key : {"min", "max"}) {
+    if (autoscale.Has(key)) continue;
+    autoscale.ValueError(
+        key, "missing required key " + Quote(key) +
+                 ": autoscale needs both bounds, e.g. autoscale: {min: 1, "
+                 "max: 16}");
+  }
+  if (min_ok && max_ok && config->min > config->max) {
+    autoscale.ValueError(
+        "max", "max " + std::to_string(config->max) + " is below min " +
+                   std::to_string(config->min) + "; min must be <= max");
+    return false;
+  }
+  return min_ok && max_ok;
+}
+
 }  // namespace
 
 void ReadGroup(ErrorList* errors, const YamlNode& node, std::size_t index,
@@ -108,7 +136,7 @@ void ReadGroup(ErrorList* errors, const YamlNode& node, std::size_t index,
   source->type_ok =
       reader.OneOf("type", &type_name, kGroupTypeNames, Need::kRequired);
   if (source->type_ok) group->type = *GroupTypeFromName(type_name);
-  reader.Int("processes", &group->processes);
+  bool processes_ok = reader.Int("processes", &group->processes);
   bool command_ok =
       reader.TextList("command", &group->command,
                       {.allow_empty = false, .example = "[./my_job, --flag]"});
@@ -139,6 +167,11 @@ void ReadGroup(ErrorList* errors, const YamlNode& node, std::size_t index,
   }
   if (std::optional<MapReader> rabbitmq = reader.Map("rabbitmq")) {
     ReadRabbitmq(*rabbitmq, &group->rabbitmq.emplace());
+  }
+  bool autoscale_ok = false;
+  if (std::optional<MapReader> autoscale = reader.Map("autoscale")) {
+    autoscale_ok = ReadAutoscale(*autoscale, &group->autoscale.emplace());
+    if (autoscale_ok) source->autoscale_min = autoscale->Lookup("min")->value;
   }
   reader.Finish();
 
@@ -189,6 +222,39 @@ void ReadGroup(ErrorList* errors, const YamlNode& node, std::size_t index,
                     std::string("only service groups consume from RabbitMQ; "
                                 "this group is a ") +
                         type + " (use type: service)");
+  }
+  if (reader.Has("autoscale") && group->type == GroupType::kReactor) {
+    reader.KeyError(
+        "autoscale",
+        "a reactor is not autoscaled: no signal fits it (its load is the "
+        "connections waiting in the kernel's accept queue, which the pool "
+        "does not see, and what it sends waits on the job groups it routes "
+        "to); put autoscale on those job groups, and give the reactor a "
+        "fixed processes count");
+    source->autoscale_min = YamlNode();
+  } else if (reader.Has("autoscale") && group->type == GroupType::kService) {
+    reader.KeyError(
+        "autoscale",
+        "a service is not autoscaled: its processes only hand RabbitMQ "
+        "deliveries to the job groups it routes to, and more consumers "
+        "would hold more messages without running more of them; put "
+        "autoscale on the job group it routes to (the services' RabbitMQ "
+        "backlog counts towards that group's load)");
+    source->autoscale_min = YamlNode();
+  } else if (autoscale_ok) {
+    const AutoscaleConfig& bounds = *group->autoscale;
+    if (!reader.Has("processes")) {
+      group->processes = bounds.min;  // the starting count
+    } else if (processes_ok && (group->processes < bounds.min ||
+                                group->processes > bounds.max)) {
+      reader.ValueError(
+          "processes",
+          "processes " + std::to_string(group->processes) +
+              " is outside autoscale's bounds [" + std::to_string(bounds.min) +
+              ", " + std::to_string(bounds.max) +
+              "]: with autoscale, processes is the count the group starts "
+              "with (min when absent)");
+    }
   }
   if (reader.Has("routes_to") && group->type == GroupType::kJob) {
     reader.KeyError("routes_to",

@@ -1,7 +1,6 @@
 #include "core/control_request.h"
 
 #include <algorithm>
-
 #include <charconv>
 #include <cstdint>
 #include <nlohmann/json.hpp>
@@ -96,12 +95,16 @@ Result<int> ReadProcesses(const json& request) {
   auto found = request.find("processes");
   if (found == request.end()) {
     return Status::Error(
-        "missing \"processes\": the group's new process count, e.g. "
+        "missing \"processes\": the group's new process count, or "
+        "\"auto\" for its autoscaler, e.g. "
         "{\"command\":\"scale\",\"group\":\"web\",\"processes\":4}");
   }
   const std::string bad = "\"processes\" must be an integer from 0 to " +
-                          std::to_string(kMaxScaleProcesses) + ", got " +
-                          Echo(*found);
+                          std::to_string(kMaxScaleProcesses) +
+                          " or \"auto\", got " + Echo(*found);
+  if (found->is_string() && found->get_ref<const std::string&>() == "auto") {
+    return kScaleAuto;
+  }
   if (found->is_number_unsigned()) {
     std::uint64_t value = found->get<std::uint64_t>();
     if (value > static_cast<std::uint64_t>(kMaxScaleProcesses)) {
@@ -206,7 +209,11 @@ std::string FormatControlRequest(const ControlRequest& request) {
     out["group"] = request.group;
   }
   if (request.command == ControlRequest::Command::kScale) {
-    out["processes"] = request.processes;
+    if (request.processes == kScaleAuto) {
+      out["processes"] = "auto";
+    } else {
+      out["processes"] = request.processes;
+    }
   }
   return out.dump(-1, ' ', false, json::error_handler_t::replace);
 }
@@ -227,6 +234,15 @@ Result<int> ParseProcessCount(std::string_view text) {
     return Status::Error(bad);
   }
   return value;
+}
+
+Result<int> ParseScaleTarget(std::string_view text) {
+  if (text == "auto") return kScaleAuto;
+  Result<int> count = ParseProcessCount(text);
+  if (count.ok()) return count;
+  return Status::Error("N must be a whole number from 0 to " +
+                       std::to_string(kMaxScaleProcesses) + " or auto, got '" +
+                       Printable(text) + "'");
 }
 
 }  // namespace workerpool

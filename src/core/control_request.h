@@ -6,6 +6,7 @@
 // Wire form: one JSON object on one line, e.g.
 //   {"command":"status"}
 //   {"command":"scale","group":"web","processes":4}
+//   {"command":"scale","group":"web","processes":"auto"}
 //   {"command":"restart","group":"web"}
 //   {"command":"reload"}   {"command":"stop"}
 // Unknown members are ignored, so a newer CLI can add optional ones.
@@ -24,11 +25,17 @@ inline constexpr std::size_t kMaxControlRequestBytes = 64 * 1024;
 // The largest process count `scale` accepts; the Watcher may refuse less.
 inline constexpr int kMaxScaleProcesses = 100000;
 
+// The `processes` of a scale request that hands the group back to its
+// autoscaler: "processes":"auto" on the wire, `workerpool scale GROUP auto`
+// on the command line. A count pins the group (autoscaling paused) until
+// this request or the next reload.
+inline constexpr int kScaleAuto = -1;
+
 struct ControlRequest {
   enum class Command { kStatus, kScale, kRestart, kReload, kStop };
   Command command = Command::kStatus;
   std::string group;  // kScale, kRestart: non-empty
-  int processes = 0;  // kScale: 0..kMaxScaleProcesses
+  int processes = 0;  // kScale: 0..kMaxScaleProcesses, or kScaleAuto
 };
 
 // "status", "scale", ...: the name used on the wire and on the command line.
@@ -44,5 +51,9 @@ std::string FormatControlRequest(const ControlRequest& request);
 // N of `workerpool scale GROUP N` as typed: a decimal integer
 // 0..kMaxScaleProcesses, digits only. The error names what was typed.
 Result<int> ParseProcessCount(std::string_view text);
+
+// N of `workerpool scale GROUP N|auto` as typed: "auto" gives kScaleAuto,
+// anything else is ParseProcessCount's. The error names what was typed.
+Result<int> ParseScaleTarget(std::string_view text);
 
 }  // namespace workerpool

@@ -421,6 +421,26 @@ void AddGroup(const json& group, Exposition* out) {
                "Pool-channel frames from the group's children that broke "
                "the protocol and were refused.",
                labels, Member(group, "protocol_errors"));
+  if (const json* autoscale = Member(group, "autoscale");
+      autoscale != nullptr && autoscale->is_object()) {
+    out->AddJson("workerpool_group_autoscale_target_processes", "gauge",
+                 "Processes the autoscaler wants for the group.", labels,
+                 Member(*autoscale, "target"));
+    out->AddJson("workerpool_group_autoscale_min_processes", "gauge",
+                 "The group's autoscale.min.", labels,
+                 Member(*autoscale, "min"));
+    out->AddJson("workerpool_group_autoscale_max_processes", "gauge",
+                 "The group's autoscale.max.", labels,
+                 Member(*autoscale, "max"));
+    if (const json* decisions = Member(*autoscale, "decisions")) {
+      for (const char* direction : {"up", "down"}) {
+        out->AddJson("workerpool_group_autoscale_decisions_total", "counter",
+                     "Autoscaling decisions that changed the group's target.",
+                     {{"group", name}, {"direction", direction}},
+                     Member(*decisions, direction));
+      }
+    }
+  }
   if (const json* latency = Member(group, "latency")) {
     AddLatency(name, *latency, out);
   }

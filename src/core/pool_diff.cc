@@ -48,9 +48,11 @@ PoolDiff DiffPools(const PoolConfig& old_pool, const PoolConfig& new_pool) {
       change.new_processes = new_group->processes;
       change.limits_changed = LimitsDiffer(old_group, *new_group);
       change.routes_changed = old_group.routes_to != new_group->routes_to;
+      change.autoscale_changed = old_group.autoscale != new_group->autoscale;
       if (SpawnSettingsDiffer(old_group, *new_group)) {
         change.kind = GroupChange::Kind::kRestarted;
-      } else if (old_group.processes != new_group->processes) {
+      } else if (old_group.processes != new_group->processes &&
+                 !new_group->autoscale) {
         change.kind = GroupChange::Kind::kResized;
       }
     }
@@ -87,6 +89,7 @@ std::string PoolDiff::Summary() const {
     }
     if (change.limits_changed) parts.push_back("limits changed");
     if (change.routes_changed) parts.push_back("routes_to changed");
+    if (change.autoscale_changed) parts.push_back("autoscale changed");
     if (parts.empty()) continue;
     if (!out.empty()) out += "; ";
     out += change.group + ":";

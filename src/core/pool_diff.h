@@ -14,7 +14,9 @@ struct GroupChange {
     kUnchanged,  // no child starts or stops (limits and routes may change)
     kAdded,      // start every process
     kRemoved,    // drain and stop every process
-    kResized,    // processes grew or shrank; children kept
+    kResized,    // processes grew or shrank; children kept (never for a
+                 // group autoscaled in the new pool: its count is the
+                 // autoscaler's, and processes only where it starts)
     kRestarted,  // what a child is started with changed: rolling restart
   };
   Kind kind = Kind::kUnchanged;
@@ -24,6 +26,10 @@ struct GroupChange {
   // Applied in place to running children (kUnchanged, kResized, kRestarted).
   bool limits_changed = false;  // see LimitsDiffer
   bool routes_changed = false;  // routes_to
+  // groups[].autoscale added, removed, or with other bounds or delays:
+  // applied in place (Autoscaler::SetConfig; the target is clamped into the
+  // new bounds, no child restarted).
+  bool autoscale_changed = false;
 };
 
 struct PoolDiff {

@@ -50,10 +50,11 @@ void ChildChannels::OnFrame(Slot* slot, const FrameView& frame) {
   if (slot == nullptr || !slot->has_child()) return;
   ChildConversation::Decision decision = slot->conversation.OnFrame(
       frame.header.type, frame.body,
-      [this](std::int64_t pid) -> const std::string* {
-        if (pid <= 0 || pid > INT_MAX) return nullptr;
+      [this](std::int64_t pid) -> ChildConversation::Peer {
+        if (pid <= 0 || pid > INT_MAX) return {};
         const Slot* child = table_->FindChild(static_cast<pid_t>(pid));
-        return child == nullptr ? nullptr : &child->group->config.name;
+        if (child == nullptr) return {};
+        return {&child->group->config.name, child->serial};
       });
   if (decision.offence) {
     OnProtocolError(slot, *decision.offence, decision.log);
@@ -86,6 +87,7 @@ void ChildChannels::OnFrame(Slot* slot, const FrameView& frame) {
     case ChildConversation::Action::kStats:
       slot->conversation.KeepStats(std::move(decision.stats));
       table_->CheckRequestCount(slot);
+      table_->LoadChanged();
       break;
   }
 }

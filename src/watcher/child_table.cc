@@ -55,8 +55,10 @@ ChildTable::ChildTable(uv_loop_t* loop, std::string self_exe,
       file_limit_(RaiseFileLimit()),
       running_as_root_(geteuid() == 0),
       random_(std::random_device{}()) {
-  uv_timer_init(loop_, &rss_timer_);
-  rss_timer_.data = this;
+  for (uv_timer_t* timer : {&rss_timer_, &load_timer_}) {
+    uv_timer_init(loop_, timer);
+    timer->data = this;
+  }
 }
 
 ChildTable::~ChildTable() = default;
@@ -77,6 +79,7 @@ Slot* ChildTable::NewSlot(Group* group, int index) {
 Group* ChildTable::AddGroup(const GroupConfig& config) {
   groups_.push_back(std::make_unique<Group>(config));
   Group* group = groups_.back().get();
+  ConfigureAutoscale(group);
   for (int index = 0; index < group->config.processes; ++index) {
     Spawn(NewSlot(group, index));
   }
@@ -113,6 +116,7 @@ void ChildTable::Spawn(Slot* slot) {
     return;
   }
   slot->pid = child->pid;
+  slot->serial = ++spawns_;
   slot->generation = slot->group->generation;
   slot->ready = false;
   slot->conversation = ChildConversation(slot->pid);
@@ -138,6 +142,7 @@ void ChildTable::Apply(Slot* slot, SlotEvent event) {
   if (effects & kStopPredecessor) StopPredecessor(slot, event);
   if (effects & kMarkUp) {
     CheckRequestCount(slot);
+    LoadChanged();
     observer_->OnPoolChanged();
   }
   if (effects & kAskPolicy) AskPolicy(slot);
@@ -297,11 +302,13 @@ void ChildTable::OnChildExit(Slot* slot, int status) {
   channels_.Forget(slot);
   slot->pid = 0;
   Apply(slot, SlotEvent::kExited);
+  LoadChanged();
 }
 
 void ChildTable::BeginStop() {
   stopping_ = true;
   uv_timer_stop(&rss_timer_);
+  uv_timer_stop(&load_timer_);
   for (auto& group : groups_) {
     group->rolling.clear();
     std::vector<Slot*> slots;
@@ -350,9 +357,12 @@ void ChildTable::CloseSlotHandles(Slot* slot) {
 }
 
 void ChildTable::CloseAll() {
-  if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(&rss_timer_))) {
-    uv_close(reinterpret_cast<uv_handle_t*>(&rss_timer_), nullptr);
+  for (uv_timer_t* timer : {&rss_timer_, &load_timer_}) {
+    if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(timer))) {
+      uv_close(reinterpret_cast<uv_handle_t*>(timer), nullptr);
+    }
   }
+  for (auto& group : groups_) DropAutoscale(group.get());
   output_.CloseAll();
   for (auto& group : groups_) {
     for (auto& [index, slot] : group->slots) CloseSlotHandles(slot);

@@ -66,6 +66,17 @@ class ChildTable {
   // Starts or stops max_rss sampling as the groups need it.
   void UpdateRssSampling();
 
+  // Autoscaling (child_table_autoscale.cc). Sets up, changes or drops
+  // GROUP's autoscaler after its config changed (start, reload).
+  void ConfigureAutoscale(Group* group);
+  // Something that feeds autoscaling changed (a stats frame, a child up or
+  // gone): the autoscaled groups are looked at soon, once for many changes.
+  void LoadChanged();
+  // `workerpool scale GROUP auto`: the autoscaler decides again.
+  void ResumeAutoscale(Group* group);
+  // What GROUP carries now (for the policy and for status).
+  GroupLoad LoadOf(const Group& group) const;
+
   // SIGCHLD: reaps every child that exited.
   void Reap();
   // The pool stops: no spawns and no restarts from here on; every timer of
@@ -111,6 +122,9 @@ class ChildTable {
   void Recycle(Slot* slot, const std::string& why);
   void SampleRss();
   void DeleteDrainedGroups();
+  void DropAutoscale(Group* group);
+  void Autoscale(Group* group);
+  void AutoscaleAll();
   void CloseSlotHandles(Slot* slot);
   static void OnSlotTimer(uv_timer_t* timer);
 
@@ -123,11 +137,14 @@ class ChildTable {
   OutputCapture output_;
   std::vector<std::unique_ptr<Group>> groups_;
   std::map<pid_t, Slot*> children_;  // live children by pid
+  std::uint64_t spawns_ = 0;         // serials of children
   std::uint64_t file_limit_ = 1024;  // RLIMIT_NOFILE, raised at start
   bool running_as_root_;
   bool stopping_ = false;
   std::mt19937_64 random_;  // recycling jitter
   uv_timer_t rss_timer_;    // runs only while some group sets max_rss
+  // Coalesces LoadChanged() calls: armed by the first, fires once.
+  uv_timer_t load_timer_;
 };
 
 }  // namespace workerpool

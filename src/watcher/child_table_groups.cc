@@ -37,11 +37,12 @@ void ChildTable::RemoveGroup(Group* group) {
 }
 
 void ChildTable::DeleteDrainedGroups() {
-  std::erase_if(groups_, [](const std::unique_ptr<Group>& group) {
+  std::erase_if(groups_, [this](const std::unique_ptr<Group>& group) {
     if (!group->removing || !group->slots.empty() || !group->outgoing.empty()) {
       return false;
     }
     spdlog::info("group {} removed", group->config.name);
+    DropAutoscale(group.get());
     return true;
   });
 }

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <ctime>
 
 #include "core/pool_diff.h"
@@ -148,13 +149,23 @@ Status PoolReload::Apply() {
       case GroupChange::Kind::kResized:
       case GroupChange::Kind::kRestarted: {
         if (group == nullptr) break;
+        // An autoscaled group keeps the size it grew to, within the new
+        // bounds: the file's processes is only where it starts.
+        const int running_target = group->config.processes;
+        const bool was_autoscaled = group->autoscale != nullptr;
         group->config = *next_config;
+        if (was_autoscaled && next_config->autoscale) {
+          group->config.processes =
+              std::clamp(running_target, next_config->autoscale->min,
+                         next_config->autoscale->max);
+        }
         if (group->scaled) {
           spdlog::info("group {}: the file's processes ({}) replace `scale`",
                        group->config.name, next_config->processes);
         }
         group->scaled = false;
         group->policy.SetConfig(next_config->restart);
+        table_->ConfigureAutoscale(group);
         table_->RetryFailedGroup(group);  // a reload gives it a chance
         table_->Resize(group);
         if (change.kind == GroupChange::Kind::kRestarted) {

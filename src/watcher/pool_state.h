@@ -10,6 +10,7 @@
 #include <map>
 #include <vector>
 
+#include "core/autoscale.h"
 #include "core/child_conversation.h"
 #include "core/config.h"
 #include "core/restart_policy.h"
@@ -31,7 +32,8 @@ struct Slot {
   Group* group = nullptr;
   int index = 0;
   SlotState state = SlotState::kDown;
-  pid_t pid = 0;  // 0 while no child runs in the slot
+  pid_t pid = 0;             // 0 while no child runs in the slot
+  std::uint64_t serial = 0;  // which spawn of the Watcher's runs here
   TimePoint started;
   int generation = 0;  // the group's generation it was started with
   // Replaced (rolling restart, recycling): kept in Group::outgoing and
@@ -76,6 +78,20 @@ struct Group {
   std::uint64_t recycled = 0;
   std::uint64_t protocol_errors = 0;  // frames its children sent, refused
   std::vector<int> rolling;           // indices still to restart, in order
+  // With groups[].autoscale: the policy, its recheck timer (armed only while
+  // a decision is pending) and the decisions taken, for status.
+  struct Autoscale {
+    Autoscale(ChildTable* t, Group* g, const AutoscaleConfig& config)
+        : table(t), group(g), policy(config) {}
+    ChildTable* table;
+    Group* group;
+    Autoscaler policy;
+    uv_timer_t timer;
+    std::uint64_t ups = 0;
+    std::uint64_t downs = 0;
+    std::int64_t last_unix = 0;  // when the last decision changed the target
+  };
+  Autoscale* autoscale = nullptr;  // owned; freed once its timer is closed
   explicit Group(GroupConfig c)
       : config(std::move(c)), policy(config.restart, config.processes) {}
 

@@ -88,6 +88,25 @@ nlohmann::json StatusJson(const PoolFacts& pool, const ChildTable& table) {
                       {"protocol_errors", group->protocol_errors},
                       {"app", app},
                       {"children", children}});
+    json autoscale_json = nullptr;
+    if (const Group::Autoscale* autoscale = group->autoscale) {
+      const AutoscaleConfig& bounds = autoscale->policy.config();
+      json last = nullptr;
+      if (!autoscale->policy.last_reason().empty()) {
+        last = {{"reason", autoscale->policy.last_reason()},
+                {"unix", autoscale->last_unix}};
+      }
+      autoscale_json = {
+          {"min", bounds.min},
+          {"max", bounds.max},
+          {"up_after_ms", bounds.up_after.count()},
+          {"down_after_ms", bounds.down_after.count()},
+          {"target", group->config.processes},
+          {"paused", group->scaled},
+          {"last_decision", last},
+          {"decisions", {{"up", autoscale->ups}, {"down", autoscale->downs}}}};
+    }
+    groups.back()["autoscale"] = std::move(autoscale_json);
     if (auto found = latency.find(group->config.name); found != latency.end()) {
       groups.back()["latency"] = {{"bounds_ms", found->second.bounds_ms},
                                   {"counts", found->second.counts},

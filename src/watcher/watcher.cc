@@ -23,6 +23,7 @@
 #include <memory>
 
 #include "core/config.h"
+#include "core/control_request.h"  // kScaleAuto
 #include "os/builtin_path.h"
 #include "os/config_file.h"
 #include "os/notify.h"
@@ -319,6 +320,17 @@ Status Watcher::Scale(const std::string& name, int processes) {
   if (table_.stopping()) return Status::Error("the pool is stopping");
   Group* group = table_.FindGroup(name);
   if (group == nullptr) return Status::Error("unknown group '" + name + "'");
+  if (processes == kScaleAuto) {
+    if (group->autoscale == nullptr) {
+      return Status::Error("group " + name +
+                           " has no autoscale section to go back to");
+    }
+    spdlog::info("scale {}: autoscaling again from {} processes", name,
+                 group->config.processes);
+    table_.ResumeAutoscale(group);
+    ReportStatus();
+    return Status::Ok();
+  }
   if (processes < 0 || processes > 100000) {
     return Status::Error("processes must be 0..100000, got " +
                          std::to_string(processes));

@@ -1,7 +1,7 @@
 // Fuzzes the control-socket request parser (src/core/control_request.h):
 // any line must parse to a request or to a one-line error, never crash or
 // throw; a parsed request must format back to a line that parses to the
-// same request. The process-count parser of `workerpool scale` gets the
+// same request. The process-count parsers of `workerpool scale` get the
 // same bytes.
 #include <cstddef>
 #include <cstdint>
@@ -30,8 +30,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
       Check(!request.group.empty());
     }
     if (request.command == ControlRequest::Command::kScale) {
-      Check(request.processes >= 0 &&
-            request.processes <= workerpool::kMaxScaleProcesses);
+      Check((request.processes >= 0 &&
+             request.processes <= workerpool::kMaxScaleProcesses) ||
+            request.processes == workerpool::kScaleAuto);
     }
     std::string text = workerpool::FormatControlRequest(request);
     Check(text.find('\n') == std::string::npos);
@@ -45,6 +46,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data,
   auto count = workerpool::ParseProcessCount(line);
   if (count.ok()) {
     Check(*count >= 0 && *count <= workerpool::kMaxScaleProcesses);
+  }
+  auto target = workerpool::ParseScaleTarget(line);
+  if (target.ok()) {
+    Check(*target == workerpool::kScaleAuto ||
+          (count.ok() && *target == *count));
+  } else {
+    Check(target.status().message().find('\n') == std::string::npos);
   }
   return 0;
 }

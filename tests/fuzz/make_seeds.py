@@ -204,3 +204,89 @@ AMQP = {
 }
 for name, data in AMQP.items():
     write("fuzz_amqp_frame_scan", name, b"\x00\x01" + data)
+
+# --- fuzz_child_protocol: operations on a simulated pool (the Op and
+# FrameKind enums of fuzz_child_protocol.cc). It starts with 8 children,
+# pids 1000..1007, in slots 0..7: web 0-1, intake 2-3, compute 4-6, batch 7.
+# A child is picked by its index among the live pids in order (among those
+# with an open channel for frames and raw bytes). Inputs that once broke an
+# invariant are kept beside the seeds as crash-<what>.
+OP_FRAME, OP_RAW, OP_EXIT, OP_REAP, OP_TIMER, OP_EVENT, OP_RELOAD, \
+    OP_ADD_SLOT, OP_STRAY = range(9)
+STOP, REPLACE, EVICT, POOL_STOP, RETRY = range(5)  # OP_EVENT's events
+WEB, INTAKE, COMPUTE, BATCH, NOWHERE = range(5)  # route_open variants
+LATER, NOW, FAILED = range(3)  # the restart policy's verdicts
+SPAWN_REUSE_PID, SPAWN_NEW_PID, SPAWN_FAIL = 0, 4, 3  # a spawn's outcome
+
+
+def hello(child, variant=0):
+    return bytes([OP_FRAME, child, 0, variant])
+
+
+def heartbeat(child, variant=0):
+    return bytes([OP_FRAME, child, 1, variant])
+
+
+def route_open(child, variant):
+    return bytes([OP_FRAME, child, 2, variant])
+
+
+def kill_peer(child, target, reason=1):
+    return bytes([OP_FRAME, child, 3, target, reason])
+
+
+def stats(child, variant):
+    return bytes([OP_FRAME, child, 4, variant])
+
+
+def raw_frame(child, type_index, meta_length, payload):
+    return bytes([OP_FRAME, child, 5, type_index, meta_length,
+                  len(payload)]) + payload
+
+
+def raw_bytes(child, data):
+    return bytes([OP_RAW, child, len(data)]) + data
+
+
+def op(*args):
+    return bytes(args)
+
+
+ALL_HELLO = b"".join(hello(child) for child in range(8))
+CHILD_PROTOCOL = {
+    "hello-routes": ALL_HELLO + heartbeat(0) +
+    b"".join(route_open(0, g) for g in (COMPUTE, INTAKE, BATCH, WEB, NOWHERE)) +
+    route_open(0, COMPUTE) + route_open(2, COMPUTE) + route_open(2, WEB) +
+    route_open(7, COMPUTE) + route_open(4, 7) + route_open(1, 11),
+    "kill-peer": ALL_HELLO + route_open(0, COMPUTE) + kill_peer(0, 4) +
+    kill_peer(0, 4) + kill_peer(0, 8) + kill_peer(0, 9) + kill_peer(0, 1) +
+    kill_peer(0, 2, reason=2) + op(OP_REAP, 0, NOW, SPAWN_NEW_PID) +
+    kill_peer(0, 4, reason=3),
+    "lifecycle": hello(0) + op(OP_TIMER, 1) +
+    op(OP_EVENT, 0, REPLACE, SPAWN_NEW_PID) + hello(7) +
+    op(OP_EVENT, 2, EVICT) + op(OP_TIMER, 2) + op(OP_REAP, 0, LATER) +
+    op(OP_TIMER, 2, SPAWN_FAIL, NOW, SPAWN_NEW_PID) + op(OP_EVENT, 3, STOP) +
+    op(OP_EXIT, 2) + op(OP_EXIT, 3, FAILED) +
+    op(OP_EVENT, 5, RETRY, SPAWN_REUSE_PID) +
+    op(OP_ADD_SLOT, 1, SPAWN_NEW_PID) + op(OP_STRAY, 3, 0) +
+    op(OP_STRAY, 3, 1) + op(OP_STRAY, 3, 2) + op(OP_EVENT, 5, POOL_STOP),
+    "offence-flood": hello(3) + stats(3, 2) * 64 + op(OP_TIMER, 3) +
+    op(OP_REAP, 0, NOW, SPAWN_NEW_PID) + hello(3),
+    # Variant 10 (a line break in a counter's name) is
+    # crash-offence-detail-newline.
+    # 14 reaches max_requests: the child is replaced (a spawn byte follows).
+    "stats": hello(0) + hello(1) +
+    b"".join(stats(0, v) for v in range(14) if v != 10) + stats(0, 14) +
+    op(SPAWN_NEW_PID) + stats(1, 15) + stats(1, 16) + stats(1, 0),
+    "reload": ALL_HELLO + route_open(0, COMPUTE) + route_open(0, INTAKE) +
+    route_open(2, COMPUTE) + route_open(2, BATCH) + route_open(2, WEB) +
+    op(OP_RELOAD) + kill_peer(0, 4) + route_open(0, COMPUTE) +
+    op(OP_RELOAD) + kill_peer(2, 5),
+    "raw": hello(0) + raw_frame(0, 11, 0, b'{"pid":1003}') +
+    raw_frame(0, 0, 3, b"abcdef") + raw_frame(0, 0xf0, 0, b"") +
+    raw_bytes(1, frame(16, 0, 0, b"", b"{}")[:20]) +
+    raw_bytes(0, frame(23, 0, 0, b"", b"{}")) +
+    raw_bytes(2, frame(16, 0, 0, version=9)),
+}
+for name, data in CHILD_PROTOCOL.items():
+    write("fuzz_child_protocol", name, data)

@@ -337,6 +337,81 @@ class CheckTest(unittest.TestCase):
         self.assert_one_error(path, line_of(text, "routes_to: [intake]"),
                               key="routes_to")
 
+    # -- groups[].autoscale
+
+    def with_autoscale(self, autoscale, processes="    processes: 3"):
+        """VALID with compute's processes line replaced by PROCESSES and an
+        autoscale line after it (AUTOSCALE is the text after "autoscale:")."""
+        return replace_line(VALID, "processes: 3",
+                            processes + "\n    autoscale: " + autoscale)
+
+    def test_autoscale_is_valid(self):
+        self.assert_ok(self.with_autoscale(
+            "{min: 1, max: 16, up_after: 1s, down_after: 30s}"))
+        self.assert_ok(self.with_autoscale("{min: 2, max: 4}", processes=""))
+
+    def test_autoscale_min_and_max_required(self):
+        text = self.with_autoscale("{max: 4}")
+        self.assert_one_error(self.write(text),
+                              line_of(text, "autoscale:"),
+                              key="autoscale.min",
+                              message="missing required key 'min'")
+
+    def test_autoscale_min_above_max(self):
+        text = self.with_autoscale("{min: 8, max: 4}")
+        self.assert_one_error(self.write(text), line_of(text, "autoscale:"),
+                              key="autoscale.max",
+                              message="max 4 is below min 8")
+
+    def test_autoscale_negative_count(self):
+        text = self.with_autoscale("{min: -1, max: 4}")
+        self.assert_one_error(self.write(text), line_of(text, "autoscale:"),
+                              key="autoscale.min",
+                              message="must be an integer from 0 to 100000")
+
+    def test_autoscale_processes_outside_bounds(self):
+        text = self.with_autoscale("{min: 4, max: 8}")
+        self.assert_one_error(self.write(text), line_of(text, "processes: 3"),
+                              key="processes",
+                              message=r"outside autoscale's bounds \[4, 8\]")
+
+    def test_autoscale_unknown_key(self):
+        text = self.with_autoscale("{min: 1, max: 4, upafter: 1s}")
+        self.assert_one_error(self.write(text), line_of(text, "autoscale:"),
+                              key="autoscale.upafter",
+                              message="did you mean 'up_after'")
+
+    def test_autoscale_duration_without_unit(self):
+        text = self.with_autoscale("{min: 1, max: 4, down_after: 30}")
+        self.assert_one_error(self.write(text), line_of(text, "autoscale:"),
+                              key="autoscale.down_after",
+                              message="has no unit")
+
+    def test_autoscale_on_a_reactor_says_why_not(self):
+        text = replace_line(VALID, "processes: 2",
+                            "    processes: 2\n    autoscale: {min: 1, max: 4}")
+        self.assert_one_error(self.write(text), line_of(text, "autoscale:"),
+                              key="autoscale",
+                              message="a reactor is not autoscaled: no "
+                              "signal fits it")
+
+    def test_autoscale_on_a_service_is_refused(self):
+        text = replace_line(VALID, "processes: 1",
+                            "    processes: 1\n    autoscale: {min: 1, max: 4}")
+        self.assert_one_error(self.write(text), line_of(text, "autoscale:"),
+                              key="autoscale",
+                              message="a service is not autoscaled")
+
+    def test_autoscale_min_zero_behind_a_reactor(self):
+        # compute is fed by the reactor web as well as by the service.
+        text = self.with_autoscale("{min: 0, max: 4}", processes="")
+        self.assert_one_error(self.write(text), line_of(text, "autoscale:"),
+                              key="autoscale.min",
+                              message="group 'web' also routes to 'compute'")
+        fed_by_service = text.replace("routes_to: [compute, intake]",
+                                      "routes_to: [intake]")
+        self.assert_ok(fed_by_service)
+
     def test_yaml_syntax_error(self):
         text = replace_line(VALID, "env: {MODEL: small}",
                             "    env: {MODEL: small")

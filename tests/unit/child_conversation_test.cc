@@ -21,10 +21,14 @@ using wire::FrameType;
 struct FakeChildren {
   std::map<std::int64_t, std::string> groups{
       {100, "web"}, {200, "echo"}, {201, "echo"}, {300, "other"}};
+  // Spawn serials; a pid given to a new process gets a new one.
+  std::map<std::int64_t, std::uint64_t> serials{
+      {100, 1}, {200, 2}, {201, 3}, {300, 4}};
   ChildConversation::ChildGroupLookup Lookup() {
-    return [this](std::int64_t pid) -> const std::string* {
+    return [this](std::int64_t pid) -> ChildConversation::Peer {
       auto found = groups.find(pid);
-      return found == groups.end() ? nullptr : &found->second;
+      if (found == groups.end()) return {};
+      return {&found->second, serials[pid]};
     };
   }
 };
@@ -68,7 +72,10 @@ TEST_CASE("child protocol: stats with wrong types is an offence") {
         R"({"latency": {"echo": {"bounds_ms": [1], "counts": [1]}}})",
         R"({"latency": {"echo": {"bounds_ms": [2, 1], "counts": [1, 2, 3]}}})",
         R"({"latency": {"echo": {"bounds_ms": ["a"], "counts": [1, 2]}}})",
-        R"({"app": []})", R"({"app": "text"})", R"([1, 2])", "17", "nul"}) {
+        R"({"app": []})", R"({"app": "text"})", R"([1, 2])", "17", "nul",
+        R"({"routes": 1})", R"({"routes": {"echo": 1}})",
+        R"({"routes": {"echo": {"queued": -1}}})",
+        R"({"routes": {"echo": {"inflight": "x"}}})"}) {
     CAPTURE(body);
     ChildMessage message = ReadChildFrame(FrameType::kStats, body);
     REQUIRE(std::holds_alternative<OffendingFrame>(message));
@@ -76,6 +83,7 @@ TEST_CASE("child protocol: stats with wrong types is an offence") {
   ChildMessage good = ReadChildFrame(
       FrameType::kStats,
       R"({"served": 18446744073709551615, "inflight": 2, "app": {"k": [1]},
+          "routes": {"echo": {"queued": 7, "inflight": 3}},
           "latency": {"echo": {"bounds_ms": [1, 5], "counts": [1, 2, 3],
                                "sum_ms": 9}}})");
   REQUIRE(std::holds_alternative<StatsMessage>(good));
@@ -85,6 +93,8 @@ TEST_CASE("child protocol: stats with wrong types is an offence") {
   CHECK(stats.Counter("absent") == 0);
   CHECK(stats.latency.at("echo").counts.size() == 3);
   CHECK(stats.app["k"][0] == 1);
+  CHECK(stats.routes.at("echo").queued == 7);
+  CHECK(stats.routes.at("echo").inflight == 3);
 }
 
 TEST_CASE("child protocol: oversized and deeply nested stats are refused") {
@@ -182,6 +192,9 @@ TEST_CASE("conversation: a route is opened once") {
             .OnFrame(FrameType::kRouteOpen, R"({"group": "other"})",
                      children.Lookup())
             .action == Action::kOpenRoute);
+  for (int i = 0; i < 1000; ++i)
+    conversation.RouteRefused("x" + std::to_string(i));
+  CHECK(conversation.refused_routes().size() == kMaxRefusedRoutes);
   conversation.RouteRevoked("echo");
   CHECK(conversation.routes().empty());
   CHECK(conversation.refused_routes().count("echo") == 1);
@@ -217,9 +230,38 @@ TEST_CASE("conversation: kill_peer only for peers it sends to") {
             .OnFrame(FrameType::kKillPeer, R"({"pid": 201})", children.Lookup())
             .action == Action::kKill);
   children.groups[200] = "echo";
+  children.serials[200] = 9;
   CHECK(conversation
             .OnFrame(FrameType::kKillPeer, R"({"pid": 200})", children.Lookup())
             .action == Action::kKill);
+}
+
+// Found by fuzz_child_protocol: a peer killed, gone, and its pid given to a
+// new peer before the sender asked again; the new one must be killable.
+TEST_CASE("conversation: a pid reused at once is a new peer") {
+  FakeChildren children;
+  ChildConversation conversation = Greeted(children);
+  conversation.RouteOpened("echo");
+  CHECK(conversation
+            .OnFrame(FrameType::kKillPeer, R"({"pid": 200})", children.Lookup())
+            .action == Action::kKill);
+  children.serials[200] = 10;  // died; a new echo child got pid 200
+  CHECK(conversation
+            .OnFrame(FrameType::kKillPeer, R"({"pid": 200})", children.Lookup())
+            .action == Action::kKill);
+}
+
+// Found by fuzz_child_protocol: the detail of an offence is logged, and a
+// child's bytes quoted in it must not break the log line.
+TEST_CASE("child protocol: an offence's detail holds no control bytes") {
+  const std::string body = nlohmann::json{{"a\nb\x1b[31m", "x"}}.dump();
+  ChildMessage message = ReadChildFrame(FrameType::kStats, body);
+  REQUIRE(std::holds_alternative<OffendingFrame>(message));
+  const std::string& detail = std::get<OffendingFrame>(message).detail;
+  CHECK(detail.find('\n') == std::string::npos);
+  CHECK(detail.find('\x1b') == std::string::npos);
+  CAPTURE(detail);
+  CHECK(detail.find("a?b?[31m") != std::string::npos);
 }
 
 TEST_CASE("conversation: stats and heartbeats after hello") {

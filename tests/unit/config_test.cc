@@ -1200,6 +1200,198 @@ TEST_CASE("recycling keys: max_requests and max_rss") {
   CHECK(rss.ok());
 }
 
+// --- groups[].autoscale ----------------------------------------------------
+
+TEST_CASE("autoscale: bounds, delays, and processes as the starting count") {
+  ConfigLoad load = ParseWithGroupLines(
+      "    processes: 2\n"
+      "    autoscale: {min: 1, max: 16, up_after: 500ms, down_after: 1m}\n");
+  REQUIRE(load.ok());
+  const GroupConfig& group = load.config->groups[0];
+  CHECK(group.processes == 2);
+  REQUIRE(group.autoscale.has_value());
+  CHECK(group.autoscale->min == 1);
+  CHECK(group.autoscale->max == 16);
+  CHECK(group.autoscale->up_after == milliseconds(500));
+  CHECK(group.autoscale->down_after == minutes(1));
+  // Defaults: 1s and 30s; processes absent starts at min.
+  ConfigLoad defaults =
+      ParseWithGroupLines("    autoscale:\n      min: 3\n      max: 8\n");
+  REQUIRE(defaults.ok());
+  CHECK(defaults.config->groups[0].processes == 3);
+  CHECK(defaults.config->groups[0].autoscale->up_after == seconds(1));
+  CHECK(defaults.config->groups[0].autoscale->down_after == seconds(30));
+  // Without autoscale, nothing changes.
+  ConfigLoad fixed = ParseWithGroupLines("    processes: 4\n");
+  REQUIRE(fixed.ok());
+  CHECK_FALSE(fixed.config->groups[0].autoscale.has_value());
+  CHECK(fixed.config->groups[0].processes == 4);
+  // min == max is a fixed count written another way: allowed.
+  CHECK(ParseWithGroupLines("    autoscale: {min: 2, max: 2}\n").ok());
+}
+
+TEST_CASE("autoscale: min and max are required") {
+  CHECK(OnlyError(ParseWithGroupLines("    autoscale: {max: 4}\n")) ==
+        "test.yaml:6:16: groups[0].autoscale.min: missing required key "
+        "'min': autoscale needs both bounds, e.g. autoscale: {min: 1, max: "
+        "16}");
+  CHECK(Contains(
+      OnlyError(ParseWithGroupLines("    autoscale:\n      min: 1\n")),
+      "test.yaml:7:7: groups[0].autoscale.max: missing required key 'max'"));
+  ConfigLoad empty = ParseWithGroupLines("    autoscale: {}\n");
+  CHECK(empty.errors.size() == 2);
+  CHECK(Contains(
+      ErrorAt(ParseWithGroupLines("    autoscale:\n"), "groups[0].autoscale"),
+      "has no value"));
+  CHECK(Contains(
+      ErrorAt(ParseWithGroupLines("    autoscale: 4\n"), "groups[0].autoscale"),
+      "must be a mapping"));
+}
+
+TEST_CASE("autoscale: min > max, negative and out-of-range counts") {
+  CHECK(OnlyError(ParseWithGroupLines("    autoscale: {min: 8, max: 4}\n")) ==
+        "test.yaml:6:30: groups[0].autoscale.max: max 4 is below min 8; min "
+        "must be <= max");
+  CHECK(OnlyError(ParseWithGroupLines("    autoscale: {min: -1, max: 4}\n")) ==
+        "test.yaml:6:22: groups[0].autoscale.min: must be an integer from 0 "
+        "to 100000, got '-1'");
+  CHECK(Contains(
+      OnlyError(ParseWithGroupLines("    autoscale: {min: 1, max: -4}\n")),
+      "groups[0].autoscale.max: must be an integer from 1 to 100000, got "
+      "'-4'"));
+  CHECK(Contains(
+      OnlyError(ParseWithGroupLines("    autoscale: {min: 0, max: 0}\n")),
+      "groups[0].autoscale.max: must be an integer from 1 to 100000"));
+  CHECK(Contains(
+      OnlyError(ParseWithGroupLines("    autoscale: {min: 1, max: 100001}\n")),
+      "groups[0].autoscale.max: must be an integer from 1 to 100000"));
+  CHECK(Contains(
+      OnlyError(ParseWithGroupLines("    autoscale: {min: 1, max: \"8\"}\n")),
+      "write the number without quotes"));
+  CHECK(Contains(
+      OnlyError(ParseWithGroupLines("    autoscale: {min: 1.5, max: 8}\n")),
+      "groups[0].autoscale.min: must be an integer"));
+}
+
+TEST_CASE("autoscale: processes must lie within [min, max]") {
+  CHECK(OnlyError(ParseWithGroupLines(
+            "    processes: 20\n    autoscale: {min: 1, max: 16}\n")) ==
+        "test.yaml:6:16: groups[0].processes: processes 20 is outside "
+        "autoscale's bounds [1, 16]: with autoscale, processes is the count "
+        "the group starts with (min when absent)");
+  CHECK(Contains(OnlyError(ParseWithGroupLines(
+                     "    processes: 1\n    autoscale: {min: 2, max: 16}\n")),
+                 "processes 1 is outside autoscale's bounds [2, 16]"));
+  CHECK(ParseWithGroupLines("    processes: 16\n    autoscale: {min: 2, max: "
+                            "16}\n")
+            .ok());
+  // A processes that is itself wrong is one error, not two.
+  CHECK(Contains(OnlyError(ParseWithGroupLines(
+                     "    processes: x\n    autoscale: {min: 2, max: 16}\n")),
+                 "groups[0].processes: must be a non-negative integer"));
+  // Bounds that are wrong say so; processes is not judged against them.
+  CHECK(Contains(OnlyError(ParseWithGroupLines(
+                     "    processes: 3\n    autoscale: {min: 8, max: 4}\n")),
+                 "max 4 is below min 8"));
+}
+
+TEST_CASE("autoscale: durations need units, and keys are known") {
+  CHECK(OnlyError(ParseWithGroupLines(
+            "    autoscale: {min: 1, max: 4, up_after: 5}\n")) ==
+        "test.yaml:6:43: groups[0].autoscale.up_after: duration '5' has no "
+        "unit: add ms, s, m or h (e.g. 5s)");
+  CHECK(Contains(OnlyError(ParseWithGroupLines(
+                     "    autoscale: {min: 1, max: 4, down_after: 1.5s}\n")),
+                 "groups[0].autoscale.down_after: invalid duration '1.5s': "
+                 "fractions are not accepted"));
+  CHECK(OnlyError(ParseWithGroupLines(
+            "    autoscale: {min: 1, max: 4, down_afer: 10s}\n")) ==
+        "test.yaml:6:33: groups[0].autoscale.down_afer: unknown key "
+        "'down_afer' (did you mean 'down_after'?)");
+  CHECK(ParseWithGroupLines("    autoscale: {min: 1, max: 4, up_after: 0}\n")
+            .ok());
+}
+
+TEST_CASE("autoscale: job groups only, and the error says why") {
+  CHECK(OnlyError(ParseWithGroupLines("    autoscale: {min: 1, max: 4}\n",
+                                      "reactor")) ==
+        "test.yaml:6:5: groups[0].autoscale: a reactor is not autoscaled: no "
+        "signal fits it (its load is the connections waiting in the kernel's "
+        "accept queue, which the pool does not see, and what it sends waits "
+        "on the job groups it routes to); put autoscale on those job groups, "
+        "and give the reactor a fixed processes count");
+  CHECK(Contains(OnlyError(ParseWithGroupLines(
+                     "    autoscale: {min: 1, max: 4}\n", "service")),
+                 "test.yaml:6:5: groups[0].autoscale: a service is not "
+                 "autoscaled"));
+  // One error: bounds and processes are not judged on a reactor.
+  CHECK(Contains(
+      OnlyError(ParseWithGroupLines(
+          "    processes: 9\n    autoscale: {min: 0, max: 4}\n", "reactor")),
+      "a reactor is not autoscaled"));
+}
+
+TEST_CASE("autoscale: min 0 only for a job group fed by services alone") {
+  constexpr char kFedByService[] = R"(
+pool: {name: t}
+groups:
+  - name: intake
+    type: service
+    command: [x]
+    routes_to: [compute]
+  - name: compute
+    type: job
+    command: [y]
+    autoscale: {min: 0, max: 8}
+)";
+  ConfigLoad fed = Parse(kFedByService);
+  REQUIRE(fed.ok());
+  CHECK(fed.config->groups[1].processes == 0);
+  CHECK(fed.config->groups[1].autoscale->min == 0);
+  CHECK(OnlyError(ParseWithGroupLines("    autoscale: {min: 0, max: 4}\n")) ==
+        "test.yaml:6:22: groups[0].autoscale.min: min 0 is only for a job "
+        "group fed by services alone (a service group lists it in "
+        "routes_to): their RabbitMQ messages wait in the queue while the "
+        "first process starts; no service routes to 'work', so nothing "
+        "would ever start its first process; use min: 1");
+  ConfigLoad with_reactor = Parse(R"(
+pool: {name: t}
+groups:
+  - name: web
+    type: reactor
+    command: [x]
+    routes_to: [compute]
+  - name: intake
+    type: service
+    command: [x]
+    routes_to: [compute]
+  - name: compute
+    type: job
+    command: [y]
+    autoscale: {min: 0, max: 8}
+)");
+  CHECK(OnlyError(with_reactor) ==
+        "test.yaml:14:22: groups[2].autoscale.min: min 0 is only for a job "
+        "group fed by services alone (a service group lists it in "
+        "routes_to): their RabbitMQ messages wait in the queue while the "
+        "first process starts; group 'web' also routes to 'compute' and its "
+        "requests would fail while no process runs; use min: 1");
+  // min 1 behind a reactor is the ordinary case.
+  ConfigLoad behind_reactor = Parse(R"(
+pool: {name: t}
+groups:
+  - name: web
+    type: reactor
+    command: [x]
+    routes_to: [compute]
+  - name: compute
+    type: job
+    command: [y]
+    autoscale: {min: 1, max: 8}
+)");
+  CHECK(behind_reactor.ok());
+}
+
 // Found by tests/fuzz/fuzz_config: yaml-cpp 0.7's LoadAll never returns on
 // these; the loader must answer at once with one error.
 TEST_CASE("input on which yaml-cpp's LoadAll hangs is one clear error") {

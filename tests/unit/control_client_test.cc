@@ -147,6 +147,40 @@ TEST_CASE("control client: a child's app problem flags its group") {
   CHECK_FALSE(Contains(result.out, "web[2]"));
 }
 
+TEST_CASE("control client: status shows autoscale bounds and decisions") {
+  Fixture f;
+  {
+    std::lock_guard<std::mutex> lock(f.target.mutex);
+    f.target.status["groups"][1]["autoscale"] = nlohmann::json::parse(R"({
+      "min": 1, "max": 16, "up_after_ms": 1000, "down_after_ms": 30000,
+      "target": 6, "paused": true, "decisions": {"up": 1, "down": 0},
+      "last_decision": {"reason": "up 2 -> 6: 2 serving, 9 queued need 11 processes for 1s", "unix": 1}})");
+    f.target.status["groups"][0]["autoscale"] = nullptr;
+  }
+  Output result = Run(f.Options("status"));
+  CHECK(result.code == 0);
+  std::vector<std::string> lines;
+  std::istringstream in(result.out);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  auto words = [](const std::string& line) {
+    std::vector<std::string> out;
+    std::istringstream in(line);
+    for (std::string word; in >> word;) out.push_back(word);
+    return out;
+  };
+  REQUIRE(lines.size() >= 4);
+  CHECK(words(lines[1]) ==
+        std::vector<std::string>{"GROUP", "TYPE", "DESIRED", "LIVE", "RESTARTS",
+                                 "STATE", "IN-FLIGHT", "QUEUED", "AUTOSCALE"});
+  CHECK(words(lines[2]).back() == "-");
+  CHECK(words(lines[3]).back() == "1..16");
+  CHECK(Contains(result.out, "or until `workerpool scale GROUP auto`"));
+  CHECK(Contains(result.out,
+                 "last autoscale decisions:\n  compute: up 2 -> 6: 2 "
+                 "serving, 9 queued need 11 processes for 1s ("));
+  CHECK(Contains(result.out, " ago)\n"));
+}
+
 TEST_CASE("control client: status --json prints the status document") {
   Fixture f;
   ControlOptions options = f.Options("status");
@@ -186,9 +220,23 @@ TEST_CASE("control client: scale, restart, reload succeed with exit 0") {
         std::vector<std::string>{"scale web 3", "restart compute", "reload"});
 }
 
+TEST_CASE("control client: scale GROUP auto sends processes \"auto\"") {
+  Fixture f;
+  ControlOptions scale = f.Options("scale");
+  scale.group = "compute";
+  scale.count_text = "auto";
+  Output resumed = Run(scale);
+  CHECK(resumed.code == 0);
+  CHECK(resumed.out ==
+        "group compute: autoscaling again between its autoscale bounds "
+        "(`workerpool status` shows its target)\n");
+  // The control server hands the Watcher kScaleAuto (-1) for "auto".
+  CHECK(f.target.Calls() == std::vector<std::string>{"scale compute -1"});
+}
+
 TEST_CASE("control client: bad N is refused before connecting") {
   Fixture f;
-  for (const char* bad : {"-1", "two", "", "1.5", "100001"}) {
+  for (const char* bad : {"-1", "two", "", "1.5", "100001", "AUTO"}) {
     ControlOptions scale = f.Options("scale");
     scale.group = "web";
     scale.count_text = bad;

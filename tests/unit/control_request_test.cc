@@ -111,6 +111,27 @@ TEST_CASE("control request: bad process counts are refused") {
                  "missing \"processes\""));
 }
 
+TEST_CASE("control request: scale auto hands the group back to autoscaling") {
+  Result<ControlRequest> automatic = ParseControlRequest(
+      R"({"command":"scale","group":"compute","processes":"auto"})");
+  REQUIRE(automatic.ok());
+  CHECK(automatic->command == Command::kScale);
+  CHECK(automatic->group == "compute");
+  CHECK(automatic->processes == kScaleAuto);
+  CHECK(FormatControlRequest(*automatic) ==
+        R"({"command":"scale","group":"compute","processes":"auto"})");
+  // Only the word itself; the error says both forms.
+  for (const char* bad :
+       {"\"AUTO\"", "\"auto \"", "\"\"", "\"-1\"", "[\"auto\"]"}) {
+    std::string error = ErrorOf(
+        std::string(R"({"command":"scale","group":"web","processes":)") + bad +
+        "}");
+    CHECK_MESSAGE(Contains(error, "from 0 to 100000 or \"auto\""), error);
+  }
+  CHECK(Contains(ErrorOf(R"({"command":"scale","group":"web"})"),
+                 "or \"auto\" for its autoscaler"));
+}
+
 TEST_CASE("control request: echoed values are cut short") {
   std::string long_name(5000, 'x');
   std::string error = ErrorOf(R"({"command":")" + long_name + R"("})");
@@ -179,6 +200,22 @@ TEST_CASE("process count as typed on the command line") {
     CHECK(
         Contains(parsed.status().message(), std::string("got '") + bad + "'"));
   }
+}
+
+TEST_CASE("scale target as typed: auto or a process count") {
+  CHECK(*ParseScaleTarget("auto") == kScaleAuto);
+  CHECK(*ParseScaleTarget("0") == 0);
+  CHECK(*ParseScaleTarget("16") == 16);
+  for (const char* bad : {"", "Auto", "auto ", "-1", "automatic", "1e2"}) {
+    Result<int> parsed = ParseScaleTarget(bad);
+    REQUIRE_MESSAGE(!parsed.ok(), bad);
+    CHECK(parsed.status().message() ==
+          std::string(
+              "N must be a whole number from 0 to 100000 or auto, got '") +
+              bad + "'");
+  }
+  CHECK(ParseScaleTarget("a\nb").status().message().find('\n') ==
+        std::string::npos);
 }
 
 TEST_CASE("process count: what was typed is echoed on one line") {

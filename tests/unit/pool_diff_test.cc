@@ -106,6 +106,55 @@ TEST_CASE("each limit counts as a limit change, and none restarts") {
   CHECK_FALSE(LimitsDiffer(base, base));
 }
 
+AutoscaleConfig Autoscale(int min, int max) {
+  AutoscaleConfig config;
+  config.min = min;
+  config.max = max;
+  return config;
+}
+
+TEST_CASE("a changed autoscale section is applied in place") {
+  PoolConfig old_pool;
+  old_pool.groups = {Group("bounds", 1), Group("delay", 2), Group("on", 2),
+                     Group("off", 2), Group("start", 1)};
+  old_pool.groups[0].autoscale = Autoscale(1, 8);
+  old_pool.groups[1].autoscale = Autoscale(2, 8);
+  old_pool.groups[3].autoscale = Autoscale(2, 4);
+  old_pool.groups[4].autoscale = Autoscale(1, 8);
+  PoolConfig new_pool = old_pool;
+  new_pool.groups[0].autoscale = Autoscale(2, 16);  // bounds
+  new_pool.groups[0].processes = 2;  // absent processes follows min
+  new_pool.groups[1].autoscale->down_after = Duration(5000);
+  new_pool.groups[2].autoscale = Autoscale(1, 4);  // autoscale added
+  new_pool.groups[3].autoscale.reset();            // and removed
+  new_pool.groups[3].processes = 3;
+  new_pool.groups[4].processes = 4;  // only where it starts: nothing to do
+  PoolDiff diff = DiffPools(old_pool, new_pool);
+  using Kind = GroupChange::Kind;
+  for (const char* name : {"bounds", "delay", "on"}) {
+    CAPTURE(name);
+    const GroupChange& change = ChangeOf(diff, name);
+    CHECK(change.kind == Kind::kUnchanged);  // the autoscaler sizes it
+    CHECK(change.autoscale_changed);
+    CHECK_FALSE(change.limits_changed);
+  }
+  const GroupChange& off = ChangeOf(diff, "off");
+  CHECK(off.kind == Kind::kResized);  // back to a fixed count
+  CHECK(off.autoscale_changed);
+  const GroupChange& start = ChangeOf(diff, "start");
+  CHECK(start.kind == Kind::kUnchanged);
+  CHECK_FALSE(start.autoscale_changed);
+  CHECK(diff.Summary() ==
+        "bounds: autoscale changed; delay: autoscale changed; on: autoscale "
+        "changed; off: resized (2 -> 3 processes), autoscale changed");
+  // An autoscale change restarts nobody and is not a limit.
+  GroupConfig base = Group("g", 1);
+  GroupConfig scaled = base;
+  scaled.autoscale = Autoscale(1, 4);
+  CHECK_FALSE(SpawnSettingsDiffer(base, scaled));
+  CHECK_FALSE(LimitsDiffer(base, scaled));
+}
+
 TEST_CASE("an identical pool has nothing to do") {
   PoolConfig pool;
   pool.groups = {Group("a", 1), Group("b", 2)};

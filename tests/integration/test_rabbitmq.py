@@ -387,6 +387,15 @@ def queue_counts(name):
     return None
 
 
+def queue_type(name):
+    """"classic", "quorum", ... of queue NAME, from rabbitmqctl."""
+    for line in rabbitmqctl("list_queues", "name", "type").splitlines():
+        fields = line.split("\t")
+        if len(fields) == 2 and fields[0] == name:
+            return fields[1]
+    return None
+
+
 # --- the job: records what it processed ----------------------------------------
 
 # Appends one JSON line per request to $OUT (one write(2), O_APPEND: atomic
@@ -644,6 +653,7 @@ groups:
         pool = self.service_pool(queue, dead=dead, max_retries=2,
                                  rabbitmq_keys=keys)
         pool.wait_for_log(r"rabbitmq-service: connected to")
+        self.assertEqual(queue_type(queue), "quorum" if quorum else "classic")
         self.amqp.publish(queue, ["fail-poison", "good-1"], {
             "message_id": "poison-1", "content_type": "text/plain",
             "headers": {"tenant": "acme"}})

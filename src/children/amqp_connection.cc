@@ -12,8 +12,8 @@
 #include <cerrno>
 #include <cstring>
 
-#include "children/amqp_log.h"
 #include "core/units.h"
+#include "version.h"
 
 namespace workerpool {
 namespace {
@@ -26,6 +26,33 @@ using std::chrono::milliseconds;
 
 constexpr auto kHandshakeTimeout = std::chrono::seconds(10);
 constexpr auto kRpcTimeout = std::chrono::seconds(15);
+
+// What the session handles, told to RabbitMQ at login: without
+// consumer_cancel_notify RabbitMQ ends a consumer (its queue deleted, its
+// node gone) without a word, and without connection.blocked it blocks the
+// connection without saying so.
+AmqpTable ClientProperties(const std::string& connection_name) {
+  AmqpTable capabilities = {
+      {"consumer_cancel_notify", AmqpValue::Bool(true)},
+      {"connection.blocked", AmqpValue::Bool(true)},
+      {"publisher_confirms", AmqpValue::Bool(true)},
+      {"basic.nack", AmqpValue::Bool(true)},
+      {"authentication_failure_close", AmqpValue::Bool(true)},
+  };
+  AmqpValue table;
+  table.kind = 'F';
+  table.table = std::move(capabilities);
+  AmqpTable properties = {
+      {"product", AmqpValue::String("workerpool rabbitmq-service")},
+      {"version", AmqpValue::String(WORKERPOOL_VERSION)},
+      {"capabilities", std::move(table)},
+  };
+  if (!connection_name.empty()) {
+    properties.push_back(
+        {"connection_name", AmqpValue::String(connection_name)});
+  }
+  return properties;
+}
 
 timeval ToTimeval(milliseconds ms) {
   timeval tv;
@@ -160,9 +187,15 @@ Status AmqpConnection::SetUp() {
   const AmqpUrl& url = config_.url;
   timeval handshake = ToTimeval(kHandshakeTimeout);
   amqp_set_handshake_timeout(conn_, &handshake);
-  amqp_rpc_reply_t login = amqp_login(
+  amqp_pool_t pool;
+  init_amqp_pool(&pool, 1024);
+  amqp_table_t properties =
+      amqp::ToAmqp(ClientProperties(config_.connection_name), &pool);
+  amqp_rpc_reply_t login = amqp_login_with_properties(
       conn_, url.vhost.c_str(), 0, kAmqpFrameMax, config_.heartbeat_s,
-      AMQP_SASL_METHOD_PLAIN, url.user.c_str(), url.password.c_str());
+      &properties, AMQP_SASL_METHOD_PLAIN, url.user.c_str(),
+      url.password.c_str());
+  empty_amqp_pool(&pool);
   if (login.reply_type != AMQP_RESPONSE_NORMAL) {
     return Status::Error(DescribeLoginFailure(DescribeReply(login)));
   }
@@ -227,12 +260,23 @@ Status AmqpConnection::ReopenDeclareChannel() {
   return Status::Ok();
 }
 
-Status AmqpConnection::DeclareQueue(const std::string& queue, bool create,
-                                    const char* key) {
+Result<AmqpQueueCheck> AmqpConnection::DeclareQueue(const std::string& queue,
+                                                    bool create,
+                                                    const AmqpTable& arguments,
+                                                    bool strict_arguments,
+                                                    const char* key) {
+  if (!declare_channel_open_) {
+    if (Status s = OpenChannel(kAmqpDeclareChannel); !s.ok()) return s;
+    declare_channel_open_ = true;
+  }
   if (create) {
-    amqp_queue_declare_ok_t* ok = amqp_queue_declare(
-        conn_, kAmqpDeclareChannel, Bytes(queue), 0, 1, 0, 0, amqp_empty_table);
-    if (ok != nullptr) return Status::Ok();
+    amqp_pool_t pool;
+    init_amqp_pool(&pool, 1024);
+    amqp_queue_declare_ok_t* ok =
+        amqp_queue_declare(conn_, kAmqpDeclareChannel, Bytes(queue), 0, 1, 0, 0,
+                           amqp::ToAmqp(arguments, &pool));
+    empty_amqp_pool(&pool);
+    if (ok != nullptr) return AmqpQueueCheck{};
     RpcError why = DescribeReply(amqp_get_rpc_reply(conn_));
     if (!why.channel_closed || why.code != 406) {
       return Status::Error("cannot declare queue '" + queue + "' (" + key +
@@ -240,16 +284,25 @@ Status AmqpConnection::DeclareQueue(const std::string& queue, bool create,
     }
     // 406 PRECONDITION_FAILED: it exists, declared differently.
     if (Status s = ReopenDeclareChannel(); !s.ok()) return s;
+    if (strict_arguments) {
+      return AmqpQueueCheck{
+          "queue '" + queue + "' exists on " + config_.url.Describe() +
+          " declared otherwise than the group's rabbitmq section asks (" +
+          why.text +
+          "); delete it (its messages with it) or move them, or change "
+          "queue_type/delivery_limit/dead_letter_queue to match it"};
+    }
   }
   amqp_queue_declare_ok_t* ok = amqp_queue_declare(
       conn_, kAmqpDeclareChannel, Bytes(queue), 1, 0, 0, 0, amqp_empty_table);
-  if (ok != nullptr) return Status::Ok();
+  if (ok != nullptr) return AmqpQueueCheck{};
   RpcError why = DescribeReply(amqp_get_rpc_reply(conn_));
   if (why.channel_closed && why.code == 404) {
-    return Status::Error("queue '" + queue + "' does not exist on " +
-                         config_.url.Describe() + " (" + why.text +
-                         "); create it, or set declare: true in the group's "
-                         "rabbitmq section");
+    if (Status s = ReopenDeclareChannel(); !s.ok()) return s;
+    return AmqpQueueCheck{
+        "queue '" + queue + "' does not exist on " + config_.url.Describe() +
+        " (" + why.text +
+        "); create it, or set declare: true in the group's rabbitmq section"};
   }
   return Status::Error("cannot check queue '" + queue + "' on " +
                        config_.url.Describe() + ": " + why.text);
@@ -272,7 +325,7 @@ Status AmqpConnection::Cancel(const std::string& consumer_tag) {
 }
 
 Result<std::optional<AmqpQueueDepth>> AmqpConnection::PollQueue(
-    const std::string& queue) {
+    const std::string& queue, std::string* gone) {
   if (!declare_channel_open_) {
     if (Status s = OpenChannel(kAmqpDeclareChannel); !s.ok()) return s;
     declare_channel_open_ = true;
@@ -285,7 +338,7 @@ Result<std::optional<AmqpQueueDepth>> AmqpConnection::PollQueue(
       return Status::Error("queue.declare (passive) of '" + queue +
                            "' failed: " + why.text);
     }
-    AmqpLog("warning: cannot look at queue '" + queue + "': " + why.text);
+    *gone = why.text;
     if (Status s = ReopenDeclareChannel(); !s.ok()) return s;
     return std::optional<AmqpQueueDepth>();
   }

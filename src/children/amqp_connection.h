@@ -40,6 +40,13 @@ Result<int> ConnectTcp(const std::string& host, int port,
                        std::chrono::milliseconds timeout, int wake_fd,
                        const std::function<bool()>& stop_requested);
 
+// What a declare found when the connection is still fine: nothing wrong, or
+// the queue's own problem, described for the log.
+struct AmqpQueueCheck {
+  std::string problem;  // empty: the queue is there, as asked
+  bool ok() const { return problem.empty(); }
+};
+
 struct AmqpQueueDepth {
   long messages = 0;   // ready to deliver
   long consumers = 0;  // on the queue, ours included
@@ -50,33 +57,45 @@ struct AmqpQueueDepth {
 // session's connection lock).
 class AmqpConnection {
  public:
-  // CONFIG (URL, timeouts, heartbeat, prefetch) must outlive this.
+  // CONFIG (URL, timeouts, heartbeat, prefetch, connection name) must
+  // outlive this.
   explicit AmqpConnection(const AmqpServiceConfig& config);
   ~AmqpConnection();  // Drop(false)
   AmqpConnection(const AmqpConnection&) = delete;
   AmqpConnection& operator=(const AmqpConnection&) = delete;
 
   // Connects (WAKE_FD, STOP_REQUESTED: see ConnectTcp; TLS connects are not
-  // interrupted), logs in, opens both channels, turns publisher confirms on
-  // and sets the prefetch. On an error nothing is left open; the message
-  // names the broker and what failed (a refused login says what to check).
-  // REQUIRES: !is_open().
+  // interrupted), logs in (with client properties that name the connection
+  // and advertise the capabilities the session handles: consumer cancel
+  // notifications, connection.blocked, publisher confirms, basic.nack, and
+  // a connection.close on a failed authentication), opens both channels,
+  // turns publisher confirms on and sets the prefetch. On an error nothing is
+  // left open; the message names the broker and what failed (a refused login
+  // says what to check). REQUIRES: !is_open().
   Status Open(int wake_fd, const std::function<bool()>& stop_requested);
 
-  // Declares QUEUE durable when CREATE, else checks that it exists
-  // (passive). A queue that exists with other arguments (e.g. a quorum
-  // queue, or one with its own x-dead-letter-exchange) is used as it is.
-  // KEY names the setting the queue comes from, for the error.
-  Status DeclareQueue(const std::string& queue, bool create, const char* key);
-  // basic.consume of QUEUE on the consume channel: the consumer tag.
+  // Declares QUEUE durable with ARGUMENTS when CREATE, else checks that it
+  // exists (passive). KEY names the setting the queue comes from, for the
+  // error. An error: the connection is unusable. A problem: the queue's
+  // own, described (it does not exist; or, when
+  // STRICT_ARGUMENTS, it exists declared otherwise), the connection is
+  // fine. Without STRICT_ARGUMENTS a queue that exists with other arguments
+  // (e.g. a quorum queue, or one with its own x-dead-letter-exchange) is
+  // used as it is.
+  Result<AmqpQueueCheck> DeclareQueue(const std::string& queue, bool create,
+                                      const AmqpTable& arguments,
+                                      bool strict_arguments, const char* key);
+  // basic.consume of QUEUE on the consume channel: the consumer tag. An
+  // error leaves the consume channel closed: the connection is unusable.
   Result<std::string> Consume(const std::string& queue);
   // basic.cancel of consumer CONSUMER_TAG.
   Status Cancel(const std::string& consumer_tag);
   // The figures of QUEUE (a passive queue.declare on the declare channel,
-  // opened first if it is closed). Nothing when RabbitMQ refused it on the
-  // declare channel (the queue is gone): that is logged as a warning and
-  // the channel reopened. An error when the connection is unusable.
-  Result<std::optional<AmqpQueueDepth>> PollQueue(const std::string& queue);
+  // opened first if it is closed); or, when RabbitMQ refused it on the
+  // declare channel (the queue is gone), its reply text in *GONE and the
+  // channel reopened. An error when the connection is unusable.
+  Result<std::optional<AmqpQueueDepth>> PollQueue(const std::string& queue,
+                                                  std::string* gone);
   // After RabbitMQ closed the declare channel: answers close-ok and opens it
   // again. An error when the connection is unusable.
   Status ReopenDeclareChannel();

@@ -96,6 +96,8 @@ amqp_bytes_t PoolBytes(amqp_pool_t* pool, const std::string& text) {
 
 void ToAmqp(const AmqpValue& in, amqp_pool_t* pool, amqp_field_value_t* out);
 
+}  // namespace
+
 amqp_table_t ToAmqp(const AmqpTable& in, amqp_pool_t* pool) {
   amqp_table_t table;
   table.num_entries = static_cast<int>(in.size());
@@ -113,6 +115,8 @@ amqp_table_t ToAmqp(const AmqpTable& in, amqp_pool_t* pool) {
   }
   return table;
 }
+
+namespace {
 
 void ToAmqp(const AmqpValue& in, amqp_pool_t* pool, amqp_field_value_t* out) {
   std::memset(out, 0, sizeof(*out));
@@ -177,7 +181,7 @@ void ToAmqp(const AmqpValue& in, amqp_pool_t* pool, amqp_field_value_t* out) {
       break;
     }
     case 'F':
-      out->value.table = ToAmqp(in.table, pool);
+      out->value.table = amqp::ToAmqp(in.table, pool);
       break;
     default:
       out->kind = AMQP_FIELD_KIND_VOID;

@@ -21,6 +21,8 @@ std::string Text(amqp_bytes_t bytes);
 AmqpProperties FromAmqp(const amqp_basic_properties_t& in);
 // The converse, allocated in POOL: the result is valid while POOL is.
 amqp_basic_properties_t ToAmqp(const AmqpProperties& in, amqp_pool_t* pool);
+// A field table (queue arguments, client properties), allocated in POOL.
+amqp_table_t ToAmqp(const AmqpTable& in, amqp_pool_t* pool);
 
 // Why an RPC (or a read) did not return normally.
 struct RpcError {

@@ -59,8 +59,11 @@ class AmqpSession::Impl {
   Impl(AmqpServiceConfig config, std::function<void()> wake)
       : config_(std::move(config)),
         wake_(std::move(wake)),
-        rng_(std::random_device{}()) {
+        rng_(std::random_device{}()),
+        queue_arguments_(AmqpQueueArguments(config_)),
+        dead_letter_arguments_(AmqpDeadLetterQueueArguments(config_)) {
     wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    for (const std::string& queue : config_.queues) queue_consumers_[queue];
   }
   ~Impl() {
     Join();
@@ -126,7 +129,7 @@ class AmqpSession::Impl {
     Status acked;
     for (uint64_t tag : tags) {
       if (acked.ok()) {
-        acked = Finish(tag, AmqpOutcome::kAcked, std::string(), false,
+        acked = Finish(tag, AmqpOutcome::kAcked, std::string(),
                        /*emit=*/false);
       }
     }
@@ -336,12 +339,30 @@ class AmqpSession::Impl {
 
   // ---------------------------------------------------------- connecting
 
-  // A new connection: connected, logged in, queues declared, consuming.
-  // Leaves nothing open on an error.
+  // A new connection: connected, logged in, the dead-letter queue
+  // declared, every queue that is there consumed (the others looked for
+  // with backoff, see MaybeLookForQueues). Leaves nothing open on an error.
   Status Connect() {
     Status status =
         connection_.Open(wake_fd_, [this] { return ShutdownWaiting(); });
-    if (status.ok()) status = DeclareAndConsume();
+    if (status.ok()) status = DeclareDeadLetterQueue();
+    consumers_.clear();
+    std::map<std::string, std::string> problems;  // queue -> why not consumed
+    for (const std::string& queue : config_.queues) {
+      if (!status.ok()) break;
+      QueueConsumer& consumer = queue_consumers_[queue];
+      consumer.tag.clear();
+      consumer.attempt = 0;
+      consumer.problem.clear();  // told again after kConnected
+      Result<AmqpQueueCheck> found = StartConsuming(queue);
+      if (!found.ok()) {
+        status = found.status();
+      } else if (!found->ok()) {
+        problems[queue] = found->problem;
+      } else {
+        consumer.lost = false;
+      }
+    }
     if (!status.ok()) {
       Abandon();
       return status;
@@ -356,11 +377,12 @@ class AmqpSession::Impl {
     busy_ = true;
     std::string queues;
     for (const std::string& queue : config_.queues) {
+      if (problems.count(queue) != 0) continue;
       queues += (queues.empty() ? "'" : ", '") + queue + "'";
     }
     AmqpLog("connected to " + url.Describe() + " as '" + url.user +
-            "'; consuming " + queues + " (prefetch " +
-            std::to_string(config_.prefetch) + ", heartbeat " +
+            "'; consuming " + (queues.empty() ? "nothing yet" : queues) +
+            " (prefetch " + std::to_string(config_.prefetch) + ", heartbeat " +
             std::to_string(connection_.heartbeat()) + "s)");
     connect_log_.Reset();
     AmqpEvent event;
@@ -373,27 +395,140 @@ class AmqpSession::Impl {
     loop_may_read_ = event.fd >= 0;
     loop_watches_ = false;
     Emit(std::move(event));
+    for (const std::string& queue : config_.queues) {
+      auto problem = problems.find(queue);
+      if (problem == problems.end()) {
+        queue_consumers_[queue].log.Reset();
+        EmitQueueState(queue, true, "", false);
+      } else {
+        LookAgainLater(queue, problem->second);
+      }
+    }
     return Status::Ok();
   }
 
-  Status DeclareAndConsume() {
-    if (!config_.dead_letter_queue.empty()) {
-      Status declared = connection_.DeclareQueue(
-          config_.dead_letter_queue, /*create=*/true, "dead_letter_queue");
-      if (!declared.ok()) return declared;
+  Status DeclareDeadLetterQueue() {
+    redeclare_dead_letter_queue_ = false;
+    if (config_.dead_letter_queue.empty()) return Status::Ok();
+    // Used as it is when it exists declared otherwise: it only collects.
+    Result<AmqpQueueCheck> declared = connection_.DeclareQueue(
+        config_.dead_letter_queue, /*create=*/true, dead_letter_arguments_,
+        /*strict_arguments=*/false, "dead_letter_queue");
+    if (!declared.ok()) return declared.status();
+    if (!declared->ok()) return Status::Error(declared->problem);
+    return Status::Ok();
+  }
+
+  // Declares (or looks for) QUEUE and consumes it. A problem: the queue's
+  // own (missing, declared otherwise); an error: the connection's.
+  Result<AmqpQueueCheck> StartConsuming(const std::string& queue) {
+    Result<AmqpQueueCheck> found = connection_.DeclareQueue(
+        queue, config_.declare, queue_arguments_,
+        /*strict_arguments=*/config_.queue_type == AmqpQueueType::kQuorum,
+        "queues");
+    if (!found.ok() || !found->ok()) return found;
+    Result<std::string> tag = connection_.Consume(queue);
+    if (!tag.ok()) return tag.status();
+    consumers_[*tag] = queue;
+    queue_consumers_[queue].tag = *tag;
+    return found;
+  }
+
+  // QUEUE is not consumed because of PROBLEM: looked for again after a
+  // backoff (logged at once, then at most every 30 s while it repeats).
+  void LookAgainLater(const std::string& queue, const std::string& problem) {
+    QueueConsumer& consumer = queue_consumers_[queue];
+    Duration delay =
+        config_.reconnect_backoff.Delay(consumer.attempt, Random01());
+    consumer.next_look = Clock::now() + delay;
+    ++consumer.attempt;
+    int held_back = 0;
+    if (consumer.log.ShouldLog(problem, Clock::now(), &held_back)) {
+      std::string line = "error: " + problem + "; looking again in about " +
+                         FormatDuration(delay) + " (attempt " +
+                         std::to_string(consumer.attempt);
+      if (held_back > 0) {
+        line += ", " + std::to_string(held_back) +
+                " failures like this one not logged since the last line";
+      }
+      AmqpLog(line + ")");
     }
-    for (const std::string& queue : config_.queues) {
-      Status declared =
-          connection_.DeclareQueue(queue, config_.declare, "queues");
-      if (!declared.ok()) return declared;
+    if (problem != consumer.problem) {
+      consumer.problem = problem;
+      EmitQueueState(queue, false, problem, false);
     }
-    consumers_.clear();
-    for (const std::string& queue : config_.queues) {
-      Result<std::string> tag = connection_.Consume(queue);
-      if (!tag.ok()) return tag.status();
-      consumers_[*tag] = queue;
+  }
+
+  // QUEUE lost its consumer (WHY): logged once, told to the loop, and
+  // looked for again at once (declared again with declare: true). Its
+  // deliveries already here stay valid on the channel: they are processed
+  // and settled as usual.
+  void LoseConsumer(const std::string& queue, const std::string& why) {
+    QueueConsumer& consumer = queue_consumers_[queue];
+    if (consumer.tag.empty()) return;  // told already
+    consumer.tag.clear();
+    consumer.attempt = 0;
+    consumer.lost = true;
+    consumer.problem = why;
+    consumer.next_look = Clock::now();
+    consumer.log.Reset();
+    std::string next =
+        stop_consuming_ ? std::string("stopping anyway")
+        : config_.declare
+            ? std::string("declaring it again")
+            : std::string("looking for it with backoff until it is back");
+    AmqpLog("warning: queue '" + queue + "' is no longer consumed: " + why +
+            "; its deliveries in flight are finished and settled; " + next);
+    EmitQueueState(queue, false, why, true);
+  }
+
+  void EmitQueueState(const std::string& queue, bool consuming,
+                      const std::string& why, bool cancelled) {
+    AmqpEvent event;
+    event.type = AmqpEvent::Type::kQueueState;
+    event.generation = generation_;
+    event.queue = queue;
+    event.consuming = consuming;
+    event.cancelled = cancelled;
+    event.text = why;
+    Emit(std::move(event));
+  }
+
+  // The queues not consumed whose next look is due: consumed when there.
+  Status MaybeLookForQueues() {
+    if (stop_consuming_ || shutdown_) return Status::Ok();
+    const auto now = Clock::now();
+    for (auto& [queue, consumer] : queue_consumers_) {
+      if (!consumer.tag.empty() || now < consumer.next_look) continue;
+      Result<AmqpQueueCheck> found = StartConsuming(queue);
+      if (!found.ok()) return found.status();
+      if (!found->ok()) {
+        LookAgainLater(queue, found->problem);
+        continue;
+      }
+      AmqpLog(consumer.lost ? "consuming queue '" + queue + "' again" +
+                                  (config_.declare ? " (declared it anew)"
+                                                   : " (it is back)")
+                            : "queue '" + queue + "' found: consuming it");
+      consumer.attempt = 0;
+      consumer.lost = false;
+      consumer.problem.clear();
+      consumer.log.Reset();
+      busy_ = true;  // a depth look soon
+      EmitQueueState(queue, true, "", false);
     }
     return Status::Ok();
+  }
+
+  // When the next look at a queue not consumed is due, if any.
+  std::optional<Clock::time_point> NextLook() const {
+    std::optional<Clock::time_point> next;
+    if (stop_consuming_ || shutdown_) return next;
+    for (const auto& [queue, consumer] : queue_consumers_) {
+      if (!consumer.tag.empty()) continue;
+      if (!next || consumer.next_look < *next) next = consumer.next_look;
+    }
+    return next;
   }
 
   // Drops the connection, set up or not, at once.
@@ -421,8 +556,14 @@ class AmqpSession::Impl {
     const int fd = amqp_get_sockfd(conn);
     for (;;) {
       if (!loop_error_.ok()) return std::exchange(loop_error_, Status::Ok());
+      // Before the commands: a dead letter waiting among them must find
+      // the queue that returned the last one declared again.
+      if (redeclare_dead_letter_queue_) {
+        if (Status s = DeclareDeadLetterQueue(); !s.ok()) return s;
+      }
       if (Status s = RunCommands(); !s.ok()) return s;
       if (Status s = FlushAcks(); !s.ok()) return s;
+      if (Status s = MaybeLookForQueues(); !s.ok()) return s;
       if (shutdown_) {
         if (confirms_.waiting() == 0 || Clock::now() >= shutdown_deadline_) {
           if (confirms_.waiting() != 0) {
@@ -460,6 +601,12 @@ class AmqpSession::Impl {
                                        std::chrono::duration_cast<milliseconds>(
                                            next_stats_ - now)));
       }
+      if (std::optional<Clock::time_point> look = NextLook()) {
+        wait = std::min(
+            wait,
+            std::max(milliseconds(1),
+                     std::chrono::duration_cast<milliseconds>(*look - now)));
+      }
       if (shutdown_) wait = std::min(wait, milliseconds(100));
       if (Status s = FlushAcks(); !s.ok()) return s;  // confirms read above
       if (loop_may_read_ && declined_generation_ != generation_ &&
@@ -494,6 +641,7 @@ class AmqpSession::Impl {
     event.type = AmqpEvent::Type::kDisconnected;
     event.generation = generation_;
     event.text = why.message();
+    event.consumer_timeout = std::exchange(lost_consumer_timeout_, {});
     Emit(std::move(event));
   }
 
@@ -585,13 +733,23 @@ class AmqpSession::Impl {
         auto* cancel =
             static_cast<amqp_basic_cancel_t*>(frame.payload.method.decoded);
         auto consumer = consumers_.find(Text(cancel->consumer_tag));
-        std::string queue =
-            consumer != consumers_.end() ? consumer->second : "?";
-        return Status::Error("RabbitMQ cancelled the consumer of queue '" +
-                             queue + "' (was the queue deleted?)");
+        // An older consumer of a queue consumed again meanwhile (the depth
+        // look found it gone first), or one we cancelled: nothing to do.
+        if (consumer != consumers_.end() &&
+            queue_consumers_[consumer->second].tag == consumer->first) {
+          LoseConsumer(consumer->second,
+                       "RabbitMQ cancelled its consumer (the queue was "
+                       "deleted, or the node it lives on went down)");
+        }
+        return Status::Ok();
       }
       case AMQP_BASIC_RETURN_METHOD: {
-        // Not asked for (no mandatory flag); read its content and drop it.
+        auto* returned =
+            static_cast<amqp_basic_return_t*>(frame.payload.method.decoded);
+        const std::string queue = Text(returned->routing_key);
+        const std::string why = std::to_string(returned->reply_code) + " " +
+                                Text(returned->reply_text);
+        // Its content follows; only the routing key matters.
         amqp_message_t message;
         amqp_rpc_reply_t reply =
             amqp_read_message(connection_.state(), frame.channel, &message, 0);
@@ -599,6 +757,7 @@ class AmqpSession::Impl {
           return Status::Error(DescribeReply(reply).text);
         }
         amqp_destroy_message(&message);
+        OnReturned(queue, why);
         return Status::Ok();
       }
       case AMQP_CHANNEL_CLOSE_METHOD: {
@@ -608,9 +767,11 @@ class AmqpSession::Impl {
           // A depth poll found a queue gone; its consumer's cancel follows.
           return connection_.ReopenDeclareChannel();
         }
+        const std::string text = Text(close->reply_text);
+        lost_consumer_timeout_ =
+            ParseConsumerTimeoutClose(close->reply_code, text);
         return Status::Error("RabbitMQ closed the channel: " +
-                             std::to_string(close->reply_code) + " " +
-                             Text(close->reply_text));
+                             std::to_string(close->reply_code) + " " + text);
       }
       case AMQP_CONNECTION_CLOSE_METHOD: {
         auto* close =
@@ -626,15 +787,50 @@ class AmqpSession::Impl {
       case AMQP_CONNECTION_BLOCKED_METHOD: {
         auto* blocked = static_cast<amqp_connection_blocked_t*>(
             frame.payload.method.decoded);
-        AmqpLog("warning: RabbitMQ blocked publishing on this connection: " +
-                Text(blocked->reason));
+        AmqpEvent event;
+        event.type = AmqpEvent::Type::kBlocked;
+        event.generation = generation_;
+        event.text = Text(blocked->reason);
+        AmqpLog("warning: RabbitMQ blocked this connection (" + event.text +
+                "): replies, retry copies, dead letters and acks wait until "
+                "it unblocks it");
+        Emit(std::move(event));
         return Status::Ok();
       }
-      case AMQP_CONNECTION_UNBLOCKED_METHOD:
-        AmqpLog("RabbitMQ unblocked publishing on this connection");
+      case AMQP_CONNECTION_UNBLOCKED_METHOD: {
+        AmqpLog("RabbitMQ unblocked this connection; publishing resumes");
+        AmqpEvent event;
+        event.type = AmqpEvent::Type::kUnblocked;
+        event.generation = generation_;
+        Emit(std::move(event));
         return Status::Ok();
+      }
       default:
         return Status::Ok();
+    }
+  }
+
+  // RabbitMQ returned a mandatory publish to QUEUE (WHY: its reply code and
+  // text): no such queue. The deliveries it may have been published for are
+  // requeued once confirmed (AmqpConfirmBook::Returned); a dead-letter queue
+  // is declared again before the next publish.
+  void OnReturned(const std::string& queue, const std::string& why) {
+    const int marked = confirms_.Returned(queue);
+    if (queue == config_.dead_letter_queue) redeclare_dead_letter_queue_ = true;
+    int held_back = 0;
+    std::string line = "warning: RabbitMQ returned a message published to '" +
+                       queue + "' (" + why + ": no such queue); ";
+    line += queue == config_.dead_letter_queue
+                ? "declaring the dead-letter queue again; "
+                : std::string();
+    line += marked > 0 ? "requeueing the delivery it was published for"
+                       : "nothing waited for it";
+    if (return_log_.ShouldLog(line, Clock::now(), &held_back)) {
+      if (held_back > 0) {
+        line += " (" + std::to_string(held_back) +
+                " like it not logged since the last line)";
+      }
+      AmqpLog(line);
     }
   }
 
@@ -668,8 +864,10 @@ class AmqpSession::Impl {
   Status StopConsuming() {
     if (stop_consuming_) return Status::Ok();
     stop_consuming_ = true;
-    for (const auto& [tag, queue] : consumers_) {
-      if (Status s = connection_.Cancel(tag); !s.ok()) return s;
+    for (auto& [queue, consumer] : queue_consumers_) {
+      if (consumer.tag.empty()) continue;  // RabbitMQ ended it already
+      if (Status s = connection_.Cancel(consumer.tag); !s.ok()) return s;
+      consumer.tag.clear();
     }
     AmqpLog("stopped consuming; finishing the deliveries in flight");
     return Status::Ok();
@@ -681,7 +879,7 @@ class AmqpSession::Impl {
     }
     busy_ = true;
     if (command.publishes.empty()) {
-      return Finish(command.tag, command.outcome, command.queue, false);
+      return Finish(command.tag, command.outcome, command.queue);
     }
     uint64_t id = confirms_.Add(command.tag, command.outcome, command.queue,
                                 static_cast<int>(command.publishes.size()));
@@ -701,21 +899,33 @@ class AmqpSession::Impl {
     amqp_bytes_t body;
     body.len = publish.body.size();
     body.bytes = const_cast<char*>(publish.body.data());
-    int rc = amqp_basic_publish(connection_.state(), kAmqpConsumeChannel,
-                                amqp_empty_bytes, Bytes(publish.routing_key), 0,
-                                0, &properties, body);
+    int rc =
+        amqp_basic_publish(connection_.state(), kAmqpConsumeChannel,
+                           amqp_empty_bytes, Bytes(publish.routing_key),
+                           publish.mandatory ? 1 : 0, 0, &properties, body);
     empty_amqp_pool(&pool);
     if (rc != AMQP_STATUS_OK) {
       return Status::Error(std::string("publish to '") + publish.routing_key +
                            "' failed: " + amqp_error_string2(rc));
     }
-    confirms_.Published(settle_id);
+    confirms_.Published(settle_id,
+                        publish.mandatory ? publish.routing_key : "");
     return Status::Ok();
   }
 
   Status OnConfirm(uint64_t seq, bool multiple, bool ok) {
     for (const AmqpPendingSettle& done : confirms_.Confirm(seq, multiple, ok)) {
-      Status finished = Finish(done.tag, done.outcome, done.queue, done.nacked);
+      AmqpOutcome outcome = done.outcome;
+      if (done.nacked) {
+        AmqpLog(
+            "warning: RabbitMQ refused (nack) a message published for a "
+            "delivery of '" +
+            done.queue + "'; requeueing that delivery");
+        outcome = AmqpOutcome::kRequeued;
+      } else if (!done.returned_to.empty()) {
+        outcome = AmqpOutcome::kRequeued;  // logged by OnReturned
+      }
+      Status finished = Finish(done.tag, outcome, done.queue);
       if (!finished.ok()) return finished;
     }
     return Status::Ok();
@@ -723,14 +933,7 @@ class AmqpSession::Impl {
 
   // The ack or reject of a delivery, once its publishes are confirmed.
   Status Finish(uint64_t tag, AmqpOutcome outcome, const std::string& queue,
-                bool nacked, bool emit = true) {
-    if (nacked) {
-      AmqpLog(
-          "warning: RabbitMQ refused (nack) a message published for a "
-          "delivery of '" +
-          queue + "'; requeueing that delivery");
-      outcome = AmqpOutcome::kRequeued;
-    }
+                bool emit = true) {
     switch (outcome) {
       case AmqpOutcome::kAcked:
       case AmqpOutcome::kRetried:
@@ -796,10 +999,15 @@ class AmqpSession::Impl {
     busy_ = false;
     next_stats_ = Clock::now() + config_.stats_interval;
     for (const std::string& queue : config_.queues) {
+      if (queue_consumers_[queue].tag.empty()) continue;  // looked for
+      std::string gone;
       Result<std::optional<AmqpQueueDepth>> depth =
-          connection_.PollQueue(queue);
+          connection_.PollQueue(queue, &gone);
       if (!depth.ok()) return depth.status();
-      if (!*depth) continue;  // the queue is gone: logged
+      if (!*depth) {
+        LoseConsumer(queue, "the depth look found it gone (" + gone + ")");
+        continue;
+      }
       AmqpEvent event;
       event.type = AmqpEvent::Type::kQueueStats;
       event.generation = generation_;
@@ -841,7 +1049,26 @@ class AmqpSession::Impl {
   AmqpConnection connection_{config_};
   bool connected_ = false;
   uint64_t generation_ = 0;
-  std::map<std::string, std::string> consumers_;  // consumer tag -> queue
+  // Every consumer tag of this connection, cancelled ones too (their late
+  // deliveries are named by it) -> its queue.
+  std::map<std::string, std::string> consumers_;
+  // Every configured queue, consumed or not.
+  struct QueueConsumer {
+    std::string tag;      // empty: not consumed now
+    bool lost = false;    // it was, and lost its consumer
+    std::string problem;  // why not, as last told to the loop
+    int attempt = 0;      // looks since it was last consumed
+    Clock::time_point next_look{};
+    AmqpRepeatFilter log{Duration(30000)};
+  };
+  std::map<std::string, QueueConsumer> queue_consumers_;
+  AmqpTable queue_arguments_;
+  AmqpTable dead_letter_arguments_;
+  bool redeclare_dead_letter_queue_ = false;
+  // Set when RabbitMQ closed the consume channel for a consumer timeout;
+  // reported with kDisconnected.
+  std::optional<Duration> lost_consumer_timeout_;
+  AmqpRepeatFilter return_log_{Duration(30000)};
   bool stop_consuming_ = false;
   bool shutdown_ = false;
   Clock::time_point shutdown_deadline_{};

@@ -22,6 +22,15 @@
 // gives it back (and wakes the AMQP thread) as soon as it meets anything
 // but whole deliveries, or finds the connection busy.
 //
+// Each configured queue is consumed on its own terms: a queue missing at
+// connect (declare: false), or whose consumer RabbitMQ cancels later (the
+// queue deleted, its node gone; the login advertises
+// consumer_cancel_notify so that RabbitMQ says so), is looked for with
+// backoff (declared again at once with declare: true) and consumed as soon
+// as it is there, while the other queues go on; kQueueState tells the loop.
+// The deliveries of a cancelled consumer stay valid on the channel and are
+// settled as usual.
+//
 // Delivery tags only mean something on the connection that produced them:
 // every (re)connection gets a new generation number, and a command for an
 // older generation is dropped (RabbitMQ has already requeued that delivery).
@@ -43,11 +52,13 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "core/amqp_message.h"
 #include "core/amqp_service_config.h"
+#include "core/units.h"
 
 namespace workerpool {
 
@@ -67,6 +78,12 @@ struct AmqpPublish {
   std::string routing_key;
   AmqpProperties properties;
   std::string body;
+  // Published mandatory: when no queue takes it (the queue was deleted),
+  // RabbitMQ returns it, and the delivery it was published for is requeued
+  // instead of acked. For the copies to the service's own queues (retries,
+  // dead letters), never for replies (a caller that left is no reason to
+  // process a message again).
+  bool mandatory = false;
 };
 
 // How a delivery ends, for the figures and the AMQP operation:
@@ -115,7 +132,14 @@ struct AmqpEvent {
     kDelivery,      // delivery
     kSettled,       // queue, outcome
     kQueueStats,    // queue, messages, consumers
-    kStopped,       // the thread is about to exit
+    // queue, consuming; text: why not (empty while consuming); cancelled:
+    // it was consumed and no longer is (RabbitMQ cancelled the consumer, or
+    // the depth look found the queue gone). After kConnected one per queue,
+    // then whenever it changes.
+    kQueueState,
+    kBlocked,    // text: RabbitMQ's reason; it reads nothing we send
+    kUnblocked,  // RabbitMQ reads again
+    kStopped,    // the thread is about to exit
   };
   Type type = Type::kConnected;
   std::uint64_t generation = 0;
@@ -125,6 +149,11 @@ struct AmqpEvent {
   std::string text;
   long messages = -1;
   long consumers = -1;
+  bool consuming = false;  // kQueueState
+  bool cancelled = false;  // kQueueState
+  // kDisconnected: RabbitMQ closed the channel because a delivery stayed
+  // unacked past its consumer_timeout: the value it named (0: none named).
+  std::optional<Duration> consumer_timeout;
   // kConnected: a duplicate of the connection's socket for the loop to
   // watch (never to read or write itself: ReadDeliveries does that through
   // librabbitmq), or -1 when the loop may not read (TLS). The loop owns it

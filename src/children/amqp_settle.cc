@@ -53,8 +53,21 @@ std::uint64_t AmqpConfirmBook::Add(std::uint64_t tag, AmqpOutcome outcome,
   return id;
 }
 
-void AmqpConfirmBook::Published(std::uint64_t settle_id) {
-  unconfirmed_[next_seq_++] = settle_id;
+void AmqpConfirmBook::Published(std::uint64_t settle_id,
+                                std::string routing_key) {
+  unconfirmed_[next_seq_++] = Unconfirmed{settle_id, std::move(routing_key)};
+}
+
+int AmqpConfirmBook::Returned(const std::string& routing_key) {
+  int marked = 0;
+  for (const auto& [seq, publish] : unconfirmed_) {
+    if (publish.settle_id == 0 || publish.routing_key != routing_key) continue;
+    auto found = settles_.find(publish.settle_id);
+    if (found == settles_.end() || !found->second.returned_to.empty()) continue;
+    found->second.returned_to = routing_key;
+    ++marked;
+  }
+  return marked;
 }
 
 std::vector<AmqpPendingSettle> AmqpConfirmBook::Confirm(std::uint64_t seq,
@@ -69,7 +82,7 @@ std::vector<AmqpPendingSettle> AmqpConfirmBook::Confirm(std::uint64_t seq,
   }
   std::vector<std::uint64_t> ids;
   for (auto it = begin; it != end; ++it) {
-    if (it->second != 0) ids.push_back(it->second);
+    if (it->second.settle_id != 0) ids.push_back(it->second.settle_id);
   }
   unconfirmed_.erase(begin, end);
   for (std::uint64_t id : ids) {

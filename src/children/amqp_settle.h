@@ -65,12 +65,23 @@ struct AmqpPendingSettle {
   std::string queue;    // the delivery's, for the figures
   int remaining = 0;    // publishes not yet confirmed
   bool nacked = false;  // RabbitMQ refused one: the delivery is requeued
+  // RabbitMQ returned one (mandatory, no queue to route it to): the
+  // delivery is requeued too. The queue it was for names it.
+  std::string returned_to;
 };
 
 // Publisher confirms: RabbitMQ numbers the messages published on a channel
 // in confirm mode 1, 2, ... and confirms (basic.ack) or refuses (basic.nack)
 // each, possibly many at once (multiple). A settle is complete once every
 // one of its publishes is confirmed or refused.
+//
+// A mandatory publish that no queue takes comes back first as basic.return
+// (which names the routing key, not the number), then is confirmed. The
+// return cannot be matched to one number, so Returned() marks every
+// unconfirmed publish to that routing key: the one returned is among them
+// (its confirm follows its return), and the others only cost a duplicate
+// (their delivery is requeued although their copy was routed), never a
+// loss.
 class AmqpConfirmBook {
  public:
   // A new connection: the next publish is number 1; no settle waits.
@@ -79,9 +90,12 @@ class AmqpConfirmBook {
   // for Published().
   std::uint64_t Add(std::uint64_t tag, AmqpOutcome outcome, std::string queue,
                     int publishes);
-  // A message was published for settle SETTLE_ID (0: for none, as progress
-  // messages are) and took the next number.
-  void Published(std::uint64_t settle_id);
+  // A message was published to ROUTING_KEY for settle SETTLE_ID (0: for
+  // none, as progress messages are) and took the next number.
+  void Published(std::uint64_t settle_id, std::string routing_key = {});
+  // RabbitMQ returned a message published to ROUTING_KEY: every settle with
+  // an unconfirmed publish to it is marked returned. How many were marked.
+  int Returned(const std::string& routing_key);
   // RabbitMQ confirmed (ACK) or refused (!ACK) publish SEQ, and with
   // MULTIPLE every one before it too. The settles this completed, in the
   // order of their publishes; a refused publish marks its settle nacked.
@@ -91,8 +105,12 @@ class AmqpConfirmBook {
   std::size_t waiting() const { return settles_.size(); }
 
  private:
+  struct Unconfirmed {
+    std::uint64_t settle_id = 0;
+    std::string routing_key;
+  };
   std::uint64_t next_seq_ = 1;
-  std::map<std::uint64_t, std::uint64_t> unconfirmed_;  // seq -> settle id
+  std::map<std::uint64_t, Unconfirmed> unconfirmed_;  // by seq
   std::uint64_t next_settle_ = 1;
   std::unordered_map<std::uint64_t, AmqpPendingSettle> settles_;
 };

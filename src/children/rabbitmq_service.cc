@@ -59,6 +59,19 @@
 // "route refused" are not the message's fault: it is held and sent again
 // after a pause, without counting a retry.
 //
+// Attempts count x-workerpool-retries plus, on a quorum queue, RabbitMQ's
+// x-delivery-count (deliveries that came back unsettled: a lost
+// connection, a consumer timeout). Retry copies and dead letters are
+// published mandatory: one RabbitMQ cannot route (the queue was deleted)
+// comes back, and its delivery is requeued instead of acked.
+//
+// A queue whose consumer RabbitMQ cancels (deleted, its node gone) or that
+// the depth look finds gone is flagged (status: consuming false, problem,
+// last_error) and consumed again when it is back (AmqpSession); a retry of
+// its messages waits for that. A delivery never stays here past the
+// broker's consumer_timeout (CutOffOverdue): RabbitMQ would close the
+// channel and redeliver it, forever if the job is always slower.
+//
 // RPC: a delivery with reply_to gets the job's reply published there with
 // its correlation_id (x-workerpool-status: ok), progress updates as
 // messages with x-workerpool-status: progress and x-workerpool-progress (the
@@ -103,7 +116,13 @@ const AmqpBackoff kResendBackoff{Duration(200), Duration(5000), 2.0, 0.2};
 struct QueueFigures {
   std::uint64_t deliveries = 0, redelivered = 0, acks = 0, retries = 0,
                 dead_letters = 0, rejected = 0, requeued = 0;
+  // Times the queue lost its consumer (RabbitMQ cancelled it, or the depth
+  // look found the queue gone), and jobs that ran into the broker's
+  // consumer_timeout (cut off by the service, or the channel closed).
+  std::uint64_t cancels = 0, consumer_timeouts = 0;
   long messages = -1, consumers = -1;  // -1: not looked at yet
+  bool consuming = false;
+  std::string error;  // why not consuming; empty while it is
 };
 
 // A delivery between its arrival and its settle command.
@@ -112,14 +131,27 @@ struct HoldTimer;
 struct Work {
   std::unique_ptr<AmqpDelivery> delivery;
   std::string meta;  // the request's meta, built once
-  int retries = 0;   // x-workerpool-retries on arrival
+  int retries = 0;   // attempts before this one (AttemptsBefore)
   int resends = 0;   // pauses for a group that could not take it
+  Clock::time_point arrived{};
   bool in_request = false;
-  enum class Hold { kNone, kRetry, kResend } hold = Hold::kNone;
+  std::uint64_t request_id = 0;  // while in_request
+  // Cut off before the broker's consumer_timeout: its request cancelled,
+  // the failure counted as consumer_timeout.
+  bool cut_off = false;
+  // kWaitQueue: a retry whose queue is not consumed now (deleted?): its
+  // copy is published once the queue is consumed again.
+  enum class Hold { kNone, kRetry, kResend, kWaitQueue } hold = Hold::kNone;
   HoldTimer* timer = nullptr;
   std::string error;  // of the last failed attempt
   wire::ErrorCode code = wire::ErrorCode::kHandlerError;
+  std::string code_name;  // overrides ErrorCodeName(code) when set
 };
+
+std::string CodeName(const Work& work) {
+  return work.code_name.empty() ? std::string(ErrorCodeName(work.code))
+                                : work.code_name;
+}
 
 using WorkKey = std::pair<std::uint64_t, std::uint64_t>;  // generation, tag
 
@@ -203,6 +235,15 @@ class Service {
     stats_timer_.data = this;
     uv_check_init(loop, &flush_check_);
     flush_check_.data = this;
+    uv_timer_init(loop, &cutoff_timer_);
+    cutoff_timer_.data = this;
+    if (config_.connection_name.empty()) {
+      const char* pool = std::getenv("WORKERPOOL_POOL");
+      config_.connection_name = std::string(pool != nullptr ? pool : "?") +
+                                "/" + client_->group() + "/" +
+                                std::to_string(client_->index());
+    }
+    cutoff_ = AmqpConsumerTimeoutCutoff(config_.consumer_timeout);
     session_ = std::make_unique<AmqpSession>(
         config_, [this] { uv_async_send(&async_); });
     client_->OnStop([this] { BeginStop(); });
@@ -216,7 +257,12 @@ class Service {
             (config_.dead_letter_queue.empty()
                  ? std::string("rejected to the queue's own DLX, if any")
                  : "to '" + config_.dead_letter_queue + "'") +
+            (config_.queue_type == AmqpQueueType::kQuorum
+                 ? ", quorum queues, delivery_limit " +
+                       std::to_string(config_.delivery_limit)
+                 : std::string()) +
             ")");
+    WarnIfJobsOutlastConsumerTimeout("");
     MarkDirty();
     session_->Start();
   }
@@ -235,11 +281,19 @@ class Service {
       return;
     }
     if (hold == Work::Hold::kRetry) {
+      if (!Consuming(work->delivery->queue) && !stopping_) {
+        // Its copy would find no queue (RabbitMQ would return it): wait
+        // until the queue is consumed again, or the consumer_timeout cut.
+        work->hold = Work::Hold::kWaitQueue;
+        return;
+      }
       PublishRetry(key);
     } else {
       SendRequest(key);
     }
   }
+
+  void OnCutoffTimer() { CutOffOverdue(); }
 
  private:
   // ------------------------------------------------------------ events
@@ -252,6 +306,7 @@ class Service {
           ever_connected_ = true;
           generation_ = event.generation;
           connected_ = true;
+          blocked_ = false;
           state_ = stopping_ ? "stopping" : "connected";
           MarkDirty();
           OpenWatch(event.generation, event.fd);
@@ -260,7 +315,7 @@ class Service {
           StartWatch(event.generation);
           break;
         case AmqpEvent::Type::kDisconnected:
-          OnDisconnected(event.text);
+          OnDisconnected(event.text, event.consumer_timeout);
           break;
         case AmqpEvent::Type::kDelivery:
           OnDelivery(std::move(event.delivery));
@@ -294,6 +349,19 @@ class Service {
           MarkDirty();
           break;
         }
+        case AmqpEvent::Type::kQueueState:
+          OnQueueState(event);
+          break;
+        case AmqpEvent::Type::kBlocked:
+          blocked_ = true;
+          blocked_reason_ = event.text;
+          last_error_ = "RabbitMQ blocked the connection: " + event.text;
+          MarkDirty();
+          break;
+        case AmqpEvent::Type::kUnblocked:
+          blocked_ = false;
+          MarkDirty();
+          break;
         case AmqpEvent::Type::kStopped:
           Finish();
           return;
@@ -301,11 +369,55 @@ class Service {
     }
   }
 
-  void OnDisconnected(const std::string& why) {
+  // A queue consumed again, or not any more (see AmqpEvent::kQueueState).
+  void OnQueueState(const AmqpEvent& event) {
+    if (event.generation != generation_) return;
+    QueueFigures& figures = figures_[event.queue];
+    figures.consuming = event.consuming;
+    figures.error = event.text;
+    if (!event.consuming) {
+      // RabbitMQ's figures went with the consumer; a look when it is back.
+      figures.consumers = 0;
+      figures.messages = -1;
+      last_error_ = "queue '" + event.queue + "': " + event.text;
+    }
+    if (event.cancelled) ++figures.cancels;
+    MarkDirty();
+    if (!event.consuming) return;
+    // Retries that waited for their queue: their copies can go now.
+    std::vector<WorkKey> waiting;
+    for (auto& [key, work] : works_) {
+      if (work->hold == Work::Hold::kWaitQueue &&
+          work->delivery->queue == event.queue && !Stale(*work)) {
+        waiting.push_back(key);
+      }
+    }
+    for (const WorkKey& key : waiting) {
+      works_.at(key)->hold = Work::Hold::kNone;
+      PublishRetry(key);
+    }
+  }
+
+  bool Consuming(const std::string& queue) const {
+    auto found = figures_.find(queue);
+    return connected_ && found != figures_.end() && found->second.consuming;
+  }
+
+  void OnDisconnected(const std::string& why,
+                      std::optional<Duration> consumer_timeout) {
     CloseWatch();
     bool was_connected = connected_;
     connected_ = false;
+    blocked_ = false;
     last_error_ = why;
+    for (auto& [queue, figures] : figures_) {
+      figures.consuming = false;
+      figures.error = "not connected to RabbitMQ";
+      figures.consumers = 0;
+    }
+    if (consumer_timeout && was_connected) {
+      OnBrokerConsumerTimeout(*consumer_timeout);
+    }
     state_ = stopping_ ? "stopping"
                        : (ever_connected_ ? "reconnecting" : "connecting");
     MarkDirty();
@@ -409,7 +521,8 @@ class Service {
     WorkKey key{delivery->generation, delivery->tag};
     auto owned = std::make_unique<Work>();
     Work* work = owned.get();
-    work->retries = RetriesOf(delivery->properties);
+    work->retries = AttemptsBefore(delivery->properties);
+    work->arrived = Clock::now();
     work->meta =
         RequestMeta(delivery->queue, delivery->exchange, delivery->routing_key,
                     delivery->redelivered, work->retries, delivery->properties);
@@ -427,6 +540,7 @@ class Service {
       return;
     }
     SendRequest(key);
+    ArmCutoff();
   }
 
   void SendRequest(const WorkKey& key) {
@@ -445,10 +559,15 @@ class Service {
         OnProgress(key, progress);
       };
     }
-    client_->Send(
+    const std::uint64_t id = client_->Send(
         config_.target, delivery.body,
         [this, key](Reply reply) { OnReply(key, std::move(reply)); },
         std::move(options));
+    // (DONE may have run already, and the work be gone or held.)
+    auto found = works_.find(key);
+    if (found != works_.end() && found->second->in_request) {
+      found->second->request_id = id;
+    }
   }
 
   void OnProgress(const WorkKey& key, const Progress& progress) {
@@ -491,18 +610,42 @@ class Service {
     }
     work->error = reply.body;
     work->code = reply.code;
-    switch (DecideOnFailure(reply.code, work->retries, config_.max_retries)) {
+    work->code_name.clear();
+    if (work->cut_off) {
+      // Cancelled by CutOffOverdue: a timeout, told as the broker's.
+      work->cut_off = false;
+      work->code = wire::ErrorCode::kTimeout;
+      work->code_name = "consumer_timeout";
+      work->error = "no answer from group '" + config_.target + "' after " +
+                    FormatDuration(std::chrono::duration_cast<Duration>(
+                        Clock::now() - work->arrived)) +
+                    ": cut off before RabbitMQ's consumer_timeout (" +
+                    FormatDuration(config_.consumer_timeout) +
+                    ") would close the channel; keep the group's "
+                    "request_timeout below it, or raise consumer_timeout on "
+                    "the broker and in rabbitmq.consumer_timeout";
+    }
+    switch (DecideOnFailure(work->code, work->retries, config_.max_retries)) {
       case AmqpFailureAction::kRetry: {
         if (stopping_) {
           PublishRetry(key);
           return;
         }
         Duration delay = config_.retry_backoff.Delay(work->retries, Random01());
-        retry_log_.Log(Describe(*work->delivery) + " failed (" +
-                       ErrorCodeName(reply.code) + ": " + OneLine(reply.body) +
-                       "); retry " + std::to_string(work->retries + 1) +
-                       " of " + std::to_string(config_.max_retries) + " in " +
-                       FormatDuration(delay));
+        // Held no longer than the consumer_timeout allows: a delivery that
+        // long here gets its retry copy at once.
+        const bool overdue = cutoff_.count() > 0 &&
+                             work->arrived + cutoff_ <= Clock::now() + delay;
+        retry_log_.Log(
+            Describe(*work->delivery) + " failed (" + CodeName(*work) + ": " +
+            OneLine(work->error) + "); retry " +
+            std::to_string(work->retries + 1) + " of " +
+            std::to_string(config_.max_retries) +
+            (overdue ? std::string(" now") : " in " + FormatDuration(delay)));
+        if (overdue) {
+          PublishRetry(key);
+          return;
+        }
         Hold(key, Work::Hold::kRetry, delay);
         return;
       }
@@ -533,10 +676,11 @@ class Service {
     Work* work = works_.at(key).get();
     AmqpPublish publish;
     publish.routing_key = work->delivery->queue;
-    publish.properties = RetryProperties(
-        work->delivery->properties, work->retries + 1,
-        std::string(ErrorCodeName(work->code)) + ": " + work->error);
+    publish.properties =
+        RetryProperties(work->delivery->properties, work->retries + 1,
+                        CodeName(*work) + ": " + work->error);
     publish.body = std::move(work->delivery->body);
+    publish.mandatory = true;
     std::vector<AmqpPublish> publishes;
     publishes.push_back(std::move(publish));
     Settle(key, AmqpOutcome::kRetried, std::move(publishes));
@@ -545,7 +689,7 @@ class Service {
   void DeadLetter(const WorkKey& key) {
     Work* work = works_.at(key).get();
     AmqpDelivery& delivery = *work->delivery;
-    const std::string code = ErrorCodeName(work->code);
+    const std::string code = CodeName(*work);
     const std::string reason = code + ": " + work->error;
     std::vector<AmqpPublish> publishes;
     if (delivery.properties.reply_to) {
@@ -565,6 +709,7 @@ class Service {
           DeadLetterProperties(delivery.properties, work->retries, work->error,
                                code, delivery.queue);
       publish.body = std::move(delivery.body);
+      publish.mandatory = true;
       publishes.push_back(std::move(publish));
       outcome = AmqpOutcome::kDeadLettered;
       where = "dead-lettered to '" + config_.dead_letter_queue + "'";
@@ -697,7 +842,9 @@ class Service {
     session_->Post(std::move(stop));
     std::vector<WorkKey> retry_now, drop;
     for (auto& [key, work] : works_) {
-      if (work->hold == Work::Hold::kRetry && !Stale(*work)) {
+      if ((work->hold == Work::Hold::kRetry ||
+           work->hold == Work::Hold::kWaitQueue) &&
+          !Stale(*work)) {
         retry_now.push_back(key);
       } else if (work->hold != Work::Hold::kNone) {
         drop.push_back(key);
@@ -706,7 +853,7 @@ class Service {
     // A delivery in backoff gets its retry copy now, so its count is kept.
     for (const WorkKey& key : retry_now) {
       Work* work = works_.at(key).get();
-      CloseTimer(work->timer);
+      if (work->timer != nullptr) CloseTimer(work->timer);
       work->timer = nullptr;
       work->hold = Work::Hold::kNone;
       PublishRetry(key);
@@ -740,6 +887,7 @@ class Service {
     uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&stats_timer_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&flush_check_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&cutoff_timer_), nullptr);
   }
 
   // ------------------------------------------------------------ figures
@@ -771,6 +919,10 @@ class Service {
           {"dead_letters", f.dead_letters},
           {"rejected", f.rejected},
           {"requeued", f.requeued},
+          {"cancels", f.cancels},
+          {"consumer_timeouts", f.consumer_timeouts},
+          {"consuming", f.consuming},
+          {"error", f.error},
           {"messages", f.messages < 0 ? json(nullptr) : json(f.messages)},
           {"consumers", f.consumers < 0 ? json(nullptr) : json(f.consumers)}};
     }
@@ -780,9 +932,173 @@ class Service {
                   {"inflight", requests},
                   {"held", held},
                   {"reconnects", reconnects_},
+                  {"blocked", blocked_},
+                  {"consumer_timeout_ms", config_.consumer_timeout.count()},
                   {"last_error", last_error_},
+                  {"problem", Problem()},
                   {"queues", queues}};
     client_->SetAppStats(DumpJson(stats));
+  }
+
+  // What `workerpool status` should flag, in one line; empty when the
+  // service consumes every queue and may publish.
+  std::string Problem() const {
+    if (state_ == "stopping" || state_ == "stopped") return "";
+    if (!connected_) {
+      return "not connected to RabbitMQ" +
+             (last_error_.empty() ? std::string() : ": " + last_error_);
+    }
+    std::string problem;
+    for (const auto& [queue, f] : figures_) {
+      if (f.consuming) continue;
+      if (!problem.empty()) problem += "; ";
+      problem += "queue '" + queue + "' not consumed: " + f.error;
+    }
+    if (blocked_) {
+      if (!problem.empty()) problem += "; ";
+      problem += "RabbitMQ blocked the connection (" + blocked_reason_ +
+                 "): nothing is published or acked until it unblocks it";
+    }
+    return problem;
+  }
+
+  // ------------------------------------------------------------ consumer
+  // timeout. RabbitMQ closes the channel when a delivery stays unacked
+  // longer than its consumer_timeout, and requeues every unacked delivery
+  // of it: a job slower than that would run again and again. So no
+  // delivery stays here past AmqpConsumerTimeoutCutoff: its request is
+  // cancelled and the attempt counted as failed (code consumer_timeout:
+  // retried, dead-lettered after max_retries), a retry in backoff has its
+  // copy published now, a delivery waiting for a busy group is requeued.
+
+  // The target's request_timeout against the broker's consumer_timeout,
+  // at start and when the broker told a lower one (LEARNED: how).
+  void WarnIfJobsOutlastConsumerTimeout(const std::string& learned) {
+    if (cutoff_.count() <= 0 || config_.target_request_timeout.count() <= 0 ||
+        config_.target_request_timeout < cutoff_) {
+      return;
+    }
+    AmqpLog("warning: group '" + config_.target + "' has request_timeout " +
+            FormatDuration(config_.target_request_timeout) +
+            ", but RabbitMQ closes the channel of a delivery unacked for " +
+            FormatDuration(config_.consumer_timeout) + " (consumer_timeout" +
+            (learned.empty() ? std::string(" per rabbitmq.consumer_timeout; "
+                                           "RabbitMQ's default is 30m")
+                             : learned) +
+            "): a job still running after " + FormatDuration(cutoff_) +
+            " is cut off and its message retried; lower request_timeout, "
+            "or raise consumer_timeout on the broker and in "
+            "rabbitmq.consumer_timeout");
+  }
+
+  // The oldest delivery of this connection not cut off yet, if any.
+  Work* OldestUncut() {
+    for (auto& [key, work] : works_) {
+      if (Stale(*work) || work->cut_off) continue;
+      if (!work->in_request && work->hold == Work::Hold::kNone) continue;
+      return work.get();
+    }
+    return nullptr;
+  }
+
+  void ArmCutoff() {
+    if (cutoff_.count() <= 0 || stopping_) return;
+    if (uv_is_active(reinterpret_cast<uv_handle_t*>(&cutoff_timer_))) return;
+    Work* oldest = OldestUncut();
+    if (oldest == nullptr) return;
+    auto left = std::chrono::duration_cast<Duration>(oldest->arrived + cutoff_ -
+                                                     Clock::now());
+    uv_timer_start(
+        &cutoff_timer_,
+        [](uv_timer_t* handle) {
+          static_cast<Service*>(handle->data)->OnCutoffTimer();
+        },
+        static_cast<std::uint64_t>(std::max<Duration::rep>(0, left.count())),
+        0);
+  }
+
+  void CutOffOverdue() {
+    const auto now = Clock::now();
+    std::vector<WorkKey> overdue;
+    for (auto& [key, work] : works_) {
+      if (Stale(*work) || work->cut_off) continue;
+      if (work->arrived + cutoff_ > now) continue;
+      // Neither with a job nor held: its settle is on its way already.
+      if (!work->in_request && work->hold == Work::Hold::kNone) continue;
+      overdue.push_back(key);
+    }
+    for (const WorkKey& key : overdue) {
+      auto found = works_.find(key);  // an earlier cut may have settled it
+      if (found == works_.end()) continue;
+      Work* work = found->second.get();
+      if (work->in_request) {
+        ++figures_[work->delivery->queue].consumer_timeouts;
+        MarkDirty();
+        work->cut_off = true;
+        client_->Cancel(work->request_id);  // OnReply: kCancelled
+        continue;
+      }
+      if (work->timer != nullptr) CloseTimer(work->timer);
+      work->timer = nullptr;
+      const Work::Hold hold = std::exchange(work->hold, Work::Hold::kNone);
+      if (hold == Work::Hold::kResend) {
+        // The group could not take it all this time: back to the queue.
+        resend_log_.Log(Describe(*work->delivery) + " waited " +
+                        FormatDuration(std::chrono::duration_cast<Duration>(
+                            now - work->arrived)) +
+                        " for group '" + config_.target +
+                        "'; requeued before RabbitMQ's consumer_timeout (" +
+                        FormatDuration(config_.consumer_timeout) + ")");
+        PostSettle(key, AmqpOutcome::kRequeued, {});
+      } else {
+        PublishRetry(key);  // in backoff, or waiting for its queue
+      }
+    }
+    ArmCutoff();
+  }
+
+  // RabbitMQ closed the channel because a delivery stayed unacked longer
+  // than its consumer_timeout (BROKER_TIMEOUT, 0 if it named none): the
+  // service did not know the broker's setting. Names the delivery, counts
+  // it, and cuts off at the broker's value from now on.
+  void OnBrokerConsumerTimeout(Duration broker_timeout) {
+    Work* oldest = nullptr;
+    for (auto& [key, work] : works_) {
+      if (work->delivery->generation == generation_) {
+        oldest = work.get();
+        break;
+      }
+    }
+    std::string which = "a delivery";
+    if (oldest != nullptr) {
+      ++figures_[oldest->delivery->queue].consumer_timeouts;
+      which = Describe(*oldest->delivery) + " (with group '" + config_.target +
+              "' for " +
+              FormatDuration(std::chrono::duration_cast<Duration>(
+                  Clock::now() - oldest->arrived)) +
+              ")";
+    }
+    const bool lower = broker_timeout.count() > 0 &&
+                       (config_.consumer_timeout.count() <= 0 ||
+                        broker_timeout < config_.consumer_timeout);
+    if (lower) {
+      config_.consumer_timeout = broker_timeout;
+      cutoff_ = AmqpConsumerTimeoutCutoff(broker_timeout);
+      uv_timer_stop(&cutoff_timer_);  // armed for the longer cut-off
+      ArmCutoff();
+    }
+    AmqpLog("warning: RabbitMQ's consumer_timeout (" +
+            (broker_timeout.count() > 0 ? FormatDuration(broker_timeout)
+                                        : std::string("value not named")) +
+            ") ran out for " + which +
+            ": it closed the channel and requeued every unacked delivery "
+            "of this connection" +
+            (lower ? "; from now on this service cuts a job off at " +
+                         FormatDuration(cutoff_) +
+                         " and retries it (set rabbitmq.consumer_timeout to "
+                         "the broker's value to know it from the start)"
+                   : std::string()));
+    if (lower) WarnIfJobsOutlastConsumerTimeout(", as RabbitMQ said");
   }
 
   double Random01() {
@@ -795,6 +1111,8 @@ class Service {
   uv_async_t async_;
   uv_timer_t stats_timer_;
   uv_check_t flush_check_;        // runs FlushAcks while acks_ is not empty
+  uv_timer_t cutoff_timer_;       // the next consumer_timeout cut-off
+  Duration cutoff_{0};            // AmqpConsumerTimeoutCutoff; 0: none
   SocketWatch* watch_ = nullptr;  // of the current connection, if any
   std::vector<WorkKey> acks_;     // decided this loop iteration (Settle)
   std::map<WorkKey, std::unique_ptr<Work>> works_;
@@ -805,6 +1123,8 @@ class Service {
   bool shutdown_sent_ = false;
   std::string state_ = "connecting";
   std::string last_error_;
+  bool blocked_ = false;  // RabbitMQ blocked the connection
+  std::string blocked_reason_;
   std::uint64_t reconnects_ = 0;
   std::map<std::string, QueueFigures> figures_;
   std::mt19937 rng_;

@@ -306,6 +306,26 @@ bool Flag(const json& object, const char* key) {
   return false;
 }
 
+// What a group's children say is wrong in their app figures: a non-empty
+// "problem" (the RabbitMQ service's: a queue not consumed, the connection
+// down or blocked), as "GROUP[INDEX]: TEXT" each.
+std::vector<std::string> AppProblems(const json& group) {
+  std::vector<std::string> problems;
+  if (!group.is_object()) return problems;
+  auto app = group.find("app");
+  if (app == group.end() || !app->is_array()) return problems;
+  for (const json& child : *app) {
+    if (!child.is_object()) continue;
+    auto problem = child.find("problem");
+    if (problem == child.end()) continue;
+    const std::string* text = problem->get_ptr<const std::string*>();
+    if (text == nullptr || text->empty()) continue;
+    problems.push_back(Text(group, "name") + "[" + Text(child, "index") +
+                       "]: " + *text);
+  }
+  return problems;
+}
+
 std::string FormatUptime(long long seconds) {
   if (seconds < 0) return "-";
   long long days = seconds / 86400, hours = seconds / 3600 % 24,
@@ -398,16 +418,21 @@ void PrintStatusTable(const json& status) {
     decisions.push_back(std::move(line));
   }
   const bool any_autoscaled = rows.front().size() == 9;
+  std::vector<std::string> problems;
   for (const json& group : groups) {
     std::string desired = Text(group, "desired");
     if (Flag(group, "scaled_until_reload")) {
       desired += "*";
       any_scaled = true;
     }
+    std::string state = Text(group, "state");
+    std::vector<std::string> group_problems = AppProblems(group);
+    if (!group_problems.empty()) state += "!";
+    problems.insert(problems.end(), group_problems.begin(),
+                    group_problems.end());
     rows.push_back({Text(group, "name"), Text(group, "type"), desired,
-                    Text(group, "live"), Text(group, "restarts"),
-                    Text(group, "state"), Text(group, "inflight"),
-                    Text(group, "queued")});
+                    Text(group, "live"), Text(group, "restarts"), state,
+                    Text(group, "inflight"), Text(group, "queued")});
     if (any_autoscaled) {
       const json* autoscale = AutoscaleOf(group);
       rows.back().push_back(autoscale == nullptr
@@ -445,6 +470,9 @@ void PrintStatusTable(const json& status) {
   if (!decisions.empty()) std::printf("last autoscale decisions:\n");
   for (const std::string& line : decisions) {
     std::printf("  %s\n", line.c_str());
+  }
+  for (const std::string& problem : problems) {
+    std::printf("! %s\n", problem.c_str());
   }
 }
 

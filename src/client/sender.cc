@@ -134,7 +134,11 @@ void Sender::Complete(uint64_t id, Reply reply) {
   } recycle{&spare_requests_, request};
   Deadlines::Forget(request);
   if (request->link != nullptr) --request->link->outstanding;
-  if (request->cancelled) return;  // already answered kCancelled
+  if (request->cancelled) {
+    // Already answered kCancelled; a stop may have waited for this one.
+    client_->MaybeFinishStop();
+    return;
+  }
   if (request->route != nullptr) {
     request->route->latency.Record(uv_now(loop_) - request->sent_ms);
   }

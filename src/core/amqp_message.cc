@@ -1,5 +1,6 @@
 #include "core/amqp_message.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 
@@ -108,6 +109,18 @@ int RetriesOf(const AmqpProperties& properties) {
   return *count > 1000000 ? 1000000 : static_cast<int>(*count);
 }
 
+int DeliveryCountOf(const AmqpProperties& properties) {
+  const AmqpValue* value = FindHeader(properties, kDeliveryCountHeader);
+  if (value == nullptr) return 0;
+  std::optional<std::int64_t> count = value->AsInteger();
+  if (!count || *count < 0) return 0;
+  return *count > 1000000 ? 1000000 : static_cast<int>(*count);
+}
+
+int AttemptsBefore(const AmqpProperties& properties) {
+  return std::min(1000000, RetriesOf(properties) + DeliveryCountOf(properties));
+}
+
 json ToJson(const AmqpValue& value) {
   switch (value.kind) {
     case 't':
@@ -204,6 +217,10 @@ AmqpProperties RetryProperties(AmqpProperties original, int retries,
                                std::string_view error) {
   SetHeader(&original, kRetriesHeader, AmqpValue::Int32(retries));
   SetHeader(&original, kLastErrorHeader, AmqpValue::String(Clip(error)));
+  // RabbitMQ's count belongs to the original (RETRIES includes it); the
+  // copy is a new message, and a quorum queue adds the header only once it
+  // redelivers it, so a stale one would be counted twice.
+  RemoveHeader(&original, kDeliveryCountHeader);
   return original;
 }
 
@@ -216,6 +233,7 @@ AmqpProperties DeadLetterProperties(AmqpProperties original, int retries,
   SetHeader(&original, kRetriesHeader, AmqpValue::Int32(retries));
   SetHeader(&original, kQueueHeader, AmqpValue::String(queue));
   RemoveHeader(&original, kLastErrorHeader);
+  RemoveHeader(&original, kDeliveryCountHeader);
   if (original.expiration) {
     SetHeader(&original, kOriginalExpirationHeader,
               AmqpValue::String(*original.expiration));

@@ -25,6 +25,10 @@ inline constexpr char kStatusHeader[] = "x-workerpool-status";
 inline constexpr char kProgressHeader[] = "x-workerpool-progress";
 inline constexpr char kOriginalExpirationHeader[] =
     "x-workerpool-original-expiration";
+// Set by RabbitMQ on a quorum queue's redeliveries: how often the message
+// was delivered before and came back unsettled (a lost connection, a
+// consumer timeout, a requeue).
+inline constexpr char kDeliveryCountHeader[] = "x-delivery-count";
 
 struct AmqpField;
 
@@ -77,6 +81,13 @@ void RemoveHeader(AmqpProperties* properties, std::string_view name);
 
 // x-workerpool-retries as a count >= 0 (0 when absent or not a number).
 int RetriesOf(const AmqpProperties& properties);
+// x-delivery-count as a count >= 0 (0 when absent or not a number).
+int DeliveryCountOf(const AmqpProperties& properties);
+// The attempts a delivery had before this one: its failed attempts
+// (x-workerpool-retries) plus the deliveries RabbitMQ counted that came
+// back unsettled (x-delivery-count, quorum queues). What max_retries
+// bounds.
+int AttemptsBefore(const AmqpProperties& properties);
 
 nlohmann::json ToJson(const AmqpValue& value);
 nlohmann::json ToJson(const AmqpTable& table);
@@ -93,14 +104,15 @@ std::string RequestMeta(std::string_view queue, std::string_view exchange,
                         std::string_view routing_key, bool redelivered,
                         int retries, const AmqpProperties& properties);
 
-// The copy published back to the queue for retry number RETRIES (>= 1).
+// The copy published back to the queue for retry number RETRIES (>= 1),
+// without RabbitMQ's x-delivery-count (RETRIES counts it already).
 AmqpProperties RetryProperties(AmqpProperties original, int retries,
                                std::string_view error);
 
 // The copy published to the dead-letter queue: the original properties plus
 // x-workerpool-error, -error-code, -retries and -queue; persistent, and
 // without expiration (kept in x-workerpool-original-expiration) so the
-// evidence does not expire.
+// evidence does not expire; without x-delivery-count.
 AmqpProperties DeadLetterProperties(AmqpProperties original, int retries,
                                     std::string_view error,
                                     std::string_view error_code,

@@ -1,5 +1,7 @@
 #include "core/amqp_service_config.h"
 
+#include <algorithm>
+#include <charconv>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -107,6 +109,32 @@ Result<AmqpServiceConfig> ParseAmqpServiceConfig(std::string_view text) {
     config.declare = *declare;
   }
 
+  if (auto found = object.find("queue_type");
+      found != object.end() && !found->is_null()) {
+    const std::string* type = found->get_ptr<const std::string*>();
+    if (type != nullptr && *type == "classic") {
+      config.queue_type = AmqpQueueType::kClassic;
+    } else if (type != nullptr && *type == "quorum") {
+      config.queue_type = AmqpQueueType::kQuorum;
+    } else {
+      return KeyError("queue_type", "expected \"classic\" or \"quorum\", got " +
+                                        found->dump());
+    }
+  }
+  if (auto found = object.find("delivery_limit");
+      found != object.end() && !found->is_null()) {
+    if (config.queue_type != AmqpQueueType::kQuorum) {
+      return KeyError("delivery_limit",
+                      "only quorum queues have one (queue_type: quorum)");
+    }
+    long limit = config.delivery_limit;
+    if (Status s = ReadInt(object, "delivery_limit", 1, 1000000, &limit);
+        !s.ok()) {
+      return s;
+    }
+    config.delivery_limit = static_cast<int>(limit);
+  }
+
   long value = config.prefetch;
   if (Status s = ReadInt(object, "prefetch", 1, 65535, &value); !s.ok()) {
     return s;
@@ -163,6 +191,29 @@ Result<AmqpServiceConfig> ParseAmqpServiceConfig(std::string_view text) {
     }
     *d.out = Duration(value);
   }
+  // Up to ten years: any duration the YAML allows (config_group.cc).
+  constexpr long kLongest = 3650L * 86400000L;
+  value = static_cast<long>(config.consumer_timeout.count());
+  if (Status s = ReadInt(object, "consumer_timeout_ms", 0, kLongest, &value);
+      !s.ok()) {
+    return s;
+  }
+  config.consumer_timeout = Duration(value);
+  value = static_cast<long>(config.target_request_timeout.count());
+  if (Status s =
+          ReadInt(object, "target_request_timeout_ms", 0, kLongest, &value);
+      !s.ok()) {
+    return s;
+  }
+  config.target_request_timeout = Duration(value);
+  if (auto found = object.find("connection_name");
+      found != object.end() && !found->is_null()) {
+    const std::string* name = found->get_ptr<const std::string*>();
+    if (name == nullptr) {
+      return KeyError("connection_name", "expected a string");
+    }
+    config.connection_name = *name;
+  }
   value = config.heartbeat_s;
   if (Status s = ReadInt(object, "heartbeat_s", 0, 65535, &value); !s.ok()) {
     return s;
@@ -173,6 +224,91 @@ Result<AmqpServiceConfig> ParseAmqpServiceConfig(std::string_view text) {
     config.connect_timeout = Duration(config.url.connection_timeout_ms);
   }
   return config;
+}
+
+std::string AmqpServiceEnvironment(const PoolConfig& pool,
+                                   const GroupConfig& group) {
+  if (!group.rabbitmq) return "{}";
+  const RabbitmqConfig& rabbitmq = *group.rabbitmq;
+  json section = {{"url", rabbitmq.url},
+                  {"queues", rabbitmq.queues},
+                  {"declare", rabbitmq.declare},
+                  {"prefetch", rabbitmq.prefetch},
+                  {"max_retries", rabbitmq.max_retries},
+                  {"dead_letter_queue", rabbitmq.dead_letter_queue},
+                  {"queue_type", rabbitmq.queue_type},
+                  {"consumer_timeout_ms", rabbitmq.consumer_timeout.count()},
+                  {"routes_to", group.routes_to}};
+  if (rabbitmq.queue_type == "quorum") {
+    section["delivery_limit"] = rabbitmq.delivery_limit;
+  }
+  if (!group.routes_to.empty()) {
+    if (const GroupConfig* target = pool.FindGroup(group.routes_to.front())) {
+      // Only compared with consumer_timeout: longer than ten years reads
+      // as ten years.
+      section["target_request_timeout_ms"] = std::min<Duration::rep>(
+          target->request_timeout.count(), 3650L * 86400000L);
+    }
+  }
+  return DumpJson(section);
+}
+
+const char* AmqpQueueTypeName(AmqpQueueType type) {
+  return type == AmqpQueueType::kQuorum ? "quorum" : "classic";
+}
+
+AmqpTable AmqpQueueArguments(const AmqpServiceConfig& config) {
+  AmqpTable arguments;
+  if (config.queue_type != AmqpQueueType::kQuorum) return arguments;
+  arguments.push_back({"x-queue-type", AmqpValue::String("quorum")});
+  arguments.push_back(
+      {"x-delivery-limit", AmqpValue::Int64(config.delivery_limit)});
+  if (!config.dead_letter_queue.empty()) {
+    arguments.push_back({"x-dead-letter-exchange", AmqpValue::String("")});
+    arguments.push_back({"x-dead-letter-routing-key",
+                         AmqpValue::String(config.dead_letter_queue)});
+    // At-most-once (RabbitMQ's default) may lose a dead letter on a leader
+    // change; at-least-once keeps it until the dead-letter queue has it.
+    arguments.push_back(
+        {"x-dead-letter-strategy", AmqpValue::String("at-least-once")});
+    arguments.push_back({"x-overflow", AmqpValue::String("reject-publish")});
+  }
+  return arguments;
+}
+
+AmqpTable AmqpDeadLetterQueueArguments(const AmqpServiceConfig& config) {
+  AmqpTable arguments;
+  if (config.queue_type == AmqpQueueType::kQuorum) {
+    arguments.push_back({"x-queue-type", AmqpValue::String("quorum")});
+  }
+  return arguments;
+}
+
+Duration AmqpConsumerTimeoutCutoff(Duration consumer_timeout) {
+  if (consumer_timeout.count() <= 0) return Duration(0);
+  Duration margin =
+      std::clamp(consumer_timeout / 10, Duration(200), Duration(60000));
+  return std::max(Duration(1), consumer_timeout - margin);
+}
+
+std::optional<Duration> ParseConsumerTimeoutClose(int code,
+                                                  std::string_view text) {
+  if (code != 406 ||
+      text.find("delivery acknowledgement") == std::string_view::npos ||
+      text.find("timed out") == std::string_view::npos) {
+    return std::nullopt;
+  }
+  constexpr std::string_view kUsed = "Timeout value used: ";
+  std::size_t at = text.find(kUsed);
+  if (at == std::string_view::npos) return Duration(0);
+  std::string_view number = text.substr(at + kUsed.size());
+  long long ms = 0;
+  auto [end, error] =
+      std::from_chars(number.data(), number.data() + number.size(), ms);
+  if (error != std::errc() || end == number.data() || ms <= 0) {
+    return Duration(0);
+  }
+  return Duration(ms);
 }
 
 }  // namespace workerpool

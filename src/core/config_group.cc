@@ -20,6 +20,7 @@ constexpr std::string_view kBuiltinRabbitmqCommand[] = {"workerpool", "builtin",
                                                         "rabbitmq-service"};
 
 constexpr std::string_view kGroupTypeNames[] = {"reactor", "job", "service"};
+constexpr std::string_view kQueueTypeNames[] = {"classic", "quorum"};
 
 void ReadRestart(MapReader& restart, RestartConfig* config) {
   if (std::optional<MapReader> backoff = restart.Map("backoff")) {
@@ -62,7 +63,26 @@ void ReadRabbitmq(MapReader& rabbitmq, RabbitmqConfig* config) {
   rabbitmq.Int("max_retries", &config->max_retries);
   rabbitmq.Text("dead_letter_queue", &config->dead_letter_queue,
                 Need::kOptional, CheckNotEmpty);
+  rabbitmq.OneOf("queue_type", &config->queue_type, kQueueTypeNames);
+  rabbitmq.Int("delivery_limit", &config->delivery_limit,
+               {.min = 1, .max = 1000000});
+  if (rabbitmq.DurationValue("consumer_timeout", &config->consumer_timeout) &&
+      config->consumer_timeout > Duration(3650L * 86400000L)) {
+    rabbitmq.ValueError("consumer_timeout",
+                        "longer than ten years; 0s says the broker has none");
+  }
   rabbitmq.Finish();
+  if (config->queue_type == "quorum" && !config->declare) {
+    rabbitmq.KeyError("queue_type",
+                      "only declare: true declares queues; with declare: "
+                      "false they are used as they exist (set declare: true, "
+                      "or remove queue_type)");
+  }
+  if (rabbitmq.Has("delivery_limit") && config->queue_type != "quorum") {
+    rabbitmq.KeyError("delivery_limit",
+                      "only quorum queues have a delivery limit (add "
+                      "queue_type: quorum, or remove delivery_limit)");
+  }
 }
 
 // groups[].autoscale. Returns true when min and max were both read; the

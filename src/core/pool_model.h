@@ -50,6 +50,11 @@ struct RabbitmqConfig {
   int prefetch = 32;
   int max_retries = 5;
   std::string dead_letter_queue;  // empty: none
+  // What declare: true declares: "classic" or "quorum".
+  std::string queue_type = "classic";
+  int delivery_limit = 20;  // quorum queues: x-delivery-limit
+  // The broker's consumer_timeout (RabbitMQ's default); 0: it has none.
+  Duration consumer_timeout{30 * 60 * 1000};
   bool operator==(const RabbitmqConfig&) const = default;
 };
 

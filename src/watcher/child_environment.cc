@@ -6,6 +6,7 @@
 #include <set>
 #include <string_view>
 
+#include "core/amqp_service_config.h"
 #include "core/listen_address.h"
 #include "os/builtin_path.h"
 #include "watcher/listen_sockets.h"
@@ -90,16 +91,9 @@ SpawnSpec ChildEnvironment::SpecFor(const PoolConfig& pool,
   spec.env.push_back(std::string("WORKERPOOL_TYPE=") +
                      GroupTypeName(group.type));
   spec.env.push_back("WORKERPOOL_INDEX=" + std::to_string(index));
-  if (const auto& rabbitmq = group.rabbitmq) {
-    nlohmann::json section = {
-        {"url", rabbitmq->url},
-        {"queues", rabbitmq->queues},
-        {"declare", rabbitmq->declare},
-        {"prefetch", rabbitmq->prefetch},
-        {"max_retries", rabbitmq->max_retries},
-        {"dead_letter_queue", rabbitmq->dead_letter_queue},
-        {"routes_to", group.routes_to}};
-    spec.env.push_back("WORKERPOOL_RABBITMQ=" + section.dump());
+  if (group.rabbitmq) {
+    spec.env.push_back("WORKERPOOL_RABBITMQ=" +
+                       AmqpServiceEnvironment(pool, group));
   }
   if (group.type == GroupType::kReactor && !group.listen.empty()) {
     // systemd's socket activation protocol: fds from 3, then our channel.

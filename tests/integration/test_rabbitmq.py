@@ -261,18 +261,19 @@ class MiniAmqp:
 
     # -- operations
 
-    def declare(self, queue, passive=False, durable=True):
+    def declare(self, queue, passive=False, durable=True, arguments=None):
         """(message count, consumer count)."""
         bits = (1 if passive else 0) | (2 if durable else 0)
         self._method(1, 50, 10, struct.pack(">H", 0) + _shortstr(queue) +
-                     bytes([bits]) + _encode_table({}))
+                     bytes([bits]) + _encode_table(arguments or {}))
         reader = self._expect(1, (50, 11))
         reader.shortstr()
         return reader.unpack(">II")
 
     def delete(self, queue):
+        """The number of (ready) messages deleted with QUEUE."""
         self._method(1, 50, 40, struct.pack(">H", 0) + _shortstr(queue) + b"\0")
-        self._expect(1, (50, 41))
+        return self._expect(1, (50, 41)).unpack(">I")[0]
 
     def publish(self, queue, bodies, properties=None, batch=500):
         """Publishes every body (persistent) to QUEUE through the default
@@ -386,11 +387,21 @@ def queue_counts(name):
     return None
 
 
+def queue_type(name):
+    """"classic", "quorum", ... of queue NAME, from rabbitmqctl."""
+    for line in rabbitmqctl("list_queues", "name", "type").splitlines():
+        fields = line.split("\t")
+        if len(fields) == 2 and fields[0] == name:
+            return fields[1]
+    return None
+
+
 # --- the job: records what it processed ----------------------------------------
 
 # Appends one JSON line per request to $OUT (one write(2), O_APPEND: atomic
 # between processes), then answers. "fail..." -> error reply; "progress:N"
-# -> N progress updates; "slow:MS" -> a pause of MS first; $DELAY_MS: a
+# -> N progress updates; "slow:MS" -> a pause of MS first; "slowfail:MS" ->
+# a pause, then an error reply; $DELAY_MS: a
 # pause per request.
 RECORDER = r"""
 import json, os, sys, time
@@ -407,13 +418,15 @@ def handler(request):
         time.sleep(delay)
     if body.startswith(b"slow:"):
         time.sleep(int(body[5:]) / 1000.0)
+    if body.startswith(b"slowfail:"):
+        time.sleep(int(body[9:]) / 1000.0)
     record = {"body": body.decode(errors="replace"), "pid": os.getpid()}
     if full:
         record["meta"] = request.meta
         record["size"] = len(body)
     os.write(out, (json.dumps(record) + "\n").encode())
     text = body[:64].decode(errors="replace")
-    if text.startswith("fail"):
+    if text.startswith("fail") or text.startswith("slowfail"):
         raise RuntimeError("rejected " + text)
     if text.startswith("progress:"):
         steps = int(text[9:])
@@ -447,7 +460,10 @@ def unique_name(what):
 
 @unittest.skipUnless(URL, "WORKERPOOL_TEST_AMQP_URL is not set (needs a "
                      "RabbitMQ: scripts/test starts one)")
-class RabbitmqServiceTest(wp.TestCase):
+class RabbitmqTestCase(wp.TestCase):
+    """What every RabbitMQ service test needs (no tests of its own): its
+    own queues, deleted afterwards; a pool of a service group consuming
+    them into a recorder job group; waits on the broker and on status."""
 
     def setUp(self):
         self.amqp = MiniAmqp()
@@ -470,13 +486,17 @@ class RabbitmqServiceTest(wp.TestCase):
     def service_pool(self, queue, dead=None, prefetch=20, max_retries=3,
                      jobs=2, delay_ms=0, record="body", url=None,
                      declare=True, extra_groups="", restart=None,
-                     start=True, service_processes=1):
+                     start=True, service_processes=1, rabbitmq_keys=None,
+                     work_keys=""):
         """A pool of one service group (intake) consuming QUEUE into a
-        recorder job group (work). The records land in pool.tmp/processed."""
+        recorder job group (work). The records land in pool.tmp/processed.
+        RABBITMQ_KEYS: more keys of the rabbitmq section; WORK_KEYS: more
+        keys of the work group, as YAML lines ("\n    request_timeout: 5s")."""
         rabbitmq = {"url": url or URL, "queues": [queue], "declare": declare,
                     "prefetch": prefetch, "max_retries": max_retries}
         if dead:
             rabbitmq["dead_letter_queue"] = dead
+        rabbitmq.update(rabbitmq_keys or {})
         restart_text = ""
         if restart:
             restart_text = (
@@ -494,9 +514,9 @@ groups:
     type: job
     processes: %d
     command: [python3, "{tmp}/recorder.py"]
-    env: {OUT: "{tmp}/processed", DELAY_MS: "%d", RECORD: %s}%s
+    env: {OUT: "{tmp}/processed", DELAY_MS: "%d", RECORD: %s}%s%s
 %s""" % (service_processes, json.dumps(rabbitmq), restart_text, jobs,
-         delay_ms, record, restart_text, extra_groups)
+         delay_ms, record, work_keys, restart_text, extra_groups)
         pool = self.pool(yaml, start=False)
         pool.write("recorder.py", RECORDER)
         pool.processed = os.path.join(pool.tmp, "processed")
@@ -550,6 +570,116 @@ groups:
 
     def service_pids(self, pool):
         return [c.pid for c in pool.children("intake")]
+
+    def declare_like_the_service(self, queue, dead=None, keys=None):
+        """Declares QUEUE as the service does for a rabbitmq section with
+        dead_letter_queue DEAD and KEYS (queue_type, delivery_limit): a
+        queue declared otherwise would be refused by a quorum service."""
+        keys = keys or {}
+        arguments = {}
+        if keys.get("queue_type") == "quorum":
+            arguments = {"x-queue-type": "quorum",
+                         "x-delivery-limit": keys.get("delivery_limit", 20)}
+            if dead:
+                arguments.update({
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": dead,
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish"})
+        self.amqp.declare(queue, arguments=arguments)
+
+    def check_kill_storm(self, quorum=False):
+        """Random SIGKILLs of the service and the jobs while 2000 messages
+        go through: nothing lost, duplicates within the window. QUORUM: the
+        queue is a quorum queue (with a delivery limit far above what the
+        storm can reach)."""
+        # 2000 messages (not 10,000) keeps the file's runtime modest; the
+        # storm lasts as long as the work does.
+        queue = self.queue("storm")
+        dead = self.queue("storm-dead")
+        prefetch = 10
+        messages = ["s%d" % n for n in range(2000)]
+        keys = {"queue_type": "quorum", "delivery_limit": 1000} if quorum \
+            else {}
+        self.declare_like_the_service(queue, dead, keys)
+        self.amqp.publish(queue, messages)
+        pool = self.service_pool(queue, dead=dead, prefetch=prefetch,
+                                 max_retries=1000, jobs=2, delay_ms=2,
+                                 restart=True, rabbitmq_keys=keys)
+        pool.wait_for_children(3)
+        rng = random.Random(5)
+        kills = {"intake": 0, "work": 0}
+        limit = time.monotonic() + wp.deadline(40)
+        while time.monotonic() < limit:
+            done = len(set(bodies(pool.processed)))
+            if done >= len(messages) * 0.9:
+                break
+            time.sleep(rng.uniform(0.2, 0.4))
+            victims = pool.children()
+            if not victims:
+                continue
+            victim = rng.choice(victims)
+            if wp._kill(victim.pid, signal.SIGKILL):
+                kills[victim.group] += 1
+        self.assertGreater(kills["intake"], 0)
+        self.assertGreater(kills["work"], 0)
+        seen = self.wait_processed(pool, messages, timeout=90)
+        duplicates = len(seen) - len(set(seen))
+        # Each service death can replay at most its prefetch window; each
+        # job death at most the request it was serving (max_inflight 1),
+        # counted twice when the service also dies before acking its retry.
+        window = kills["intake"] * prefetch + 2 * kills["work"]
+        self.assertLessEqual(duplicates, window, "kills %s" % kills)
+        # A message the last killed service had processed but not acked is
+        # seen already, but comes back from RabbitMQ: wait for its second
+        # pass before stopping.
+        self.wait_drained(queue, timeout=60)
+        self.assertEqual(pool.stop(), 0)
+        self.assertEqual(self.amqp.declare(queue, passive=True)[0], 0,
+                         "messages left unacked or unprocessed")
+        self.assertEqual(self.amqp.declare(dead, passive=True)[0], 0)
+        sys_note = "kill storm%s: %d messages, kills %s, duplicates %d" % (
+            " (quorum queue)" if quorum else "", len(messages), kills,
+            duplicates)
+        print(sys_note)
+
+    def check_poison_message(self, quorum=False):
+        """A message whose job always fails: tried 1 + max_retries times,
+        then dead-lettered with its reason and original properties. QUORUM:
+        from a quorum queue the service declared."""
+        queue = self.queue("poison")
+        dead = self.queue("poison-dead")
+        keys = {"queue_type": "quorum"} if quorum else {}
+        pool = self.service_pool(queue, dead=dead, max_retries=2,
+                                 rabbitmq_keys=keys)
+        pool.wait_for_log(r"rabbitmq-service: connected to")
+        self.assertEqual(queue_type(queue), "quorum" if quorum else "classic")
+        self.amqp.publish(queue, ["fail-poison", "good-1"], {
+            "message_id": "poison-1", "content_type": "text/plain",
+            "headers": {"tenant": "acme"}})
+        self.wait_depth(dead, 1)
+        letter = self.amqp.get(dead)
+        self.assertEqual(letter.body, b"fail-poison")
+        self.assertEqual(letter.headers["x-workerpool-retries"], 2)
+        self.assertIn("rejected fail-poison",
+                      letter.headers["x-workerpool-error"])
+        self.assertEqual(letter.headers["x-workerpool-error-code"],
+                         "handler_error")
+        self.assertEqual(letter.headers["x-workerpool-queue"], queue)
+        # The original properties travel along.
+        self.assertEqual(letter.properties["message_id"], "poison-1")
+        self.assertEqual(letter.properties["content_type"], "text/plain")
+        self.assertEqual(letter.headers["tenant"], "acme")
+        # Tried 1 + max_retries times, the good one once.
+        wp.wait_until(lambda: bodies(pool.processed).count("fail-poison") == 3,
+                      what="three attempts")
+        self.assertEqual(bodies(pool.processed).count("good-1"), 1)
+        pool.wait_for_log(r"dead-lettered to '%s' after 2 retries" % dead)
+        self.assertEqual(pool.stop(), 0)
+        self.assertEqual(self.amqp.declare(queue, passive=True)[0], 0)
+
+
+class RabbitmqServiceTest(RabbitmqTestCase):
 
     # ------------------------------------------------------------- volume
 
@@ -606,52 +736,7 @@ groups:
         self.assertEqual(pool.stop(), 0)
 
     def test_kill_storm_loses_nothing_and_duplicates_stay_within_window(self):
-        # 2000 messages (not 10,000) keeps the file's runtime modest; the
-        # storm lasts as long as the work does.
-        queue = self.queue("storm")
-        dead = self.queue("storm-dead")
-        prefetch = 10
-        messages = ["s%d" % n for n in range(2000)]
-        self.amqp.declare(queue)
-        self.amqp.publish(queue, messages)
-        pool = self.service_pool(queue, dead=dead, prefetch=prefetch,
-                                 max_retries=1000, jobs=2, delay_ms=2,
-                                 restart=True)
-        pool.wait_for_children(3)
-        rng = random.Random(5)
-        kills = {"intake": 0, "work": 0}
-        limit = time.monotonic() + wp.deadline(40)
-        while time.monotonic() < limit:
-            done = len(set(bodies(pool.processed)))
-            if done >= len(messages) * 0.9:
-                break
-            time.sleep(rng.uniform(0.2, 0.4))
-            victims = pool.children()
-            if not victims:
-                continue
-            victim = rng.choice(victims)
-            if wp._kill(victim.pid, signal.SIGKILL):
-                kills[victim.group] += 1
-        self.assertGreater(kills["intake"], 0)
-        self.assertGreater(kills["work"], 0)
-        seen = self.wait_processed(pool, messages, timeout=90)
-        duplicates = len(seen) - len(set(seen))
-        # Each service death can replay at most its prefetch window; each
-        # job death at most the request it was serving (max_inflight 1),
-        # counted twice when the service also dies before acking its retry.
-        window = kills["intake"] * prefetch + 2 * kills["work"]
-        self.assertLessEqual(duplicates, window, "kills %s" % kills)
-        # A message the last killed service had processed but not acked is
-        # seen already, but comes back from RabbitMQ: wait for its second
-        # pass before stopping.
-        self.wait_drained(queue, timeout=60)
-        self.assertEqual(pool.stop(), 0)
-        self.assertEqual(self.amqp.declare(queue, passive=True)[0], 0,
-                         "messages left unacked or unprocessed")
-        self.assertEqual(self.amqp.declare(dead, passive=True)[0], 0)
-        sys_note = "kill storm: %d messages, kills %s, duplicates %d" % (
-            len(messages), kills, duplicates)
-        print(sys_note)
+        self.check_kill_storm()
 
     def test_acks_never_cover_a_delivery_still_in_flight(self):
         # Acks go out in batches (one multiple ack where the tags allow it):
@@ -709,33 +794,7 @@ groups:
     # ------------------------------------------------------------- failures
 
     def test_poison_message_dead_lettered_after_max_retries_with_reason(self):
-        queue = self.queue("poison")
-        dead = self.queue("poison-dead")
-        pool = self.service_pool(queue, dead=dead, max_retries=2)
-        pool.wait_for_log(r"rabbitmq-service: connected to")
-        self.amqp.publish(queue, ["fail-poison", "good-1"], {
-            "message_id": "poison-1", "content_type": "text/plain",
-            "headers": {"tenant": "acme"}})
-        self.wait_depth(dead, 1)
-        letter = self.amqp.get(dead)
-        self.assertEqual(letter.body, b"fail-poison")
-        self.assertEqual(letter.headers["x-workerpool-retries"], 2)
-        self.assertIn("rejected fail-poison",
-                      letter.headers["x-workerpool-error"])
-        self.assertEqual(letter.headers["x-workerpool-error-code"],
-                         "handler_error")
-        self.assertEqual(letter.headers["x-workerpool-queue"], queue)
-        # The original properties travel along.
-        self.assertEqual(letter.properties["message_id"], "poison-1")
-        self.assertEqual(letter.properties["content_type"], "text/plain")
-        self.assertEqual(letter.headers["tenant"], "acme")
-        # Tried 1 + max_retries times, the good one once.
-        wp.wait_until(lambda: bodies(pool.processed).count("fail-poison") == 3,
-                      what="three attempts")
-        self.assertEqual(bodies(pool.processed).count("good-1"), 1)
-        pool.wait_for_log(r"dead-lettered to '%s' after 2 retries" % dead)
-        self.assertEqual(pool.stop(), 0)
-        self.assertEqual(self.amqp.declare(queue, passive=True)[0], 0)
+        self.check_poison_message()
 
     def test_body_over_frame_limit_dead_lettered_with_reason(self):
         queue = self.queue("huge")

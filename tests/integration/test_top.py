@@ -196,7 +196,7 @@ class TopTest(wp.TestCase):
         lines = tmux.wait_for(busy, "echo's requests/s to be above 0")
         for line in lines:
             self.assertLessEqual(len(line), 80, line)
-        self.assertRegex(lines[0], r"^pool toptest  running  up \S+  "
+        self.assertRegex(lines[0], r"^pool toptest  running  up \S+  gen 0  "
                                    r"workerpool \S+  pid %d$" % pool.pid)
         self.assertIn("5/5 children in 3 groups", lines[1])
         self.assertEqual(titles(lines), TITLES)

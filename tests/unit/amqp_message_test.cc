@@ -38,6 +38,33 @@ TEST_CASE("RetriesOf reads the count in any integer type, else 0") {
   CHECK(RetriesOf(p) == 0);
 }
 
+TEST_CASE("AttemptsBefore adds RabbitMQ's x-delivery-count to the retries") {
+  AmqpProperties p;
+  CHECK(DeliveryCountOf(p) == 0);
+  CHECK(AttemptsBefore(p) == 0);
+  SetHeader(&p, kDeliveryCountHeader, AmqpValue::Int64(2));
+  CHECK(DeliveryCountOf(p) == 2);
+  CHECK(AttemptsBefore(p) == 2);
+  SetHeader(&p, kRetriesHeader, AmqpValue::Int32(3));
+  CHECK(AttemptsBefore(p) == 5);
+  SetHeader(&p, kDeliveryCountHeader, AmqpValue::String("lots"));
+  CHECK(AttemptsBefore(p) == 3);
+  SetHeader(&p, kDeliveryCountHeader, AmqpValue::Int64(-1));
+  CHECK(DeliveryCountOf(p) == 0);
+  SetHeader(&p, kRetriesHeader, AmqpValue::Int64(999999));
+  SetHeader(&p, kDeliveryCountHeader, AmqpValue::Int64(999999));
+  CHECK(AttemptsBefore(p) == 1000000);
+}
+
+TEST_CASE("Copies drop x-delivery-count: their count starts again") {
+  AmqpProperties original = Sample();
+  SetHeader(&original, kDeliveryCountHeader, AmqpValue::Int64(3));
+  CHECK(FindHeader(RetryProperties(original, 4, "timeout: slow"),
+                   kDeliveryCountHeader) == nullptr);
+  CHECK(FindHeader(DeadLetterProperties(original, 4, "slow", "timeout", "q"),
+                   kDeliveryCountHeader) == nullptr);
+}
+
 TEST_CASE("SetHeader replaces, RemoveHeader removes") {
   AmqpProperties p = Sample();
   SetHeader(&p, "tenant", AmqpValue::String("other"));

@@ -134,5 +134,42 @@ TEST_CASE("AmqpConfirmBook: Clear starts the numbering again") {
   CHECK(done[0].tag == 9);
 }
 
+TEST_CASE("AmqpConfirmBook: a return marks the settles publishing there") {
+  AmqpConfirmBook book;
+  std::uint64_t retry = book.Add(1, AmqpOutcome::kRetried, "q", 1);
+  std::uint64_t reply = book.Add(2, AmqpOutcome::kAcked, "q", 1);
+  std::uint64_t dead = book.Add(3, AmqpOutcome::kDeadLettered, "q", 1);
+  book.Published(retry, "q");      // seq 1: a retry copy to the queue
+  book.Published(reply, "");       // seq 2: a reply (not mandatory)
+  book.Published(dead, "q.dead");  // seq 3: a dead letter
+  CHECK(book.Returned("q") == 1);  // only the settle publishing to "q"
+  CHECK(book.Returned("q") == 0);  // marked once
+  CHECK(book.Returned("elsewhere") == 0);
+  std::vector<AmqpPendingSettle> done = book.Confirm(3, true, true);
+  REQUIRE(done.size() == 3);
+  CHECK(done[0].returned_to == "q");
+  CHECK_FALSE(done[0].nacked);
+  CHECK(done[1].returned_to.empty());
+  CHECK(done[2].returned_to.empty());
+}
+
+TEST_CASE("AmqpConfirmBook: a return leaves confirmed publishes alone") {
+  // Its confirm follows the return: publishes confirmed before it were
+  // routed, and only unconfirmed ones can be the returned one.
+  AmqpConfirmBook book;
+  std::uint64_t first = book.Add(1, AmqpOutcome::kRetried, "q", 1);
+  std::uint64_t second = book.Add(2, AmqpOutcome::kRetried, "q", 1);
+  book.Published(first, "q");
+  book.Published(second, "q");
+  std::vector<AmqpPendingSettle> done = book.Confirm(1, false, true);
+  REQUIRE(done.size() == 1);
+  CHECK(done[0].returned_to.empty());
+  CHECK(book.Returned("q") == 1);
+  done = book.Confirm(2, false, true);
+  REQUIRE(done.size() == 1);
+  CHECK(done[0].tag == 2);
+  CHECK(done[0].returned_to == "q");
+}
+
 }  // namespace
 }  // namespace workerpool

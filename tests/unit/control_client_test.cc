@@ -124,6 +124,29 @@ TEST_CASE("control client: status prints a table with every column") {
   CHECK(Contains(result.out, "until the next reload"));
 }
 
+TEST_CASE("control client: a child's app problem flags its group") {
+  Fixture f;
+  {
+    std::lock_guard<std::mutex> lock(f.target.mutex);
+    for (json& group : f.target.status["groups"]) {
+      if (group["name"] != "web") continue;
+      group["app"] = json::array(
+          {{{"index", 0}, {"problem", ""}},
+           {{"index", 1},
+            {"problem", "queue 'tasks' not consumed: it does not exist"}},
+           {{"index", 2}, {"problem", 7}},  // not text: ignored
+           "not an object"});
+    }
+  }
+  Output result = Run(f.Options("status"));
+  CHECK(result.code == 0);
+  CHECK(Contains(result.out, "running!"));
+  CHECK(Contains(result.out,
+                 "! web[1]: queue 'tasks' not consumed: it does not exist\n"));
+  CHECK_FALSE(Contains(result.out, "web[0]"));
+  CHECK_FALSE(Contains(result.out, "web[2]"));
+}
+
 TEST_CASE("control client: status shows autoscale bounds and decisions") {
   Fixture f;
   {

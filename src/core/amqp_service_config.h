@@ -3,7 +3,9 @@
 // routes_to). Pure.
 //
 //   {"url", "queues": [...], "declare": bool, "prefetch": int,
-//    "max_retries": int, "dead_letter_queue": str, "routes_to": [...]}
+//    "max_retries": int, "dead_letter_queue": str, "routes_to": [...],
+//    "publish": {...} (core/amqp_publish_config.h)}
+// "queues" may be empty (and then "routes_to" too) when "publish" is set.
 //
 // Optional keys, not (yet) in the YAML, for tuning and tests:
 //   "retry_initial_ms" (500), "retry_max_ms" (30000): retry backoff;
@@ -12,10 +14,12 @@
 //   "heartbeat_s" (30; the URL's ?heartbeat= wins).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "core/amqp_publish_config.h"
 #include "core/amqp_retry.h"
 #include "core/amqp_url.h"
 #include "core/status.h"
@@ -36,6 +40,8 @@ struct AmqpServiceConfig {
   Duration stats_interval{5000};
   int heartbeat_s = 30;
   Duration connect_timeout{5000};
+  // Set: the service serves requests by publishing them (the outbox).
+  std::optional<AmqpPublishSettings> publish;
 };
 
 // Parses and checks TEXT; the error names the key and what was wrong.

@@ -160,9 +160,21 @@ Status AmqpConnection::SetUp() {
   const AmqpUrl& url = config_.url;
   timeval handshake = ToTimeval(kHandshakeTimeout);
   amqp_set_handshake_timeout(conn_, &handshake);
-  amqp_rpc_reply_t login = amqp_login(
+  // RabbitMQ sends connection.blocked only to clients that say they take
+  // it (librabbitmq merges this with its own capabilities).
+  amqp_table_entry_t capability[1];
+  capability[0].key = amqp_cstring_bytes("connection.blocked");
+  capability[0].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+  capability[0].value.value.boolean = 1;
+  amqp_table_entry_t property[1];
+  property[0].key = amqp_cstring_bytes("capabilities");
+  property[0].value.kind = AMQP_FIELD_KIND_TABLE;
+  property[0].value.value.table = {1, capability};
+  amqp_table_t properties = {1, property};
+  amqp_rpc_reply_t login = amqp_login_with_properties(
       conn_, url.vhost.c_str(), 0, kAmqpFrameMax, config_.heartbeat_s,
-      AMQP_SASL_METHOD_PLAIN, url.user.c_str(), url.password.c_str());
+      &properties, AMQP_SASL_METHOD_PLAIN, url.user.c_str(),
+      url.password.c_str());
   if (login.reply_type != AMQP_RESPONSE_NORMAL) {
     return Status::Error(DescribeLoginFailure(DescribeReply(login)));
   }

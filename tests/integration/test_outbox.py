@@ -430,6 +430,30 @@ groups:
         self.assertEqual(r.status, 503, r)
         self.assertIn("not connected to RabbitMQ", r.json()["error"])
 
+    # ------------------------------------------------------------- demo
+
+    def test_demo_outbox_goes_through_rabbitmq_and_back(self):
+        import urllib.parse
+        import wp_ipc
+        self.queues += ["demo.tasks", "demo.dead"]
+        with open(os.path.join(wp.TOP, "config", "demo.yaml")) as f:
+            text = f.read()
+        self.port = free_port()
+        broker = urllib.parse.urlsplit(URL)
+        text = text.replace("127.0.0.1:8080", "127.0.0.1:%d" % self.port)
+        text = text.replace("amqp://guest:guest@127.0.0.1:5673", URL)
+        text = text.replace("examples/python_job.py", os.path.join(
+            wp_ipc.EXAMPLES_DIR, "python_job.py"))
+        self.assertIn(broker.netloc, text)
+        pool = self.pool(text)
+        pool.wait_for_log(r"outbox\[0\].*publisher: connected", timeout=30)
+        pool.wait_for_log(r"intake\[0\].*consuming", timeout=30)
+        r = post(self.port, "outbox", "hi")
+        self.assertEqual((r.status, r.body), (200, b"hi"), r)
+        r = post(self.port, "later", "hi later")
+        self.assertEqual(r.status, 202, r)
+        self.assertEqual(r.json()["message_id"], r.headers["x-message-id"])
+
     # ------------------------------------------------------------- failures
 
     def stream(self, port, count, connections=20, job_ms=20):

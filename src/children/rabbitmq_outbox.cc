@@ -256,7 +256,15 @@ class Outbox : public RabbitmqOutbox {
 
   // ------------------------------------------------------------ deadlines
 
+  // Arms the timer for the oldest request still waiting. Requests answered
+  // in time leave their entry behind; they are dropped here rather than
+  // found one by one, so that under load the timer fires about once per
+  // timeout, not once per request.
   void ArmDeadline() {
+    while (!deadlines_.empty() &&
+           pending_.count(deadlines_.front().second) == 0) {
+      deadlines_.pop_front();
+    }
     if (deadlines_.empty() || stopped_) {
       uv_timer_stop(&deadline_timer_);
       return;

@@ -153,6 +153,7 @@ class AmqpPublisher::Impl {
         if (ShutdownRequested()) break;
       } else {
         LogConnectFailure(connected.message(), attempt);
+        Emit(AmqpPublisherEvent::Type::kConnectFailed, connected.message());
         ++attempt;
       }
       // Disconnected: what the loop hands over now was meant for a lost

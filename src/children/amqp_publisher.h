@@ -50,15 +50,16 @@ struct AmqpOutgoing {
 
 struct AmqpPublisherEvent {
   enum class Type {
-    kConnected,     // generation
-    kDisconnected,  // generation: the lost one; text: why
-    kConfirmed,     // generation, id
-    kRefused,       // generation, id: basic.nack
-    kReturned,      // generation, properties; text: RabbitMQ's reason
-    kReply,         // generation, properties, body
-    kBlocked,       // text: RabbitMQ's reason (connection.blocked)
-    kUnblocked,     // connection.unblocked, or a new connection
-    kStopped,       // the thread is about to exit
+    kConnected,      // generation
+    kDisconnected,   // generation: the lost one; text: why
+    kConnectFailed,  // text: why (the thread tries again after a backoff)
+    kConfirmed,      // generation, id
+    kRefused,        // generation, id: basic.nack
+    kReturned,       // generation, properties; text: RabbitMQ's reason
+    kReply,          // generation, properties, body
+    kBlocked,        // text: RabbitMQ's reason (connection.blocked)
+    kUnblocked,      // connection.unblocked, or a new connection
+    kStopped,        // the thread is about to exit
   };
   Type type = Type::kConnected;
   std::uint64_t generation = 0;

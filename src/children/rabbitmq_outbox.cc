@@ -330,6 +330,11 @@ class Outbox : public RabbitmqOutbox {
         case AmqpPublisherEvent::Type::kDisconnected:
           OnDisconnected(event.generation, event.text);
           break;
+        case AmqpPublisherEvent::Type::kConnectFailed:
+          // Said to every request refused until it connects.
+          last_error_ = event.text;
+          MarkDirty();
+          break;
         case AmqpPublisherEvent::Type::kConfirmed:
           OnConfirmed(event.generation, event.id);
           break;

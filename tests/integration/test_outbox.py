@@ -429,6 +429,87 @@ groups:
         r = post(self.port, "outbox", "anyone?")
         self.assertEqual(r.status, 503, r)
         self.assertIn("not connected to RabbitMQ", r.json()["error"])
+        self.assertIn("cannot connect", r.json()["error"])
+
+    def test_one_service_publishes_and_consumes_and_stops_cleanly(self):
+        # The service publishes to the queue it consumes: a round trip
+        # through RabbitMQ within one process, each half on its connection.
+        queue = self.queue("loop")
+        self.port = free_port()
+        pool = self.pool("""
+pool: {name: front, stop_timeout: 10s}
+groups:
+  - name: web
+    type: reactor
+    command: [workerpool, builtin, http-reactor]
+    listen: ["127.0.0.1:%d"]
+    routes_to: [outbox]
+  - name: outbox
+    type: service
+    routes_to: [work]
+    rabbitmq: {url: "%s", queues: [%s], declare: true, max_retries: 0,
+               publish: {routing_key: %s, timeout: 10s}}
+  - {name: work, type: job, command: [workerpool, builtin, echo-job]}
+""" % (self.port, URL, queue, queue))
+        pool.wait_for_log(r"outbox\[0\].*publisher: connected", timeout=30)
+        pool.wait_for_log(r"outbox\[0\].*consuming", timeout=30)
+        responses = pipeline(self.port, "outbox",
+                             ["x%d" % n for n in range(200)] + ["fail-x"],
+                             connections=10)
+        self.assertEqual([(r.status, r.body) for r in responses[:200]],
+                         [(200, ("x%d" % n).encode()) for n in range(200)])
+        self.assertEqual(responses[200].status, 502, responses[200])
+        def both():
+            code, out, _ = wp.run_cli(["status", "--json", "--socket",
+                                       os.path.join(pool.tmp, "front.sock")])
+            for group in json.loads(out)["groups"] if code == 0 else []:
+                if group["name"] == "outbox" and group["app"]:
+                    app = group["app"][0]
+                    figures = app.get("queues", {}).get(queue, {})
+                    # The failure is rejected (max_retries 0, no dead
+                    # letter queue), after its error reply.
+                    if (figures.get("acks") == 200 and
+                            figures.get("rejected") == 1 and
+                            app["publish"]["replies"] == 200):
+                        return app
+            return None
+        app = wp.wait_until(both, 30, "both halves' figures", interval=0.3,
+                            on_timeout=lambda: wp.run_cli(
+                                ["status", "--json", "--socket",
+                                 os.path.join(pool.tmp, "front.sock")])[1])
+        self.assertEqual(app["connection"], "connected")  # the consumer's
+        self.assertEqual(app["publish"]["error_replies"], 1)
+        # SIGTERM: both halves stop, the process exits 0, in time.
+        started = time.monotonic()
+        pool.stop()
+        self.assertLess(time.monotonic() - started, 8)
+        self.assertTrue(pool.find_log(r"outbox\[0\].*publisher: stopped"),
+                        pool.log_tail())
+        self.assertTrue(pool.find_log(r"outbox\[0\].*rabbitmq-service: "
+                                      r"stopped \("), pool.log_tail())
+        self.assertFalse(pool.find_log(r"outbox\[0\].*(signal|SIGKILL)"),
+                         pool.log_tail())
+
+    def test_missing_exchange_is_logged_and_requests_refused(self):
+        exchange = unique("no-such-exchange")
+        self.port = free_port()
+        pool = self.pool("""
+pool: {name: front, stop_timeout: 5s}
+groups:
+  - name: web
+    type: reactor
+    command: [workerpool, builtin, http-reactor]
+    listen: ["127.0.0.1:%d"]
+    routes_to: [outbox]
+  - name: outbox
+    type: service
+    rabbitmq: {url: "%s", publish: {exchange: %s, routing_key: k}}
+""" % (self.port, URL, exchange))
+        pool.wait_for_log(r"exchange '%s' \(publish.exchange\) does not "
+                          r"exist" % exchange, timeout=30)
+        r = post(self.port, "outbox", "anyone?")
+        self.assertEqual(r.status, 503, r)
+        self.assertIn("does not exist", r.json()["error"])
 
     # ------------------------------------------------------------- demo
 

@@ -303,7 +303,7 @@ groups:
                                  "max_pending": 10000})
         bodies = ["r%d" % n for n in range(10000)]
         started = time.monotonic()
-        responses = pipeline(self.port, "outbox", bodies, connections=100)
+        responses = pipeline(self.port, "outbox", bodies, connections=200)
         elapsed = time.monotonic() - started
         bad = [(b, r) for b, r in zip(bodies, responses)
                if r is None or r.status != 200 or r.body != b.encode()]

@@ -70,6 +70,11 @@ class IncomingRequest {
   virtual const std::string& sender_group() const = 0;
   virtual void Reply(std::string_view body, std::string_view meta = {}) = 0;
   virtual void Fail(std::string_view message) = 0;
+  // An error of the pool's kind CODE (kTimeout, kQueueFull, ...) rather
+  // than a handler error, for a server that forwards requests elsewhere
+  // (the RabbitMQ outbox): the sender tells them apart (an http-reactor
+  // answers 504, 503, ...). Fail(message) is Fail(message, kHandlerError).
+  virtual void Fail(std::string_view message, wire::ErrorCode code) = 0;
   // A progress update the sender receives before the reply.
   virtual void SendProgress(double fraction, std::string_view text) = 0;
   // True once the sender cancelled; the answer is then discarded.

@@ -402,6 +402,33 @@ std::string ReplyContentType(std::string_view reply_meta) {
   return "";
 }
 
+int ReplyStatus(std::string_view reply_meta) {
+  if (reply_meta.empty()) return 200;
+  json meta = json::parse(reply_meta, nullptr, /*allow_exceptions=*/false);
+  if (!meta.is_object()) return 200;
+  auto found = meta.find("http_status");
+  if (found == meta.end()) return 200;
+  const auto* number = found->get_ptr<const json::number_unsigned_t*>();
+  if (number != nullptr && (*number == 201 || *number == 202)) {
+    return static_cast<int>(*number);
+  }
+  return 200;
+}
+
+std::string ReplyMessageId(std::string_view reply_meta) {
+  if (reply_meta.empty()) return "";
+  json meta = json::parse(reply_meta, nullptr, /*allow_exceptions=*/false);
+  if (!meta.is_object()) return "";
+  auto found = meta.find("message_id");
+  if (found == meta.end()) return "";
+  const std::string* value = found->get_ptr<const std::string*>();
+  if (value == nullptr || value->empty() || value->size() > 256 ||
+      !IsSafeHeaderValue(*value)) {
+    return "";
+  }
+  return *value;
+}
+
 // ---------------------------------------------------------------- responses
 
 const char* ReasonPhrase(int status) {

@@ -141,6 +141,15 @@ std::string ErrorJson(std::string_view text, int code = 0);
 // {"content-type": ...}), when present and safe to put in a header.
 std::string ReplyContentType(std::string_view reply_meta);
 
+// A reply's HTTP status from its meta ({"http_status": N}) when N is 200,
+// 201 or 202 (a RabbitMQ service in enqueue mode answers 202 Accepted);
+// 200 otherwise: an answer can only say which success it is.
+int ReplyStatus(std::string_view reply_meta);
+
+// A reply's {"message_id": ...} from its meta, when present and safe to put
+// in a header (the reactor sends it as X-Message-Id); "" otherwise.
+std::string ReplyMessageId(std::string_view reply_meta);
+
 struct Response {
   int status = 200;
   std::string content_type = "text/plain; charset=utf-8";

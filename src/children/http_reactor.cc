@@ -551,6 +551,13 @@ void Connection::OnReply(const std::shared_ptr<Exchange>& exchange,
     response.content_type =
         type.empty() ? "application/octet-stream" : std::move(type);
     response.body = std::move(reply.body);
+    if (!reply.meta.empty()) {
+      response.status = http::ReplyStatus(reply.meta);
+      std::string message_id = http::ReplyMessageId(reply.meta);
+      if (!message_id.empty()) {
+        response.headers.emplace_back("X-Message-Id", std::move(message_id));
+      }
+    }
   } else {
     response.status = http::StatusForError(reply.code);
     response.content_type = "application/json";

@@ -92,11 +92,13 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 
 #include "children/amqp_log.h"
 #include "children/amqp_session.h"
+#include "children/rabbitmq_outbox.h"
 #include "core/amqp_message.h"
 #include "core/amqp_retry.h"
 #include "core/amqp_service_config.h"
@@ -1163,8 +1165,20 @@ int RunRabbitmqService(const std::vector<std::string>& args) {
     std::fprintf(stderr, "%s\n", error.c_str());
     return 2;
   }
-  Service service(client.get(), std::move(*config));
-  service.Start();
+  // One process may publish (the outbox, children/rabbitmq_outbox.h),
+  // consume, or both; the consumer then shares the client through the
+  // outbox, which must hear of the stop too.
+  std::unique_ptr<RabbitmqOutbox> outbox;
+  PoolClient* consumer_client = client.get();
+  if (config->publish) {
+    outbox = StartRabbitmqOutbox(client.get(), *config);
+    consumer_client = outbox->consumer_client();
+  }
+  std::optional<Service> service;
+  if (!config->queues.empty()) {
+    service.emplace(consumer_client, std::move(*config));
+    service->Start();
+  }
   return client->Run();
 }
 

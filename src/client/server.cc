@@ -122,7 +122,11 @@ void ServerRequest::Reply(std::string_view body, std::string_view meta) {
 }
 
 void ServerRequest::Fail(std::string_view message) {
-  Answer(FrameType::kError, static_cast<uint32_t>(ErrorCode::kHandlerError), {},
+  Fail(message, ErrorCode::kHandlerError);
+}
+
+void ServerRequest::Fail(std::string_view message, ErrorCode code) {
+  Answer(FrameType::kError, static_cast<uint32_t>(code), {},
          message.substr(0, 64 * 1024));
 }
 

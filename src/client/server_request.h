@@ -72,6 +72,7 @@ class ServerRequest : public IncomingRequest,
   const std::string& sender_group() const override { return sender_group_; }
   void Reply(std::string_view body, std::string_view meta) override;
   void Fail(std::string_view message) override;
+  void Fail(std::string_view message, wire::ErrorCode code) override;
   void SendProgress(double fraction, std::string_view text) override;
   bool cancelled() const override { return cancelled_; }
   void OnCancel(std::function<void()> callback) override {

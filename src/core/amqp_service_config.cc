@@ -84,10 +84,17 @@ Result<AmqpServiceConfig> ParseAmqpServiceConfig(std::string_view text) {
   if (!parsed.ok()) return parsed.status();
   config.url = *parsed;
 
+  if (auto found = object.find("publish");
+      found != object.end() && !found->is_null()) {
+    Result<AmqpPublishSettings> publish = ParseAmqpPublishSettings(*found);
+    if (!publish.ok()) return publish.status();
+    config.publish = *publish;
+  }
+
   if (Status s = ReadStrings(object, "queues", &config.queues); !s.ok()) {
     return s;
   }
-  if (config.queues.empty()) {
+  if (config.queues.empty() && !config.publish) {
     return KeyError("queues", "no queue to consume");
   }
   std::set<std::string> unique(config.queues.begin(), config.queues.end());
@@ -165,12 +172,12 @@ Result<AmqpServiceConfig> ParseAmqpServiceConfig(std::string_view text) {
 
   std::vector<std::string> routes;
   if (Status s = ReadStrings(object, "routes_to", &routes); !s.ok()) return s;
-  if (routes.empty()) {
+  if (routes.empty() && !config.queues.empty()) {
     return KeyError("routes_to",
                     "empty: the service group needs routes_to: [JOB_GROUP] "
                     "to know where to send deliveries");
   }
-  config.target = routes.front();
+  if (!routes.empty()) config.target = routes.front();
 
   struct DurationKey {
     const char* key;
@@ -242,6 +249,7 @@ std::string AmqpServiceEnvironment(const PoolConfig& pool,
   if (rabbitmq.queue_type == "quorum") {
     section["delivery_limit"] = rabbitmq.delivery_limit;
   }
+  if (rabbitmq.publish) section["publish"] = AmqpPublishJson(*rabbitmq.publish);
   if (!group.routes_to.empty()) {
     if (const GroupConfig* target = pool.FindGroup(group.routes_to.front())) {
       // Only compared with consumer_timeout: longer than ten years reads

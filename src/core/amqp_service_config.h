@@ -6,7 +6,8 @@
 //    "max_retries": int, "dead_letter_queue": str, "routes_to": [...],
 //    "queue_type": "classic" | "quorum", "delivery_limit": int,
 //    "consumer_timeout_ms": int, "target_request_timeout_ms": int,
-//    "connection_name": str}
+//    "connection_name": str, "publish": {...} (core/amqp_publish_config.h)}
+// "queues" may be empty (and then "routes_to" too) when "publish" is set.
 //
 // Optional keys, not (yet) in the YAML, for tuning and tests:
 //   "retry_initial_ms" (500), "retry_max_ms" (30000): retry backoff;
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "core/amqp_message.h"
+#include "core/amqp_publish_config.h"
 #include "core/amqp_retry.h"
 #include "core/amqp_url.h"
 #include "core/pool_model.h"
@@ -66,6 +68,8 @@ struct AmqpServiceConfig {
   // Shown in RabbitMQ's management views (client property
   // connection_name); the service sets POOL/GROUP/INDEX when it is empty.
   std::string connection_name;
+  // Set: the service serves requests by publishing them (the outbox).
+  std::optional<AmqpPublishSettings> publish;
 };
 
 // Parses and checks TEXT; the error names the key and what was wrong.

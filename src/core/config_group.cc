@@ -51,13 +51,52 @@ void ReadRestart(MapReader& restart, RestartConfig* config) {
   restart.Finish();
 }
 
+constexpr std::string_view kPublishModes[] = {"rpc", "enqueue"};
+
+// AMQP names (exchange, routing key) are short strings: 255 bytes at most.
+Status CheckAmqpShortString(std::string_view text) {
+  if (text.size() > 255) {
+    return Status::Error("longer than 255 bytes (" +
+                         std::to_string(text.size()) + ")");
+  }
+  return Status::Ok();
+}
+
+void ReadPublish(MapReader& publish, RabbitmqPublishConfig* config) {
+  publish.Text("exchange", &config->exchange, Need::kOptional,
+               CheckAmqpShortString);
+  bool key_ok = publish.Text("routing_key", &config->routing_key,
+                             Need::kRequired, CheckAmqpShortString);
+  publish.OneOf("mode", &config->mode, kPublishModes);
+  if (publish.DurationValue("timeout", &config->timeout) &&
+      config->timeout.count() <= 0) {
+    publish.ValueError("timeout",
+                       "must be longer than 0 (e.g. 30s): a request waits "
+                       "this long for its reply");
+    config->timeout = RabbitmqPublishConfig{}.timeout;
+  }
+  publish.Bool("persistent", &config->persistent);
+  publish.Int("max_pending", &config->max_pending, {.min = 1, .max = 1000000});
+  publish.Finish();
+  if (key_ok && config->routing_key.empty() && config->exchange.empty()) {
+    publish.ValueError("routing_key",
+                       "must name a queue when the exchange is the default "
+                       "one (\"\"); e.g. routing_key: tasks");
+  }
+}
+
 void ReadRabbitmq(MapReader& rabbitmq, RabbitmqConfig* config) {
   rabbitmq.Text("url", &config->url, Need::kRequired, CheckAmqpUrl);
+  // A service may consume (queues), publish, or both.
+  const bool publishes = rabbitmq.Has("publish");
   rabbitmq.TextList("queues", &config->queues,
-                    {.need = Need::kRequired,
-                     .allow_empty = false,
+                    {.need = publishes ? Need::kOptional : Need::kRequired,
+                     .allow_empty = publishes,
                      .example = "[tasks]",
                      .check = CheckNotEmpty});
+  if (std::optional<MapReader> publish = rabbitmq.Map("publish")) {
+    ReadPublish(*publish, &config->publish.emplace());
+  }
   rabbitmq.Bool("declare", &config->declare);
   rabbitmq.Int("prefetch", &config->prefetch, {.min = 1, .max = 65535});
   rabbitmq.Int("max_retries", &config->max_retries);
@@ -174,6 +213,29 @@ void ReadGroup(ErrorList* errors, const YamlNode& node, std::size_t index,
     if (autoscale_ok) source->autoscale_min = autoscale->Lookup("min")->value;
   }
   reader.Finish();
+  // A publishing service takes every request it is sent and answers "queue
+  // full" itself beyond publish.max_pending: senders must not hold
+  // requests back for it (max_inflight), nor its client library queue them.
+  // A sender kills a process that answers later than request_timeout: the
+  // service must answer (its own "timeout") first.
+  if (group->rabbitmq && group->rabbitmq->publish) {
+    const RabbitmqPublishConfig& publish = *group->rabbitmq->publish;
+    if (!reader.Has("max_inflight")) {
+      group->max_inflight = kPublishingServiceMaxInflight;
+    }
+    if (!reader.Has("request_timeout")) {
+      group->request_timeout = publish.timeout + kPublishTimeoutMargin;
+    } else if (group->request_timeout <= publish.timeout) {
+      reader.ValueError(
+          "request_timeout",
+          FormatDuration(group->request_timeout) +
+              " must be longer than rabbitmq.publish.timeout (" +
+              FormatDuration(publish.timeout) +
+              "): a sender kills a process that answers later than "
+              "request_timeout; leave it out to get the timeout plus " +
+              FormatDuration(kPublishTimeoutMargin));
+    }
+  }
 
   if (command_ok && group->command[0].empty()) {
     errors->Add(reader.Lookup("command")->value[0].Position(),

@@ -43,9 +43,32 @@ struct RestartConfig {
   bool operator==(const RestartConfig&) const = default;
 };
 
+// A service's `rabbitmq.publish` section: it serves requests from reactors
+// by publishing each one to RabbitMQ (docs/RABBITMQ.md, "Publishing").
+struct RabbitmqPublishConfig {
+  std::string exchange;      // "": the default exchange
+  std::string routing_key;   // required; "" only with a named exchange
+  std::string mode = "rpc";  // rpc | enqueue
+  Duration timeout{30000};   // rpc: the wait for the reply
+  bool persistent = true;    // delivery_mode 2
+  // Requests one process holds waiting for a confirm or a reply; beyond
+  // it a request is answered "queue full" at once.
+  int max_pending = 1000;
+  bool operator==(const RabbitmqPublishConfig&) const = default;
+};
+
+// A publishing service's max_inflight when the group does not set one: no
+// limit in practice, so that every request reaches the service at once and
+// it answers "queue full" itself beyond publish.max_pending.
+inline constexpr int kPublishingServiceMaxInflight = 1000000;
+// A publishing service's request_timeout when the group does not set one:
+// publish.timeout plus this, so that the service answers "timeout" before
+// its senders give up on it (and kill it).
+inline constexpr Duration kPublishTimeoutMargin{5000};
+
 struct RabbitmqConfig {
   std::string url;
-  std::vector<std::string> queues;
+  std::vector<std::string> queues;  // may be empty when publish is set
   bool declare = false;
   int prefetch = 32;
   int max_retries = 5;
@@ -55,6 +78,7 @@ struct RabbitmqConfig {
   int delivery_limit = 20;  // quorum queues: x-delivery-limit
   // The broker's consumer_timeout (RabbitMQ's default); 0: it has none.
   Duration consumer_timeout{30 * 60 * 1000};
+  std::optional<RabbitmqPublishConfig> publish;
   bool operator==(const RabbitmqConfig&) const = default;
 };
 

@@ -126,5 +126,4 @@ json AmqpPublishJson(const RabbitmqPublishConfig& config) {
           {"max_pending", config.max_pending}};
 }
 
-
 }  // namespace workerpool

@@ -39,6 +39,9 @@ class AutoscaleRabbitmqTest(RabbitmqTestCase):
 
     def run_backlog(self, min_, count):
         queue = self.queue("autoscale")
+        # Declared before anything is published: the service declares it
+        # too, but maybe only after the first publish (which would be lost).
+        self.amqp.declare(queue)
         pool = self.service_pool(
             queue, prefetch=50, jobs=min_,
             work_keys="\n    autoscale: {min: %d, max: 6, up_after: 200ms, "

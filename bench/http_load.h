@@ -4,7 +4,7 @@
 // bodies checked. Latency is from the write of a request to the end of its
 // answer. Header-only so that each benchmark is one .cc (bench/CMakeLists).
 //
-// The same loop as bench/http_bench.cc's, with the path a parameter.
+// Used by bench/http_bench.cc and bench/outbox_bench.cc.
 #pragma once
 
 #include <arpa/inet.h>

@@ -183,6 +183,11 @@ class QueueRecoveryTest(RabbitmqTestCase):
             r"warning: RabbitMQ returned a message published to '%s' \(312 "
             r"NO_ROUTE: no such queue\); declaring the dead-letter queue "
             r"again; requeueing the delivery it was published for" % dead)
+        # The line is logged before the declare it announces: a passive
+        # declare now could meet NOT_FOUND (which closes the test's channel),
+        # so wait for the broker to list the queue first.
+        wp.wait_until(lambda: queue_counts(dead) is not None, 30,
+                      "queue %s declared again" % dead, interval=0.2)
         self.wait_depth(dead, 1)
         letter = self.amqp.get(dead)
         self.assertEqual(letter.body, b"fail-returned")

@@ -79,6 +79,10 @@ void Client::FlushAll() {
     }
     // Deferred completions run here, outside any caller's stack.
     sender_.RunCompletions();
+    if (stats_due_) {
+      stats_due_ = false;
+      SendStats();
+    }
     pool_.Flush();
   } while (!dirty_.empty());
   if (!busy_.has_hot()) uv_prepare_stop(&flusher_);
@@ -280,7 +284,30 @@ ClientStats Client::stats() const {
   return stats;
 }
 
-void Client::StartStatsTimer() {
+void Client::ScheduleStats() {
+  const uint64_t now = uv_now(loop_);
+  if (!stats_sent_ || now - stats_sent_ms_ >= kStatsIntervalMs) {
+    stats_due_ = true;
+    ArmFlusher();
+    return;
+  }
+  StartStatsTimer(stats_sent_ms_ + kStatsIntervalMs - now);
+}
+
+void Client::LoadRising() {
+  if (!pool_.open() || stats_due_) return;
+  const uint64_t now = uv_now(loop_);
+  if (rising_sent_ && now - rising_sent_ms_ < kStatsIntervalMs) {
+    CountChanged();
+    return;
+  }
+  rising_sent_ = true;
+  rising_sent_ms_ = now;
+  stats_due_ = true;
+  ArmFlusher();
+}
+
+void Client::StartStatsTimer(uint64_t delay_ms) {
   uv_timer_start(
       &stats_timer_,
       [](uv_timer_t* timer) {
@@ -288,10 +315,12 @@ void Client::StartStatsTimer() {
         self->SendStats();
         self->FlushAll();
       },
-      kStatsIntervalMs, 0);
+      delay_ms, 0);
 }
 
 void Client::SendStats() {
+  stats_sent_ = true;
+  stats_sent_ms_ = uv_now(loop_);
   pool_.SendStats(stats(), sender_.Latencies(), app_stats_);
 }
 

@@ -14,6 +14,19 @@ ChildConversation::Decision ChildConversation::Refuse(OffendingFrame offence) {
   return decision;
 }
 
+const ChildStats& ChildConversation::stats() const {
+  static const ChildStats kNone;
+  return stats_ != nullptr ? *stats_ : kNone;
+}
+
+void ChildConversation::KeepStats(ChildStats stats) {
+  if (stats_ == nullptr) {
+    stats_ = std::make_unique<ChildStats>(std::move(stats));
+  } else {
+    *stats_ = std::move(stats);
+  }
+}
+
 ChildConversation::Decision ChildConversation::OnFrame(
     wire::FrameType type, std::string_view body,
     const ChildGroupLookup& group_of) {

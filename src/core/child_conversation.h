@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -82,8 +83,8 @@ class ChildConversation {
   void ForgetRefusal(const std::string& group) { refused_.erase(group); }
 
   // Stats as last accepted (empty until the first).
-  const ChildStats& stats() const { return stats_; }
-  void KeepStats(ChildStats stats) { stats_ = std::move(stats); }
+  const ChildStats& stats() const;
+  void KeepStats(ChildStats stats);
 
   std::uint64_t offences() const { return offences_; }
 
@@ -97,7 +98,9 @@ class ChildConversation {
   // Peers this child asked to kill, by serial (with their pid, to forget
   // them once gone): asked once, killed once.
   std::map<std::uint64_t, std::int64_t> killed_;
-  ChildStats stats_;
+  // Allocated with the first stats frame: most children of a large idle
+  // pool never send one, and the Watcher keeps a conversation per child.
+  std::unique_ptr<ChildStats> stats_;
   std::bitset<kChildOffenceKinds> logged_;
   std::uint64_t offences_ = 0;
 };

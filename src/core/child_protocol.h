@@ -68,7 +68,9 @@ struct ChildStats {
   std::map<std::string, std::uint64_t, std::less<>> counters;
   std::map<std::string, LatencyHistogram, std::less<>> latency;  // by target
   std::map<std::string, RouteLoad, std::less<>> routes;          // by target
-  nlohmann::json app = nlohmann::json::object();  // the application's own
+  // The application's own: an object once the child sent one, null before
+  // (null allocates nothing: a slot per child keeps one of these).
+  nlohmann::json app;
   // 0 when the child did not report it.
   std::uint64_t Counter(std::string_view name) const;
 };

@@ -479,6 +479,10 @@ groups:
                                  os.path.join(pool.tmp, "front.sock")])[1])
         self.assertEqual(app["connection"], "connected")  # the consumer's
         self.assertEqual(app["publish"]["error_replies"], 1)
+        # Each half's connection has a name of its own.
+        names = rabbitmqctl("list_connections", "client_properties")
+        self.assertIn('{"connection_name","front/outbox/0"}', names)
+        self.assertIn('{"connection_name","front/outbox/0/publish"}', names)
         # SIGTERM: both halves stop, the process exits 0, in time.
         started = time.monotonic()
         pool.stop()

@@ -1,4 +1,4 @@
-"""Children in Python (python/workerpool.py, examples/python_job.py): a
+"""Children in Python (src/python/workerpool.py, src/examples/python_job.py): a
 Python job group answers requests from the test-kit reactor, is replaced
 when killed, drains on stop and scale-down, heartbeats, runs handlers
 concurrently up to max_inflight, sends progress, honours cancel; a Python
@@ -285,7 +285,7 @@ groups:
 
 
 class LibraryTest(unittest.TestCase):
-    """python/workerpool.py against a fake pool (no Watcher)."""
+    """src/python/workerpool.py against a fake pool (no Watcher)."""
 
     def fake(self, script=EXAMPLE):
         pool = wp_ipc.FakePool([wp_ipc.PYTHON, script])

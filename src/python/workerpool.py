@@ -275,6 +275,7 @@ class Request:
         self._cancel_event = None
         self._callbacks = None
         self._task = None  # asyncio: the handler's task
+        self._task_began = False
         self._answered = False
         self._started = False
         self._sequence = 0
@@ -1246,16 +1247,7 @@ class Client:
         decoder = link.decoder
         try:
             if link.role == _Link.SERVER:
-                # The hot path of a job: requests, one after the other.
-                on_request = self._on_request
-                while not link.closed:
-                    frame = decoder.next()
-                    if frame is None:
-                        break
-                    if frame.type == 1:  # FrameType.REQUEST
-                        on_request(link, frame)
-                    elif frame.type == 5:  # FrameType.CANCEL
-                        self._on_cancel_frame(link, frame.id)
+                self._server_frames(link, decoder)
                 return
             while not link.closed:
                 frame = decoder.next()
@@ -1272,7 +1264,8 @@ class Client:
     def _on_link_frame(self, link, frame):
         if link.role == _Link.SERVER:
             if frame.type == FrameType.REQUEST:
-                self._on_request(link, frame)
+                self._on_request(link, frame.id, frame.aux, frame.meta,
+                                 frame.body)
             elif frame.type == FrameType.CANCEL:
                 self._on_cancel_frame(link, frame.id)
             return
@@ -1353,17 +1346,51 @@ class Client:
 
     # -- serving ------------------------------------------------------------------------
 
-    def _on_request(self, link, frame):
+    def _server_frames(self, link, decoder):
+        # The hot path of a job: FrameDecoder.next() unrolled (the header
+        # read once, no Frame built); a bad header is left to next(), which
+        # raises. The decoder's offset moves past a frame before it is
+        # handled: its handler may hand the loop to another thread, which
+        # goes on from there.
+        unpack_from = HEADER.unpack_from
+        buffer = decoder._buffer
+        while not link.closed:
+            offset = decoder._offset
+            available = len(buffer) - offset
+            if available < HEADER_SIZE:
+                return
+            (length, version, type_, _, id_, aux,
+             meta_length) = unpack_from(buffer, offset)
+            if (version != WIRE_VERSION or length > MAX_PAYLOAD
+                    or meta_length > length or type_ not in _KNOWN_TYPES):
+                decoder.next()  # raises ProtocolError
+                return
+            if available < HEADER_SIZE + length:
+                return
+            start = offset + HEADER_SIZE
+            end = start + length
+            decoder._offset = end
+            if type_ == 1:  # FrameType.REQUEST
+                if meta_length:
+                    meta = bytes(buffer[start:start + meta_length])
+                    start += meta_length
+                else:
+                    meta = b""
+                self._on_request(link, id_, aux, meta, bytes(buffer[start:end]))
+            elif type_ == 5:  # FrameType.CANCEL
+                self._on_cancel_frame(link, id_)
+            # Anything else a sender may not send to its server: ignored.
+
+    def _on_request(self, link, id_, aux, meta, body):
         if self._handler is None:
             self._write(link, encode_frame(
-                FrameType.ERROR, frame.id, ErrorCode.REFUSED,
+                FrameType.ERROR, id_, ErrorCode.REFUSED,
                 body="group %s does not serve requests" % self.group))
             return
-        aux = frame.aux
-        request = Request(self, link, frame.id,
+        request = Request(self, link, id_,
                           aux - 0x100000000 if aux >= 0x80000000 else aux,
-                          frame.meta, frame.body)
-        link.serving[frame.id] = request
+                          meta, body)
+        link.serving[id_] = request
         if self._running < self._serve_limit and not self._serve_queue:
             self._start(request)
         else:
@@ -1384,8 +1411,11 @@ class Client:
                 body="cancelled before it started"))
             return
         request._mark_cancelled()
-        if request._task is not None:
-            request._task.cancel()  # asyncio.CancelledError in the handler
+        if request._task is not None and request._task_began:
+            # asyncio.CancelledError in the handler. A task that has not
+            # begun yet is not cancelled (it would end without running a
+            # line, unanswered): it sees the flag when it begins.
+            request._task.cancel()
         for callback in request._callbacks or ():
             try:
                 callback()
@@ -1468,8 +1498,11 @@ class Client:
 
     async def _run_async(self, request):
         # A task on the event loop that also does the I/O.
+        request._task_began = True
         meta = b""
         try:
+            if request._cancel_flag:
+                raise asyncio.CancelledError()  # before it began
             if self._with_request:
                 result = await self._handler(request)
             else:
@@ -1500,6 +1533,23 @@ class Client:
         if not request._answered:
             request._answered = True
             link = request._link
+            if ok and not meta and len(body) <= MAX_PAYLOAD and \
+                    link is not None and not link.closed:
+                # The common case, short.
+                link.out += HEADER.pack(len(body), WIRE_VERSION, 2, 0,
+                                        request.id, 0, 0)
+                link.out += body
+                self._dirty.add(link)
+                link.serving.pop(request.id, None)
+                self._count("served")
+                self._answered_count += 1
+                if self._recycle_after and not self._recycle_reported:
+                    self._report_recycle_limit()
+                if self._serve_queue:
+                    self._serve_next()
+                if self._stopping:
+                    self._maybe_finish_stop()
+                return
             if ok and len(body) + len(meta) > MAX_PAYLOAD:
                 ok, meta = False, b""
                 body = ("reply of %d bytes is over the frame limit"
@@ -1754,8 +1804,8 @@ class Client:
             self._aio_finished.set_result(None)
 
 
-def serve(handler, with_request=False, on_ready=None):
+def serve(handler, with_request=False, on_ready=None, threads=False):
     """Serves requests from the pool with HANDLER until this process should
     exit; returns the exit code (0). See Client.serve."""
     return Client().serve(handler, with_request=with_request,
-                          on_ready=on_ready)
+                          on_ready=on_ready, threads=threads)

@@ -707,6 +707,47 @@ class LibraryTest(unittest.TestCase):
         # The handler saw asyncio.CancelledError.
         self.assertIn("cancelled sleep:60000", output)
 
+    def test_asend_from_another_event_loop(self):
+        # A sender that runs the library's loop on its thread (start()) and
+        # its own asyncio loop on the main thread.
+        script = os.path.join(self.tmpdir(), "sender.py")
+        with open(script, "w") as f:
+            f.write(r"""
+import asyncio, sys
+sys.path.insert(0, %r)
+import workerpool
+client = workerpool.Client().start()
+
+async def main():
+    reply = await client.asend("echo", b"ping", timeout=30)
+    print("reply", reply.ok, reply.body.decode(), flush=True)
+    reply = await client.asend("echo", b"slow", timeout=0.5)
+    print("timeout", int(reply.code), flush=True)
+    await asyncio.sleep(1)  # the cancel frame goes out before the exit
+
+asyncio.run(main())
+""" % wp_ipc.PYTHON_DIR)
+        pool = self.fake(script)
+        self.hello(pool)
+        pool.send(26, {"max_inflight": 1})
+        f = pool.reader.read_until(17)
+        self.assertEqual(json.loads(f[4]), {"group": "echo"})
+        link = pool.add_link(role="sender", group="echo", pid=33)
+        pool.send(27, {"group": "echo", "max_inflight": 4, "queue_limit": 10,
+                       "request_timeout_ms": 30000})
+        reader = wp_ipc.FrameReader(link)
+        type_, id_, aux, meta, body = reader.read()
+        self.assertEqual((type_, body), (1, b"ping"))
+        link.sendall(wp_ipc.frame(2, "pong", id_=id_))
+        type_, slow_id, aux, meta, body = reader.read()
+        self.assertEqual((type_, body), (1, b"slow"))
+        # Not answered: the timeout cancels it.
+        self.assertEqual(reader.read()[:2], (5, slow_id))
+        code = pool.wait_exit()
+        output = pool.output()
+        self.assertEqual(code, 0, output)
+        self.assertIn("reply True pong\ntimeout 7\n", output)
+
     def output_so_far(self, pool):
         # The child's stderr and stdout share a pipe: read what is there.
         import select

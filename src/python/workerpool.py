@@ -96,6 +96,10 @@ MAX_PROGRESS_TEXT = 4096
 # this long gives the I/O loop to a new thread, so heartbeats, cancels and
 # other requests go on while it blocks.
 HANDOFF_AFTER = 0.01
+# After a hand-off, handlers start on threads of their own for this long: a
+# process whose handlers block often would otherwise stall its loop for up
+# to 2 x HANDOFF_AFTER on each of them.
+THREADS_AFTER_HANDOFF = 1.0
 
 
 class FrameType(enum.IntEnum):
@@ -564,6 +568,7 @@ class Client:
         self._owner_gen = 0
         self._inline = None
         self._inline_seq = 0
+        self._threads_until = 0.0  # monotonic time; 0: inline
         self._watchdog = None
         self._watchdog_idle = True
         self._watchdog_event = threading.Event()
@@ -613,12 +618,14 @@ class Client:
         max_inflight at once: one that answers at once costs no hand-off,
         and one still running after HANDOFF_AFTER (10 ms), or one that
         waits (request.wait_cancelled, client.send), hands the I/O loop to
-        a new thread and goes on as a thread of its own. THREADS=True starts
-        every handler on a thread of its own instead (what the library did
-        before, for handlers that all block). An `async def` handler runs as a
-        task on an asyncio event loop that also does the I/O (one thread,
-        up to max_inflight tasks at once); a cancel reaches it as
-        asyncio.CancelledError."""
+        a new thread and goes on as a thread of its own; for the next
+        THREADS_AFTER_HANDOFF (1 s), handlers then start on threads of
+        their own, as handlers that block often are served best.
+        THREADS=True starts every handler on a thread of its own instead
+        (what the library did before, for handlers that all block). An
+        `async def` handler runs as a task on an asyncio event loop that
+        also does the I/O (one thread, up to max_inflight tasks at once); a
+        cancel reaches it as asyncio.CancelledError."""
         self._handler = handler
         self._with_request = with_request
         self._on_ready = on_ready
@@ -912,6 +919,7 @@ class Client:
         # Under _owner_lock, while the owner runs a handler (_inline set).
         self._owner_gen += 1
         self._inline = None
+        self._threads_until = time.monotonic() + THREADS_AFTER_HANDOFF
         self._in_serve_next = False  # the old owner left it mid-way
         self._loop_ident = None
         threading.Thread(target=self._loop, name="workerpool-io",
@@ -1461,12 +1469,19 @@ class Client:
         self._running += 1
         if self._is_async:
             request._task = self._aio.create_task(self._run_async(request))
-        elif self._threads:
+        elif self._threads or (self._threads_until and
+                               self._blocking_lately()):
             threading.Thread(target=self._run_handler, args=(request,),
                              name="workerpool-request-%d" % request.id,
                              daemon=True).start()
         else:
             self._run_inline(request)
+
+    def _blocking_lately(self):
+        if time.monotonic() < self._threads_until:
+            return True
+        self._threads_until = 0.0
+        return False
 
     def _run_inline(self, request):
         # On the I/O thread; the watchdog hands the loop to a new thread

@@ -748,6 +748,36 @@ asyncio.run(main())
         self.assertEqual(code, 0, output)
         self.assertIn("reply True pong\ntimeout 7\n", output)
 
+    def test_blocking_and_quick_handlers_mixed(self):
+        # Every tenth handler blocks 20 ms (about the hand-off delay): the
+        # loop moves between threads many times, and every answer arrives,
+        # each on its own id.
+        script = os.path.join(self.tmpdir(), "mixed.py")
+        with open(script, "w") as f:
+            f.write("import sys, time\nsys.path.insert(0, %r)\n"
+                    "import workerpool\n"
+                    "def handler(body, meta):\n"
+                    "    if int(body) %% 10 == 0:\n"
+                    "        time.sleep(0.02)\n"
+                    "    return b'n' + body\n"
+                    "workerpool.serve(handler)\n" % wp_ipc.PYTHON_DIR)
+        pool = self.fake(script)
+        self.hello(pool)
+        pool.send(26, {"max_inflight": 4, "heartbeat_ms": 300})
+        link = pool.add_link()
+        reader = wp_ipc.FrameReader(link)
+        link.sendall(b"".join(wp_ipc.frame(1, str(n), id_=n + 1)
+                              for n in range(400)))
+        answers = {}
+        while len(answers) < 400:
+            type_, id_, aux, meta, body = reader.read()
+            self.assertEqual(type_, 2, body)
+            answers[id_] = body
+        self.assertEqual(answers, {n + 1: b"n%d" % n for n in range(400)})
+        link.close()
+        pool.send(25, {})
+        self.assertEqual(pool.wait_exit(), 0)
+
     def output_so_far(self, pool):
         # The child's stderr and stdout share a pipe: read what is there.
         import select

@@ -26,7 +26,7 @@ import unittest
 import wp
 from test_rabbitmq import MiniAmqp, AmqpError, URL, queue_counts, rabbitmqctl
 
-PYTHON_DIR = os.path.join(wp.TOP, "python")
+PYTHON_DIR = os.path.join(wp.TOP, "src", "python")
 
 # Answers with the request's meta (the AMQP delivery as rabbitmq-service
 # describes it) for "meta", fails "fail...", sleeps "sleep:MS", else echoes.
@@ -527,7 +527,7 @@ groups:
         broker = urllib.parse.urlsplit(URL)
         text = text.replace("127.0.0.1:8080", "127.0.0.1:%d" % self.port)
         text = text.replace("amqp://guest:guest@127.0.0.1:5673", URL)
-        text = text.replace("examples/python_job.py", os.path.join(
+        text = text.replace("src/examples/python_job.py", os.path.join(
             wp_ipc.EXAMPLES_DIR, "python_job.py"))
         self.assertIn(broker.netloc, text)
         pool = self.pool(text)

@@ -181,6 +181,7 @@ class Client final : public PoolClient, private PoolChannel::Listener {
   bool owns_loop_;
   std::string group_;
   int index_ = -1;
+  bool connect_links_ = false;  // WORKERPOOL_LINKS=connect
 
   PoolChannel pool_;
   Sender sender_;

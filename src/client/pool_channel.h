@@ -98,7 +98,7 @@ class PoolChannel {
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&pipe_); }
 
   // CONNECT_LINKS: ask for links by connect (docs/PROTOCOL.md, "Links by
-  // connect") instead of fds; set by WORKERPOOL_LINKS=connect, to measure
+  // connect") instead of fds; set by WP_CONNECT_LINKS=1, to measure
   // and test that path with C++ children.
   void SendHello(bool connect_links);
   void SendRouteOpen(const std::string& group);

@@ -52,8 +52,8 @@ bool Client::Open(int fd, std::string* error) {
   signal(SIGPIPE, SIG_IGN);
 
   pool_.StartReading();
-  const char* links = std::getenv("WORKERPOOL_LINKS");
-  connect_links_ = links != nullptr && std::strcmp(links, "connect") == 0;
+  const char* links = std::getenv("WP_CONNECT_LINKS");
+  connect_links_ = links != nullptr && std::strcmp(links, "1") == 0;
   pool_.SendHello(connect_links_);
   FlushAll();
   return true;
@@ -145,7 +145,7 @@ void Client::OnPeerAdded(const PeerInfo& peer) {
     // A "listen" link (both ends connect): the C++ library receives fds
     // and asks for connect links only to measure that path.
     fprintf(stderr,
-            "workerpool: a link to listen for; WORKERPOOL_LINKS=connect "
+            "workerpool: a link to listen for; WP_CONNECT_LINKS=1 "
             "supports only links to connect to\n");
     return;
   }

@@ -135,6 +135,16 @@ groups:
         pool.wait_for_log(r"spawned js\[0\] pid (?!%d\b)\d+" % old.pid)
         self.assertEqual(c.request_until_ok("js", "again").body, "AGAIN")
         self.assertNotEqual(pool.child("js", 0).pid, old.pid)
+        # Killed with a request in flight: the sender hears how it died.
+        (job,) = pool.children("js")
+        c.write("k1 send js sleep:60000\n")
+        time.sleep(0.3)  # a wait, not an assert: the request reaches the job
+        os.kill(job.pid, signal.SIGKILL)
+        a = c.answer("k1")
+        self.assertFalse(a.ok, a)
+        self.assertEqual(a.code, wp_ipc.WORKER_DIED, a)
+        self.assertIn("SIGKILL", a.body)
+        self.assertEqual(c.request_until_ok("js", "third").body, "THIRD")
         a = c.request("js", "fail: on purpose")
         self.assertFalse(a.ok, a)
         self.assertEqual(a.code, HANDLER_ERROR, a)

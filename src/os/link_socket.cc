@@ -19,17 +19,24 @@ std::string Errno(const std::string& what) {
   return what + ": " + std::strerror(errno);
 }
 
+// Room left in sun_path (108) for "/<prefix of at most 23>XXXXXX/<n>.sock".
+constexpr std::size_t kMaxParentBytes = 48;
+
 bool UsableDirectory(const char* path) {
   struct stat info {};
-  return path != nullptr && path[0] == '/' && stat(path, &info) == 0 &&
+  return path != nullptr && path[0] == '/' &&
+         std::strlen(path) <= kMaxParentBytes && stat(path, &info) == 0 &&
          S_ISDIR(info.st_mode) && access(path, W_OK | X_OK) == 0;
 }
 
 }  // namespace
 
-Result<std::string> MakePrivateDirectory(const std::string& prefix) {
+Result<std::string> MakePrivateDirectory(const std::string& parent,
+                                         const std::string& prefix) {
   const char* runtime = std::getenv("XDG_RUNTIME_DIR");
-  std::string base = UsableDirectory(runtime) ? runtime : "/tmp";
+  std::string base = UsableDirectory(parent.c_str()) ? parent
+                     : UsableDirectory(runtime)      ? runtime
+                                                     : "/tmp";
   std::string pattern = base + "/" + prefix + "XXXXXX";
   std::vector<char> path(pattern.begin(), pattern.end());
   path.push_back('\0');

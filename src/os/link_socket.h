@@ -15,9 +15,12 @@
 
 namespace workerpool {
 
-// Makes a directory only this user can enter (mode 0700, by mkdtemp), in
-// $XDG_RUNTIME_DIR when it is set and usable, else in /tmp. Returns its path.
-Result<std::string> MakePrivateDirectory(const std::string& prefix);
+// Makes a directory only this user can enter (mode 0700, by mkdtemp), named
+// PREFIX and six random characters, in PARENT when it is usable (writable,
+// and short enough for the sockets inside to fit sun_path), else in
+// $XDG_RUNTIME_DIR when that is, else in /tmp. Returns its path.
+Result<std::string> MakePrivateDirectory(const std::string& parent,
+                                         const std::string& prefix);
 
 // Removes DIRECTORY and the sockets left in it (best effort: the Watcher is
 // stopping).

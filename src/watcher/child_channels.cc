@@ -283,12 +283,18 @@ struct ChildChannels::PendingLink {
 };
 
 // Link sockets live in one directory only the Watcher's user can enter
-// (mode 0700). A child that runs as another user (groups[].user, the
-// Watcher being root) gets a subdirectory of its own, owned by it; the top
-// directory then lets others pass through (0711) but not list it.
+// (mode 0700), beside the control socket: in $RUNTIME_DIRECTORY under
+// systemd, which removes it with the service even after a crash. A child that
+// runs as another user (groups[].user, the Watcher being root) gets a
+// subdirectory of its own, owned by it; the top directory then lets others pass
+// through (0711) but not list it.
 Result<std::string> ChildChannels::LinkDirectoryFor(const Slot* child) {
   if (link_directory_.empty()) {
-    Result<std::string> made = MakePrivateDirectory("workerpool-links-");
+    const std::string& control = table_->config().control_socket;
+    const std::size_t slash = control.rfind('/');
+    Result<std::string> made = MakePrivateDirectory(
+        slash == std::string::npos ? std::string() : control.substr(0, slash),
+        table_->config().name.substr(0, 16) + ".links-");
     if (!made.ok()) return made.status();
     link_directory_ = *made;
   }

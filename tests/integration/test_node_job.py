@@ -396,6 +396,14 @@ groups:
         (found,) = pool.find_log(r"ignoring (\S+)")
         path = found.group(1)
         self.assertFalse(os.path.exists(path), path)
+        # The private directory sits beside the control socket (here the
+        # test's directory; $RUNTIME_DIRECTORY under systemd), mode 0700.
+        directory = os.path.dirname(path)
+        self.assertEqual(os.path.dirname(directory), pool.tmp)
+        self.assertEqual(os.stat(directory).st_mode & 0o777, 0o700)
+        c.close()
+        self.assertEqual(pool.stop(), 0)
+        self.assertFalse(os.path.exists(directory), "left behind")
 
 
 if __name__ == "__main__":

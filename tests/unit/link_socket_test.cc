@@ -28,7 +28,7 @@ int ConnectTo(const std::string& path) {
 
 TEST_CASE(
     "link socket: private directory, listen, accept with the peer's pid") {
-  Result<std::string> directory = MakePrivateDirectory("wp-link-test-");
+  Result<std::string> directory = MakePrivateDirectory("/tmp", "wp-link-test-");
   REQUIRE(directory.ok());
   struct stat info {};
   REQUIRE(stat(directory->c_str(), &info) == 0);
@@ -61,6 +61,19 @@ TEST_CASE(
 
   RemovePrivateDirectory(*directory);
   CHECK(access(directory->c_str(), F_OK) != 0);
+}
+
+TEST_CASE("link socket: an unusable parent falls back to a usable one") {
+  for (const std::string& parent :
+       {std::string("/nonexistent-parent"), std::string("relative"),
+        "/tmp/" + std::string(60, 'x'), std::string()}) {
+    CAPTURE(parent);
+    Result<std::string> directory = MakePrivateDirectory(parent, "wp-fb-");
+    REQUIRE(directory.ok());
+    if (!parent.empty()) CHECK(directory->rfind(parent + "/", 0) != 0);
+    CHECK(directory->find("/wp-fb-") != std::string::npos);
+    RemovePrivateDirectory(*directory);
+  }
 }
 
 TEST_CASE("link socket: a path too long for sun_path is an error") {

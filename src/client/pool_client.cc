@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 namespace workerpool {
 namespace client {
@@ -51,7 +52,9 @@ bool Client::Open(int fd, std::string* error) {
   signal(SIGPIPE, SIG_IGN);
 
   pool_.StartReading();
-  pool_.SendHello();
+  const char* links = std::getenv("WP_CONNECT_LINKS");
+  connect_links_ = links != nullptr && std::strcmp(links, "1") == 0;
+  pool_.SendHello(connect_links_);
   FlushAll();
   return true;
 }
@@ -139,14 +142,27 @@ void Client::OnConfig(const ChildConfig& config) {
 }
 
 void Client::OnPeerAdded(const PeerInfo& peer) {
-  if (!pool_.has_socket()) {
-    fprintf(stderr, "workerpool: peer announced without a socket\n");
+  const Link::Role role =
+      peer.we_serve ? Link::Role::kServer : Link::Role::kSender;
+  Link* link = nullptr;
+  if (connect_links_ && peer.path.empty()) {
+    // A "listen" link (both ends connect): the C++ library receives fds
+    // and asks for connect links only to measure that path.
+    fprintf(stderr,
+            "workerpool: a link to listen for; WP_CONNECT_LINKS=1 "
+            "supports only links to connect to\n");
     return;
   }
-  Link* link =
-      Link::Accept(this, loop_, pool_.stream(),
-                   peer.we_serve ? Link::Role::kServer : Link::Role::kSender,
-                   peer.group, peer.index, peer.pid);
+  if (connect_links_) {
+    link = Link::Connect(this, loop_, peer.path, role, peer.group, peer.index,
+                         peer.pid);
+  } else if (!pool_.has_socket()) {
+    fprintf(stderr, "workerpool: peer announced without a socket\n");
+    return;
+  } else {
+    link = Link::Accept(this, loop_, pool_.stream(), role, peer.group,
+                        peer.index, peer.pid);
+  }
   if (link == nullptr) return;
   link->writer = std::make_unique<StreamWriter>(link->stream(), [link](int) {
     link->client->OnLinkClosed(link, "write failed");

@@ -190,6 +190,7 @@ class Client final : public PoolClient, private PoolChannel::Listener {
   bool owns_loop_;
   std::string group_;
   int index_ = -1;
+  bool connect_links_ = false;  // WP_CONNECT_LINKS=1
 
   PoolChannel pool_;
   Sender sender_;

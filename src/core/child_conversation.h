@@ -67,6 +67,8 @@ class ChildConversation {
                    const ChildGroupLookup& group_of);
 
   bool said_hello() const { return said_hello_; }
+  // How it takes its links, as its hello said (kPassed before hello).
+  LinkMode links() const { return links_; }
   std::int64_t own_pid() const { return own_pid_; }
 
   // Routes: open ones (the child gets links to that group's children) and
@@ -87,12 +89,16 @@ class ChildConversation {
   void KeepStats(ChildStats stats);
 
   std::uint64_t offences() const { return offences_; }
+  // An offence the Watcher saw outside this child's channel (its link
+  // connections): counted and logged like the others.
+  Decision Offend(OffendingFrame offence) { return Refuse(std::move(offence)); }
 
  private:
   Decision Refuse(OffendingFrame offence);
 
   std::int64_t own_pid_;
   bool said_hello_ = false;
+  LinkMode links_ = LinkMode::kPassed;
   std::set<std::string> routes_;
   std::set<std::string> refused_;
   // Peers this child asked to kill, by serial (with their pid, to forget

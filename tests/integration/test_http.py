@@ -573,9 +573,15 @@ groups:
         text = text.replace("127.0.0.1:8080", "127.0.0.1:%d" % self.port)
         text = text.replace("src/examples/python_job.py", EXAMPLE)
         text = text.replace("[python3,", "[%s," % wp_ipc.PYTHON)
+        text = text.replace("src/node/", os.path.join(wp.TOP, "src/node/"))
         self.pool(text)
         self.assertEqual(self.wait_ready("echo", "hello"), b"hello")
         self.assertEqual(self.wait_ready("py", "hello"), b"HELLO")
+        self.assertEqual(self.wait_ready("js", "hello"), b"HELLO")
+        # A Node.js sender reaches echo (once echo is up).
+        wp.wait_until(lambda: json.loads(self.wait_ready("jsrelay", "echo hi"))
+                      == {"ok": True, "code": None, "text": "hi"},
+                      what="jsrelay reaching echo")
 
 
 if __name__ == "__main__":

@@ -529,6 +529,7 @@ groups:
         text = text.replace("amqp://guest:guest@127.0.0.1:5673", URL)
         text = text.replace("src/examples/python_job.py", os.path.join(
             wp_ipc.EXAMPLES_DIR, "python_job.py"))
+        text = text.replace("src/node/", os.path.join(wp.TOP, "src/node/"))
         self.assertIn(broker.netloc, text)
         pool = self.pool(text)
         pool.wait_for_log(r"outbox\[0\].*publisher: connected", timeout=30)

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include "core/file_limit.h"
 #include "os/uv_owner.h"
 #include "watcher/logging.h"
 #include "watcher/pool_state.h"
@@ -100,8 +101,9 @@ void OutputCapture::Start(int fd, Slot* slot) {
 bool OutputCapture::HoldsChildEnds(std::size_t children,
                                    std::uint64_t file_limit) const {
   // With a low RLIMIT_NOFILE, more children matter more than fewer
-  // wake-ups.
-  return (children + 1) * 6 + 256 < file_limit;
+  // wake-ups: hold them while the limit has room for every child's four
+  // (core/file_limit.h; the Watcher asks for that much when it may).
+  return ComfortableLimit(children + 1) <= file_limit;
 }
 
 void OutputCapture::DrainAfterExit(Slot* slot) {

@@ -45,7 +45,8 @@ class OutputCapture {
   // Closes the child's ends of its pipes that the Watcher held (if any).
   static void ReleaseChildEnds(Slot* slot);
   // Whether the Watcher should hold the child's ends of a new child's pipes
-  // (two more fds per child: only while the file limit leaves ample room).
+  // (two more fds per child: only while the file limit leaves room for
+  // that in every child, core/file_limit.h).
   bool HoldsChildEnds(std::size_t children, std::uint64_t file_limit) const;
   // Flushes and closes every reader (the pool has stopped).
   void CloseAll();

@@ -1,5 +1,7 @@
-// fork+exec of one child, the only place the Watcher forks. Runs in the
-// Watcher's loop thread (PR_SET_PDEATHSIG follows the forking thread).
+// clone+exec of one child: the only place a child is created, by the
+// Watcher itself (SpawnChild, the fallback) or by the spawner for it
+// (CloneChild, os/spawner.h). Runs in the Watcher's loop thread, or the
+// spawner's only one (PR_SET_PDEATHSIG follows the parent thread).
 #pragma once
 
 #include <sys/types.h>

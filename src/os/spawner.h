@@ -14,7 +14,7 @@
 // CLONE_FILES shares it instead, and the child's close_range would then
 // close the Watcher's descriptors; a spawning thread shares the table too.
 //
-// Fail-safe: a spawner that is missing, dead, silent for kReplyTimeout or
+// Fail-safe: a spawner that is missing, dead, silent for 5 s or
 // cannot take a request is replaced by spawning directly (SpawnChild); a
 // dead one is started again at a later spawn, at most once a second.
 //

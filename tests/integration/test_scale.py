@@ -6,6 +6,7 @@ pool larger than the descriptor limit allows is an error at start and in
 """
 
 import os
+import shutil
 import signal
 
 import wp
@@ -97,6 +98,33 @@ class ScaleTest(wp.TestCase):
 
         self.assertEqual(pool.stop(timeout=60), 0)
         self.assertEqual(pool.leftovers(), [])
+
+    def test_without_a_spawner_the_watcher_spawns_directly(self):
+        for how in ("WORKERPOOL_SPAWN=direct", "no workerpool-spawner"):
+            with self.subTest(how):
+                env = {"WORKERPOOL_SPAWN": "direct"} if "=" in how else {}
+                pool = self.pool(POOL % 3, start=False, env=env)
+                binary = wp.BIN
+                if "=" not in how:
+                    # A workerpool binary with no spawner beside it.
+                    lone = os.path.join(pool.tmp, "bin")
+                    os.mkdir(lone)
+                    shutil.copy(binary, lone)
+                    wp.BIN = os.path.join(lone, "workerpool")
+                try:
+                    pool.start()
+                finally:
+                    wp.BIN = binary
+                (victim, _, _) = pool.wait_for_children(3)
+                pool.wait_for_log(r"spawns its children itself|"
+                                  r"workerpool-spawner is missing")
+                self.assertEqual(spawners(pool), [])
+                mark = pool.mark()
+                os.kill(victim.pid, signal.SIGKILL)
+                pool.wait_for_log(r"spawned many\[%d\] pid" % victim.index,
+                                  since=mark)
+                self.assertEqual(pool.stop(), 0)
+                self.assertEqual(pool.leftovers(), [])
 
     def test_a_pool_over_the_file_limit_is_an_error_at_start(self):
         # More than fs.nr_open could ever hold: too many for any limit.

@@ -129,6 +129,26 @@ void OutputCapture::DrainAfterExit(Slot* slot) {
   reader->slot = nullptr;
   slot->output = nullptr;
   ReleaseChildEnds(slot);
+  // Most often the pipe is at EOF now (no descendant holds it): close it
+  // here rather than on the next loop turn, so that a restart spawned in
+  // the same turn does not need two more descriptors. A storm of deaths
+  // near RLIMIT_NOFILE otherwise failed its restarts with EMFILE (seen
+  // killing 1,000 of 9,872 children with the direct spawn's timing).
+  uv_os_fd_t fd = -1;
+  uv_fileno(reinterpret_cast<uv_handle_t*>(&reader->pipe), &fd);
+  for (size_t drained = 0; fd >= 0 && drained < 4 * kOutputBufferSize;) {
+    ssize_t n = read(fd, OutputBuffer(), kOutputBufferSize);
+    if (n < 0) return;  // EAGAIN: a descendant holds it; EOF comes later
+    if (n == 0) {
+      // The caller reports the change (ChildTable::Reap): no callback here.
+      reader->Finish();
+      readers_.erase(reader);
+      uv_close(reinterpret_cast<uv_handle_t*>(&reader->pipe), DeleteReader);
+      return;
+    }
+    reader->Feed(std::string_view(OutputBuffer(), n));
+    drained += static_cast<size_t>(n);
+  }
 }
 
 void OutputCapture::ReleaseChildEnds(Slot* slot) {

@@ -244,8 +244,10 @@ def main():
         for wanted in [int(x) for x in args.children.split(",")]:
             n, hard = fitting_children(wanted)
             if n < wanted:
-                notes.append(f"{wanted} children do not fit RLIMIT_NOFILE "
-                             f"{hard} (hard, not raisable here): ran {n}")
+                notes.append(f"{wanted} children with this machine's limits "
+                             f"(goal): NOT met: they do not fit RLIMIT_NOFILE "
+                             f"{hard} (hard; not raisable here: no "
+                             f"CAP_SYS_RESOURCE), so {n} ran")
                 log(notes[-1])
             systems = ["bare spawner", "workerpool"]
             if args.direct:

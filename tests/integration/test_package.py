@@ -82,6 +82,7 @@ class PackageFileTest(unittest.TestCase):
         files = {line.split()[-1].lstrip(".") for line in listing.splitlines()}
         for path in ("/usr/bin/workerpool",
                      "/usr/libexec/workerpool/workerpool-builtin",
+                     "/usr/libexec/workerpool/workerpool-spawner",
                      "/lib/systemd/system/workerpool@.service",
                      "/etc/workerpool/example.yaml",
                      "/usr/share/man/man1/workerpool.1.gz",

@@ -383,6 +383,10 @@ void Server::Stop() {
              [](uv_handle_t* h) { delete reinterpret_cast<StreamHandle*>(h); });
   }
   listeners_.clear();
+  std::fprintf(stderr,
+               "http-reactor: draining: no longer accepting, %zu connections "
+               "open\n",
+               connections_.size());
   if (connections_.empty()) return;
   drained_connections_ = connections_.size();
   holding_stop_ = true;

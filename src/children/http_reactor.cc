@@ -198,7 +198,25 @@ struct Exchange {
   uint64_t started_ns = 0;
   bool ready = false;
   http::Response response;
+  // The pool request while it is out (Send's id), for the cancel when the
+  // client goes away; 0 once answered.
+  std::uint64_t request_id = 0;
+  // Answered as server-sent events (Accept: text/event-stream): the head
+  // and progress events go out as they come once this exchange is the
+  // connection's first; SSE_FINAL is the reply or error event.
+  bool sse = false;
+  bool sse_started = false;
+  std::string sse_pending;  // chunks not written yet
+  std::string sse_final;
 };
+
+// Progress events waiting for a connection (an exchange behind others in
+// its pipeline, a client that does not read) are dropped beyond this:
+// progress is advice, the reply is what matters.
+constexpr std::size_t kMaxPendingEvents = 64 * 1024;
+// Lines logged about jobs' bad reply meta, at most (a job's bug would
+// otherwise write one line per request).
+constexpr int kMaxBadMetaLogged = 10;
 
 class Server {
  public:
@@ -211,6 +229,16 @@ class Server {
   void Track(Connection* connection) { connections_.insert(connection); }
   // Once stopping, the last connection forgotten lets the stop finish.
   void Forget(Connection* connection);
+  // Logs (the first few of) the bad reply metas jobs send.
+  void LogBadMeta(const std::string& group, const std::string& error) {
+    if (bad_meta_logged_ >= kMaxBadMetaLogged) return;
+    ++bad_meta_logged_;
+    std::fprintf(stderr, "http-reactor: bad reply meta from group %s: %s%s\n",
+                 group.c_str(), error.c_str(),
+                 bad_meta_logged_ == kMaxBadMetaLogged
+                     ? " (further ones are not logged)"
+                     : "");
+  }
   // How the connections of a drain ended, for the line logged at its end.
   void CountDrainedClose() { ++drained_with_close_; }
   void CountDrainedIdle() { ++drained_idle_; }
@@ -238,6 +266,7 @@ class Server {
   bool stopping_ = false;
   bool holding_stop_ = false;  // HoldStop() until the connections are gone
   bool accept_error_logged_ = false;
+  int bad_meta_logged_ = 0;
   uint64_t stop_started_ms_ = 0;
   std::size_t drained_connections_ = 0;  // open when the drain began
   std::size_t drained_with_close_ = 0;   // ended by "Connection: close"
@@ -277,7 +306,10 @@ class Connection {
               http::Response response);
   void AnswerError(const std::shared_ptr<Exchange>& exchange, int status,
                    std::string_view text, int code = 0);
-  void OnReply(const std::shared_ptr<Exchange>& exchange, Reply reply);
+  void OnReply(const std::shared_ptr<Exchange>& exchange,
+               const std::string& group, Reply reply);
+  void OnProgress(const std::shared_ptr<Exchange>& exchange,
+                  const Progress& progress);
   // An answer that ends the connection, after those already in the pipeline.
   void EndWith(int status, std::string_view text);
   // Draining: true when nothing the client sent is left unanswered after
@@ -519,17 +551,10 @@ void Connection::OnRead(ssize_t nread, const uv_buf_t* buf) {
   if (state_ == State::kClosed || nread == 0) return;
   if (nread < 0) {
     reading_ = false;  // libuv stops reading at EOF and errors
-    if (nread == UV_EOF && state_ == State::kOpen && !pipeline_.empty()) {
-      // The client finished sending: answer what it asked, then end.
-      state_ = State::kLastAnswer;
-      input_.clear();
-      Flush();
-      return;
-    }
-    if (nread == UV_EOF && state_ == State::kLastAnswer) {
-      Flush();  // answers still owed; the write side may still be open
-      return;
-    }
+    // The client went away (an EOF is taken as that, as nginx does: a
+    // client that only shut down its sending side looks the same): the
+    // requests it has not had answers to are cancelled (Close), so their
+    // jobs stop working for nobody.
     Close();
     return;
   }
@@ -634,38 +659,81 @@ void Connection::StartExchange(http::Request request, uint64_t started_ns) {
     return;
   }
   options.meta = http::RequestMeta(request, remote_);
-  server_->client()->Send(
+  // Server-sent events need a chunked body: HTTP/1.1 only. Others get the
+  // plain answer, and progress is not asked for.
+  if (http::WantsEventStream(request) && !exchange->http10) {
+    exchange->sse = true;
+    options.on_progress = [exchange](const Progress& progress) {
+      if (Connection* connection = exchange->connection) {
+        connection->OnProgress(exchange, progress);
+      }
+    };
+  }
+  exchange->request_id = server_->client()->Send(
       route.group, request.body,
-      [exchange](Reply reply) {
+      [exchange, group = route.group](Reply reply) {
+        exchange->request_id = 0;
         if (Connection* connection = exchange->connection) {
-          connection->OnReply(exchange, std::move(reply));
+          connection->OnReply(exchange, group, std::move(reply));
         }
       },
       std::move(options));
 }
 
+void Connection::OnProgress(const std::shared_ptr<Exchange>& exchange,
+                            const Progress& progress) {
+  if (exchange->ready || exchange->sse_pending.size() > kMaxPendingEvents) {
+    return;
+  }
+  exchange->sse_pending +=
+      http::Chunk(http::ProgressEvent(progress.fraction, progress.text));
+  if (!pipeline_.empty() && pipeline_.front() == exchange) Flush();
+}
+
 void Connection::OnReply(const std::shared_ptr<Exchange>& exchange,
-                         Reply reply) {
+                         const std::string& group, Reply reply) {
   http::Response response;
+  int code = 0;       // the pool's error code, for an error event
+  std::string error;  // its text
   if (reply.ok) {
-    std::string type = http::ReplyContentType(reply.meta);
-    response.content_type =
-        type.empty() ? "application/octet-stream" : std::move(type);
-    response.body = std::move(reply.body);
-    if (!reply.meta.empty()) {
-      response.status = http::ReplyStatus(reply.meta);
-      std::string message_id = http::ReplyMessageId(reply.meta);
-      if (!message_id.empty()) {
-        response.headers.emplace_back("X-Message-Id", std::move(message_id));
+    Result<http::ReplyHead> head = http::ParseReplyMeta(reply.meta);
+    if (head.ok()) {
+      response.status = head->status;
+      response.content_type = head->content_type.empty()
+                                  ? "application/octet-stream"
+                                  : std::move(head->content_type);
+      response.headers = std::move(head->headers);
+      response.body = std::move(reply.body);
+      if (!head->message_id.empty()) {
+        response.headers.emplace_back("X-Message-Id",
+                                      std::move(head->message_id));
       }
+    } else {
+      // The job answered, but not with something HTTP can carry: say so
+      // (the job's bug), rather than guess.
+      server_->LogBadMeta(group, head.status().message());
+      code = static_cast<int>(wire::ErrorCode::kProtocol);
+      error =
+          "bad reply meta from group " + group + ": " + head.status().message();
+      response.status = 502;
+      response.content_type = "application/json";
+      response.body = http::ErrorJson(error, code);
     }
   } else {
+    code = static_cast<int>(reply.code);
     response.status = http::StatusForError(reply.code);
     response.content_type = "application/json";
-    response.body = http::ErrorJson(reply.body, static_cast<int>(reply.code));
+    response.body = http::ErrorJson(reply.body, code);
     if (reply.code == wire::ErrorCode::kQueueFull) {
       response.headers.emplace_back("Retry-After", "1");
     }
+    error = std::move(reply.body);
+  }
+  if (exchange->sse) {
+    exchange->sse_final =
+        code == 0 ? http::ReplyEvent(response.status, response.content_type,
+                                     response.body)
+                  : http::ErrorEvent(response.status, error, code);
   }
   Answer(exchange, std::move(response));
 }
@@ -701,20 +769,37 @@ void Connection::EndWith(int status, std::string_view text) {
 void Connection::Flush() {
   if (state_ == State::kClosed || state_ == State::kLingering) return;
   std::string out;
-  while (!pipeline_.empty() && pipeline_.front()->ready) {
+  while (!pipeline_.empty()) {
+    Exchange& front = *pipeline_.front();
+    if (front.sse && (front.ready || !front.sse_pending.empty())) {
+      if (!front.sse_started) {
+        out += http::EventStreamHead(front.keep_alive);
+        front.sse_started = true;
+      }
+      out += front.sse_pending;
+      front.sse_pending.clear();
+    }
+    if (!front.ready) break;
     std::shared_ptr<Exchange> exchange = std::move(pipeline_.front());
     pipeline_.pop_front();
     bool last =
         !exchange->keep_alive || (state_ != State::kOpen && pipeline_.empty());
-    if (!last && draining_ && state_ == State::kOpen && pipeline_.empty() &&
-        DrainCanCloseNow()) {
-      // Nothing more was sent: this answer is the connection's last.
-      last = true;
-      state_ = State::kLastAnswer;
-      server_->CountDrainedClose();
+    if (exchange->sse) {
+      // Its head is out, saying whether the connection stays: a drain
+      // closes it on the next answer.
+      out += http::Chunk(exchange->sse_final);
+      out += http::Chunk("");
+    } else {
+      if (!last && draining_ && state_ == State::kOpen && pipeline_.empty() &&
+          DrainCanCloseNow()) {
+        // Nothing more was sent: this answer is the connection's last.
+        last = true;
+        state_ = State::kLastAnswer;
+        server_->CountDrainedClose();
+      }
+      out += http::FormatResponse(exchange->response, !last, exchange->http10,
+                                  exchange->head);
     }
-    out += http::FormatResponse(exchange->response, !last, exchange->http10,
-                                exchange->head);
     LogAccess(*exchange, exchange->response.status,
               exchange->head ? 0 : exchange->response.body.size());
     exchange->connection = nullptr;
@@ -898,12 +983,16 @@ void Connection::OnTimer() {
 void Connection::Close() {
   if (state_ == State::kClosed) return;
   state_ = State::kClosed;
+  std::vector<std::uint64_t> unanswered;
   for (const std::shared_ptr<Exchange>& exchange : pipeline_) {
     exchange->connection = nullptr;
+    if (exchange->request_id != 0) unanswered.push_back(exchange->request_id);
     LogAccess(*exchange, 499, 0);  // nginx's "client closed request"
   }
   pipeline_.clear();
   input_.clear();
+  // Nobody is left to answer: the jobs are told (their cancel), and stop.
+  for (std::uint64_t id : unanswered) server_->client()->Cancel(id);
   auto on_closed = [](uv_handle_t* handle) {
     auto* self = static_cast<Connection*>(handle->data);
     if (--self->open_handles_ == 0) {

@@ -13,6 +13,13 @@ the processes that hold those connections:
     of the reactors);
   - "workerpool jobs only": the same, changing the job group's `env`
     instead (the reactors stay; the baseline of the job side);
+  - "workerpool idle clients": the one race the drain leaves, measured:
+    instead of wrk, 64 keep-alive connections that each think 0 to 4 s
+    (uniform) between requests, reactors with --drain-timeout 1s, so that
+    many connections are still idle when their drain times out and are
+    closed; a client checks its connection before reusing it (as urllib3
+    and browsers do: one that is readable while idle was closed) and only a
+    request that meets a close is a failure;
   - "nginx": Debian's nginx, two workers, `return 200`, SIGHUP (new
     workers, old ones shut down gracefully);
   - "gunicorn": Debian's gunicorn, gthread, two workers, a WSGI app that
@@ -133,6 +140,8 @@ class System:
 class Workerpool(System):
     path = "/jobs/echo"
 
+    reactor_args = ""
+
     def __init__(self, tmp, port, binary, jobs_only):
         super().__init__(tmp, port)
         self.binary, self.jobs_only = os.path.abspath(binary), jobs_only
@@ -148,7 +157,7 @@ groups:
   - name: web
     type: reactor
     processes: 2
-    command: [workerpool, builtin, http-reactor]
+    command: [workerpool, builtin, http-reactor{self.reactor_args}]
     listen: ["127.0.0.1:{self.port}"]
     routes_to: [echo]
     env: {{GENERATION: "{web}"}}
@@ -188,6 +197,73 @@ groups:
                 "max_ms": max(r[1] for r in rows),
                 "closed_by_answer": sum(r[2] for r in rows),
                 "idle_closed_at_timeout": sum(r[3] for r in rows)}
+
+
+class WorkerpoolIdle(Workerpool):
+    reactor_args = ", --drain-timeout, 1s"
+    idle_clients = 64
+
+
+def idle_client(port, path, stop, seed, counts, lock):
+    import random
+    import select
+    import socket
+    rng = random.Random(seed)
+    sock = None
+    n = 0
+    while not stop.wait(rng.uniform(0, 4)):
+        if sock is not None and select.select([sock], [], [], 0)[0]:
+            sock.close()  # closed while idle: the client can tell
+            sock = None
+            with lock:
+                counts["closed_while_idle"] += 1
+        n += 1
+        body = b"idle %d %d" % (seed, n)
+        try:
+            if sock is None:
+                sock = socket.create_connection(("127.0.0.1", port), 10)
+            sock.sendall(b"POST %s HTTP/1.1\r\nHost: b\r\nContent-Length: "
+                         b"%d\r\n\r\n%s" % (path.encode(), len(body), body))
+            r = http.client.HTTPResponse(sock, method="POST")
+            r.begin()
+            got = r.read()
+            ok = r.status == 200 and got == body
+            if r.getheader("connection", "").lower() == "close":
+                sock.close()
+                sock = None
+        except Exception:  # a reset, an EOF instead of an answer
+            ok = False
+            if sock is not None:
+                sock.close()
+            sock = None
+        with lock:
+            counts["requests"] += 1
+            counts["failed"] += 0 if ok else 1
+    if sock is not None:
+        sock.close()
+
+
+def run_idle_clients(system, args):
+    """{"requests", "failed", ...} of idle_clients threads over the
+    reloads."""
+    import threading
+    stop, lock = threading.Event(), threading.Lock()
+    counts = {"requests": 0, "failed": 0, "closed_while_idle": 0}
+    threads = [threading.Thread(target=idle_client, daemon=True,
+                                args=(system.port, system.path, stop, i,
+                                      counts, lock))
+               for i in range(system.idle_clients)]
+    for t in threads:
+        t.start()
+    time.sleep(5)  # every connection open and idle between requests
+    for i in range(1, args.reloads + 1):
+        system.reload(i)
+        time.sleep(args.interval)
+    time.sleep(3)
+    stop.set()
+    for t in threads:
+        t.join(15)
+    return counts
 
 
 class Nginx(System):
@@ -260,6 +336,13 @@ def run(name, system, args):
         if not wait_http(system.port, system.path):
             return {"system": name, "error": "did not answer"}
         time.sleep(0.5)
+        if getattr(system, "idle_clients", 0):
+            result = {"system": name, **run_idle_clients(system, args),
+                      "reloads": args.reloads,
+                      "restarted": system.restarted(),
+                      "drains": system.drains()}
+            result["per_reload"] = round(result["failed"] / args.reloads, 2)
+            return result
         lua = os.path.join(system.tmp, "post.lua")
         with open(lua, "w") as f:
             f.write(LUA)
@@ -290,13 +373,16 @@ def main():
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--systems",
-                        default="workerpool,workerpool jobs only,nginx,"
-                                "gunicorn,uwsgi")
+                        default="workerpool,workerpool jobs only,"
+                                "workerpool idle clients,nginx,gunicorn,"
+                                "uwsgi")
     args = parser.parse_args()
     makers = {
         "workerpool": lambda t, p: Workerpool(t, p, args.workerpool, False),
         "workerpool jobs only": lambda t, p: Workerpool(t, p, args.workerpool,
                                                         True),
+        "workerpool idle clients": lambda t, p: WorkerpoolIdle(
+            t, p, args.workerpool, False),
         "nginx": Nginx, "gunicorn": Gunicorn, "uwsgi": Uwsgi,
     }
     for name in [s.strip() for s in args.systems.split(",") if s.strip()]:
@@ -311,10 +397,12 @@ def main():
             continue
         tmp = tempfile.mkdtemp(prefix="reload-keepalive-")
         try:
-            log(f"{name}: {args.reloads} reloads, {args.connections} "
-                "keep-alive connections")
-            print(json.dumps(run(name, makers[name](tmp, free_port()), args)),
-                  flush=True)
+            system = makers[name](tmp, free_port())
+            clients = getattr(system, "idle_clients", 0)
+            log(f"{name}: {args.reloads} reloads, "
+                + (f"{clients} mostly idle" if clients
+                   else f"{args.connections}") + " keep-alive connections")
+            print(json.dumps(run(name, system, args)), flush=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -364,6 +364,7 @@ void ChildTable::CloseAll() {
   }
   for (auto& group : groups_) DropAutoscale(group.get());
   output_.CloseAll();
+  channels_.CloseAll();
   for (auto& group : groups_) {
     for (auto& [index, slot] : group->slots) CloseSlotHandles(slot);
     group->slots.clear();

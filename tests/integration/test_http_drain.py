@@ -7,8 +7,8 @@ and no pipelined request goes unanswered. The drain's defined behaviours
 one by one: an idle connection gets "Connection: close" on its next
 request, or is closed at --drain-timeout; HTTP/1.0 and "Connection: close"
 requests; a body still being received when the drain starts; a client
-slower than the drain (503, not a reset). max_requests on a reactor group
-is refused with the reason."""
+slower than the drain (503, not a reset). A scale-down drains the same way.
+max_requests on a reactor group is refused with the reason."""
 
 import http.client
 import os
@@ -179,6 +179,34 @@ class HttpDrainTest(wp.TestCase):
         # Each restart told keep-alive clients to reconnect.
         self.assertGreater(sum(c.reconnects for c in clients), 15)
         self.assertTrue(pool.find_log(r"drained \d+ connections in \d+ms"))
+
+    def test_scale_down_under_keep_alive_load_loses_no_request(self):
+        pool = self.make_pool()
+        clients = [KeepAliveClient(self, "s%d" % i) for i in range(4)]
+        clients.append(KeepAliveClient(self, "q", pipeline=3))
+        for c in clients:
+            c.start()
+        try:
+            for count in (1, 2, 1):
+                before = sum(c.answered for c in clients)
+                code, out, err = wp.run_cli(["scale", "web", str(count),
+                                             "--socket", pool.socket])
+                self.assertEqual(code, 0, err)
+                pool.wait_for_children(count, "web")
+                wp.wait_until(lambda: len(self.web_pids(pool)) == count,
+                              what="%d reactors" % count)
+                wp.wait_until(
+                    lambda: sum(c.answered for c in clients) > before + 20,
+                    what="answers with %d reactors" % count)
+        finally:
+            for c in clients:
+                c.stop.set()
+            for c in clients:
+                c.join(wp.deadline())
+        self.assertEqual([e for c in clients for e in c.errors], [])
+        self.assertEqual(len(pool.find_log(
+            r"web\[\d\] \d+: http-reactor: draining: no longer accepting")),
+            2)
 
     def test_max_requests_on_a_reactor_group_is_refused_with_the_reason(self):
         tmp = tempfile.mkdtemp(prefix="wp-test-")

@@ -425,7 +425,9 @@ void PrintStatusTable(const json& status) {
       desired += "*";
       any_scaled = true;
     }
-    std::string state = Text(group, "state");
+    // "waiting for cache", "failed: migrate exited with code 1", ...
+    std::string state = Text(group, "state_detail");
+    if (state == "-") state = Text(group, "state");
     std::vector<std::string> group_problems = AppProblems(group);
     if (!group_problems.empty()) state += "!";
     problems.insert(problems.end(), group_problems.begin(),

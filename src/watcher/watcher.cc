@@ -56,6 +56,7 @@ class Watcher : public ControlTarget,
   }
   Status Scale(const std::string& group, int processes) override;
   Status RestartGroup(const std::string& group) override;
+  Status RestartWithDependents(const std::string& group) override;
   Status Reload() override;
   void Stop() override { BeginStop("workerpool stop"); }
 
@@ -355,6 +356,16 @@ Status Watcher::RestartGroup(const std::string& name) {
   spdlog::info("rolling restart of group {}", name);
   table_.RetryFailedGroup(group);
   table_.StartRollingRestart(group);
+  return Status::Ok();
+}
+
+Status Watcher::RestartWithDependents(const std::string& name) {
+  if (table_.stopping()) return Status::Error("the pool is stopping");
+  Group* group = table_.FindGroup(name);
+  if (group == nullptr) return Status::Error("unknown group '" + name + "'");
+  spdlog::info(
+      "rolling restart of group {} and of the groups that depend on it", name);
+  table_.RestartWithDependents(group);
   return Status::Ok();
 }
 

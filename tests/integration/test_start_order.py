@@ -96,16 +96,18 @@ class StartOrderTest(wp.TestCase):
         self.assertEqual(code, 0, err)
         return json.loads(out)
 
-    def group(self, pool, name):
+    def group(self, pool, name, must=True):
         for g in self.status(pool)["groups"]:
             if g["name"] == name:
                 return g
-        self.fail("no group " + name)
+        if must:
+            self.fail("no group " + name)
+        return None
 
     def wait_group(self, pool, name, state, detail=None):
         def check():
-            g = self.group(pool, name)
-            if g["state"] != state:
+            g = self.group(pool, name, must=False)  # a reload may be on its way
+            if g is None or g["state"] != state:
                 return None
             if detail is not None and g["state_detail"] != detail:
                 return None
@@ -430,6 +432,45 @@ groups:
         self.assertLessEqual(woke, 6 * probes + 2,
                              "the Watcher woke %d times for %d probes"
                              % (woke, probes))
+        self.assertEqual(pool.stop(), 0)
+
+    # -- restart --with-dependents
+
+    def test_restart_with_dependents_restarts_the_chain_in_order(self):
+        pool = self.pool("""
+pool: {name: chainrs, stop_timeout: 2s, control_socket: "{tmp}/ctl.sock"}
+groups:
+  - {name: web, type: job, command: [sleep, "1000"], depends_on: [cache]}
+  - {name: cache, type: job, processes: 2, command: [sleep, "1000"],
+     depends_on: [db]}
+  - {name: db, type: job, command: [sleep, "1000"]}
+  - {name: other, type: job, command: [sleep, "1000"]}
+""")
+        pool.wait_for_log(r"pool chainrs ready")
+        before = {(c.group, c.index): c.pid for c in pool.children()}
+        code, out, err = wp.run_cli(["restart", "db", "--with-dependents",
+                                     "--socket", self.socket_of(pool)])
+        self.assertEqual(code, 0, err)
+        self.assertIn("then of the groups that depend on it", out)
+
+        def all_new():
+            now = {(c.group, c.index): c.pid for c in pool.children()}
+            return all(now.get(k) not in (None, v) for k, v in before.items()
+                       if k[0] != "other") and len(now) == len(before)
+        wp.wait_until(all_new, what="db, cache and web replaced")
+        self.assertEqual(pool.child("other", 0).pid, before[("other", 0)])
+        db = self.line_of(pool, r"rolling restart of db: replacing")
+        cache = self.line_of(pool, r"rolling restart of cache: replacing")
+        web = self.line_of(pool, r"rolling restart of web: replacing")
+        self.assertLess(db, cache)
+        self.assertLess(cache, web)
+        # cache starts once db's new child is up.
+        self.assertLess(self.line_of(pool, r"db\[0\] pid \d+ is up; it "
+                                     r"replaces"), cache)
+        # Without the flag, only the group.
+        code, out, err = wp.run_cli(["restart", "db", "--socket",
+                                     self.socket_of(pool)])
+        self.assertEqual(code, 0, err)
         self.assertEqual(pool.stop(), 0)
 
 

@@ -473,6 +473,44 @@ groups:
         self.assertEqual(code, 0, err)
         self.assertEqual(pool.stop(), 0)
 
+    # -- bad files
+
+    def test_check_run_and_reload_refuse_a_cycle_and_an_unknown_group(self):
+        good = """
+pool: {name: bad, stop_timeout: 2s, control_socket: "{tmp}/ctl.sock"}
+groups:
+  - {name: a, type: job, command: [sleep, "1000"]}
+  - {name: b, type: job, command: [sleep, "1000"], depends_on: [a]}
+"""
+        cycle = good.replace("command: [sleep, \"1000\"]}",
+                             "command: [sleep, \"1000\"], depends_on: [b]}", 1)
+        unknown = good.replace("depends_on: [a]", "depends_on: [aa]")
+        pool = self.pool(good, start=False)
+        for text, message in ((cycle, r"5:\d+: groups\[1\]\.depends_on\[0\]: "
+                               r"dependency cycle: a -> b -> a"),
+                              (unknown, r"5:\d+: groups\[1\]\.depends_on\[0\]: "
+                               r"unknown group 'aa'")):
+            path = pool.write("bad.yaml", text)
+            code, out, err = wp.run_cli(["check", path])
+            self.assertEqual(code, 1, out + err)
+            self.assertRegex(err, re.escape(path) + ":" + message)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+            code, out, err = wp.run_cli(["run", path])
+            self.assertEqual(code, 1, out + err)
+            self.assertRegex(err, message)
+        pool.start()
+        pool.wait_for_log(r"pool bad ready")
+        before = pool.children()
+        pool.write_config(cycle)
+        code, out, err = wp.run_cli(["reload", "--socket",
+                                     self.socket_of(pool)])
+        self.assertEqual(code, 1, out + err)
+        self.assertRegex(err, "dependency cycle: a -> b -> a")
+        pool.wait_for_log(r"reload refused, keeping the running pool|"
+                          r"reload failed, keeping the running pool")
+        self.assertEqual(pool.children(), before)
+        self.assertEqual(pool.stop(), 0)
+
 
 if __name__ == "__main__":
     wp.main()

@@ -241,9 +241,12 @@ std::vector<GroupNode> ChildTable::Nodes() const {
   std::vector<GroupNode> nodes;
   for (const auto& group : groups_) {
     if (group->removing) continue;
-    bool running = false;
-    group->ForEachSlot(
-        [&running](const Slot* slot) { running |= slot->has_child(); });
+    // Stops looking at the first child: called at every reap of the stop.
+    bool running = !group->outgoing.empty();
+    for (auto slot = group->slots.begin();
+         !running && slot != group->slots.end(); ++slot) {
+      running = slot->second->has_child();
+    }
     nodes.push_back({group->config.name, group->config.depends_on,
                      group->config.type != GroupType::kJob, running});
   }

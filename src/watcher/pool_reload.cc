@@ -177,6 +177,8 @@ Status PoolReload::Apply() {
     }
   }
   table_->channels().ApplyRoutes();
+  // A waiting group whose depends_on the reload shortened may start now.
+  table_->StartWaitingGroups();
   table_->UpdateRssSampling();
   ++applied_;
   last_ = {{"ok", true}, {"summary", diff.Summary()}, {"unix", time(nullptr)}};

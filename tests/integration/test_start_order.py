@@ -473,6 +473,22 @@ groups:
         self.assertEqual(code, 0, err)
         self.assertEqual(pool.stop(), 0)
 
+    def test_reload_that_drops_a_dependency_starts_a_waiting_group(self):
+        text = """
+pool: {name: drop, stop_timeout: 2s, control_socket: "{tmp}/ctl.sock"}
+groups:
+  - {name: m, type: job, command: [sh, -c, "exit 2"],
+     restart: {policy: never}}
+  - {name: web, type: job, command: [sleep, "1000"], depends_on: [m]}
+"""
+        pool = self.pool(text)
+        self.wait_group(pool, "m", "failed", "failed: m exited with code 2")
+        self.wait_group(pool, "web", "waiting")
+        pool.reload(text.replace(", depends_on: [m]", ""))
+        pool.wait_for_children(1, group="web")
+        self.wait_group(pool, "web", "running")
+        self.assertEqual(pool.stop(), 0)
+
     # -- bad files
 
     def test_check_run_and_reload_refuse_a_cycle_and_an_unknown_group(self):

@@ -83,6 +83,9 @@ class ChildTable : private Probes::Listener {
   // A reload changed GROUP's limits: its running children get new
   // max_requests limits, and they and their senders hear of the limits.
   void ApplyLimits(Group* group);
+  // A reload changed GROUP's health section: its up children are probed
+  // by the new one (or no more), without a restart.
+  void ApplyHealth(Group* group);
   // Recycles SLOT's child when it answered max_requests requests.
   void CheckRequestCount(Slot* slot);
   // Starts or stops max_rss sampling as the groups need it.

@@ -178,6 +178,14 @@ void ChildTable::ApplyLimits(Group* group) {
   for (Slot* slot : slots) CheckRequestCount(slot);
 }
 
+void ChildTable::ApplyHealth(Group* group) {
+  for (auto& [index, slot] : group->slots) {
+    if (!slot->up()) continue;
+    probes_.Stop(slot);
+    probes_.StartHealth(slot);
+  }
+}
+
 void ChildTable::Recycle(Slot* slot, const std::string& why) {
   Group* group = slot->group;
   if (stopping_ || group->removing || !slot->up()) return;

@@ -489,6 +489,35 @@ groups:
         self.wait_group(pool, "web", "running")
         self.assertEqual(pool.stop(), 0)
 
+    def test_reload_applies_a_health_section_to_running_children(self):
+        prefix = port_prefix()
+        text = """
+pool: {name: rh, stop_timeout: 2s, control_socket: "{tmp}/ctl.sock"}
+groups:
+  - name: srv
+    type: job
+    command: [python3, "{tmp}/server.py", "{prefix}{index}", "0", "{tmp}"]
+"""
+        pool = self.pool(text, start=False, subst={"prefix": prefix})
+        pool.write("server.py", SERVER)
+        pool.start()
+        pool.wait_for_log(r"pool rh ready")
+        (child,) = pool.children("srv")
+        conns = os.path.join(pool.tmp, "conns-%d" % (prefix * 10))
+        pool.reload(text + """    health: {tcp: "127.0.0.1:{prefix}{index}", every: 200ms}
+""")
+        wp.wait_until(lambda: read(conns).count("c") >= 2,
+                      what="health probes after the reload")
+        self.assertEqual(pool.children("srv"), [child])
+        pool.reload(text)
+        pool.wait_for_log(r"reload finished", count=2)
+        time.sleep(0.5)
+        seen = read(conns).count("c")
+        time.sleep(1)
+        self.assertLessEqual(read(conns).count("c") - seen, 0)
+        self.assertEqual(pool.children("srv"), [child])
+        self.assertEqual(pool.stop(), 0)
+
     # -- bad files
 
     def test_check_run_and_reload_refuse_a_cycle_and_an_unknown_group(self):

@@ -96,6 +96,7 @@ void ChildTable::Spawn(Slot* slot) {
   slot->started = Clock::now();
   slot->exit_status = -1;
   slot->ready_probe_passed = false;
+  slot->not_ready_in_time = false;
   slot->health_failures = 0;
   int channel_fds[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, channel_fds) != 0) {
@@ -207,9 +208,10 @@ void ChildTable::OnReadyProbePassed(Slot* slot) {
   if (slot->state != SlotState::kProbing) return;
   // A group whose children speak the protocol: hello must come too.
   if (slot->group->speaks_protocol && !slot->ready) return;
+  const std::optional<ProbeConfig>& ready = slot->group->config.ready;
   spdlog::info("{}[{}] pid {} is ready ({} probe passed)",
                slot->group->config.name, slot->index, slot->pid,
-               ProbeKindName(slot->group->config.ready->kind));
+               ready ? ProbeKindName(ready->kind) : "its");
   Apply(slot, SlotEvent::kReady);
 }
 
@@ -247,10 +249,13 @@ void ChildTable::OnSlotTimer(uv_timer_t* timer) {
     spdlog::debug("{}[{}] pid {} did not say hello; taken as up",
                   slot->group->config.name, slot->index, slot->pid);
   } else if (slot->state == SlotState::kProbing) {
+    slot->not_ready_in_time = true;
+    // A reload may have dropped `ready` since the spawn.
+    const std::optional<ProbeConfig>& ready = slot->group->config.ready;
     spdlog::warn(
         "{}[{}] pid {} not ready within {}: a failed start; stopping it",
         slot->group->config.name, slot->index, slot->pid,
-        FormatDuration(slot->group->config.ready->timeout));
+        ready ? FormatDuration(ready->timeout) : "its ready timeout");
   }
   slot->table->Apply(slot, SlotEvent::kTimer);
 }
@@ -290,9 +295,13 @@ void ChildTable::AskPolicy(Slot* slot) {
       who += "[" + std::to_string(slot->index) + "]";
     }
     if (group->config.restart.policy == RestartMode::kNever) {
-      FailGroup(group, who + " " +
-                           (status >= 0 ? DescribeWaitStatus(status)
-                                        : std::string("could not start")));
+      std::string how = status >= 0 ? DescribeWaitStatus(status)
+                                    : std::string("could not start");
+      if (slot->not_ready_in_time && group->config.ready) {
+        how =
+            "not ready within " + FormatDuration(group->config.ready->timeout);
+      }
+      FailGroup(group, who + " " + how);
     } else {
       FailGroup(
           group,

@@ -69,6 +69,9 @@ struct Slot {
   // groups[].ready: passed for the child running now (it is up once it
   // also said hello, if its group speaks the protocol).
   bool ready_probe_passed = false;
+  // Its ready probe did not pass within the timeout: the child was stopped
+  // as a failed start (the group's failure names that, not the SIGTERM).
+  bool not_ready_in_time = false;
   // groups[].health: probes failed in a row while up.
   int health_failures = 0;
   // The probe running for this child (watcher/probes.h owns it).

@@ -353,7 +353,7 @@ groups:
 """)
         pool.wait_for_log(r"x\[0\] pid \d+ not ready within 500ms: a failed "
                           r"start")
-        self.wait_group(pool, "x", "failed")
+        self.wait_group(pool, "x", "failed", "failed: x not ready within 500ms")
         self.assertEqual(pool.stop(), 0)
 
     def test_health_failures_restart_a_hung_child(self):

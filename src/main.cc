@@ -141,6 +141,10 @@ int main(int argc, char** argv) {
   restart->add_option("GROUP", control.group, "a group of the running pool")
       ->required()
       ->type_name("");
+  restart->add_flag("--with-dependents", control.with_dependents,
+                    "then restart every group that depends on GROUP "
+                    "(depends_on), in order, each once the one before is "
+                    "ready");
   auto* reload = app.add_subcommand(
       "reload",
       "same as SIGHUP: apply the file's difference; exit 1 with the error "

@@ -425,7 +425,9 @@ void PrintStatusTable(const json& status) {
       desired += "*";
       any_scaled = true;
     }
-    std::string state = Text(group, "state");
+    // "waiting for cache", "failed: migrate exited with code 1", ...
+    std::string state = Text(group, "state_detail");
+    if (state == "-") state = Text(group, "state");
     std::vector<std::string> group_problems = AppProblems(group);
     if (!group_problems.empty()) state += "!";
     problems.insert(problems.end(), group_problems.begin(),
@@ -523,6 +525,7 @@ int RunControlCommand(const ControlOptions& options) {
     }
     request.group = options.group;
     request.command = ControlRequest::Command::kRestart;
+    request.with_dependents = options.with_dependents;
     if (options.command == "scale") {
       request.command = ControlRequest::Command::kScale;
       Result<int> count = ParseScaleTarget(options.count_text);
@@ -593,7 +596,10 @@ int RunControlCommand(const ControlOptions& options) {
         options.group.c_str(), options.count_text.c_str(),
         options.group.c_str());
   } else if (options.command == "restart") {
-    std::printf("group %s: rolling restart started\n", options.group.c_str());
+    std::printf("group %s: rolling restart started%s\n", options.group.c_str(),
+                options.with_dependents
+                    ? ", then of the groups that depend on it"
+                    : "");
   } else if (options.command == "reload") {
     std::printf("reloaded\n");
   } else if (options.command == "stop") {

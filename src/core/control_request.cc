@@ -187,6 +187,13 @@ Result<ControlRequest> ParseControlRequest(std::string_view line) {
     Result<std::string> group = ReadGroup(request, "restart");
     if (!group.ok()) return group.status();
     parsed.group = std::move(*group);
+    if (auto with = request.find("with_dependents"); with != request.end()) {
+      if (!with->is_boolean()) {
+        return Status::Error("\"with_dependents\" must be true or false, got " +
+                             Echo(*with));
+      }
+      parsed.with_dependents = with->get<bool>();
+    }
   } else if (name == "scale") {
     parsed.command = ControlRequest::Command::kScale;
     Result<std::string> group = ReadGroup(request, "scale");
@@ -207,6 +214,10 @@ std::string FormatControlRequest(const ControlRequest& request) {
   if (request.command == ControlRequest::Command::kScale ||
       request.command == ControlRequest::Command::kRestart) {
     out["group"] = request.group;
+  }
+  if (request.command == ControlRequest::Command::kRestart &&
+      request.with_dependents) {
+    out["with_dependents"] = true;
   }
   if (request.command == ControlRequest::Command::kScale) {
     if (request.processes == kScaleAuto) {

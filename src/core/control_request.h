@@ -8,6 +8,7 @@
 //   {"command":"scale","group":"web","processes":4}
 //   {"command":"scale","group":"web","processes":"auto"}
 //   {"command":"restart","group":"web"}
+//   {"command":"restart","group":"db","with_dependents":true}
 //   {"command":"reload"}   {"command":"stop"}
 // Unknown members are ignored, so a newer CLI can add optional ones.
 #pragma once
@@ -36,6 +37,8 @@ struct ControlRequest {
   Command command = Command::kStatus;
   std::string group;  // kScale, kRestart: non-empty
   int processes = 0;  // kScale: 0..kMaxScaleProcesses, or kScaleAuto
+  // kRestart: then every group that depends on it, in order.
+  bool with_dependents = false;
 };
 
 // "status", "scale", ...: the name used on the wire and on the command line.

@@ -34,6 +34,11 @@ class ControlTarget {
   virtual nlohmann::json StatusJson() = 0;
   virtual Status Scale(const std::string& group, int processes) = 0;
   virtual Status RestartGroup(const std::string& group) = 0;
+  // `restart GROUP --with-dependents`: GROUP, then every group that depends
+  // on it, one rolling restart after another (dependencies first).
+  virtual Status RestartWithDependents(const std::string& group) {
+    return RestartGroup(group);
+  }
   // Parses, validates and applies the file now; an error leaves the running
   // pool untouched and names file:line:col.
   virtual Status Reload() = 0;

@@ -147,8 +147,11 @@ json Dispatch(ControlTarget* target, std::string_view text,
                   {"until_reload", true}};
     }
     case ControlRequest::Command::kRestart: {
-      spdlog::info("control ({}): restart {}", peer, request.group);
-      Status status = target->RestartGroup(request.group);
+      spdlog::info("control ({}): restart {}{}", peer, request.group,
+                   request.with_dependents ? " --with-dependents" : "");
+      Status status = request.with_dependents
+                          ? target->RestartWithDependents(request.group)
+                          : target->RestartGroup(request.group);
       if (!status.ok()) return ErrorAnswer(status.message());
       return json{{"ok", true}, {"group", request.group}};
     }

@@ -157,6 +157,7 @@ Status PoolReload::Apply() {
         // bounds: the file's processes is only where it starts.
         const int running_target = group->config.processes;
         const bool was_autoscaled = group->autoscale != nullptr;
+        const bool health_changed = group->config.health != next_config->health;
         group->config = *next_config;
         if (was_autoscaled && next_config->autoscale) {
           group->config.processes =
@@ -176,11 +177,14 @@ Status PoolReload::Apply() {
           table_->StartRollingRestart(group);
         }
         if (change.limits_changed) table_->ApplyLimits(group);
+        if (health_changed) table_->ApplyHealth(group);
         break;
       }
     }
   }
   table_->channels().ApplyRoutes();
+  // A waiting group whose depends_on the reload shortened may start now.
+  table_->StartWaitingGroups();
   table_->UpdateRssSampling();
   ++applied_;
   last_ = {{"ok", true}, {"summary", diff.Summary()}, {"unix", time(nullptr)}};

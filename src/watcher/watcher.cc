@@ -57,6 +57,7 @@ class Watcher : public ControlTarget,
   }
   Status Scale(const std::string& group, int processes) override;
   Status RestartGroup(const std::string& group) override;
+  Status RestartWithDependents(const std::string& group) override;
   Status Reload() override;
   void Stop() override { BeginStop("workerpool stop"); }
 
@@ -117,7 +118,6 @@ class Watcher : public ControlTarget,
   uv_timer_t watchdog_timer_;  // runs only when systemd's watchdog is on
   uv_timer_t settle_timer_;    // armed by ScheduleSettledCheck only
   Phase phase_ = Phase::kStarting;
-  bool jobs_signalled_ = false;  // stop: second phase started
   bool closed_ = false;
   std::unique_ptr<ControlServer> control_server_;
   std::unique_ptr<MetricsServer> metrics_server_;
@@ -239,9 +239,10 @@ void Watcher::BeginStop(const char* why) {
                 std::to_string(table_.child_count()) + " children (" + why +
                 ")");
   table_.BeginStop();
-  // Intake first: reactors and services stop taking work and finish what
-  // they sent; jobs follow once nobody can send them more.
-  table_.SignalAll(SIGTERM, /*jobs_too=*/false);
+  // Dependents first (depends_on), and intake before jobs: reactors and
+  // services stop taking work and finish what they sent; jobs follow once
+  // nobody can send them more (core/start_order.h).
+  table_.SignalStoppableGroups();
   uv_timer_start(&stop_timer_, OnStopTimer,
                  static_cast<uint64_t>(config().stop_timeout.count()), 0);
   SignalJobsIfIntakeGone();
@@ -249,9 +250,7 @@ void Watcher::BeginStop(const char* why) {
 }
 
 void Watcher::SignalJobsIfIntakeGone() {
-  if (!table_.stopping() || jobs_signalled_ || table_.IntakeRunning()) return;
-  jobs_signalled_ = true;
-  table_.SignalAll(SIGTERM, /*jobs_too=*/true);
+  if (table_.stopping()) table_.SignalStoppableGroups();
 }
 
 void Watcher::OnStopTimer(uv_timer_t* timer) {
@@ -298,9 +297,15 @@ bool Watcher::Settled() const {
     // A failed group waits for a reload or `workerpool restart`; its old
     // children, if a rolling restart left any, serve until then.
     if (group->failed) continue;
+    // A group waiting on a failed dependency cannot start: the pool is
+    // as ready as it can be without it (status says why).
+    if (group->waiting) {
+      if (table_.FailedDependency(*group).empty()) return false;
+      continue;
+    }
     if (!group->outgoing.empty() || !group->rolling.empty()) return false;
     for (const auto& [index, slot] : group->slots) {
-      if (!slot->up()) return false;
+      if (!slot->up() && slot->state != SlotState::kDone) return false;
     }
   }
   return true;
@@ -382,6 +387,16 @@ Status Watcher::RestartGroup(const std::string& name) {
   spdlog::info("rolling restart of group {}", name);
   table_.RetryFailedGroup(group);
   table_.StartRollingRestart(group);
+  return Status::Ok();
+}
+
+Status Watcher::RestartWithDependents(const std::string& name) {
+  if (table_.stopping()) return Status::Error("the pool is stopping");
+  Group* group = table_.FindGroup(name);
+  if (group == nullptr) return Status::Error("unknown group '" + name + "'");
+  spdlog::info(
+      "rolling restart of group {} and of the groups that depend on it", name);
+  table_.RestartWithDependents(group);
   return Status::Ok();
 }
 

@@ -228,5 +228,30 @@ TEST_CASE("process count: what was typed is echoed on one line") {
   CHECK(long_text.status().message().size() < 200);
 }
 
+TEST_CASE("control request: restart --with-dependents") {
+  Result<ControlRequest> plain =
+      ParseControlRequest(R"({"command":"restart","group":"db"})");
+  REQUIRE(plain.ok());
+  CHECK_FALSE(plain->with_dependents);
+  Result<ControlRequest> with = ParseControlRequest(
+      R"({"command":"restart","group":"db","with_dependents":true})");
+  REQUIRE(with.ok());
+  CHECK(with->with_dependents);
+  // Round trip, and the flag is left out when false.
+  Result<ControlRequest> again =
+      ParseControlRequest(FormatControlRequest(*with));
+  REQUIRE(again.ok());
+  CHECK(again->with_dependents);
+  CHECK_FALSE(Contains(FormatControlRequest(*plain), "with_dependents"));
+  // Garbage: one clear error each.
+  for (const char* bad : {R"("yes")", "1", "null", "[]", "{}"}) {
+    CAPTURE(bad);
+    CHECK(
+        Contains(ErrorOf(std::string(R"({"command":"restart","group":"db",)") +
+                         R"("with_dependents":)" + bad + "}"),
+                 "\"with_dependents\" must be true or false"));
+  }
+}
+
 }  // namespace
 }  // namespace workerpool

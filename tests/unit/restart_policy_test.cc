@@ -217,5 +217,43 @@ TEST_CASE("recycle limit: 0 never, else within +-10% and at least 1") {
   }
 }
 
+TEST_CASE("restart.policy always: exit 0 restarts like any other end") {
+  RestartPolicy policy(BackoffOnly(milliseconds(100), seconds(1)), 1);
+  RestartDecision decision = policy.OnChildExit(0, kStart, kStart, true);
+  CHECK_FALSE(decision.done);
+  CHECK_FALSE(decision.group_failed);
+  CHECK(policy.restarts() == 1);
+}
+
+TEST_CASE("restart.policy on-failure: exit 0 is done, failures restart") {
+  RestartConfig config = BackoffOnly(milliseconds(100), seconds(1));
+  config.policy = RestartMode::kOnFailure;
+  RestartPolicy policy(config, 2);
+  RestartDecision failed = policy.OnChildExit(0, kStart, kStart, false);
+  CHECK_FALSE(failed.done);
+  CHECK_FALSE(failed.group_failed);
+  RestartDecision done = policy.OnChildExit(0, kStart, kStart, true);
+  CHECK(done.done);
+  CHECK(policy.restarts() == 1);  // a done process is no restart
+  // The crash-loop limit still fails the group.
+  config.intensity.max_restarts = 1;
+  RestartPolicy limited(config, 1);
+  CHECK_FALSE(limited.OnChildExit(0, kStart, kStart, false).group_failed);
+  CHECK(limited.OnChildExit(0, kStart, kStart, false).group_failed);
+}
+
+TEST_CASE("restart.policy never: exit 0 is done, a failure fails the group") {
+  RestartConfig config = BackoffOnly(milliseconds(100), seconds(1));
+  config.policy = RestartMode::kNever;
+  RestartPolicy policy(config, 2);
+  CHECK(policy.OnChildExit(0, kStart, kStart, true).done);
+  RestartDecision failed = policy.OnChildExit(1, kStart, kStart, false);
+  CHECK(failed.group_failed);
+  CHECK(policy.failed());
+  CHECK(policy.restarts() == 0);
+  policy.Reset();
+  CHECK_FALSE(policy.failed());
+}
+
 }  // namespace
 }  // namespace workerpool

@@ -87,6 +87,19 @@ class ChildConversation {
 
   std::uint64_t offences() const { return offences_; }
 
+  // The conversation as an in-place upgrade hands it over: what the child
+  // said so far (core/upgrade_state.h). Kinds of offences already logged
+  // are not handed over: the next Watcher logs each kind once more.
+  void Restore(bool said_hello, std::set<std::string> routes,
+               std::set<std::string> refused, ChildStats stats,
+               std::uint64_t offences) {
+    said_hello_ = said_hello;
+    routes_ = std::move(routes);
+    refused_ = std::move(refused);
+    stats_ = std::move(stats);
+    offences_ = offences;
+  }
+
  private:
   Decision Refuse(OffendingFrame offence);
 

@@ -16,6 +16,7 @@ struct ControlOptions {
   std::string group;        // scale, restart
   std::string count_text;   // scale: N or "auto", as typed
   bool json = false;        // status --json
+  std::string binary;       // upgrade --binary
 };
 
 // Sends one request and prints the answer. Returns the exit code.

@@ -462,4 +462,12 @@ std::vector<int> UpgradeStateFds(const UpgradeState& state) {
   return fds;
 }
 
+std::optional<SlotState> SlotStateFromName(std::string_view name) {
+  for (int i = 0; i < kSlotStates; ++i) {
+    const auto state = static_cast<SlotState>(i);
+    if (name == SlotStateName(state)) return state;
+  }
+  return std::nullopt;
+}
+
 }  // namespace workerpool

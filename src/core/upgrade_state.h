@@ -19,10 +19,12 @@
 #include <cstdint>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "core/slot_lifecycle.h"
 #include "core/status.h"
 
 namespace workerpool {
@@ -146,5 +148,8 @@ Result<UpgradeState> ParseUpgradeState(std::string_view text);
 // Every descriptor number STATE lists, for the exec (FD_CLOEXEC cleared) and
 // for the adopting side's checks.
 std::vector<int> UpgradeStateFds(const UpgradeState& state);
+
+// The inverse of SlotStateName; nullopt for any other word.
+std::optional<SlotState> SlotStateFromName(std::string_view name);
 
 }  // namespace workerpool

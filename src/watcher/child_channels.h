@@ -52,6 +52,12 @@ class ChildChannels {
   // Requests refused by the routing rules, for status.
   std::uint64_t refused_requests() const { return refused_requests_; }
 
+  // An in-place upgrade: SLOT's child, adopted with its channel open and
+  // its conversation restored, is a subscriber of its routes again, and its
+  // heartbeat deadline runs again when HEARTBEAT.
+  void Adopt(Slot* slot, bool heartbeat);
+  void AdoptRefusedRequests(std::uint64_t count) { refused_requests_ = count; }
+
  private:
   void OnFrame(Slot* slot, const FrameView& frame);
   void OnProtocolError(Slot* slot, const OffendingFrame& offence, bool log);

@@ -474,7 +474,8 @@ void PrintStatusTable(const json& status) {
   for (const std::string& problem : problems) {
     std::printf("! %s\n", problem.c_str());
   }
-  // Last, so that the table stays where scripts look for it.
+  // Last, after a blank line, so that the table stays where scripts look for
+  // it and ends where they expect (bash completion reads up to a blank).
   if (status.is_object() && status.contains("version")) {
     std::string line = "workerpool " + Text(status, "version");
     const json* upgrade =
@@ -491,7 +492,7 @@ void PrintStatusTable(const json& status) {
                   : "; last upgrade failed " + FormatUptime(ago) +
                         " ago: " + Text(*upgrade, "last_error");
     }
-    std::printf("%s\n", line.c_str());
+    std::printf("\n%s\n", line.c_str());
   }
 }
 

@@ -26,62 +26,194 @@ int HexDigit(char c) {
   return -1;
 }
 
-json FdsJson(const UpgradeSlotFds& fds) {
-  return {{"channel", fds.channel},
-          {"output", fds.output},
-          {"output_write", fds.output_write},
-          {"channel_child", fds.channel_child}};
+// The groups are written as text directly: with a thousand slots, building
+// a JSON tree first costs several times the writing (the state is written
+// while the control socket waits, so its time is the upgrade's pause).
+class TextWriter {
+ public:
+  std::string& out() { return out_; }
+  void Key(const char* key) {
+    Separate();
+    out_ += '"';
+    out_ += key;
+    out_ += "\":";
+    pending_value_ = true;  // the value follows without a comma
+  }
+  // A key that may need escaping (a child's counter name).
+  void AnyKey(const std::string& key) {
+    Separate();
+    out_ += json(key).dump(-1, ' ', false, json::error_handler_t::replace);
+    out_ += ':';
+    pending_value_ = true;
+  }
+  void String(const std::string& value) {
+    Value();
+    out_ += json(value).dump(-1, ' ', false, json::error_handler_t::replace);
+  }
+  template <typename T>
+  void Number(T value) {
+    Value();
+    out_ += std::to_string(value);
+  }
+  void Bool(bool value) {
+    Value();
+    out_ += value ? "true" : "false";
+  }
+  void Raw(const json& value) {
+    Value();
+    out_ += value.dump(-1, ' ', false, json::error_handler_t::replace);
+  }
+  void Open(char bracket) {
+    Value();
+    out_ += bracket;
+    first_ = true;
+  }
+  void Close(char bracket) {
+    out_ += bracket;
+    first_ = false;
+  }
+  template <typename T>
+  void Numbers(const std::vector<T>& values) {
+    Open('[');
+    for (const T& value : values) Number(value);
+    Close(']');
+  }
+  void Strings(const std::vector<std::string>& values) {
+    Open('[');
+    for (const std::string& value : values) String(value);
+    Close(']');
+  }
+
+ private:
+  void Separate() {
+    if (!first_) out_ += ',';
+    first_ = false;
+  }
+  void Value() {
+    if (pending_value_) {
+      pending_value_ = false;
+      first_ = false;
+      return;
+    }
+    Separate();
+  }
+  std::string out_;
+  bool first_ = true;
+  bool pending_value_ = false;
+};
+
+void WriteSlot(TextWriter& w, const UpgradeSlot& slot) {
+  w.Open('{');
+  w.Key("index");
+  w.Number(slot.index);
+  w.Key("state");
+  w.String(slot.state);
+  w.Key("pid");
+  w.Number(slot.pid);
+  w.Key("serial");
+  w.Number(slot.serial);
+  w.Key("age_ms");
+  w.Number(slot.age_ms);
+  w.Key("generation");
+  w.Number(slot.generation);
+  w.Key("outgoing");
+  w.Bool(slot.outgoing);
+  w.Key("replaces_serial");
+  w.Number(slot.replaces_serial);
+  w.Key("backoff_ms");
+  w.Number(slot.backoff_ms);
+  w.Key("timer_ms");
+  w.Number(slot.timer_ms);
+  w.Key("ready");
+  w.Bool(slot.ready);
+  w.Key("heartbeat");
+  w.Bool(slot.heartbeat);
+  w.Key("recycle_after");
+  w.Number(slot.recycle_after);
+  w.Key("routes");
+  w.Strings(slot.routes);
+  w.Key("refused_routes");
+  w.Strings(slot.refused_routes);
+  w.Key("counters");
+  w.Open('{');
+  for (const auto& [name, value] : slot.counters) {
+    w.AnyKey(name);
+    w.Number(value);
+  }
+  w.Close('}');
+  w.Key("app");
+  w.Raw(slot.app);
+  w.Key("offences");
+  w.Number(slot.offences);
+  w.Key("channel_pending");
+  w.String(ToHex(slot.channel_pending));
+  w.Key("output_pending");
+  w.String(ToHex(slot.output_pending));
+  w.Key("fds");
+  w.Open('{');
+  w.Key("channel");
+  w.Number(slot.fds.channel);
+  w.Key("output");
+  w.Number(slot.fds.output);
+  w.Key("output_write");
+  w.Number(slot.fds.output_write);
+  w.Key("channel_child");
+  w.Number(slot.fds.channel_child);
+  w.Close('}');
+  w.Close('}');
 }
 
-json SlotJson(const UpgradeSlot& slot) {
-  return {{"index", slot.index},
-          {"state", slot.state},
-          {"pid", slot.pid},
-          {"serial", slot.serial},
-          {"age_ms", slot.age_ms},
-          {"generation", slot.generation},
-          {"outgoing", slot.outgoing},
-          {"replaces_serial", slot.replaces_serial},
-          {"backoff_ms", slot.backoff_ms},
-          {"timer_ms", slot.timer_ms},
-          {"ready", slot.ready},
-          {"heartbeat", slot.heartbeat},
-          {"recycle_after", slot.recycle_after},
-          {"routes", slot.routes},
-          {"refused_routes", slot.refused_routes},
-          {"counters", slot.counters},
-          {"app", slot.app},
-          {"offences", slot.offences},
-          {"channel_pending", ToHex(slot.channel_pending)},
-          {"output_pending", ToHex(slot.output_pending)},
-          {"fds", FdsJson(slot.fds)}};
-}
-
-json GroupJson(const UpgradeGroup& group) {
-  json slots = json::array();
-  for (const UpgradeSlot& slot : group.slots) slots.push_back(SlotJson(slot));
-  return {{"name", group.name},
-          {"type", group.type},
-          {"command", group.command},
-          {"processes", group.processes},
-          {"scaled", group.scaled},
-          {"failed", group.failed},
-          {"removing", group.removing},
-          {"speaks_protocol", group.speaks_protocol},
-          {"generation", group.generation},
-          {"recycled", group.recycled},
-          {"protocol_errors", group.protocol_errors},
-          {"rolling", group.rolling},
-          {"policy",
-           {{"quick_deaths", group.policy.quick_deaths},
-            {"recent_ages_ms", group.policy.recent_ages_ms},
-            {"failed", group.policy.failed},
-            {"restarts", group.policy.restarts}}},
-          {"autoscale",
-           {{"ups", group.autoscale_ups},
-            {"downs", group.autoscale_downs},
-            {"last_unix", group.autoscale_last_unix}}},
-          {"slots", slots}};
+void WriteGroup(TextWriter& w, const UpgradeGroup& group) {
+  w.Open('{');
+  w.Key("name");
+  w.String(group.name);
+  w.Key("type");
+  w.String(group.type);
+  w.Key("command");
+  w.Strings(group.command);
+  w.Key("processes");
+  w.Number(group.processes);
+  w.Key("scaled");
+  w.Bool(group.scaled);
+  w.Key("failed");
+  w.Bool(group.failed);
+  w.Key("removing");
+  w.Bool(group.removing);
+  w.Key("speaks_protocol");
+  w.Bool(group.speaks_protocol);
+  w.Key("generation");
+  w.Number(group.generation);
+  w.Key("recycled");
+  w.Number(group.recycled);
+  w.Key("protocol_errors");
+  w.Number(group.protocol_errors);
+  w.Key("rolling");
+  w.Numbers(group.rolling);
+  w.Key("policy");
+  w.Open('{');
+  w.Key("quick_deaths");
+  w.Numbers(group.policy.quick_deaths);
+  w.Key("recent_ages_ms");
+  w.Numbers(group.policy.recent_ages_ms);
+  w.Key("failed");
+  w.Bool(group.policy.failed);
+  w.Key("restarts");
+  w.Number(group.policy.restarts);
+  w.Close('}');
+  w.Key("autoscale");
+  w.Open('{');
+  w.Key("ups");
+  w.Number(group.autoscale_ups);
+  w.Key("downs");
+  w.Number(group.autoscale_downs);
+  w.Key("last_unix");
+  w.Number(group.autoscale_last_unix);
+  w.Close('}');
+  w.Key("slots");
+  w.Open('[');
+  for (const UpgradeSlot& slot : group.slots) WriteSlot(w, slot);
+  w.Close(']');
+  w.Close('}');
 }
 
 // Checked reads: each one names the member it read when it fails, and
@@ -330,10 +462,6 @@ Status ReadGroup(const json& value, const std::string& where,
 }  // namespace
 
 std::string FormatUpgradeState(const UpgradeState& state) {
-  json groups = json::array();
-  for (const UpgradeGroup& group : state.groups) {
-    groups.push_back(GroupJson(group));
-  }
   json document = {{"workerpool_upgrade_state", state.version},
                    {"from_version", state.from_version},
                    {"config_path", state.config_path},
@@ -356,11 +484,21 @@ std::string FormatUpgradeState(const UpgradeState& state) {
                     {{"control", state.control_fd},
                      {"metrics", state.metrics_fd},
                      {"fallback_exe", state.fallback_exe_fd},
-                     {"listen", state.listen_fds}}},
-                   {"groups", groups}};
+                     {"listen", state.listen_fds}}}};
   // Replace, not throw, should a string not be UTF-8 (a config file's bytes
   // are checked by the parser, but the state must be written regardless).
-  return document.dump(-1, ' ', false, json::error_handler_t::replace);
+  std::string text =
+      document.dump(-1, ' ', false, json::error_handler_t::replace);
+  // The groups go last, written as text (TextWriter).
+  text.pop_back();  // '}'
+  TextWriter groups;
+  groups.Open('[');
+  for (const UpgradeGroup& group : state.groups) WriteGroup(groups, group);
+  groups.Close(']');
+  text += ",\"groups\":";
+  text += groups.out();
+  text += '}';
+  return text;
 }
 
 Result<UpgradeState> ParseUpgradeState(std::string_view text) {

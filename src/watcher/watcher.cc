@@ -506,11 +506,11 @@ void Watcher::ExecUpgrade() {
   state.fallback_exe_fd = own_exe_fd_;
   state.listen_fds = listen_sockets_.fds();
   table_.SaveState(&state, now);
-  Result<int> memfd = WriteStateMemfd(FormatUpgradeState(state));
+  const std::string text = FormatUpgradeState(state);
+  Result<int> memfd = WriteStateMemfd(text);
   Status failed = memfd.status();
   if (memfd.ok()) {
-    spdlog::info("upgrade: exec {} (state {} bytes)", binary,
-                 FormatUpgradeState(state).size());
+    spdlog::info("upgrade: exec {} (state {} bytes)", binary, text.size());
     spdlog::default_logger()->flush();
     failed = ExecAdopting(binary, -1, reload_.path(), *memfd,
                           UpgradeStateFds(state), "", /*for_fallback=*/false);

@@ -60,7 +60,7 @@ UpgradeState Sample() {
   slot.recycle_after = 1000;
   slot.routes = {"jobs"};
   slot.refused_routes = {"secret"};
-  slot.counters = {{"served", 17}, {"failed", 0}};
+  slot.counters = {{"served", 17}, {"failed", 0}, {"we\"ird\n\\", 1}};
   slot.app = {{"hits", 3}};
   slot.offences = 1;
   slot.channel_pending = std::string("\x00\x01\xff partial", 11);
@@ -85,7 +85,7 @@ UpgradeState Sample() {
   UpgradeGroup removing;
   removing.name = "old";
   removing.type = "job";
-  removing.command = {"sleep", "100"};
+  removing.command = {"sleep", "100", "quote\" and \\ and \u00e9"};
   removing.removing = true;
   state.groups.push_back(removing);
   return state;

@@ -201,6 +201,48 @@ groups:
         self.assertEqual(code, 0)
         self.assertIn("upgraded from", out)
 
+    def test_systemd_hears_reloading_then_ready_and_metrics_stay(self):
+        import shutil
+        import tempfile
+        import urllib.request
+        from test_notify import NotifyListener, states
+        directory = tempfile.mkdtemp(prefix="wp-notify-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        notify = NotifyListener(os.path.join(directory, "notify.sock"))
+        self.addCleanup(notify.close)
+        metrics_port = wp_free_port()
+        pool = self.pool("""
+pool: {name: up, control_socket: "{tmp}/up.sock",
+       metrics: "127.0.0.1:%d"}
+groups:
+  - name: keep
+    type: job
+    processes: 2
+    command: [sleep, "1000"]
+""" % metrics_port, env={"NOTIFY_SOCKET": notify.path})
+        notify.wait_for(lambda ms: "READY" in states(ms), "READY=1")
+        before = self.pids(pool)
+        build = self.wrapper(pool, "build-n", "upgrade-n")
+        code, out, err = self.upgrade(pool, build)
+        self.assertEqual(code, 0, out + err)
+        notify.wait_for(lambda ms: states(ms).count("READY") == 2,
+                        "READY=1 after the upgrade")
+        self.assertEqual(states(notify.fields()),
+                         ["READY", "RELOADING", "READY"])
+        reloading = [m for m in notify.fields()
+                     if m.get("RELOADING") == "1"][0]
+        self.assertEqual(reloading["STATUS"],
+                         "upgrading to workerpool upgrade-n")
+        self.assertTrue(reloading["MONOTONIC_USEC"].isdigit())
+        ready = [m for m in notify.fields() if m.get("READY") == "1"][-1]
+        self.assertTrue(ready["STATUS"].startswith("workerpool upgrade-n: "),
+                        ready)
+        # The metrics endpoint answers on the socket handed over.
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics"
+                                    % metrics_port, timeout=10) as r:
+            self.assertEqual(r.status, 200)
+        self.assertEqual(self.pids(pool), before)
+
     # -- binaries that cannot take over
 
     def assert_refused(self, pool, binary, reason):

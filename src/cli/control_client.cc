@@ -538,8 +538,12 @@ static int WaitForUpgrade(const ControlOptions& options,
       continue;
     }
     if ((*upgrade)["last_error"].is_string()) {
-      return Fail(options, kExitRuntime,
-                  "upgrade failed, the pool runs on with workerpool " +
+      // Refused by the checks: the binary given is at fault (1); taken
+      // back after it could not adopt the pool: a runtime failure (2).
+      const bool refused = Flag(*upgrade, "last_refused");
+      return Fail(options, refused ? kExitBadInput : kExitRuntime,
+                  std::string(refused ? "upgrade refused" : "upgrade failed") +
+                      ", the pool runs on with workerpool " +
                       Text(status, "version") + ": " +
                       Text(*upgrade, "last_error"));
     }

@@ -39,9 +39,10 @@ class ControlTarget {
   virtual Status Reload() = 0;
   virtual void Stop() = 0;
   // In-place upgrade to BINARY (empty: the one the Watcher was started
-  // from): checks it, then hands over from a later loop turn. The answer's
-  // members for the client ({"upgrading":true,"from","to","attempts"}), or
-  // why it was refused (nothing changed then).
+  // from): starts checking it, and hands over once the checks passed. The
+  // answer's members for the client ({"upgrading":true,"from","binary",
+  // "attempts"}: the attempt's outcome shows in status as attempts + 1),
+  // or why it cannot start (stopping, another upgrade under way).
   virtual Result<nlohmann::json> Upgrade(const std::string& binary) {
     (void)binary;
     return Status::Error("this Watcher cannot upgrade");

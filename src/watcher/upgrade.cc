@@ -2,9 +2,11 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -38,41 +40,85 @@ struct Run {
   std::string output;  // stdout and stderr
 };
 
+// What a check child needs between clone and exec, prepared before.
+struct CheckChild {
+  char* const* argv;
+  int output_write;
+};
+
+// The check's intermediate process, after clone: it forks the checked
+// binary and waits for it. Why two processes: the Watcher reaps every child
+// that exits with SIGCHLD (waitpid(-1) in its loop), which would take the
+// check's exit status; the intermediate, cloned with no exit signal and
+// never exec'd (exec gives a process SIGCHLD back), is invisible to that
+// wait, and only the __WCLONE wait of RunCapture reaps it. Only system
+// calls here (raw fork: no atfork handlers, whose locks another thread of
+// the Watcher may have held at the clone).
+int CheckChildMain(void* arg) {
+  const CheckChild* child = static_cast<const CheckChild*>(arg);
+  const pid_t checked =
+      static_cast<pid_t>(syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0));
+  if (checked == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // the intermediate killed: go too
+    for (int sig = 1; sig < NSIG; ++sig) {
+      struct sigaction action;
+      std::memset(&action, 0, sizeof(action));
+      action.sa_handler = SIG_DFL;
+      sigaction(sig, &action, nullptr);  // fails harmlessly for KILL, STOP
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    const int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (devnull >= 0) dup2(devnull, STDIN_FILENO);
+    dup2(child->output_write, STDOUT_FILENO);
+    dup2(child->output_write, STDERR_FILENO);
+    execve(child->argv[0], child->argv, environ);
+    const char* message = "cannot run it\n";
+    ssize_t ignored = write(STDERR_FILENO, message, std::strlen(message));
+    (void)ignored;
+    _exit(127);
+  }
+  if (checked < 0) _exit(126);
+  close(child->output_write);
+  int status = 0;
+  while (waitpid(checked, &status, 0) < 0) {
+    if (errno != EINTR) _exit(126);
+  }
+  if (WIFSIGNALED(status)) _exit(128 + WTERMSIG(status));
+  _exit(WEXITSTATUS(status));
+}
+
 // Runs ARGV with stdout and stderr captured, default signal dispositions
-// and an empty mask; kills it after kCheckTimeoutMs.
+// and an empty mask; kills it after kCheckTimeoutMs. Runs on a helper
+// thread while the Watcher's loop goes on, so the child is cloned with no
+// exit signal: the Watcher's reaping (waitpid(-1) on SIGCHLD) does not see
+// it, and only the __WCLONE wait here reaps it.
 Result<Run> RunCapture(const std::vector<std::string>& argv) {
   int out[2];
   if (pipe2(out, O_CLOEXEC) != 0) {
     return Status::Error("pipe: " + Errno(errno));
   }
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null",
-                                   O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
-  posix_spawn_file_actions_adddup2(&actions, out[1], STDERR_FILENO);
-  posix_spawnattr_t attributes;
-  posix_spawnattr_init(&attributes);
-  sigset_t all, none;
-  sigfillset(&all);
-  sigemptyset(&none);
-  posix_spawnattr_setsigdefault(&attributes, &all);
-  posix_spawnattr_setsigmask(&attributes, &none);
-  posix_spawnattr_setflags(&attributes,
-                           POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
   std::vector<char*> args;
-  for (const std::string& arg : argv)
+  for (const std::string& arg : argv) {
     args.push_back(const_cast<char*>(arg.c_str()));
+  }
   args.push_back(nullptr);
-  pid_t pid = -1;
-  const int spawned =
-      posix_spawn(&pid, args[0], &actions, &attributes, args.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attributes);
+  CheckChild setup{args.data(), out[1]};
+  // Without CLONE_VM the child works on a copy of this memory, stack
+  // included, as after fork.
+  std::vector<char> stack(64 * 1024);
+  sigset_t all, saved;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &saved);
+  const pid_t pid =
+      clone(CheckChildMain, stack.data() + stack.size(), 0, &setup);
+  const int clone_error = errno;
+  pthread_sigmask(SIG_SETMASK, &saved, nullptr);
   close(out[1]);
-  if (spawned != 0) {
+  if (pid < 0) {
     close(out[0]);
-    return Status::Error("cannot run it: " + Errno(spawned));
+    return Status::Error("cannot run it: clone: " + Errno(clone_error));
   }
   Run run;
   const auto deadline = std::chrono::steady_clock::now() +
@@ -98,7 +144,11 @@ Result<Run> RunCapture(const std::vector<std::string>& argv) {
   }
   close(out[0]);
   if (timed_out) kill(pid, SIGKILL);
-  while (waitpid(pid, &run.status, 0) < 0 && errno == EINTR) {
+  for (;;) {
+    if (waitpid(pid, &run.status, __WCLONE) >= 0) break;
+    if (errno != EINTR) {
+      return Status::Error("cannot wait for it: " + Errno(errno));
+    }
   }
   if (timed_out) {
     return Status::Error("it did not finish within " +
@@ -120,6 +170,11 @@ std::string Trimmed(std::string text) {
 }
 
 std::string HowItEnded(const Run& run) {
+  // The intermediate (CheckChildMain) passes a signal on as 128 + it.
+  if (WIFEXITED(run.status) && WEXITSTATUS(run.status) > 128) {
+    return "was killed by signal " +
+           std::to_string(WEXITSTATUS(run.status) - 128);
+  }
   if (WIFEXITED(run.status)) {
     return "exited with code " + std::to_string(WEXITSTATUS(run.status));
   }
@@ -320,6 +375,17 @@ Result<std::string> CheckNewBinary(const std::string& binary,
                          HowItEnded(*check) + "): " + Trimmed(check->output));
   }
   return answer.substr(prefix.size());
+}
+
+BinaryCheck::BinaryCheck(std::string binary, std::string config_content)
+    : thread_([this, binary = std::move(binary),
+               content = std::move(config_content)] {
+        result_ = CheckNewBinary(binary, content);
+        done_.store(true, std::memory_order_release);
+      }) {}
+
+BinaryCheck::~BinaryCheck() {
+  if (thread_.joinable()) thread_.join();
 }
 
 Result<int> WriteStateMemfd(const std::string& text) {

@@ -13,7 +13,9 @@
 // here blocks (the checks run the new binary for at most a few seconds).
 #pragma once
 
+#include <atomic>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/status.h"
@@ -39,6 +41,26 @@ std::string OwnBinaryPath();
 // bounded by a few seconds. The error says which step failed and how.
 Result<std::string> CheckNewBinary(const std::string& binary,
                                    const std::string& config_content);
+
+// CheckNewBinary on a thread of its own, so that the Watcher's loop goes on
+// meanwhile (restarts, heartbeats, status: a new binary that hangs must not
+// stall the pool). Created on the loop thread, polled from it; the
+// destructor waits for the thread.
+class BinaryCheck {
+ public:
+  BinaryCheck(std::string binary, std::string config_content);
+  ~BinaryCheck();
+  BinaryCheck(const BinaryCheck&) = delete;
+  BinaryCheck& operator=(const BinaryCheck&) = delete;
+  bool done() const { return done_.load(std::memory_order_acquire); }
+  // REQUIRES: done().
+  const Result<std::string>& result() const { return result_; }
+
+ private:
+  Result<std::string> result_{Status::Error("not checked yet")};
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
 
 // TEXT in a new memfd, sealed against any change, not close-on-exec.
 Result<int> WriteStateMemfd(const std::string& text);

@@ -136,8 +136,9 @@ class Watcher : public ControlTarget,
   // An upgrade waits on it for the channels to write what they queued.
   uv_timer_t upgrade_timer_;
   int upgrade_waits_ = 0;
+  std::unique_ptr<BinaryCheck> upgrade_check_;  // while it runs
+  bool last_upgrade_refused_ = false;
   std::string upgrade_binary_;  // set while an upgrade is under way
-  std::string upgrade_target_version_;
   // This binary, opened at start: what the next upgrade falls back to.
   int own_exe_fd_ = OpenOwnBinary();
   std::string own_exe_path_ = OwnBinaryPath();
@@ -413,7 +414,8 @@ Status Watcher::RestartGroup(const std::string& name) {
 
 nlohmann::json Watcher::UpgradeJson() const {
   nlohmann::json out = {{"attempts", upgrades_},
-                        {"in_progress", !upgrade_binary_.empty()}};
+                        {"in_progress", !upgrade_binary_.empty()},
+                        {"last_refused", last_upgrade_refused_}};
   out["last_unix"] = last_upgrade_unix_ == 0
                          ? nlohmann::json(nullptr)
                          : nlohmann::json(last_upgrade_unix_);
@@ -426,9 +428,9 @@ nlohmann::json Watcher::UpgradeJson() const {
   return out;
 }
 
-// Checks the new binary now (blocking: a few runs of it), then hands over
-// from a timer, once every channel has written what it queued: a frame in
-// this process's buffers would not survive exec.
+// Starts the check of the new binary on a thread (BinaryCheck); the
+// upgrade timer polls it, then hands over once every channel has written
+// what it queued.
 Result<nlohmann::json> Watcher::Upgrade(const std::string& binary) {
   if (table_.stopping()) return Status::Error("the pool is stopping");
   if (!upgrade_binary_.empty()) {
@@ -446,33 +448,46 @@ Result<nlohmann::json> Watcher::Upgrade(const std::string& binary) {
         "be nothing to fall back to");
   }
   spdlog::info("upgrade: checking {}", path);
-  Result<std::string> version = CheckNewBinary(path, reload_.content());
-  if (!version.ok()) {
-    last_upgrade_error_ = "refused: " + version.status().message();
-    spdlog::error("upgrade refused, keeping the running Watcher: {}",
-                  version.status().message());
-    return version.status();
-  }
   upgrade_binary_ = path;
-  upgrade_target_version_ = *version;
+  upgrade_check_ = std::make_unique<BinaryCheck>(path, reload_.content());
   upgrade_waits_ = 0;
-  spdlog::info("upgrade: workerpool {} -> {} ({}), {} children kept",
-               WorkerpoolVersion(), *version, path, table_.child_count());
-  NotifySystemd("RELOADING=1\n" + MonotonicUsecField() +
-                "\nSTATUS=upgrading to workerpool " + *version);
-  uv_timer_start(&upgrade_timer_, OnUpgradeTimer, 0, 1);
+  uv_timer_start(&upgrade_timer_, OnUpgradeTimer, 2, 2);
   return nlohmann::json{{"upgrading", true},
                         {"from", WorkerpoolVersion()},
-                        {"to", *version},
                         {"binary", path},
                         {"attempts", upgrades_}};
 }
 
+// Polls the check of the new binary, then waits for the channels to
+// write what they queued (a frame in this process's buffers would not
+// survive exec), then hands over.
 void Watcher::OnUpgradeTimer(uv_timer_t* timer) {
   auto* self = Owner<Watcher>(timer);
+  if (self->upgrade_check_) {
+    if (!self->upgrade_check_->done()) return;
+    Result<std::string> version = self->upgrade_check_->result();
+    self->upgrade_check_.reset();
+    if (!version.ok()) {
+      uv_timer_stop(timer);
+      ++self->upgrades_;
+      self->last_upgrade_unix_ = time(nullptr);
+      self->last_upgrade_error_ = "refused: " + version.status().message();
+      self->last_upgrade_refused_ = true;
+      self->upgrade_binary_.clear();
+      spdlog::error("upgrade refused, keeping the running Watcher: {}",
+                    version.status().message());
+      return;
+    }
+    spdlog::info("upgrade: workerpool {} -> {} ({}), {} children kept",
+                 WorkerpoolVersion(), *version, self->upgrade_binary_,
+                 self->table_.child_count());
+    NotifySystemd("RELOADING=1\n" + MonotonicUsecField() +
+                  "\nSTATUS=upgrading to workerpool " + *version);
+    self->upgrade_waits_ = 0;
+  }
   // At most a second for the children to read what was sent to them; a
   // child that reads nothing for that long keeps its frames unsent.
-  if (!self->table_.ChannelsFlushed() && ++self->upgrade_waits_ < 1000) return;
+  if (!self->table_.ChannelsFlushed() && ++self->upgrade_waits_ < 500) return;
   uv_timer_stop(timer);
   self->ExecUpgrade();
 }
@@ -518,6 +533,7 @@ void Watcher::ExecUpgrade() {
   }
   // Still here: nothing changed.
   ++upgrades_;
+  last_upgrade_refused_ = false;
   last_upgrade_unix_ = state.last_upgrade_unix;
   last_upgrade_error_ = failed.message();
   spdlog::error("upgrade failed, keeping the running Watcher: {}",

@@ -272,6 +272,36 @@ groups:
                             r"cannot be executed")
         self.wait_http()
 
+    def test_the_pool_answers_while_a_hanging_binary_is_checked(self):
+        pool = self.pool("""
+pool: {name: up, control_socket: "{tmp}/up.sock"}
+groups:
+  - name: keep
+    type: job
+    processes: 1
+    command: [sleep, "1000"]
+""")
+        pool.wait_for_children(1)
+        hangs = pool.write("hangs", "#!/bin/sh\nexec sleep 60\n")
+        os.chmod(hangs, 0o755)
+        upgrade = subprocess.Popen(
+            [wp.BIN, "upgrade", "--socket", self.socket(pool), "--binary",
+             hangs], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        wp.wait_until(lambda: self.status(pool)["upgrade"]["in_progress"],
+                      what="the check under way")
+        # The loop is not held by the check: status answers, a child that
+        # dies is restarted.
+        before = self.pids(pool)
+        os.kill(before[0][2], signal.SIGKILL)
+        wp.wait_until(lambda: len(self.pids(pool)) == 1 and
+                      self.pids(pool) != before, what="the restart")
+        self.assertTrue(self.status(pool)["upgrade"]["in_progress"])
+        out, err = upgrade.communicate(timeout=60)
+        self.assertEqual(upgrade.returncode, 1, out + err)
+        self.assertIn("--version: it did not finish within 10 s", err)
+        self.assertIs(self.status(pool)["upgrade"]["last_refused"], True)
+
     def test_a_new_binary_that_crashes_while_adopting_gives_the_pool_back(self):
         pool = self.http_pool()
         pool.wait_for_children(6)

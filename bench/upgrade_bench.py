@@ -13,10 +13,11 @@ thread asks `status` back to back; the "pause" is the longest time between
 two answered statuses around the upgrade (no status can be answered while
 the Watcher checks the new binary, writes its state, execs and adopts), and
 "upgrade_to_status" the time from sending `upgrade` to the first status
-answered by the new Watcher, split into "checks" (until `upgrade` is
-answered, which is at once: the Watcher then runs the new binary three
+answered by the new Watcher, split into "checks_ms" (until `upgrade` is
+answered, which it is at once: the Watcher then runs the new binary three
 times from a helper thread, its loop answering meanwhile) and
-"handover" (from that answer to the new Watcher's first status). In each round the victim is SIGKILLed right
+"handover_ms" (from that answer to the new Watcher's first status: the
+checks, then the hand-over proper, which is the pause). In each round the victim is SIGKILLed right
 after the upgrade was accepted (during the hand-over); "restart_ms" is from
 the kill to the replacement's first line (the victim resets its backoff
 after 100 ms up, so each kill restarts at once); "restart_quiet_ms" the same kill

@@ -13,9 +13,11 @@
 #include "cli/control_client.h"
 #include "cli/top.h"
 #include "core/config.h"
+#include "core/file_limit.h"
 #include "core/upgrade_state.h"
 #include "os/builtin_path.h"
 #include "os/config_file.h"
+#include "os/spawn.h"
 #include "version.h"
 #include "watcher/upgrade.h"
 #include "watcher/watcher.h"
@@ -32,8 +34,18 @@ int RunCheck(const std::string& path) {
     std::fputs(load.ErrorText().c_str(), stderr);
     return kExitBadInput;
   }
-  std::printf("%s: ok (pool '%s', %zu groups)\n", path.c_str(),
-              load.config->name.c_str(), load.config->groups.size());
+  // What the Watcher would make of RLIMIT_NOFILE here (as this user).
+  const std::uint64_t children = workerpool::PoolChildren(*load.config);
+  const std::uint64_t limit = workerpool::PlannedFileLimits(children).soft;
+  const std::string limit_text =
+      workerpool::DescribeFileLimit(limit, children);
+  if (children > workerpool::ChildrenAllowed(limit)) {
+    std::fprintf(stderr, "%s: %s\n", path.c_str(), limit_text.c_str());
+    return kExitBadInput;
+  }
+  std::printf("%s: ok (pool '%s', %zu groups)\n%s\n", path.c_str(),
+              load.config->name.c_str(), load.config->groups.size(),
+              limit_text.c_str());
   return kExitOk;
 }
 

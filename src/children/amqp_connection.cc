@@ -368,4 +368,25 @@ void AmqpConnection::Drop(bool shut_down_socket) {
   declare_channel_open_ = false;
 }
 
+Result<AmqpRead> ReadWithoutWaiting(amqp_connection_state_t conn,
+                                    amqp_envelope_t* envelope,
+                                    amqp_frame_t* frame) {
+  amqp_maybe_release_buffers(conn);
+  timeval zero = {0, 0};
+  amqp_rpc_reply_t reply = amqp_consume_message(conn, envelope, &zero, 0);
+  if (reply.reply_type == AMQP_RESPONSE_NORMAL) return AmqpRead::kDelivery;
+  if (reply.reply_type != AMQP_RESPONSE_LIBRARY_EXCEPTION) {
+    return Status::Error(DescribeReply(reply).text);
+  }
+  if (reply.library_error == AMQP_STATUS_TIMEOUT) return AmqpRead::kNothing;
+  if (reply.library_error != AMQP_STATUS_UNEXPECTED_STATE) {
+    return Status::Error(amqp_error_string2(reply.library_error));
+  }
+  // Not a delivery: the frame librabbitmq stopped at.
+  int rc = amqp_simple_wait_frame_noblock(conn, frame, &zero);
+  if (rc == AMQP_STATUS_TIMEOUT) return AmqpRead::kNothing;
+  if (rc != AMQP_STATUS_OK) return Status::Error(amqp_error_string2(rc));
+  return AmqpRead::kFrame;
+}
+
 }  // namespace workerpool

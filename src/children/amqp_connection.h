@@ -32,6 +32,20 @@ constexpr amqp_channel_t kAmqpConsumeChannel = 1;
 // (404, 406); on a channel of their own that does not end the consumers.
 constexpr amqp_channel_t kAmqpDeclareChannel = 2;
 
+// What one ReadWithoutWaiting found.
+enum class AmqpRead {
+  kNothing,   // nothing waiting on the socket
+  kDelivery,  // *ENVELOPE holds a message; the caller destroys it
+  kFrame,     // *FRAME holds another frame (a confirm, a cancel, a close...)
+};
+
+// Reads one delivery or one other frame from CONN if one is waiting,
+// without blocking; an error when the connection failed. Both the consumer
+// session and the outbox's publisher read their connection this way.
+Result<AmqpRead> ReadWithoutWaiting(amqp_connection_state_t conn,
+                                    amqp_envelope_t* envelope,
+                                    amqp_frame_t* frame);
+
 // Connects to HOST:PORT without blocking past TIMEOUT; gives up early when
 // STOP_REQUESTED says so (asked whenever WAKE_FD is readable, which this
 // does not drain). Returns a non-blocking socket with TCP_NODELAY and

@@ -329,35 +329,24 @@ class AmqpPublisher::Impl {
 
   // True when something was read, false when nothing is waiting.
   Result<bool> ReadOne() {
-    amqp_connection_state_t conn = connection_.state();
-    amqp_maybe_release_buffers(conn);
     amqp_envelope_t envelope;
-    timeval zero = {0, 0};
-    amqp_rpc_reply_t reply = amqp_consume_message(conn, &envelope, &zero, 0);
-    if (reply.reply_type == AMQP_RESPONSE_NORMAL) {
-      last_rx_ = Clock::now();
-      AmqpPublisherEvent event;
-      event.type = AmqpPublisherEvent::Type::kReply;
-      event.generation = generation_;
-      event.properties = amqp::FromAmqp(envelope.message.properties);
-      event.body = Text(envelope.message.body);
-      amqp_destroy_envelope(&envelope);
-      Emit(std::move(event));
+    amqp_frame_t frame;
+    Result<AmqpRead> read =
+        ReadWithoutWaiting(connection_.state(), &envelope, &frame);
+    if (!read.ok()) return read.status();
+    if (*read == AmqpRead::kNothing) return false;
+    last_rx_ = Clock::now();
+    if (*read == AmqpRead::kFrame) {
+      if (Status s = OnFrame(frame); !s.ok()) return s;
       return true;
     }
-    if (reply.reply_type != AMQP_RESPONSE_LIBRARY_EXCEPTION) {
-      return Status::Error(DescribeReply(reply).text);
-    }
-    if (reply.library_error == AMQP_STATUS_TIMEOUT) return false;
-    if (reply.library_error != AMQP_STATUS_UNEXPECTED_STATE) {
-      return Status::Error(amqp_error_string2(reply.library_error));
-    }
-    amqp_frame_t frame;
-    int rc = amqp_simple_wait_frame_noblock(conn, &frame, &zero);
-    if (rc == AMQP_STATUS_TIMEOUT) return false;
-    if (rc != AMQP_STATUS_OK) return Status::Error(amqp_error_string2(rc));
-    last_rx_ = Clock::now();
-    if (Status s = OnFrame(frame); !s.ok()) return s;
+    AmqpPublisherEvent event;
+    event.type = AmqpPublisherEvent::Type::kReply;
+    event.generation = generation_;
+    event.properties = amqp::FromAmqp(envelope.message.properties);
+    event.body = Text(envelope.message.body);
+    amqp_destroy_envelope(&envelope);
+    Emit(std::move(event));
     return true;
   }
 

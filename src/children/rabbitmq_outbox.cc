@@ -3,6 +3,7 @@
 #include <uv.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <deque>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -128,6 +129,17 @@ class Outbox : public RabbitmqOutbox {
     deadline_timer_.data = this;
     uv_timer_init(loop, &stats_timer_);
     stats_timer_.data = this;
+    // Named like the consumer's connection (POOL/GROUP/INDEX) with
+    // "/publish": one process may hold both, and an operator looking at
+    // `rabbitmqctl list_connections` must tell them apart.
+    if (config_.connection_name.empty()) {
+      const char* pool = std::getenv("WORKERPOOL_POOL");
+      config_.connection_name = std::string(pool != nullptr ? pool : "?") +
+                                "/" + client_->group() + "/" +
+                                std::to_string(client_->index()) + "/publish";
+    } else {
+      config_.connection_name += "/publish";
+    }
     publisher_ = std::make_unique<AmqpPublisher>(
         config_, [this] { uv_async_send(&async_); });
     client_->OnStop([this] { BeginStop(); });

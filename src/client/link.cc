@@ -1,5 +1,12 @@
 #include "client/link.h"
 
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <utility>
 
 namespace workerpool::client {
@@ -17,6 +24,43 @@ Link* Link::Accept(Client* client, uv_loop_t* loop, uv_stream_t* pool,
   uv_pipe_init(loop, &link->pipe, 0);
   link->pipe.data = link;
   if (uv_accept(pool, link->stream()) != 0) {
+    link->CloseSocket();
+    return nullptr;
+  }
+  return link;
+}
+
+Link* Link::Connect(Client* client, uv_loop_t* loop, const std::string& path,
+                    Role role, std::string peer_group, int peer_index,
+                    int peer_pid) {
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof(address.sun_path)) {
+    fprintf(stderr, "workerpool: bad link path\n");
+    return nullptr;
+  }
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  // A Unix socket connects at once while the backlog has room; the Watcher
+  // accepts each connection as soon as it is made.
+  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&address),
+                        sizeof(address)) != 0) {
+    fprintf(stderr, "workerpool: cannot connect to link %s: %s\n", path.c_str(),
+            strerror(errno));
+    if (fd >= 0) close(fd);
+    return nullptr;
+  }
+  auto* link = new Link;
+  link->client = client;
+  link->role = role;
+  link->peer_group = std::move(peer_group);
+  link->peer_index = peer_index;
+  link->peer_pid = peer_pid;
+  link->placement = std::make_unique<PeerPlacement>(link->peer_pid);
+  uv_pipe_init(loop, &link->pipe, 0);
+  link->pipe.data = link;
+  if (uv_pipe_open(&link->pipe, fd) != 0) {
+    close(fd);
     link->CloseSocket();
     return nullptr;
   }

@@ -63,6 +63,12 @@ struct Link : PeerLoad {
                       Role role, std::string peer_group, int peer_index,
                       int peer_pid);
 
+  // A link by connect: connected to PATH (the Watcher accepts at once),
+  // or nullptr with a line on stderr.
+  static Link* Connect(Client* client, uv_loop_t* loop, const std::string& path,
+                       Role role, std::string peer_group, int peer_index,
+                       int peer_pid);
+
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&pipe); }
   // Reads into g_link_read_buffer; ON_READ gets this link as the stream's
   // data and must take every frame out before it returns.

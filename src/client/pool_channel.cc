@@ -104,6 +104,7 @@ void PoolChannel::OnFrame(const FrameView& frame) {
       peer.group = JsonField<std::string>(body, "group", "");
       peer.index = JsonField<int>(body, "index", -1);
       peer.pid = JsonField<int>(body, "pid", 0);
+      peer.path = JsonField<std::string>(body, "path", "");
       listener_->OnPeerAdded(peer);
       break;
     }
@@ -145,9 +146,10 @@ void PoolChannel::Send(FrameType type, std::string_view body) {
   listener_->OnPoolOutput();
 }
 
-void PoolChannel::SendHello() {
-  Send(FrameType::kHello,
-       json{{"pid", getpid()}, {"protocol", wire::kWireVersion}}.dump());
+void PoolChannel::SendHello(bool connect_links) {
+  json hello{{"pid", getpid()}, {"protocol", wire::kWireVersion}};
+  if (connect_links) hello["links"] = "connect";
+  Send(FrameType::kHello, hello.dump());
 }
 
 void PoolChannel::SendRouteOpen(const std::string& group) {

@@ -41,6 +41,8 @@ struct PeerInfo {
   std::string group;
   int index = -1;
   int pid = 0;
+  // Links by connect: the path to connect to (no socket came with it).
+  std::string path;
 };
 
 // route_opened: the limits of a group we send to.
@@ -95,7 +97,10 @@ class PoolChannel {
   bool has_socket();
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&pipe_); }
 
-  void SendHello();
+  // CONNECT_LINKS: ask for links by connect (docs/PROTOCOL.md, "Links by
+  // connect") instead of fds; set by WP_CONNECT_LINKS=1, to measure
+  // and test that path with C++ children.
+  void SendHello(bool connect_links);
   void SendRouteOpen(const std::string& group);
   void SendKillPeer(int pid, const std::string& reason);
   // Counters, latency per target group and the application's figures

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 namespace workerpool {
 namespace client {
@@ -51,7 +52,9 @@ bool Client::Open(int fd, std::string* error) {
   signal(SIGPIPE, SIG_IGN);
 
   pool_.StartReading();
-  pool_.SendHello();
+  const char* links = std::getenv("WP_CONNECT_LINKS");
+  connect_links_ = links != nullptr && std::strcmp(links, "1") == 0;
+  pool_.SendHello(connect_links_);
   FlushAll();
   return true;
 }
@@ -79,6 +82,10 @@ void Client::FlushAll() {
     }
     // Deferred completions run here, outside any caller's stack.
     sender_.RunCompletions();
+    if (stats_due_) {
+      stats_due_ = false;
+      SendStats();
+    }
     pool_.Flush();
   } while (!dirty_.empty());
   if (!busy_.has_hot()) uv_prepare_stop(&flusher_);
@@ -135,14 +142,27 @@ void Client::OnConfig(const ChildConfig& config) {
 }
 
 void Client::OnPeerAdded(const PeerInfo& peer) {
-  if (!pool_.has_socket()) {
-    fprintf(stderr, "workerpool: peer announced without a socket\n");
+  const Link::Role role =
+      peer.we_serve ? Link::Role::kServer : Link::Role::kSender;
+  Link* link = nullptr;
+  if (connect_links_ && peer.path.empty()) {
+    // A "listen" link (both ends connect): the C++ library receives fds
+    // and asks for connect links only to measure that path.
+    fprintf(stderr,
+            "workerpool: a link to listen for; WP_CONNECT_LINKS=1 "
+            "supports only links to connect to\n");
     return;
   }
-  Link* link =
-      Link::Accept(this, loop_, pool_.stream(),
-                   peer.we_serve ? Link::Role::kServer : Link::Role::kSender,
-                   peer.group, peer.index, peer.pid);
+  if (connect_links_) {
+    link = Link::Connect(this, loop_, peer.path, role, peer.group, peer.index,
+                         peer.pid);
+  } else if (!pool_.has_socket()) {
+    fprintf(stderr, "workerpool: peer announced without a socket\n");
+    return;
+  } else {
+    link = Link::Accept(this, loop_, pool_.stream(), role, peer.group,
+                        peer.index, peer.pid);
+  }
   if (link == nullptr) return;
   link->writer = std::make_unique<StreamWriter>(link->stream(), [link](int) {
     link->client->OnLinkClosed(link, "write failed");
@@ -280,7 +300,30 @@ ClientStats Client::stats() const {
   return stats;
 }
 
-void Client::StartStatsTimer() {
+void Client::ScheduleStats() {
+  const uint64_t now = uv_now(loop_);
+  if (!stats_sent_ || now - stats_sent_ms_ >= kStatsIntervalMs) {
+    stats_due_ = true;
+    ArmFlusher();
+    return;
+  }
+  StartStatsTimer(stats_sent_ms_ + kStatsIntervalMs - now);
+}
+
+void Client::LoadRising() {
+  if (!pool_.open() || stats_due_) return;
+  const uint64_t now = uv_now(loop_);
+  if (rising_sent_ && now - rising_sent_ms_ < kStatsIntervalMs) {
+    CountChanged();
+    return;
+  }
+  rising_sent_ = true;
+  rising_sent_ms_ = now;
+  stats_due_ = true;
+  ArmFlusher();
+}
+
+void Client::StartStatsTimer(uint64_t delay_ms) {
   uv_timer_start(
       &stats_timer_,
       [](uv_timer_t* timer) {
@@ -288,10 +331,12 @@ void Client::StartStatsTimer() {
         self->SendStats();
         self->FlushAll();
       },
-      kStatsIntervalMs, 0);
+      delay_ms, 0);
 }
 
 void Client::SendStats() {
+  stats_sent_ = true;
+  stats_sent_ms_ = uv_now(loop_);
   pool_.SendStats(stats(), sender_.Latencies(), app_stats_);
 }
 

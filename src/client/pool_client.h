@@ -115,14 +115,22 @@ class Client final : public PoolClient, private PoolChannel::Listener {
   // deferred completions (which may queue more), until nothing is left.
   void FlushAll();
 
-  // A counter moved: the stats reach the Watcher within a second.
+  // A counter moved: the stats reach the Watcher at the end of this loop
+  // turn when none went for a second (the first sign of load after a quiet
+  // spell is seen at once), else within the second.
   void CountChanged() {
-    if (!pool_.open() ||
+    if (!pool_.open() || stats_due_ ||
         uv_is_active(reinterpret_cast<uv_handle_t*>(&stats_timer_))) {
       return;
     }
-    StartStatsTimer();
+    ScheduleStats();
   }
+  // Requests began to wait for a free peer (a route's queue went from empty
+  // to not): the load outgrows the group it is sent to. The stats go at the
+  // end of this loop turn even when a regular send is pending (at most once
+  // a second), so that an autoscaler starts timing the overload now rather
+  // than a second later.
+  void LoadRising();
   void SendStats();
 
   // Once stopping, finishes when nothing is left in flight: closes every
@@ -174,13 +182,15 @@ class Client final : public PoolClient, private PoolChannel::Listener {
   void BeforeBlocking();
   void BusyPoll();
 
-  void StartStatsTimer();
+  void ScheduleStats();
+  void StartStatsTimer(uint64_t delay_ms);
   void FinishStopIfIdle();
 
   uv_loop_t* loop_;
   bool owns_loop_;
   std::string group_;
   int index_ = -1;
+  bool connect_links_ = false;  // WP_CONNECT_LINKS=1
 
   PoolChannel pool_;
   Sender sender_;
@@ -191,6 +201,12 @@ class Client final : public PoolClient, private PoolChannel::Listener {
   uv_prepare_t flusher_;
 
   uv_timer_t stats_timer_;
+  bool stats_due_ = false;  // send them in this turn's FlushAll
+  // When stats last went, and when LoadRising last sent them (loop time).
+  bool stats_sent_ = false;
+  uint64_t stats_sent_ms_ = 0;
+  bool rising_sent_ = false;
+  uint64_t rising_sent_ms_ = 0;
   uv_signal_t sigterm_;
   std::string app_stats_;
   std::function<void()> on_stop_;

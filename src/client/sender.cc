@@ -83,6 +83,7 @@ uint64_t Sender::Send(const std::string& group, std::string_view body,
   route->balancer.Enqueue(QueueKey{request->priority, request->sequence},
                           request);
   if (route->state == Route::State::kOpen) Dispatch(route);
+  if (route->balancer.queued() == 1) client_->LoadRising();
   return id;
 }
 

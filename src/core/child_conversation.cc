@@ -14,6 +14,19 @@ ChildConversation::Decision ChildConversation::Refuse(OffendingFrame offence) {
   return decision;
 }
 
+const ChildStats& ChildConversation::stats() const {
+  static const ChildStats kNone;
+  return stats_ != nullptr ? *stats_ : kNone;
+}
+
+void ChildConversation::KeepStats(ChildStats stats) {
+  if (stats_ == nullptr) {
+    stats_ = std::make_unique<ChildStats>(std::move(stats));
+  } else {
+    *stats_ = std::move(stats);
+  }
+}
+
 ChildConversation::Decision ChildConversation::OnFrame(
     wire::FrameType type, std::string_view body,
     const ChildGroupLookup& group_of) {
@@ -21,7 +34,14 @@ ChildConversation::Decision ChildConversation::OnFrame(
     if (said_hello_) {
       return Refuse({ChildOffence::kRepeatedHello, "hello after hello"});
     }
+    // A hello with a bad "links" is refused and the child stays unready: a
+    // child that cannot receive fds would be sent some.
+    ChildMessage hello = ReadChildFrame(type, body);
+    if (auto* offending = std::get_if<OffendingFrame>(&hello)) {
+      return Refuse(std::move(*offending));
+    }
     said_hello_ = true;
+    links_ = std::get<HelloMessage>(hello).links;
     return Decision{.action = Action::kHello};
   }
   // The client libraries say hello first; anything before it comes from a

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -66,6 +67,8 @@ class ChildConversation {
                    const ChildGroupLookup& group_of);
 
   bool said_hello() const { return said_hello_; }
+  // How it takes its links, as its hello said (kPassed before hello).
+  LinkMode links() const { return links_; }
   std::int64_t own_pid() const { return own_pid_; }
 
   // Routes: open ones (the child gets links to that group's children) and
@@ -82,22 +85,28 @@ class ChildConversation {
   void ForgetRefusal(const std::string& group) { refused_.erase(group); }
 
   // Stats as last accepted (empty until the first).
-  const ChildStats& stats() const { return stats_; }
-  void KeepStats(ChildStats stats) { stats_ = std::move(stats); }
+  const ChildStats& stats() const;
+  void KeepStats(ChildStats stats);
 
   std::uint64_t offences() const { return offences_; }
+  // An offence the Watcher saw outside this child's channel (its link
+  // connections): counted and logged like the others.
+  Decision Offend(OffendingFrame offence) { return Refuse(std::move(offence)); }
 
   // The conversation as an in-place upgrade hands it over: what the child
   // said so far (core/upgrade_state.h). Kinds of offences already logged
   // are not handed over: the next Watcher logs each kind once more.
-  void Restore(bool said_hello, std::set<std::string> routes,
+  void Restore(bool said_hello, LinkMode links, std::set<std::string> routes,
                std::set<std::string> refused, ChildStats stats,
                std::uint64_t offences) {
     said_hello_ = said_hello;
+    links_ = links;
     routes_ = std::move(routes);
     refused_ = std::move(refused);
-    stats_ = std::move(stats);
     offences_ = offences;
+    if (!stats.counters.empty() || !stats.app.empty()) {
+      KeepStats(std::move(stats));
+    }
   }
 
  private:
@@ -105,12 +114,15 @@ class ChildConversation {
 
   std::int64_t own_pid_;
   bool said_hello_ = false;
+  LinkMode links_ = LinkMode::kPassed;
   std::set<std::string> routes_;
   std::set<std::string> refused_;
   // Peers this child asked to kill, by serial (with their pid, to forget
   // them once gone): asked once, killed once.
   std::map<std::uint64_t, std::int64_t> killed_;
-  ChildStats stats_;
+  // Allocated with the first stats frame: most children of a large idle
+  // pool never send one, and the Watcher keeps a conversation per child.
+  std::unique_ptr<ChildStats> stats_;
   std::bitset<kChildOffenceKinds> logged_;
   std::uint64_t offences_ = 0;
 };

@@ -65,6 +65,32 @@ bool ReadName(const json& value, std::string* out) {
   return true;
 }
 
+// hello's fields are informative (pid, protocol), except "links": a child
+// that asks for links by connect cannot receive fds, so a value the Watcher
+// does not know is refused rather than guessed (the child is not ready until
+// it says hello again, correctly).
+ChildMessage ReadHello(std::string_view body) {
+  HelloMessage message;
+  json object;
+  // A body that is not a JSON object was accepted before "links" existed:
+  // such a child takes fds.
+  if (body.size() > kMaxSmallBodyBytes || !ParseObject(body, &object)) {
+    return message;
+  }
+  const json* links = Find(object, "links");
+  if (links == nullptr) return message;
+  if (links->is_string() && links->get_ref<const std::string&>() == "fd") {
+    return message;
+  }
+  if (links->is_string() && links->get_ref<const std::string&>() == "connect") {
+    message.links = LinkMode::kConnect;
+    return message;
+  }
+  return Offence(ChildOffence::kBadField,
+                 "hello: \"links\" must be \"fd\" or \"connect\", not " +
+                     links->dump().substr(0, 64));
+}
+
 ChildMessage ReadRouteOpen(std::string_view body) {
   json object;
   if (body.size() > kMaxSmallBodyBytes || !ParseObject(body, &object)) {
@@ -237,6 +263,10 @@ const char* OffenceName(ChildOffence offence) {
       return "unknown-frame";
     case ChildOffence::kTooLarge:
       return "too-large";
+    case ChildOffence::kLinkRefused:
+      return "link-refused";
+    case ChildOffence::kLinkTimeout:
+      return "link-timeout";
   }
   return "unknown";
 }
@@ -249,9 +279,7 @@ std::uint64_t ChildStats::Counter(std::string_view name) const {
 ChildMessage ReadChildFrame(wire::FrameType type, std::string_view body) {
   switch (type) {
     case wire::FrameType::kHello:
-      // Its fields are informative only; a child that says hello is one
-      // that speaks the protocol, whatever else it says.
-      return HelloMessage{};
+      return ReadHello(body);
     case wire::FrameType::kHeartbeat:
       return HeartbeatMessage{};
     case wire::FrameType::kRouteOpen:

@@ -34,8 +34,10 @@ enum class ChildOffence : std::uint8_t {
   kKillRefused,       // kill_peer for a pid it does not send to
   kUnknownFrame,      // a frame type children do not send on the pool channel
   kTooLarge,          // a stats body over kMaxStatsBytes, or too many keys
+  kLinkRefused,       // a connection to a link path that was not its own (pid)
+  kLinkTimeout,       // never connected to the link path it was given
 };
-inline constexpr int kChildOffenceKinds = 8;
+inline constexpr int kChildOffenceKinds = 10;
 
 // "bad-body", "bad-field", ...: a stable name for logs and tests.
 const char* OffenceName(ChildOffence offence);
@@ -68,12 +70,22 @@ struct ChildStats {
   std::map<std::string, std::uint64_t, std::less<>> counters;
   std::map<std::string, LatencyHistogram, std::less<>> latency;  // by target
   std::map<std::string, RouteLoad, std::less<>> routes;          // by target
-  nlohmann::json app = nlohmann::json::object();  // the application's own
+  // The application's own: an object once the child sent one, null before
+  // (null allocates nothing: a slot per child keeps one of these).
+  nlohmann::json app;
   // 0 when the child did not report it.
   std::uint64_t Counter(std::string_view name) const;
 };
 
-struct HelloMessage {};
+// How a child takes its links (docs/PROTOCOL.md, "Links by connect").
+enum class LinkMode : std::uint8_t {
+  kPassed,   // "fd" (the default): socketpair ends by SCM_RIGHTS
+  kConnect,  // "connect": a Unix socket path per link, to connect to
+};
+
+struct HelloMessage {
+  LinkMode links = LinkMode::kPassed;
+};
 struct HeartbeatMessage {};
 struct RouteOpenMessage {
   std::string group;

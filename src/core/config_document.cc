@@ -160,6 +160,15 @@ void CheckRoutes(ErrorList* errors, const PoolConfig& pool,
             position, path,
             "route " + Quote(from.name) + " -> " + Quote(to.name) +
                 " is not allowed: " + RuleViolation(from.type, to.type));
+      } else if (to.rabbitmq && !to.rabbitmq->publish) {
+        // The built-in rabbitmq-service serves requests only as an outbox;
+        // without publish every request would be refused at run time.
+        errors->Add(position, path,
+                    "group " + Quote(to.name) +
+                        " runs rabbitmq-service without rabbitmq.publish: it "
+                        "only consumes and serves no requests; add "
+                        "rabbitmq.publish (routing_key, mode) to it or route "
+                        "to a job group");
       }
     }
   }

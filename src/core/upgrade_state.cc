@@ -128,6 +128,8 @@ void WriteSlot(TextWriter& w, const UpgradeSlot& slot) {
   w.Bool(slot.ready);
   w.Key("heartbeat");
   w.Bool(slot.heartbeat);
+  w.Key("links");
+  w.String(slot.links_connect ? "connect" : "fd");
   w.Key("recycle_after");
   w.Number(slot.recycle_after);
   w.Key("routes");
@@ -382,6 +384,12 @@ Status ReadSlot(const json& value, const std::string& where,
   r.Int("timer_ms", &slot->timer_ms);
   r.Bool("ready", &slot->ready);
   r.Bool("heartbeat", &slot->heartbeat);
+  std::string links = "fd";
+  r.String("links", &links, /*required=*/false);
+  if (r.ok() && links != "fd" && links != "connect") {
+    r.Fail("links", "expected fd or connect");
+  }
+  slot->links_connect = links == "connect";
   r.Int("recycle_after", &slot->recycle_after);
   r.Strings("routes", &slot->routes);
   r.Strings("refused_routes", &slot->refused_routes);

@@ -57,6 +57,9 @@ struct UpgradeSlot {
   std::int64_t timer_ms = -1;  // the slot timer's remaining time; -1: idle
   bool ready = false;          // said hello and was greeted
   bool heartbeat = false;      // its heartbeat deadline runs
+  // Its hello asked for links by connect ("links": "connect"); optional in
+  // the text (absent: by descriptor), so version 1 states without it read.
+  bool links_connect = false;
   std::int64_t recycle_after = 0;
   // What it said on its channel.
   std::vector<std::string> routes;

@@ -13,12 +13,16 @@ std::string SelfExecutable(const char* fallback) {
 }
 
 std::string BuiltinExecutable(const std::string& self_exe) {
+  return HelperExecutable(self_exe, "workerpool-builtin");
+}
+
+std::string HelperExecutable(const std::string& self_exe,
+                             const std::string& name) {
   std::string::size_type slash = self_exe.rfind('/');
   std::string dir =
       slash == std::string::npos ? std::string(".") : self_exe.substr(0, slash);
   for (const std::string& candidate :
-       {dir + "/workerpool-builtin",
-        dir + "/../libexec/workerpool/workerpool-builtin"}) {
+       {dir + "/" + name, dir + "/../libexec/workerpool/" + name}) {
     if (access(candidate.c_str(), X_OK) == 0) return candidate;
   }
   return "";

@@ -16,6 +16,10 @@ std::string SelfExecutable(const char* fallback);
 // Returns the first candidate that is executable, or "" when none is.
 std::string BuiltinExecutable(const std::string& self_exe);
 
+// The same lookup for another helper executable NAME (workerpool-spawner).
+std::string HelperExecutable(const std::string& self_exe,
+                             const std::string& name);
+
 // The built-in children it runs, for help texts and errors.
 inline constexpr const char* kBuiltinNames =
     "echo-job, http-reactor, rabbitmq-service";

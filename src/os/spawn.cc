@@ -157,24 +157,20 @@ int ChildMain(void* arg) {
 
 }  // namespace
 
-Result<SpawnedChild> SpawnChild(const SpawnSpec& spec) {
+Result<pid_t> CloneChild(const SpawnSpec& spec, int output_write,
+                         pid_t watcher_pid, bool as_sibling) {
   if (spec.argv.empty()) return Status::Error("empty command");
   std::vector<char*> argv = CStrings(spec.argv);
   // Room for the pid, written by the child itself after clone.
   std::string listen_pid = "LISTEN_PID=0000000000000000000";
   std::vector<char*> envp = CStrings(spec.env);
   if (spec.set_listen_pid) envp.insert(envp.end() - 1, listen_pid.data());
-
-  int output[2];
-  if (pipe2(output, O_CLOEXEC) != 0) {
-    return Status::Error(std::string("pipe: ") + strerror(errno));
-  }
   ChildSetup setup{&spec,
                    argv.data(),
                    envp.data(),
                    spec.set_listen_pid ? listen_pid.data() : nullptr,
-                   output[1],
-                   getpid(),
+                   output_write,
+                   watcher_pid,
                    SignalsWithHandlers().numbers,
                    SignalsWithHandlers().count};
   // Why clone(CLONE_VM | CLONE_VFORK) rather than fork(): fork copies the
@@ -182,34 +178,56 @@ Result<SpawnedChild> SpawnChild(const SpawnSpec& spec) {
   // 37 µs per MiB here) and is paid on every restart; the child here only
   // runs ChildMain until exec, as glibc's posix_spawn does. The stack is
   // static: spawns happen one at a time on the loop thread, and the parent
-  // is suspended until the child has exec'd or exited.
+  // is suspended until the child has exec'd or exited. What clone still
+  // copies is the descriptor table (and the child's close_range releases
+  // it): O(open descriptors) per spawn, which is why the Watcher spawns
+  // through the spawner (os/spawner.h), whose table is nearly empty, with
+  // AS_SIBLING: CLONE_PARENT makes the Watcher the child's parent.
 #if !defined(__SANITIZE_ADDRESS__)
   alignas(16) static char child_stack[64 * 1024];
 #endif
+  const int sibling = as_sibling ? CLONE_PARENT : 0;
   sigset_t all, saved_mask;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &saved_mask);
 #if defined(__SANITIZE_ADDRESS__)
   // ASan keeps per-thread state that a child sharing our memory on another
-  // stack would corrupt: sanitized builds pay for a plain fork.
-  const pid_t pid = fork();
+  // stack would corrupt: sanitized builds pay for a plain fork (a fork-like
+  // raw clone when the child must be our parent's).
+  const pid_t pid =
+      as_sibling ? static_cast<pid_t>(syscall(SYS_clone, sibling | SIGCHLD,
+                                              nullptr, nullptr, nullptr, 0))
+                 : fork();
   if (pid == 0) ChildMain(&setup);
 #else
   const pid_t pid = clone(ChildMain, child_stack + sizeof(child_stack),
-                          CLONE_VM | CLONE_VFORK | SIGCHLD, &setup);
+                          CLONE_VM | CLONE_VFORK | sibling | SIGCHLD, &setup);
 #endif
   const int clone_errno = errno;
   pthread_sigmask(SIG_SETMASK, &saved_mask, nullptr);
-  if (pid < 0 || !spec.keep_output_write) {
+  if (pid < 0) {
+    return Status::Error(std::string("clone: ") + strerror(clone_errno));
+  }
+  return pid;
+}
+
+Result<SpawnedChild> SpawnChild(const SpawnSpec& spec) {
+  if (spec.argv.empty()) return Status::Error("empty command");
+  int output[2];
+  if (pipe2(output, O_CLOEXEC) != 0) {
+    return Status::Error(std::string("pipe: ") + strerror(errno));
+  }
+  Result<pid_t> pid = CloneChild(spec, output[1], getpid(), false);
+  if (!pid.ok() || !spec.keep_output_write) {
     close(output[1]);
     output[1] = -1;
   }
-  if (pid < 0) {
+  if (!pid.ok()) {
     close(output[0]);
-    return Status::Error(std::string("clone: ") + strerror(clone_errno));
+    return pid.status();
   }
   fcntl(output[0], F_SETFL, fcntl(output[0], F_GETFL) | O_NONBLOCK);
-  return SpawnedChild{pid, output[0], output[1]};
+  return SpawnedChild{*pid, output[0], output[1]};
 }
 
 std::string SignalName(int signal_number) {
@@ -218,15 +236,47 @@ std::string SignalName(int signal_number) {
   return std::string("SIG") + abbrev;
 }
 
-std::uint64_t RaiseFileLimit() {
+namespace {
+
+FileLimits CurrentFileLimits() {
   struct rlimit limit;
-  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 1024;
-  if (limit.rlim_cur < limit.rlim_max) {
-    struct rlimit raised = limit;
-    raised.rlim_cur = limit.rlim_max;
-    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return {1024, 1024};
+  return {static_cast<std::uint64_t>(limit.rlim_cur),
+          static_cast<std::uint64_t>(limit.rlim_max)};
+}
+
+// fs.nr_open: the most a hard RLIMIT_NOFILE may be.
+std::uint64_t NrOpen() {
+  std::uint64_t value = 1024 * 1024;  // the kernel's default
+  if (FILE* file = std::fopen("/proc/sys/fs/nr_open", "re")) {
+    unsigned long long read = 0;
+    if (std::fscanf(file, "%llu", &read) == 1 && read > 0) value = read;
+    std::fclose(file);
   }
-  return static_cast<std::uint64_t>(limit.rlim_cur);
+  return value;
+}
+
+}  // namespace
+
+FileLimits PlannedFileLimits(std::uint64_t children) {
+  return PlanFileLimits(CurrentFileLimits(), NrOpen(), geteuid() == 0,
+                        children);
+}
+
+std::uint64_t RaiseFileLimit(std::uint64_t children) {
+  const FileLimits current = CurrentFileLimits();
+  // Try the hard limit too whoever we are: CAP_SYS_RESOURCE decides, and
+  // without it the soft limit is still raised to the hard one.
+  for (bool raise_hard : {true, false}) {
+    const FileLimits plan =
+        PlanFileLimits(current, NrOpen(), raise_hard, children);
+    if (plan.soft == current.soft && plan.hard == current.hard) break;
+    struct rlimit raised;
+    raised.rlim_cur = static_cast<rlim_t>(plan.soft);
+    raised.rlim_max = static_cast<rlim_t>(plan.hard);
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) break;
+  }
+  return CurrentFileLimits().soft;
 }
 
 Result<std::int64_t> ResidentBytes(pid_t pid) {

@@ -1,5 +1,7 @@
-// fork+exec of one child, the only place the Watcher forks. Runs in the
-// Watcher's loop thread (PR_SET_PDEATHSIG follows the forking thread).
+// clone+exec of one child: the only place a child is created, by the
+// Watcher itself (SpawnChild, the fallback) or by the spawner for it
+// (CloneChild, os/spawner.h). Runs in the Watcher's loop thread, or the
+// spawner's only one (PR_SET_PDEATHSIG follows the parent thread).
 #pragma once
 
 #include <sys/types.h>
@@ -9,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/file_limit.h"
 #include "core/status.h"
 
 namespace workerpool {
@@ -51,11 +54,26 @@ struct SpawnedChild {
 // 127; the parent learns of it as an exit.
 Result<SpawnedChild> SpawnChild(const SpawnSpec& spec);
 
+// SpawnChild's clone and exec without the pipe: the child's stdout and
+// stderr become OUTPUT_WRITE, and it exits at once unless its parent is
+// WATCHER_PID. AS_SIBLING: clone(CLONE_PARENT), the child is our parent's
+// (the spawner, os/spawner.h, creates the Watcher's children so). Returns
+// the child's pid.
+Result<pid_t> CloneChild(const SpawnSpec& spec, int output_write,
+                         pid_t watcher_pid, bool as_sibling);
+
 // "SIGKILL" for 9; "signal 77" when unknown.
 std::string SignalName(int signal_number);
 
-// Raises RLIMIT_NOFILE's soft limit to the hard limit and returns it.
-std::uint64_t RaiseFileLimit();
+// Raises RLIMIT_NOFILE for a pool of CHILDREN children as PlanFileLimits
+// (core/file_limit.h) says: the soft limit to the hard one, and the hard one
+// too when this process may (root; bounded by fs.nr_open). Returns the soft
+// limit in force afterwards.
+std::uint64_t RaiseFileLimit(std::uint64_t children = 0);
+
+// What RaiseFileLimit(CHILDREN) would set in this process, without setting
+// it (`workerpool check`).
+FileLimits PlannedFileLimits(std::uint64_t children);
 
 // Resident memory of PID in bytes, from /proc/PID/statm (for max_rss).
 Result<std::int64_t> ResidentBytes(pid_t pid);

@@ -11,12 +11,15 @@
 // the Watcher's loop thread.
 #pragma once
 
+#include <sys/types.h>
+
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
 
 #include "core/frame_codec.h"
+#include "core/status.h"
 #include "watcher/pool_state.h"
 
 namespace workerpool {
@@ -52,6 +55,10 @@ class ChildChannels {
   // Requests refused by the routing rules, for status.
   std::uint64_t refused_requests() const { return refused_requests_; }
 
+  // The pool has stopped: links still waiting for a connection are
+  // dropped and the private directory of link sockets is removed.
+  void CloseAll();
+
   // An in-place upgrade: SLOT's child, adopted with its channel open and
   // its conversation restored, is a subscriber of its routes again, and its
   // heartbeat deadline runs again when HEARTBEAT.
@@ -59,13 +66,25 @@ class ChildChannels {
   void AdoptRefusedRequests(std::uint64_t count) { refused_requests_ = count; }
 
  private:
+  struct PendingLink;
   void OnFrame(Slot* slot, const FrameView& frame);
   void OnProtocolError(Slot* slot, const OffendingFrame& offence, bool log);
   void OnRouteOpen(Slot* sender, const std::string& target);
   void SendConfig(Slot* slot);
   void SendRouteOpened(Slot* sender, const GroupConfig& config);
   void ArmHeartbeat(Slot* slot);
-  void LinkPeers(Slot* sender, Slot* server);
+  // Links SENDER to SERVER. True when the link waits for a child to
+  // connect to its path (links by connect) and HOLD_ROUTE asks for the
+  // sender's route_opened to wait for it.
+  bool LinkPeers(Slot* sender, Slot* server, bool hold_route);
+  bool LinkByConnect(Slot* sender, Slot* server, bool hold_route);
+  bool LinkListening(Slot* sender, Slot* server);
+  void OnLinkAcceptable(PendingLink* link);
+  void OnLinkTimeout(PendingLink* link);
+  // The pending link is done (connected, given up, or one of its children
+  // gone): the listener closes, its path is removed, a held route opens.
+  void FinishLink(PendingLink* link);
+  Result<std::string> LinkDirectoryFor(const Slot* child);
   void Broadcast(const std::string& group, wire::FrameType type,
                  const nlohmann::json& body);
 
@@ -73,6 +92,14 @@ class ChildChannels {
   // Target group -> children that opened a route to it.
   std::map<std::string, std::set<Slot*>> subscribers_;
   std::uint64_t refused_requests_ = 0;
+  // Links by connect: those waiting for their child to connect, the
+  // routes whose route_opened waits for them (sender -> group -> count),
+  // and the private directory of their sockets (made when first needed).
+  std::set<PendingLink*> pending_links_;
+  std::map<Slot*, std::map<std::string, int>> held_routes_;
+  std::string link_directory_;
+  std::map<uid_t, std::string> link_directories_by_uid_;
+  std::uint64_t link_paths_ = 0;
 };
 
 }  // namespace workerpool

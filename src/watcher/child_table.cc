@@ -50,9 +50,10 @@ ChildTable::ChildTable(uv_loop_t* loop, std::string self_exe,
     : loop_(loop),
       sockets_(sockets),
       observer_(observer),
-      environment_(std::move(self_exe)),
+      environment_(self_exe),
       output_(loop, [observer] { observer->OnPoolChanged(); }),
       file_limit_(RaiseFileLimit()),
+      spawner_(SpawnerExecutable(self_exe)),
       running_as_root_(geteuid() == 0),
       random_(std::random_device{}()) {
   for (uv_timer_t* timer : {&rss_timer_, &load_timer_}) {
@@ -99,9 +100,13 @@ void ChildTable::Spawn(Slot* slot) {
   SpawnSpec spec =
       environment_.SpecFor(*config_, config, slot->index, *sockets_,
                            channel_fds[1], running_as_root_);
-  const bool hold_ends = output_.HoldsChildEnds(children_.size(), file_limit_);
+  // Sized for the whole pool: ends held by the first children would leave
+  // no room for the last ones.
+  const bool hold_ends = output_.HoldsChildEnds(
+      std::max<std::uint64_t>(children_.size(), PlannedChildren()),
+      file_limit_);
   spec.keep_output_write = hold_ends;
-  Result<SpawnedChild> child = SpawnChild(spec);
+  Result<SpawnedChild> child = spawner_.Spawn(spec);
   if (hold_ends && child.ok()) {
     slot->channel_child_end = channel_fds[1];
     slot->output_write_end = child->output_write_fd;
@@ -273,6 +278,7 @@ void ChildTable::Reap() {
     int status = 0;
     pid_t pid = waitpid(-1, &status, WNOHANG);
     if (pid <= 0) break;
+    if (spawner_.Reaped(pid, status)) continue;
     auto found = children_.find(pid);
     if (found == children_.end()) {
       spdlog::debug("reaped orphaned descendant pid {}: {}", pid,
@@ -307,6 +313,7 @@ void ChildTable::OnChildExit(Slot* slot, int status) {
 
 void ChildTable::BeginStop() {
   stopping_ = true;
+  spawner_.Stop();
   uv_timer_stop(&rss_timer_);
   uv_timer_stop(&load_timer_);
   for (auto& group : groups_) {
@@ -364,6 +371,7 @@ void ChildTable::CloseAll() {
   }
   for (auto& group : groups_) DropAutoscale(group.get());
   output_.CloseAll();
+  channels_.CloseAll();
   for (auto& group : groups_) {
     for (auto& [index, slot] : group->slots) CloseSlotHandles(slot);
     group->slots.clear();

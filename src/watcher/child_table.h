@@ -21,6 +21,7 @@
 #include "core/config.h"
 #include "core/status.h"
 #include "core/upgrade_state.h"
+#include "os/spawner.h"
 #include "watcher/child_channels.h"
 #include "watcher/child_environment.h"
 #include "watcher/output_capture.h"
@@ -78,6 +79,16 @@ class ChildTable {
   void ResumeAutoscale(Group* group);
   // What GROUP carries now (for the policy and for status).
   GroupLoad LoadOf(const Group& group) const;
+
+  // Descriptors (child_table_scale.cc): raises RLIMIT_NOFILE for a pool of
+  // CHILDREN (core/file_limit.h) and says whether it fits; an error names
+  // the limit and what to raise.
+  Status FitFileLimit(std::uint64_t children);
+  // The most children the running pool may have (PoolChildren of the
+  // groups as they are now, `scale` included).
+  std::uint64_t PlannedChildren() const;
+  std::uint64_t file_limit() const { return file_limit_; }
+  const Spawner& spawner() const { return spawner_; }
 
   // SIGCHLD: reaps every child that exited.
   void Reap();
@@ -155,6 +166,7 @@ class ChildTable {
   std::map<pid_t, Slot*> children_;  // live children by pid
   std::uint64_t spawns_ = 0;         // serials of children
   std::uint64_t file_limit_ = 1024;  // RLIMIT_NOFILE, raised at start
+  Spawner spawner_;                  // creates the children (os/spawner.h)
   bool running_as_root_;
   bool stopping_ = false;
   std::mt19937_64 random_;  // recycling jitter

@@ -51,6 +51,7 @@ UpgradeSlot SaveSlot(const Slot& slot, TimePoint now) {
   out.heartbeat =
       uv_is_active(reinterpret_cast<const uv_handle_t*>(&slot.heartbeat));
   out.recycle_after = slot.recycle_after;
+  out.links_connect = slot.conversation.links() == LinkMode::kConnect;
   const ChildConversation& conversation = slot.conversation;
   out.routes.assign(conversation.routes().begin(), conversation.routes().end());
   out.refused_routes.assign(conversation.refused_routes().begin(),
@@ -58,7 +59,10 @@ UpgradeSlot SaveSlot(const Slot& slot, TimePoint now) {
   for (const auto& [name, value] : conversation.stats().counters) {
     out.counters[name] = value;
   }
-  out.app = conversation.stats().app;
+  // Null until the child reports application stats.
+  if (conversation.stats().app.is_object()) {
+    out.app = conversation.stats().app;
+  }
   out.offences = conversation.offences();
   if (slot.channel != nullptr && !slot.channel->closed()) {
     out.fds.channel = slot.channel->fd();
@@ -234,6 +238,7 @@ Status ChildTable::AdoptState(const UpgradeState& state, TimePoint now) {
       slot->conversation = ChildConversation(slot->pid);
       slot->conversation.Restore(
           saved_slot.ready,
+          saved_slot.links_connect ? LinkMode::kConnect : LinkMode::kPassed,
           {saved_slot.routes.begin(), saved_slot.routes.end()},
           {saved_slot.refused_routes.begin(), saved_slot.refused_routes.end()},
           std::move(stats), saved_slot.offences);

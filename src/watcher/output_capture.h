@@ -40,12 +40,15 @@ class OutputCapture {
   // Starts reading FD (taken over) for SLOT's child; sets slot->output.
   void Start(int fd, Slot* slot);
   // SLOT's child was reaped: log what it wrote before it died, detach the
-  // reader from the slot and close the child's ends the Watcher held.
+  // reader from the slot and close the child's ends the Watcher held; the
+  // reader too when its pipe is at EOF already (no callback then: the
+  // caller reports the change).
   void DrainAfterExit(Slot* slot);
   // Closes the child's ends of its pipes that the Watcher held (if any).
   static void ReleaseChildEnds(Slot* slot);
   // Whether the Watcher should hold the child's ends of a new child's pipes
-  // (two more fds per child: only while the file limit leaves ample room).
+  // (two more fds per child: only while the file limit leaves room for
+  // that in every child, core/file_limit.h).
   bool HoldsChildEnds(std::size_t children, std::uint64_t file_limit) const;
   // Flushes and closes every reader (the pool has stopped).
   void CloseAll();

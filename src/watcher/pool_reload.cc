@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <ctime>
 
+#include "core/file_limit.h"
 #include "core/pool_diff.h"
 #include "os/config_file.h"
 #include "os/notify.h"
@@ -123,6 +124,9 @@ Status PoolReload::Apply() {
                 "reload failed, keeping the running pool", load.errors);
   }
   PoolConfig next = std::move(*load.config);
+  if (Status fits = table_->FitFileLimit(PoolChildren(next)); !fits.ok()) {
+    return Fail(fits.message(), "reload failed, keeping the running pool", {});
+  }
   if (Status bound = sockets_->Bind(next); !bound.ok()) {
     sockets_->CloseUnused(config_);  // the ones this attempt bound
     return Fail(bound.message(), "reload failed, keeping the running pool", {});

@@ -31,6 +31,7 @@
 
 #include "core/config.h"
 #include "core/control_request.h"  // kScaleAuto
+#include "core/file_limit.h"
 #include "core/upgrade_state.h"
 #include "os/builtin_path.h"
 #include "os/config_file.h"
@@ -84,7 +85,7 @@ class Watcher : public ControlTarget,
   void OnPoolChanged() override {
     SignalJobsIfIntakeGone();
     FinishIfStopped();
-    CheckSettled();
+    ScheduleSettledCheck();
   }
   void OnGroupFailed() override { ReportStatus(); }
 
@@ -115,6 +116,10 @@ class Watcher : public ControlTarget,
   void CloseEverything();
   bool Settled() const;
   void CheckSettled();
+  // CheckSettled soon, once for many changes: it looks at every slot, and
+  // a start of n children changes the pool n times (O(n²) when checked at
+  // each change; profiled at 10,000 children).
+  void ScheduleSettledCheck();
   void ReportStatus() {
     NotifySystemd("STATUS=" + StatusLine(Facts(), table_));
   }
@@ -149,6 +154,7 @@ class Watcher : public ControlTarget,
   std::string previous_version_;
   std::int64_t started_unix_ = time(nullptr);
   uv_timer_t watchdog_timer_;  // runs only when systemd's watchdog is on
+  uv_timer_t settle_timer_;    // armed by ScheduleSettledCheck only
   Phase phase_ = Phase::kStarting;
   bool jobs_signalled_ = false;  // stop: second phase started
   bool closed_ = false;
@@ -160,6 +166,14 @@ class Watcher : public ControlTarget,
 int Watcher::Run(PoolConfig initial, std::string content) {
   // Orphaned grandchildren are re-parented to us, so we reap them too.
   prctl(PR_SET_CHILD_SUBREAPER, 1);
+  // A pool the descriptor limit cannot hold is an error now, not a failed
+  // group after ten spawn errors.
+  const std::uint64_t children = PoolChildren(initial);
+  if (Status fits = table_.FitFileLimit(children); !fits.ok()) {
+    spdlog::critical("pool {} cannot start: {}", initial.name, fits.message());
+    return 2;
+  }
+  spdlog::info("{}", DescribeFileLimit(table_.file_limit(), children));
   if (Status bound = listen_sockets_.Bind(initial); !bound.ok()) {
     spdlog::critical("{}", bound.message());
     return 2;
@@ -170,7 +184,8 @@ int Watcher::Run(PoolConfig initial, std::string content) {
     return 2;
   }
   StartSignals();
-  for (uv_timer_t* timer : {&stop_timer_, &watchdog_timer_, &upgrade_timer_}) {
+  for (uv_timer_t* timer :
+       {&stop_timer_, &watchdog_timer_, &settle_timer_, &upgrade_timer_}) {
     uv_timer_init(loop_, timer);
     timer->data = this;
   }
@@ -329,7 +344,8 @@ void Watcher::CloseEverything() {
        {&sigchld_, &sigterm_, &sigint_, &sighup_, &sigusr2_}) {
     close_handle(handle);
   }
-  for (uv_timer_t* timer : {&stop_timer_, &watchdog_timer_, &upgrade_timer_}) {
+  for (uv_timer_t* timer :
+       {&stop_timer_, &watchdog_timer_, &settle_timer_, &upgrade_timer_}) {
     close_handle(timer);
   }
   table_.CloseAll();
@@ -348,6 +364,18 @@ bool Watcher::Settled() const {
     }
   }
   return true;
+}
+
+void Watcher::ScheduleSettledCheck() {
+  if (phase_ != Phase::kStarting && phase_ != Phase::kReloading) return;
+  if (closed_ || uv_is_active(reinterpret_cast<uv_handle_t*>(&settle_timer_))) {
+    return;
+  }
+  // 10 ms: READY=1 comes that much later at most; a start of 10,000
+  // children scans the slots a few hundred times instead of 10,000.
+  uv_timer_start(
+      &settle_timer_,
+      [](uv_timer_t* timer) { Owner<Watcher>(timer)->CheckSettled(); }, 10, 0);
 }
 
 // Ends the start or a reload once the pool has settled: READY=1 to systemd,
@@ -393,9 +421,14 @@ Status Watcher::Scale(const std::string& name, int processes) {
     return Status::Error("processes must be 0..100000, got " +
                          std::to_string(processes));
   }
-  spdlog::info("scale {}: {} -> {} processes (until the next reload)", name,
-               group->config.processes, processes);
+  const int before = group->config.processes;
   group->config.processes = processes;
+  if (Status fits = table_.FitFileLimit(table_.PlannedChildren()); !fits.ok()) {
+    group->config.processes = before;
+    return fits;
+  }
+  spdlog::info("scale {}: {} -> {} processes (until the next reload)", name,
+               before, processes);
   group->scaled = true;
   table_.Resize(group);
   ReportStatus();
@@ -527,6 +560,10 @@ void Watcher::ExecUpgrade() {
   if (memfd.ok()) {
     spdlog::info("upgrade: exec {} (state {} bytes)", binary, text.size());
     spdlog::default_logger()->flush();
+    // Links by connect still waiting and their private directories go
+    // (their sockets would not survive exec, and the directories would be
+    // left behind); the next Watcher makes new ones when asked.
+    table_.channels().CloseAll();
     failed = ExecAdopting(binary, -1, reload_.path(), *memfd,
                           UpgradeStateFds(state), "", /*for_fallback=*/false);
     close(*memfd);
@@ -563,7 +600,8 @@ Status Watcher::Adopt(PoolConfig initial, const UpgradeState& state,
     metrics_server_ = std::move(*metrics);
   }
   StartSignals();
-  for (uv_timer_t* timer : {&stop_timer_, &watchdog_timer_, &upgrade_timer_}) {
+  for (uv_timer_t* timer :
+       {&stop_timer_, &watchdog_timer_, &settle_timer_, &upgrade_timer_}) {
     uv_timer_init(loop_, timer);
     timer->data = this;
   }

@@ -12,8 +12,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                "..", "..", "python"))
-import workerpool  # noqa: E402  (python/workerpool.py of this tree)
+                                "..", "..", "src", "python"))
+import workerpool  # noqa: E402  (src/python/workerpool.py of this tree)
 
 
 def main():

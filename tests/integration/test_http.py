@@ -22,9 +22,9 @@ import wp_ipc
 
 DEMO = os.path.join(wp.TOP, "config", "demo.yaml")
 EXAMPLE = os.path.join(wp_ipc.EXAMPLES_DIR, "python_job.py")
-# The C++ example job (examples/example_job.cc), built beside the binary.
+# The C++ example job (src/examples/example_job.cc), built beside the binary.
 CXX_EXAMPLE = os.environ.get("WORKERPOOL_EXAMPLE_JOB") or os.path.join(
-    os.path.dirname(wp.BIN), "examples", "example_job")
+    os.path.dirname(wp.BIN), "src", "examples", "example_job")
 
 # A job that says when it starts a request, then takes its time.
 SLOW_JOB = r"""
@@ -547,7 +547,7 @@ groups:
         self.assertEqual(json.loads(body)["code"], 1)
 
     @unittest.skipUnless(os.access(CXX_EXAMPLE, os.X_OK),
-                         "examples/example_job not built: " + CXX_EXAMPLE)
+                         "src/examples/example_job not built: " + CXX_EXAMPLE)
     def test_cxx_example_job_answers_over_http(self):
         self.make_pool(routes=("echo", "wc"), extra_groups="""
   - name: wc
@@ -571,11 +571,17 @@ groups:
             text = f.read()
         self.assertIn("127.0.0.1:8080", text)
         text = text.replace("127.0.0.1:8080", "127.0.0.1:%d" % self.port)
-        text = text.replace("examples/python_job.py", EXAMPLE)
+        text = text.replace("src/examples/python_job.py", EXAMPLE)
         text = text.replace("[python3,", "[%s," % wp_ipc.PYTHON)
+        text = text.replace("src/node/", os.path.join(wp.TOP, "src/node/"))
         self.pool(text)
         self.assertEqual(self.wait_ready("echo", "hello"), b"hello")
         self.assertEqual(self.wait_ready("py", "hello"), b"HELLO")
+        self.assertEqual(self.wait_ready("js", "hello"), b"HELLO")
+        # A Node.js sender reaches echo (once echo is up).
+        wp.wait_until(lambda: json.loads(self.wait_ready("jsrelay", "echo hi"))
+                      == {"ok": True, "code": None, "text": "hi"},
+                      what="jsrelay reaching echo")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Requests between children, from outside (docs/PROTOCOL.md; DESIGN.md,
 "Routing rules"): a test-kit reactor (tests/kit/line_reactor, a line
 protocol on a Unix socket) sends to echo jobs (`workerpool builtin
-echo-job`) and to small Python jobs built on python/workerpool.py.
+echo-job`) and to small Python jobs built on src/python/workerpool.py.
 
 Replies, handler errors, crashes, timeouts, refusals (routes_to and the
 routing table, static and at run time), queue limits, balancing, priority,
@@ -25,7 +25,7 @@ from wp_ipc import (CANCELLED, HANDLER_ERROR, NO_WORKERS, QUEUE_FULL, REFUSED,
 
 ECHO = "[workerpool, builtin, echo-job]"
 
-# A Python job (python/workerpool.py): "sleep:N" sleeps N ms, "wait:PATH"
+# A Python job (src/python/workerpool.py): "sleep:N" sleeps N ms, "wait:PATH"
 # until PATH exists; the reply is
 # "PID SEQ BODY" (SEQ counts the requests this process started, from 1).
 # Prints "ready" once the pool sent its configuration (it said hello, so the

@@ -26,7 +26,7 @@ import unittest
 import wp
 from test_rabbitmq import MiniAmqp, AmqpError, URL, queue_counts, rabbitmqctl
 
-PYTHON_DIR = os.path.join(wp.TOP, "python")
+PYTHON_DIR = os.path.join(wp.TOP, "src", "python")
 
 # Answers with the request's meta (the AMQP delivery as rabbitmq-service
 # describes it) for "meta", fails "fail...", sleeps "sleep:MS", else echoes.
@@ -479,6 +479,10 @@ groups:
                                  os.path.join(pool.tmp, "front.sock")])[1])
         self.assertEqual(app["connection"], "connected")  # the consumer's
         self.assertEqual(app["publish"]["error_replies"], 1)
+        # Each half's connection has a name of its own.
+        names = rabbitmqctl("list_connections", "client_properties")
+        self.assertIn('{"connection_name","front/outbox/0"}', names)
+        self.assertIn('{"connection_name","front/outbox/0/publish"}', names)
         # SIGTERM: both halves stop, the process exits 0, in time.
         started = time.monotonic()
         pool.stop()
@@ -523,8 +527,9 @@ groups:
         broker = urllib.parse.urlsplit(URL)
         text = text.replace("127.0.0.1:8080", "127.0.0.1:%d" % self.port)
         text = text.replace("amqp://guest:guest@127.0.0.1:5673", URL)
-        text = text.replace("examples/python_job.py", os.path.join(
+        text = text.replace("src/examples/python_job.py", os.path.join(
             wp_ipc.EXAMPLES_DIR, "python_job.py"))
+        text = text.replace("src/node/", os.path.join(wp.TOP, "src/node/"))
         self.assertIn(broker.netloc, text)
         pool = self.pool(text)
         pool.wait_for_log(r"outbox\[0\].*publisher: connected", timeout=30)

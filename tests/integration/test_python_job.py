@@ -1,10 +1,14 @@
-"""Children in Python (python/workerpool.py, examples/python_job.py): a
+"""Children in Python (src/python/workerpool.py, src/examples/python_job.py): a
 Python job group answers requests from the test-kit reactor, is replaced
 when killed, drains on stop and scale-down, heartbeats, runs handlers
-concurrently up to max_inflight, sends progress, honours cancel; a Python
-service sends requests itself. Also the library driven by hand, without a
-Watcher (a fake pool on a socketpair): hello, config, links passed with
-SCM_RIGHTS, requests, drain, EOF of the pool channel.
+concurrently up to max_inflight, sends progress, honours cancel, is
+recycled after max_requests; a Python service sends requests itself. Each
+of these with the three ways handlers run: on the I/O thread (the default:
+a handler that blocks hands the loop to another thread), a thread per
+request (threads=True), and `async def` handlers on an asyncio loop. Also
+the library driven by hand, without a Watcher (a fake pool on a
+socketpair): hello, config, links passed with SCM_RIGHTS, requests, drain,
+EOF of the pool channel, and garbage on each of them.
 
 Environment: WORKERPOOL_BIN (the binary), WORKERPOOL_KIT_DIR (the directory
 of line_reactor)."""
@@ -54,7 +58,73 @@ def handler(request):
     return "%%d %%s" %% (os.getpid(), text)
 
 workerpool.serve(handler, with_request=True,
+                 on_ready=lambda: print("ready", flush=True),
+                 threads=%(threads)r)
+"""
+
+# The same requests served by an `async def` handler, plus "gather:N"
+# (waits until N handlers run at once: one process, one thread) and
+# "send:GROUP PAYLOAD" (awaits a request of its own; for a service).
+ASYNC_JOB = r"""
+import asyncio, json, os, sys
+sys.path.insert(0, %(pydir)r)
+import workerpool
+
+gathering = {}
+
+async def handler(request):
+    text = request.body.decode()
+    if text.startswith("progress:"):
+        steps = int(text[9:])
+        for n in range(1, steps + 1):
+            await request.progress(n / steps, "step %%d" %% n)
+        return "done " + text
+    if text.startswith("sleep:"):
+        try:
+            await asyncio.sleep(int(text[6:]) / 1000.0)
+        except asyncio.CancelledError:
+            print("cancelled", text, flush=True)
+            raise
+        return "slept"
+    if text.startswith("gather:"):
+        parties = int(text[7:])
+        count, event = gathering.setdefault(parties, [0, asyncio.Event()])
+        gathering[parties][0] += 1
+        if gathering[parties][0] >= parties:
+            event.set()
+        await asyncio.wait_for(event.wait(), 30)
+        return "together %%d" %% parties
+    if text.startswith("send:"):
+        group, _, payload = text[5:].partition(" ")
+        reply = await request.client.asend(group, payload, timeout=30)
+        return json.dumps({"ok": reply.ok,
+                           "code": None if reply.ok else int(reply.code),
+                           "text": reply.text})
+    if text == "number":
+        return 5  # not bytes: an error reply
+    if text == "raise":
+        raise ValueError("raised on purpose")
+    return "%%d %%s" %% (os.getpid(), text)
+
+workerpool.serve(handler, with_request=True,
                  on_ready=lambda: print("ready", flush=True))
+"""
+
+# A plain handler(body, meta) as the README shows it: "sleep:N" blocks the
+# handler (time.sleep), anything else is answered at once with the pid.
+BLOCKING_JOB = r"""
+import os, sys, time
+sys.path.insert(0, %(pydir)r)
+import workerpool
+
+def handler(body, meta):
+    text = body.decode()
+    if text.startswith("sleep:"):
+        time.sleep(int(text[6:]) / 1000.0)
+        return "slept"
+    return "%%d %%s" %% (os.getpid(), text)
+
+workerpool.serve(handler, on_ready=lambda: print("ready", flush=True))
 """
 
 # A service that serves the reactor by sending to other groups itself:
@@ -76,6 +146,14 @@ workerpool.serve(handler, with_request=True)
 
 
 class PythonJobTest(wp.TestCase):
+    """Handlers on the I/O thread (the default)."""
+
+    THREADS = False  # REQUEST_JOB's serve(threads=...)
+    CONCURRENT = "barrier"  # the request that waits for N handlers at once
+
+    def job_script(self):
+        return REQUEST_JOB % {"pydir": wp_ipc.PYTHON_DIR,
+                              "threads": self.THREADS}
 
     def make_pool(self, groups, routes, start=True):
         return self.pool("""
@@ -110,7 +188,7 @@ groups:
     command: %s
 %s""" % (processes, wp_ipc.python_command("{tmp}/job.py"), lines), ["py"],
                               start=False)
-        pool.write("job.py", REQUEST_JOB % {"pydir": wp_ipc.PYTHON_DIR})
+        pool.write("job.py", self.job_script())
         pool.start()
         return pool
 
@@ -205,7 +283,7 @@ groups:
         pool = self.request_job_pool(processes=1, max_inflight=3)
         c = self.client(pool)
         c.request_until_ok("py", "warm-up")
-        ids = c.send_many([("py", "barrier:3", None)] * 3)
+        ids = c.send_many([("py", self.CONCURRENT + ":3", None)] * 3)
         for id_ in ids:
             a = c.answer(id_, timeout=40)
             self.assertTrue(a.ok, a)
@@ -243,6 +321,36 @@ groups:
         self.assertTrue(a.ok, a)
         self.assertEqual(a.body, "%d next" % job.pid)
         self.assertEqual(pool.find_log(r"killing py"), [])
+
+    def test_killed_mid_request_is_replaced(self):
+        pool = self.request_job_pool(max_inflight=2)
+        c = self.client(pool)
+        c.request_until_ok("py", "warm-up")
+        (old,) = pool.children("py")
+        running = c.send("py", "sleep:60000")
+        time.sleep(0.3)  # a wait, not an assert: the request is running
+        os.kill(old.pid, signal.SIGKILL)
+        a = c.answer(running)
+        self.assertFalse(a.ok, a)
+        self.assertEqual(a.code, wp_ipc.WORKER_DIED, a)
+        self.assertIn("SIGKILL", a.body)
+        pool.wait_for_log(r"spawned py\[0\] pid (?!%d\b)\d+" % old.pid)
+        a = c.request_until_ok("py", "again")
+        self.assertNotEqual(a.body.split()[0], str(old.pid))
+
+    def test_max_requests_recycles_and_loses_nothing(self):
+        pool = self.request_job_pool(max_requests=5)
+        c = self.client(pool)
+        c.request_until_ok("py", "warm-up")
+        (first,) = pool.children("py")
+        for n in range(12):
+            a = c.request_until_ok("py", "n%d" % n)
+            self.assertTrue(a.body.endswith(" n%d" % n), a)
+        # Reported at once when the fifth was answered, not a second later.
+        pool.wait_for_log(r"recycling py\[0\] pid %d: answered [5-9] "
+                          r"requests \(max_requests 5\)" % first.pid)
+        pool.wait_for_log(r"py\[0\] pid %d exited with code 0" % first.pid)
+        self.assertNotEqual(pool.child("py", 0).pid, first.pid)
 
     # -- a Python sender
 
@@ -284,8 +392,116 @@ groups:
                       time.sleep(0.1), what="echo replaced")
 
 
+class InlineHandlerTest(PythonJobTest):
+    """What running on the I/O thread must not cost: a plain handler that
+    blocks hands the loop over, so heartbeats and other requests go on."""
+
+    def blocking_pool(self, **settings):
+        lines = "".join("    %s: %s\n" % kv for kv in settings.items())
+        pool = self.make_pool("""  - name: py
+    type: job
+    processes: 1
+    command: %s
+%s""" % (wp_ipc.python_command("{tmp}/job.py"), lines), ["py"], start=False)
+        pool.write("job.py", BLOCKING_JOB % {"pydir": wp_ipc.PYTHON_DIR})
+        pool.start()
+        return pool
+
+    def test_a_blocking_handler_does_not_stop_the_others(self):
+        pool = self.blocking_pool(max_inflight=2)
+        c = self.client(pool)
+        c.request_until_ok("py", "warm-up")
+        (job,) = pool.children("py")
+        slow = c.send("py", "sleep:3000")
+        # Answered while the first still sleeps, by the same process.
+        a = c.request("py", "quick")
+        self.assertTrue(a.ok, a)
+        self.assertEqual(a.body, "%d quick" % job.pid)
+        self.assertIsNone(c._answers.get(slow), "the sleep answered early")
+        self.assertEqual(c.answer(slow).body, "slept")
+
+    def test_a_blocking_handler_does_not_stop_heartbeats(self):
+        pool = self.blocking_pool(max_inflight=1, heartbeat_timeout="600ms")
+        c = self.client(pool)
+        c.request_until_ok("py", "warm-up")
+        (job,) = pool.children("py")
+        a = c.request("py", "sleep:2500")  # four heartbeat timeouts
+        self.assertEqual(a.body, "slept")
+        self.assertEqual(pool.child("py", 0).pid, job.pid)
+        self.assertEqual(pool.find_log(r"is hung"), [])
+
+
+class ThreadedPythonJobTest(PythonJobTest):
+    """serve(threads=True): a thread per request, as before."""
+
+    THREADS = True
+
+
+class AsyncPythonJobTest(PythonJobTest):
+    """`async def` handlers: tasks on the event loop that does the I/O."""
+
+    CONCURRENT = "gather"
+
+    def job_script(self):
+        return ASYNC_JOB % {"pydir": wp_ipc.PYTHON_DIR}
+
+    def test_many_in_flight_in_one_process(self):
+        pool = self.request_job_pool(processes=1, max_inflight=50)
+        c = self.client(pool)
+        c.request_until_ok("py", "warm-up")
+        ids = c.send_many([("py", "gather:50", None)] * 50)
+        for id_ in ids:
+            a = c.answer(id_, timeout=40)
+            self.assertTrue(a.ok, a)
+            self.assertEqual(a.body, "together 50")
+
+    def test_handler_errors(self):
+        pool = self.request_job_pool()
+        c = self.client(pool)
+        c.request_until_ok("py", "warm-up")
+        a = c.request("py", "raise")
+        self.assertEqual((a.ok, a.code, a.body),
+                         (False, HANDLER_ERROR, "raised on purpose"))
+        a = c.request("py", "number")
+        self.assertEqual((a.ok, a.code), (False, HANDLER_ERROR), a)
+        self.assertIn("bytes or str", a.body)
+        self.assertTrue(c.request("py", "fine").ok)
+
+    def test_python_service_sends(self):
+        # The service awaits its own requests (Client.asend).
+        pool = self.make_pool("""  - name: fwd
+    type: service
+    processes: 1
+    command: %s
+    routes_to: [echo]
+  - {name: echo, type: job, processes: 1, command: [workerpool, builtin, echo-job]}
+  - {name: other, type: job, processes: 1, command: [workerpool, builtin, echo-job]}
+""" % wp_ipc.python_command("{tmp}/fwd.py"), ["fwd"], start=False)
+        pool.write("fwd.py", self.job_script())
+        pool.start()
+        c = self.client(pool)
+
+        def forwarded(text):
+            a = c.request("fwd", "send:" + text)
+            self.assertTrue(a.ok, a)
+            return json.loads(a.body)
+
+        c.request_until_ok("fwd", "warm-up")
+        wp.wait_until(lambda: forwarded("echo hi")["ok"] or
+                      time.sleep(0.1), what="the service reaching echo")
+        self.assertEqual(forwarded("echo through asyncio"),
+                         {"ok": True, "code": None, "text": "through asyncio"})
+        result = forwarded("echo fail: no")
+        self.assertEqual(result["code"], HANDLER_ERROR, result)
+        result = forwarded("other x")
+        self.assertEqual(result["code"], REFUSED, result)
+        self.assertIn("routes_to", result["text"])
+        result = forwarded("echo crash")
+        self.assertEqual(result["code"], wp_ipc.WORKER_DIED, result)
+
+
 class LibraryTest(unittest.TestCase):
-    """python/workerpool.py against a fake pool (no Watcher)."""
+    """src/python/workerpool.py against a fake pool (no Watcher)."""
 
     def fake(self, script=EXAMPLE):
         pool = wp_ipc.FakePool([wp_ipc.PYTHON, script])
@@ -363,7 +579,8 @@ class LibraryTest(unittest.TestCase):
     def test_queued_cancel_and_priority_on_the_server(self):
         script = os.path.join(self.tmpdir(), "job.py")
         with open(script, "w") as f:
-            f.write(REQUEST_JOB % {"pydir": wp_ipc.PYTHON_DIR})
+            f.write(REQUEST_JOB % {"pydir": wp_ipc.PYTHON_DIR,
+                                   "threads": False})
         pool = self.fake(script)
         self.hello(pool)
         pool.send(26, {"max_inflight": 1})
@@ -402,6 +619,175 @@ class LibraryTest(unittest.TestCase):
             self.assertEqual(wp_ipc.FrameReader(mine).read()[4],
                              b"LINK %d" % n)
             mine.close()
+
+    def test_garbage_config_falls_back_to_defaults(self):
+        pool = self.fake()
+        self.hello(pool)
+        pool.send(26, {"max_inflight": "many", "heartbeat_ms": [1],
+                       "max_requests": "lots", "busy_poll_us": None})
+        pool.send(26, {"max_requests": -3})
+        link = pool.add_link()
+        reader = wp_ipc.FrameReader(link)
+        for n in range(5):
+            link.sendall(wp_ipc.frame(1, "x%d" % n, id_=n + 1))
+            self.assertEqual(reader.read()[:2], (2, n + 1))
+        self.assertIsNone(pool.proc.poll())
+
+    def test_max_requests_reports_stats_at_once(self):
+        pool = self.fake()
+        self.hello(pool)
+        pool.send(26, {"max_inflight": 4, "max_requests": 3})
+        link = pool.add_link()
+        reader = wp_ipc.FrameReader(link)
+        started = time.monotonic()
+        link.sendall(b"".join(wp_ipc.frame(1, "x", id_=n) for n in (1, 2)) +
+                     wp_ipc.frame(1, b"\xff", id_=3))  # an error counts too
+        answers = [reader.read()[:3] for _ in range(3)]
+        self.assertEqual(answers, [(2, 1, 0), (2, 2, 0), (3, 3, HANDLER_ERROR)])
+        f = pool.reader.read_until(24)
+        self.assertIsNotNone(f, "no stats")
+        self.assertLess(time.monotonic() - started, 0.9,
+                        "stats came with the 1 s timer, not at once")
+        stats = json.loads(f[4])
+        self.assertEqual((stats["served"], stats["served_errors"],
+                          stats["serving"]), (2, 1, 0), stats)
+
+    def test_garbage_on_a_link_closes_only_that_link(self):
+        pool = self.fake()
+        self.hello(pool)
+        pool.send(26, {"max_inflight": 2})
+        bad, good = pool.add_link(pid=11), pool.add_link(pid=12)
+        good_reader = wp_ipc.FrameReader(good)
+        # A reply on a link where the child serves: ignored.
+        good.sendall(wp_ipc.frame(2, "not a request", id_=1) +
+                     wp_ipc.frame(1, "after", id_=2))
+        self.assertEqual(good_reader.read()[:5], (2, 2, 0, b"", b"AFTER"))
+        # A header of another protocol version: that link is closed.
+        bad.sendall(b"\x00" * 4 + b"\x09" + b"\x01" + b"\x00" * 18)
+        bad.settimeout(wp.deadline(10))
+        self.assertEqual(bad.recv(100), b"", "the bad link stayed open")
+        good.sendall(wp_ipc.frame(1, "still", id_=3))
+        self.assertEqual(good_reader.read()[:5], (2, 3, 0, b"", b"STILL"))
+        self.assertIn("bad frame", self.output_so_far(pool))
+
+    def test_async_handler_with_threads_is_an_error(self):
+        script = os.path.join(self.tmpdir(), "job.py")
+        with open(script, "w") as f:
+            f.write("import sys\nsys.path.insert(0, %r)\nimport workerpool\n"
+                    "async def handler(body, meta):\n    return body\n"
+                    "workerpool.serve(handler, threads=True)\n"
+                    % wp_ipc.PYTHON_DIR)
+        pool = self.fake(script)
+        self.hello(pool)
+        self.assertNotEqual(pool.wait_exit(), 0)
+        self.assertIn("ValueError: an async handler runs on the event loop",
+                      pool.output())
+
+    def test_async_job_through_the_fake_pool(self):
+        script = os.path.join(self.tmpdir(), "job.py")
+        with open(script, "w") as f:
+            f.write(ASYNC_JOB % {"pydir": wp_ipc.PYTHON_DIR})
+        pool = self.fake(script)
+        self.hello(pool)
+        pool.send(26, {"max_inflight": 8})
+        link = pool.add_link()
+        reader = wp_ipc.FrameReader(link)
+        # Cancel of a running task; a queued one would not need the loop.
+        link.sendall(wp_ipc.frame(1, "sleep:60000", id_=1) +
+                     wp_ipc.frame(1, "hi", id_=2))
+        self.assertEqual(reader.read()[:2], (2, 2))
+        link.sendall(wp_ipc.frame(5, id_=1))
+        self.assertEqual(reader.read()[:3], (3, 1, CANCELLED))
+        # Drain: exits once the sender hung up.
+        pool.send(25, {})
+        link.close()
+        code = pool.wait_exit()
+        output = pool.output()
+        self.assertEqual(code, 0, output)
+        # The handler saw asyncio.CancelledError.
+        self.assertIn("cancelled sleep:60000", output)
+
+    def test_asend_from_another_event_loop(self):
+        # A sender that runs the library's loop on its thread (start()) and
+        # its own asyncio loop on the main thread.
+        script = os.path.join(self.tmpdir(), "sender.py")
+        with open(script, "w") as f:
+            f.write(r"""
+import asyncio, sys
+sys.path.insert(0, %r)
+import workerpool
+client = workerpool.Client().start()
+
+async def main():
+    reply = await client.asend("echo", b"ping", timeout=30)
+    print("reply", reply.ok, reply.body.decode(), flush=True)
+    reply = await client.asend("echo", b"slow", timeout=0.5)
+    print("timeout", int(reply.code), flush=True)
+    await asyncio.sleep(1)  # the cancel frame goes out before the exit
+
+asyncio.run(main())
+""" % wp_ipc.PYTHON_DIR)
+        pool = self.fake(script)
+        self.hello(pool)
+        pool.send(26, {"max_inflight": 1})
+        f = pool.reader.read_until(17)
+        self.assertEqual(json.loads(f[4]), {"group": "echo"})
+        link = pool.add_link(role="sender", group="echo", pid=33)
+        pool.send(27, {"group": "echo", "max_inflight": 4, "queue_limit": 10,
+                       "request_timeout_ms": 30000})
+        reader = wp_ipc.FrameReader(link)
+        type_, id_, aux, meta, body = reader.read()
+        self.assertEqual((type_, body), (1, b"ping"))
+        link.sendall(wp_ipc.frame(2, "pong", id_=id_))
+        type_, slow_id, aux, meta, body = reader.read()
+        self.assertEqual((type_, body), (1, b"slow"))
+        # Not answered: the timeout cancels it.
+        self.assertEqual(reader.read()[:2], (5, slow_id))
+        code = pool.wait_exit()
+        output = pool.output()
+        self.assertEqual(code, 0, output)
+        self.assertIn("reply True pong\ntimeout 7\n", output)
+
+    def test_blocking_and_quick_handlers_mixed(self):
+        # Every tenth handler blocks 20 ms (about the hand-off delay): the
+        # loop moves between threads many times, and every answer arrives,
+        # each on its own id.
+        script = os.path.join(self.tmpdir(), "mixed.py")
+        with open(script, "w") as f:
+            f.write("import sys, time\nsys.path.insert(0, %r)\n"
+                    "import workerpool\n"
+                    "def handler(body, meta):\n"
+                    "    if int(body) %% 10 == 0:\n"
+                    "        time.sleep(0.02)\n"
+                    "    return b'n' + body\n"
+                    "workerpool.serve(handler)\n" % wp_ipc.PYTHON_DIR)
+        pool = self.fake(script)
+        self.hello(pool)
+        pool.send(26, {"max_inflight": 4, "heartbeat_ms": 300})
+        link = pool.add_link()
+        reader = wp_ipc.FrameReader(link)
+        link.sendall(b"".join(wp_ipc.frame(1, str(n), id_=n + 1)
+                              for n in range(400)))
+        answers = {}
+        while len(answers) < 400:
+            type_, id_, aux, meta, body = reader.read()
+            self.assertEqual(type_, 2, body)
+            answers[id_] = body
+        self.assertEqual(answers, {n + 1: b"n%d" % n for n in range(400)})
+        link.close()
+        pool.send(25, {})
+        self.assertEqual(pool.wait_exit(), 0)
+
+    def output_so_far(self, pool):
+        # The child's stderr and stdout share a pipe: read what is there.
+        import select
+        out = b""
+        while select.select([pool.proc.stdout], [], [], 0.5)[0]:
+            chunk = os.read(pool.proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            out += chunk
+        return out.decode(errors="replace")
 
     def tmpdir(self):
         import shutil

@@ -9,7 +9,7 @@ LineClient speaks the line protocol of the test-kit reactor
     ID cancel OTHER_ID
     progress updates: "ID progress FRACTION TEXT"
 
-Also: where the kit lives (WORKERPOOL_KIT_DIR), where python/workerpool.py
+Also: where the kit lives (WORKERPOOL_KIT_DIR), where src/python/workerpool.py
 lives, and the raw frame encoding for tests that must misbehave on purpose.
 """
 
@@ -27,8 +27,8 @@ TOP = os.path.dirname(os.path.dirname(HERE))
 KIT_DIR = os.environ.get("WORKERPOOL_KIT_DIR") or os.path.join(
     TOP, "build", "tests")
 LINE_REACTOR = os.path.join(KIT_DIR, "line_reactor")
-PYTHON_DIR = os.path.join(TOP, "python")
-EXAMPLES_DIR = os.path.join(TOP, "examples")
+PYTHON_DIR = os.path.join(TOP, "src", "python")
+EXAMPLES_DIR = os.path.join(TOP, "src", "examples")
 PYTHON = sys.executable or "python3"
 
 # Error codes (include/workerpool/wire.h).

@@ -350,5 +350,27 @@ TEST_CASE("http-reactor: a reply's status and message id from its meta") {
   CHECK(http::ReplyMessageId("").empty());
 }
 
+TEST_CASE("outbox: a reactor routed to a consume-only rabbitmq-service") {
+  // Without publish the built-in service refuses every request: the route
+  // is an error at file:line:col, not a 404 at run time.
+  ConfigLoad load = Parse(
+      "pool: {name: t}\n"
+      "groups:\n"
+      "  - {name: w, type: job, command: [x]}\n"
+      "  - name: web\n"
+      "    type: reactor\n"
+      "    command: [x]\n"
+      "    routes_to: [intake]\n"
+      "  - name: intake\n"
+      "    type: service\n"
+      "    routes_to: [w]\n"
+      "    rabbitmq: {url: amqp://h, queues: [in]}\n");
+  INFO(Errors(load));
+  CHECK(load.errors.size() == 1);
+  CHECK(Contains(Errors(load),
+                 "test.yaml:7:17: groups[1].routes_to[0]: group 'intake' runs "
+                 "rabbitmq-service without rabbitmq.publish"));
+}
+
 }  // namespace
 }  // namespace workerpool

@@ -282,3 +282,67 @@ TEST_CASE("conversation: stats and heartbeats after hello") {
 
 }  // namespace
 }  // namespace workerpool
+
+namespace workerpool {
+namespace {
+
+TEST_CASE("hello: links by fd or by connect; anything else is refused") {
+  FakeChildren children;
+  struct Case {
+    const char* body;
+    LinkMode links;
+  };
+  for (const Case& c :
+       {Case{"", LinkMode::kPassed}, Case{"{}", LinkMode::kPassed},
+        Case{"not json", LinkMode::kPassed}, Case{R"([1])", LinkMode::kPassed},
+        Case{R"({"links": "fd"})", LinkMode::kPassed},
+        Case{R"({"pid": 5, "protocol": 1, "links": "connect"})",
+             LinkMode::kConnect}}) {
+    CAPTURE(c.body);
+    ChildConversation conversation(100);
+    auto hello =
+        conversation.OnFrame(FrameType::kHello, c.body, children.Lookup());
+    CHECK(hello.action == Action::kHello);
+    CHECK(conversation.said_hello());
+    CHECK(conversation.links() == c.links);
+  }
+  for (const char* body :
+       {R"({"links": "Connect"})", R"({"links": 1})", R"({"links": null})",
+        R"({"links": ["connect"]})", R"({"links": {"connect": true}})",
+        R"({"links": ""})", R"({"links": "connect\u0000"})",
+        R"({"links": "fd,connect"})"}) {
+    CAPTURE(body);
+    ChildConversation conversation(100);
+    auto hello =
+        conversation.OnFrame(FrameType::kHello, body, children.Lookup());
+    CHECK(OffenceOf(hello) == ChildOffence::kBadField);
+    CHECK(hello.log);
+    CHECK(hello.offence->detail.find("\"links\"") != std::string::npos);
+    // Not ready: no routes, no links until a correct hello.
+    CHECK_FALSE(conversation.said_hello());
+    auto route = conversation.OnFrame(
+        FrameType::kRouteOpen, R"({"group": "echo"})", children.Lookup());
+    CHECK(OffenceOf(route) == ChildOffence::kBeforeHello);
+    auto again = conversation.OnFrame(
+        FrameType::kHello, R"({"links": "connect"})", children.Lookup());
+    CHECK(again.action == Action::kHello);
+    CHECK(conversation.links() == LinkMode::kConnect);
+    CHECK(conversation.offences() == 2);
+  }
+}
+
+TEST_CASE("conversation: link offences are counted and logged once per kind") {
+  FakeChildren children;
+  ChildConversation conversation = Greeted(children);
+  auto first = conversation.Offend({ChildOffence::kLinkRefused, "wrong pid"});
+  CHECK(first.log);
+  CHECK_FALSE(
+      conversation.Offend({ChildOffence::kLinkRefused, "wrong pid"}).log);
+  CHECK(conversation.Offend({ChildOffence::kLinkTimeout, "late"}).log);
+  CHECK(conversation.offences() == 3);
+  CHECK(std::string(OffenceName(ChildOffence::kLinkRefused)) == "link-refused");
+  CHECK(std::string(OffenceName(ChildOffence::kLinkTimeout)) == "link-timeout");
+}
+
+}  // namespace
+}  // namespace workerpool

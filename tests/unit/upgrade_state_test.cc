@@ -57,6 +57,7 @@ UpgradeState Sample() {
   slot.generation = 1;
   slot.ready = true;
   slot.heartbeat = true;
+  slot.links_connect = true;
   slot.recycle_after = 1000;
   slot.routes = {"jobs"};
   slot.refused_routes = {"secret"};
@@ -215,6 +216,17 @@ TEST_CASE("upgrade state: wrong types name the member") {
               .find("groups[0].policy.quick_deaths: item 0") !=
           std::string::npos);
   }
+}
+
+TEST_CASE("upgrade state: links is optional, fd when absent, else checked") {
+  json document = SampleJson();
+  document["groups"][0]["slots"][0].erase("links");
+  Result<UpgradeState> parsed = ParseUpgradeState(document.dump());
+  REQUIRE(parsed.ok());
+  CHECK_FALSE(parsed->groups[0].slots[0].links_connect);
+  document["groups"][0]["slots"][0]["links"] = "pigeon";
+  CHECK(ErrorOf(document.dump()) ==
+        "upgrade state: groups[0].slots[0].links: expected fd or connect");
 }
 
 TEST_CASE("upgrade state: unknown members are ignored (a newer writer)") {

@@ -6,7 +6,7 @@ case; a body that is not UTF-8 text gets an error reply.
       - name: upper
         type: job
         processes: 2
-        command: [python3, /path/to/examples/python_job.py]
+        command: [python3, /path/to/src/examples/python_job.py]
 """
 import os
 import sys

@@ -34,16 +34,32 @@ request.client.send):
     reply = client.send("compute", b"payload", timeout=30)
     if reply.ok: ... reply.body ... else: ... reply.code, reply.text ...
 
-Threading: one I/O thread owns every socket; handlers run on their own
-threads (at most max_inflight at once), so a slow handler never stops
-heartbeats or the reading of cancels. Every public method may be called from
-any thread except send(), which blocks and so must not be called from the
-I/O thread (callbacks given to send_async run there).
+With asyncio (many requests in flight in one process, one thread):
+
+    async def handler(request):
+        await request.progress(0.5, "half way")   # cancel: CancelledError
+        reply = await request.client.asend("other", request.body)
+        return reply.body
+
+    workerpool.serve(handler, with_request=True)
+
+Threading: one I/O thread owns every socket, and plain handlers run on it,
+up to max_inflight at once (no hand-off per request: that cost ~290 us of
+CPU each). A handler still running after HANDOFF_AFTER (10 ms), or one that
+waits (request.wait_cancelled, client.send), gives the I/O loop to a new
+thread and finishes on its own, so a slow handler never stops heartbeats or
+the reading of cancels. serve(handler, threads=True) runs every handler on
+a thread of its own instead. Every public method may be called from any
+thread except send(), which blocks and so must not be called from the I/O
+thread outside a handler (callbacks given to send_async run there; use
+asend() with asyncio).
 """
 
+import asyncio
 import collections
 import enum
 import heapq
+import inspect
 import itertools
 import json
 import os
@@ -75,6 +91,15 @@ POOL_GONE_EXIT = 2.0        # after the pool channel closes, exit within this
 STATS_INTERVAL = 1.0        # counters reach the Watcher at most this often
 MAX_ERROR_TEXT = 64 * 1024
 MAX_PROGRESS_TEXT = 4096
+# A handler runs on the I/O thread (no hand-off to another thread: a few
+# microseconds instead of a few hundred); one that is still running after
+# this long gives the I/O loop to a new thread, so heartbeats, cancels and
+# other requests go on while it blocks.
+HANDOFF_AFTER = 0.01
+# After a hand-off, handlers start on threads of their own for this long: a
+# process whose handlers block often would otherwise stall its loop for up
+# to 2 x HANDOFF_AFTER on each of them.
+THREADS_AFTER_HANDOFF = 1.0
 
 
 class FrameType(enum.IntEnum):
@@ -200,6 +225,16 @@ def _as_bytes(value):
                     % type(value).__name__)
 
 
+def _meta_bytes(meta):
+    if meta is None:
+        return b""
+    if isinstance(meta, str):
+        return meta.encode()
+    if isinstance(meta, (bytes, bytearray)):
+        return bytes(meta)
+    return json.dumps(meta).encode()
+
+
 def _log(message):
     # The Watcher captures stderr and logs it line by line, prefixed with
     # the group, index and pid.
@@ -248,39 +283,100 @@ class Request:
         self.priority = priority
         self.body = body
         self.meta_raw = meta_raw
-        self.meta = _json_object(meta_raw)
         self.sender_group = link.peer_group
         self._link = link
-        self._cancelled = threading.Event()
-        self._callbacks = []
+        self._meta = None
+        # Made only when a handler waits for a cancel: most requests are
+        # answered at once, and a threading.Event costs more than the rest
+        # of a request together.
+        self._cancel_flag = False
+        self._cancel_event = None
+        self._callbacks = None
+        self._task = None  # asyncio: the handler's task
+        self._task_began = False
         self._answered = False
         self._started = False
         self._sequence = 0
 
     @property
+    def meta(self):
+        """The request's metadata as a dict ({} when none or not JSON)."""
+        if self._meta is None:
+            self._meta = _json_object(self.meta_raw)
+        return self._meta
+
+    @property
     def cancelled(self):
         """True once the sender cancelled; the answer is then discarded."""
-        return self._cancelled.is_set()
+        return self._cancel_flag
+
+    def _event(self):
+        with _CANCEL_LOCK:
+            if self._cancel_event is None:
+                self._cancel_event = threading.Event()
+                if self._cancel_flag:
+                    self._cancel_event.set()
+            return self._cancel_event
+
+    def _mark_cancelled(self):
+        with _CANCEL_LOCK:
+            self._cancel_flag = True
+            event = self._cancel_event
+        if event is not None:
+            event.set()
 
     def wait_cancelled(self, timeout=None):
         """Sleeps up to TIMEOUT seconds, waking early on a cancel; returns
-        True when cancelled (a cancellable time.sleep)."""
-        return self._cancelled.wait(timeout)
+        True when cancelled (a cancellable time.sleep). Called from a
+        handler running on the I/O thread, it first gives the loop to
+        another thread (the cancel must be read while this one waits)."""
+        if self._cancel_flag:
+            return True
+        self.client._hand_off_if_inline()
+        return self._event().wait(timeout)
 
     def on_cancel(self, callback):
         """Calls CALLBACK() (on the I/O thread) when the sender cancels."""
+        if self._callbacks is None:
+            self._callbacks = []
         self._callbacks.append(callback)
         if self.cancelled:
             callback()
 
     def progress(self, fraction, text=""):
-        """Sends a progress update (FRACTION 0..1, TEXT) before the answer."""
-        self.client._call_soon(self.client._send_progress, self, fraction,
-                               text)
+        """Sends a progress update (FRACTION 0..1, TEXT) before the answer.
+        Returns an awaitable: an async handler may `await` it, which waits
+        until the frame left this process (a flood of progress then does
+        not grow the output buffer without bound); others ignore it."""
+        client = self.client
+        if client._on_loop_thread():
+            return client._send_progress(self, fraction, text)
+        client._call_soon(client._send_progress, self, fraction, text)
+        return _DONE
 
     def __repr__(self):
         return "Request(id=%d from %s, %d bytes)" % (
             self.id, self.sender_group, len(self.body))
+
+
+_CANCEL_LOCK = threading.Lock()
+
+
+class _Done:
+    """An awaitable that is already complete (progress() outside asyncio)."""
+
+    def __await__(self):
+        return
+        yield  # noqa: unreachable: makes this a generator
+
+
+_DONE = _Done()
+
+
+class _HandedOff(BaseException):
+    """Unwinds a thread whose handler ran on the I/O thread for longer than
+    HANDOFF_AFTER (or waited): another thread runs the I/O loop now, and
+    this one must touch nothing of it on its way out."""
 
 
 # --- internals ---------------------------------------------------------------
@@ -295,6 +391,7 @@ class _Conn:
         self.closed = False
         self.reading = True
         self.events = 0
+        self.drained = []  # asyncio futures waiting for `out` to empty
 
 
 class _Link(_Conn):
@@ -316,6 +413,49 @@ class _Link(_Conn):
     def describe(self):
         return "%s[%d] pid %d" % (self.peer_group, self.peer_index,
                                   self.peer_pid)
+
+
+class _AsyncioSelector:
+    """What Client's loop needs of a selector (register, modify, unregister,
+    get_map), on an asyncio event loop: readiness calls CALLBACK(data,
+    mask) from the loop."""
+
+    def __init__(self, loop, callback):
+        self._loop = loop
+        self._callback = callback
+        self._keys = {}  # fd -> SelectorKey
+
+    def register(self, fileobj, events, data):
+        fd = fileobj.fileno()
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._keys[fd] = key
+        if events & selectors.EVENT_READ:
+            self._loop.add_reader(fd, self._callback, data,
+                                  selectors.EVENT_READ)
+        if events & selectors.EVENT_WRITE:
+            self._loop.add_writer(fd, self._callback, data,
+                                  selectors.EVENT_WRITE)
+        return key
+
+    def unregister(self, fileobj):
+        fd = fileobj.fileno()
+        key = self._keys.pop(fd)
+        if key.events & selectors.EVENT_READ:
+            self._loop.remove_reader(fd)
+        if key.events & selectors.EVENT_WRITE:
+            self._loop.remove_writer(fd)
+        return key
+
+    def modify(self, fileobj, events, data):
+        self.unregister(fileobj)
+        return self.register(fileobj, events, data)
+
+    def get_map(self):
+        return dict(self._keys)
+
+    def close(self):
+        for key in list(self._keys.values()):
+            self.unregister(key.fileobj)
 
 
 class _Route:
@@ -409,8 +549,29 @@ class Client:
         # Serving side.
         self._handler = None
         self._with_request = False
+        self._threads = False    # every handler on a thread of its own
+        self._is_async = False   # handlers are coroutines on an asyncio loop
+        self._aio = None         # that loop
+        self._aio_timer = None   # (when, TimerHandle) of our next timer
+        self._aio_finished = None
         self._serve_limit = 1
         self._running = 0
+        self._in_serve_next = False
+        self._answered_count = 0   # served + served_errors
+        self._recycle_after = 0    # config's max_requests (0: never)
+        self._recycle_reported = False
+        # Which thread runs the I/O loop: a handler running on it
+        # (_inline) that outlives HANDOFF_AFTER makes the watchdog start a
+        # new loop thread (_owner_gen changes); the old one, once its
+        # handler returns, posts the answer and leaves.
+        self._owner_lock = threading.Lock()
+        self._owner_gen = 0
+        self._inline = None
+        self._inline_seq = 0
+        self._threads_until = 0.0  # monotonic time; 0: inline
+        self._watchdog = None
+        self._watchdog_idle = True
+        self._watchdog_event = threading.Event()
         self._serve_queue = []  # heap of (priority, sequence, Request)
         self._sequence = itertools.count(1)
         self._on_ready = None
@@ -425,6 +586,10 @@ class Client:
         self._heartbeat_every = None
         self._next_heartbeat = None
         self._stats_due = None
+        # When stats last went, and when a route's queue starting to fill
+        # last sent them at once (see _stats_changed).
+        self._stats_sent_at = float("-inf")
+        self._rising_sent_at = float("-inf")
         self._exit_at = None
 
         self._stopping = False
@@ -443,18 +608,48 @@ class Client:
 
     # -- public ---------------------------------------------------------------
 
-    def serve(self, handler, with_request=False, on_ready=None):
+    def serve(self, handler, with_request=False, on_ready=None,
+              threads=False):
         """Serves requests with HANDLER until the process should exit (the
         pool drained it, SIGTERM, or the pool is gone); returns the exit
         code (0). HANDLER(body, meta) -> bytes|str, or with WITH_REQUEST
         HANDLER(request) -> bytes|str; an exception answers an error
         (ErrorCode.HANDLER_ERROR) with its text. A (body, meta_dict) tuple
         replies with metadata too. ON_READY() is called once the pool sent
-        its configuration."""
+        its configuration.
+
+        Where handlers run: a plain function runs on the I/O thread, up to
+        max_inflight at once: one that answers at once costs no hand-off,
+        and one still running after HANDOFF_AFTER (10 ms), or one that
+        waits (request.wait_cancelled, client.send), hands the I/O loop to
+        a new thread and goes on as a thread of its own; for the next
+        THREADS_AFTER_HANDOFF (1 s), handlers then start on threads of
+        their own, as handlers that block often are served best.
+        THREADS=True starts every handler on a thread of its own instead
+        (what the library did before, for handlers that all block). An
+        `async def` handler runs as a task on an asyncio event loop that
+        also does the I/O (one thread, up to max_inflight tasks at once); a
+        cancel reaches it as asyncio.CancelledError."""
         self._handler = handler
         self._with_request = with_request
         self._on_ready = on_ready
+        self._is_async = inspect.iscoroutinefunction(handler) or (
+            not inspect.isfunction(handler) and not inspect.ismethod(handler)
+            and inspect.iscoroutinefunction(getattr(handler, "__call__",
+                                                    None)))
+        if self._is_async and threads:
+            raise ValueError("an async handler runs on the event loop; "
+                             "threads=True is for plain functions")
+        self._threads = bool(threads)
+        if self._is_async:
+            asyncio.run(self._serve_async())
+            return self.exit_code
         self._loop()
+        # This thread may have handed the loop to another while it ran a
+        # long handler: wait for that one to finish (in slices, so that a
+        # signal handler runs on this, the main, thread).
+        while not self._finished.wait(0.5):
+            pass
         return self.exit_code
 
     def start(self):
@@ -500,9 +695,10 @@ class Client:
         no live process, ... come back as a Reply with a code. TIMEOUT
         (seconds) only bounds this call's wait (the pool's request_timeout
         applies anyway); on expiry the request is cancelled."""
+        self._hand_off_if_inline()  # a handler on the I/O thread may wait
         if threading.get_ident() == self._loop_ident:
             raise RuntimeError("Client.send() would block the I/O thread; use "
-                               "send_async() there")
+                               "send_async() (or asend() with asyncio) there")
         if not self._in_loop:
             raise RuntimeError("the I/O loop is not running: call start() "
                                "(or send from inside a handler)")
@@ -531,14 +727,59 @@ class Client:
         """Sends BODY to GROUP; DONE(reply) is called exactly once on the I/O
         thread. ON_PROGRESS(fraction, text) too. Returns the request id."""
         id_ = next(self._next_id)
-        meta_bytes = b"" if meta is None else (
-            meta.encode() if isinstance(meta, str) else
-            bytes(meta) if isinstance(meta, (bytes, bytearray)) else
-            json.dumps(meta).encode())
-        out = _Out(id_, group, _as_bytes(body), meta_bytes, int(priority),
-                   done, on_progress)
+        out = _Out(id_, group, _as_bytes(body), _meta_bytes(meta),
+                   int(priority), done, on_progress)
         self._call_soon(self._submit, out)
         return id_
+
+    async def asend(self, group, body, meta=None, priority=0, timeout=None,
+                    on_progress=None):
+        """send() for asyncio: awaits the Reply without blocking the event
+        loop. TIMEOUT (seconds) cancels the request when it passes (the
+        Reply is then ErrorCode.CANCELLED); cancelling the awaiting task
+        cancels the request too. Works from the loop serving async handlers
+        and from any other asyncio loop (a sender that called start())."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        here = loop is self._aio
+
+        def finished(reply):
+            if here:
+                if not future.done():
+                    future.set_result(reply)
+            else:
+                loop.call_soon_threadsafe(
+                    lambda: future.done() or future.set_result(reply))
+        progress = on_progress
+        if on_progress is not None and not here:
+            def progress(fraction, text):
+                loop.call_soon_threadsafe(on_progress, fraction, text)
+        if here:
+            id_ = next(self._next_id)
+            self._submit(_Out(id_, group, _as_bytes(body),
+                              _meta_bytes(meta), int(priority), finished,
+                              progress))
+            self._flush_all()
+        else:
+            id_ = self.send_async(group, body, finished, meta=meta,
+                                  priority=priority, on_progress=progress)
+        try:
+            if timeout is None:
+                return await asyncio.shield(future)
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            self._cancel_from(here, id_)
+            return await future
+        except asyncio.CancelledError:
+            self._cancel_from(here, id_)
+            raise
+
+    def _cancel_from(self, here, id_):
+        if here:
+            self._cancel(id_)
+            self._flush_all()
+        else:
+            self.cancel(id_)
 
     def cancel(self, request_id):
         """Cancels a request: a queued one is dropped, a running one's server
@@ -560,35 +801,171 @@ class Client:
         except (BlockingIOError, OSError):
             pass  # already awake (or closed)
 
+    def _on_loop_thread(self):
+        return threading.get_ident() == self._loop_ident
+
     def _loop(self):
+        """The I/O loop, until the process should exit or (returning
+        early) a handler on this thread outlived HANDOFF_AFTER and another
+        thread took the loop over."""
         self._in_loop = True
         self._loop_ident = threading.get_ident()
         try:
+            self._resume()
             while not self._finished.is_set():
                 timeout = self._next_timeout()
                 for key, mask in self._sel.select(timeout):
-                    if key.data is None:
-                        try:
-                            while self._wake_r.recv(4096):
-                                pass
-                        except (BlockingIOError, OSError):
-                            pass
-                        continue
-                    conn = key.data
-                    if mask & selectors.EVENT_WRITE:
-                        self._flush(conn)
-                    if mask & selectors.EVENT_READ and not conn.closed:
-                        if conn is self._pool:
-                            self._read_pool()
-                        else:
-                            self._read_link(conn)
-                self._run_calls()
-                self._run_timers()
-                self._flush_all()
+                    self._on_io_event(key.data, mask)
+                self._end_turn()
+        except _HandedOff:
+            return  # another thread runs the loop: touch nothing on the way
+        except BaseException:
+            self._in_loop = False
+            self._loop_ident = None
+            self._finished.set()
+            raise
+        self._in_loop = False
+        self._loop_ident = None
+
+    def _resume(self):
+        """What a thread that takes the loop over finishes first: frames a
+        previous owner decoded but did not reach, requests it queued, calls
+        posted meanwhile."""
+        for conn in [self._pool] + list(self._links):
+            if not conn.closed and conn.decoder.buffered():
+                if conn is self._pool:
+                    self._pool_frames()
+                else:
+                    self._link_frames(conn)
+        self._serve_next()
+        self._end_turn()
+        self._maybe_finish_stop()
+
+    def _on_io_event(self, conn, mask):
+        if conn is None:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+            return
+        if mask & selectors.EVENT_WRITE:
+            self._flush(conn)
+        if mask & selectors.EVENT_READ and not conn.closed:
+            if conn is self._pool:
+                self._read_pool()
+            else:
+                self._read_link(conn)
+
+    def _end_turn(self):
+        self._run_calls()
+        self._run_timers()
+        self._flush_all()
+
+    # -- asyncio: the same loop, driven by an event loop ---------------------
+
+    async def _serve_async(self):
+        loop = asyncio.get_running_loop()
+        self._aio = loop
+        self._aio_finished = loop.create_future()
+        threaded = self._sel
+        self._sel = _AsyncioSelector(loop, self._on_aio_event)
+        for key in list(threaded.get_map().values()):
+            self._sel.register(key.fileobj, key.events, key.data)
+        threaded.close()
+        self._in_loop = True
+        self._loop_ident = threading.get_ident()
+        try:
+            self._resume()
+            self._aio_rearm()
+            if not self._finished.is_set():
+                await self._aio_finished
         finally:
             self._in_loop = False
             self._loop_ident = None
             self._finished.set()
+            self._sel.close()
+            # Handlers still running (the pool is gone): end them.
+            for task in asyncio.all_tasks(loop):
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+    def _on_aio_event(self, conn, mask):
+        self._on_io_event(conn, mask)
+        self._end_turn()
+        self._aio_rearm()
+
+    def _aio_rearm(self):
+        # Our timers (heartbeat, stats, deadlines, exit) as one call_at.
+        if self._finished.is_set():
+            if self._aio_finished is not None and \
+                    not self._aio_finished.done():
+                self._aio_finished.set_result(None)
+            return
+        timeout = self._next_timeout()
+        if timeout is None:
+            return
+        when = self._aio.time() + timeout
+        if self._aio_timer is not None:
+            if self._aio_timer[0] <= when:
+                return  # an earlier one comes anyway, and rearms
+            self._aio_timer[1].cancel()
+        self._aio_timer = (when, self._aio.call_at(when, self._on_aio_timer))
+
+    def _on_aio_timer(self):
+        self._aio_timer = None
+        self._end_turn()
+        self._aio_rearm()
+
+    # -- handing the loop to another thread ---------------------------------
+
+    def _hand_off_locked(self):
+        # Under _owner_lock, while the owner runs a handler (_inline set).
+        self._owner_gen += 1
+        self._inline = None
+        self._threads_until = time.monotonic() + THREADS_AFTER_HANDOFF
+        self._in_serve_next = False  # the old owner left it mid-way
+        self._loop_ident = None
+        threading.Thread(target=self._loop, name="workerpool-io",
+                         daemon=True).start()
+
+    def _hand_off_if_inline(self):
+        """From a handler about to wait: when it runs on the I/O thread,
+        another thread takes the loop over at once."""
+        if self._inline is None or not self._on_loop_thread():
+            return
+        with self._owner_lock:
+            if self._inline is not None and self._on_loop_thread():
+                self._hand_off_locked()
+
+    def _watch(self):
+        # The watchdog: while handlers run on the I/O thread, looks every
+        # HANDOFF_AFTER whether the same one is still running.
+        while True:
+            self._watchdog_event.wait()
+            seq = self._inline_seq
+            time.sleep(HANDOFF_AFTER)
+            if self._finished.is_set():
+                return
+            with self._owner_lock:
+                if self._inline is not None and self._inline_seq == seq:
+                    self._hand_off_locked()
+                    continue
+            if self._inline_seq == seq and self._inline is None:
+                # No handler ran for a whole period: sleep until one does.
+                self._watchdog_idle = True
+                self._watchdog_event.clear()
+                if self._inline is not None:  # one started meanwhile
+                    self._watchdog_idle = False
+                    self._watchdog_event.set()
+
+    def _wake_watchdog(self):
+        self._watchdog_idle = False
+        self._watchdog_event.set()
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(
+                target=self._watch, name="workerpool-watchdog", daemon=True)
+            self._watchdog.start()
 
     def _run_calls(self):
         if self._stop_requested:
@@ -669,7 +1046,16 @@ class Client:
                 self._conn_failed(conn, "write failed: %s" % (e.strerror or e))
                 return
             del conn.out[:sent]
+        if conn.drained and not conn.out:
+            self._resolve_drained(conn)
         self._register(conn)
+
+    @staticmethod
+    def _resolve_drained(conn):
+        waiting, conn.drained = conn.drained, []
+        for future in waiting:
+            if not future.done():
+                future.set_result(None)
 
     def _conn_failed(self, conn, why):
         if conn is self._pool:
@@ -681,6 +1067,8 @@ class Client:
         if conn.closed:
             return
         conn.closed = True
+        if conn.drained:
+            self._resolve_drained(conn)
         if conn.events:
             self._sel.unregister(conn.sock)
             conn.events = 0
@@ -715,16 +1103,19 @@ class Client:
                 self._pool_gone("the pool closed its channel")
                 return
             conn.decoder.feed(data)
-            try:
-                while self._pool_open:
-                    frame = conn.decoder.next()
-                    if frame is None:
-                        break
-                    self._on_pool_frame(frame)
-            except ProtocolError as e:
-                _log("bad frame from the pool: %s" % e)
-                self._pool_gone("protocol error")
-                return
+            self._pool_frames()
+
+    def _pool_frames(self):
+        decoder = self._pool.decoder
+        try:
+            while self._pool_open:
+                frame = decoder.next()
+                if frame is None:
+                    break
+                self._on_pool_frame(frame)
+        except ProtocolError as e:
+            _log("bad frame from the pool: %s" % e)
+            self._pool_gone("protocol error")
 
     def _on_pool_frame(self, frame):
         body = _json_object(frame.body)
@@ -743,11 +1134,16 @@ class Client:
                 self._next_heartbeat = time.monotonic() + self._heartbeat_every
             else:
                 self._heartbeat_every = self._next_heartbeat = None
+            try:
+                self._recycle_after = max(0, int(body.get("max_requests", 0)))
+            except (TypeError, ValueError):
+                self._recycle_after = 0
             first = not self._ready.is_set()
             self._ready.set()
-            self._serve_next()
             if first and self._on_ready is not None:
                 self._on_ready()
+            self._report_recycle_limit()
+            self._serve_next()
         elif t == FrameType.PEER_ADDED:
             self._adopt_link(body)
         elif t in (FrameType.ROUTE_OPENED, FrameType.ROUTE_REFUSED):
@@ -805,13 +1201,43 @@ class Client:
         body = {k: self.stats[k] for k in (
             "sent", "replied", "failed", "refused", "cancelled", "timed_out",
             "served", "served_errors")}
-        body.update(queued=queued, inflight=inflight)
+        # Requests this process serves now, running or waiting here: the
+        # Watcher drains idle processes first, and sizes autoscaled groups.
+        serving = self._running + sum(
+            1 for _, _, r in self._serve_queue
+            if not r._answered and r._link is not None)
+        body.update(queued=queued, inflight=inflight, serving=serving)
+        self._stats_sent_at = time.monotonic()
         self._send_pool(FrameType.STATS, body)
+
+    def _report_recycle_limit(self):
+        # Past max_requests the Watcher starts a replacement and drains this
+        # process; it learns the count from stats, so send them now.
+        if (self._recycle_after and not self._recycle_reported
+                and self._answered_count >= self._recycle_after
+                and self._pool_open):
+            self._recycle_reported = True
+            self._stats_due = None
+            self._send_stats()
 
     def _count(self, key):
         self.stats[key] += 1
-        if self._stats_due is None and self._pool_open:
-            self._stats_due = time.monotonic() + STATS_INTERVAL
+        self._stats_changed()
+
+    def _stats_changed(self, rising=False):
+        """A counter moved: the stats go at once when none went for
+        STATS_INTERVAL (the first sign of load after a quiet spell), else
+        within the interval. RISING: a route's queue went from empty to not
+        (the load outgrows the group it is sent to): at once, at most once
+        per interval, so that an autoscaler starts timing it now."""
+        if not self._pool_open:
+            return
+        now = time.monotonic()
+        if rising and now - self._rising_sent_at >= STATS_INTERVAL:
+            self._rising_sent_at = now
+            self._stats_due = now
+        elif self._stats_due is None:
+            self._stats_due = max(now, self._stats_sent_at + STATS_INTERVAL)
 
     # -- links ----------------------------------------------------------------------
 
@@ -856,24 +1282,31 @@ class Client:
                 self._link_eof(link, "closed")
                 return
             link.decoder.feed(data)
-            try:
-                while not link.closed:
-                    frame = link.decoder.next()
-                    if frame is None:
-                        break
-                    self._on_link_frame(link, frame)
-            except ProtocolError as e:
-                _log("bad frame from %s: %s" % (link.describe(), e))
-                self._fail_link_requests(link, ErrorCode.PROTOCOL,
-                                         "protocol error from %s"
-                                         % link.describe())
-                self._close_link(link)
+            self._link_frames(link)
+
+    def _link_frames(self, link):
+        decoder = link.decoder
+        try:
+            if link.role == _Link.SERVER:
+                self._server_frames(link, decoder)
                 return
+            while not link.closed:
+                frame = decoder.next()
+                if frame is None:
+                    break
+                self._on_link_frame(link, frame)
+        except ProtocolError as e:
+            _log("bad frame from %s: %s" % (link.describe(), e))
+            self._fail_link_requests(link, ErrorCode.PROTOCOL,
+                                     "protocol error from %s"
+                                     % link.describe())
+            self._close_link(link)
 
     def _on_link_frame(self, link, frame):
         if link.role == _Link.SERVER:
             if frame.type == FrameType.REQUEST:
-                self._on_request(link, frame)
+                self._on_request(link, frame.id, frame.aux, frame.meta,
+                                 frame.body)
             elif frame.type == FrameType.CANCEL:
                 self._on_cancel_frame(link, frame.id)
             return
@@ -954,15 +1387,52 @@ class Client:
 
     # -- serving ------------------------------------------------------------------------
 
-    def _on_request(self, link, frame):
+    def _server_frames(self, link, decoder):
+        # The hot path of a job: FrameDecoder.next() unrolled (the header
+        # read once, no Frame built); a bad header is left to next(), which
+        # raises. The decoder's offset moves past a frame before it is
+        # handled: its handler may hand the loop to another thread, which
+        # goes on from there.
+        unpack_from = HEADER.unpack_from
+        buffer = decoder._buffer
+        while not link.closed:
+            offset = decoder._offset
+            available = len(buffer) - offset
+            if available < HEADER_SIZE:
+                return
+            (length, version, type_, _, id_, aux,
+             meta_length) = unpack_from(buffer, offset)
+            if (version != WIRE_VERSION or length > MAX_PAYLOAD
+                    or meta_length > length or type_ not in _KNOWN_TYPES):
+                decoder.next()  # raises ProtocolError
+                return
+            if available < HEADER_SIZE + length:
+                return
+            start = offset + HEADER_SIZE
+            end = start + length
+            decoder._offset = end
+            if type_ == 1:  # FrameType.REQUEST
+                if meta_length:
+                    meta = bytes(buffer[start:start + meta_length])
+                    start += meta_length
+                else:
+                    meta = b""
+                self._on_request(link, id_, aux, meta,
+                                 bytes(buffer[start:end]))
+            elif type_ == 5:  # FrameType.CANCEL
+                self._on_cancel_frame(link, id_)
+            # Anything else a sender may not send to its server: ignored.
+
+    def _on_request(self, link, id_, aux, meta, body):
         if self._handler is None:
             self._write(link, encode_frame(
-                FrameType.ERROR, frame.id, ErrorCode.REFUSED,
+                FrameType.ERROR, id_, ErrorCode.REFUSED,
                 body="group %s does not serve requests" % self.group))
             return
-        request = Request(self, link, frame.id, _signed32(frame.aux),
-                          frame.meta, frame.body)
-        link.serving[frame.id] = request
+        request = Request(self, link, id_,
+                          aux - 0x100000000 if aux >= 0x80000000 else aux,
+                          meta, body)
+        link.serving[id_] = request
         if self._running < self._serve_limit and not self._serve_queue:
             self._start(request)
         else:
@@ -982,29 +1452,77 @@ class Client:
                 FrameType.ERROR, id_, ErrorCode.CANCELLED,
                 body="cancelled before it started"))
             return
-        request._cancelled.set()
-        for callback in request._callbacks:
+        request._mark_cancelled()
+        if request._task is not None and request._task_began:
+            # asyncio.CancelledError in the handler. A task that has not
+            # begun yet is not cancelled (it would end without running a
+            # line, unanswered): it sees the flag when it begins.
+            request._task.cancel()
+        for callback in request._callbacks or ():
             try:
                 callback()
             except Exception as e:
                 _log("error in a cancel callback: %r" % e)
 
     def _serve_next(self):
-        while self._running < self._serve_limit and self._serve_queue:
-            _, _, request = heapq.heappop(self._serve_queue)
-            if request._answered or request._link is None:
-                continue  # cancelled, or its sender went away
-            self._start(request)
+        # Not re-entered: a handler answered on this thread comes back here
+        # through _answer, and the loop below takes the next one.
+        if self._in_serve_next:
+            return
+        self._in_serve_next = True
+        try:
+            while self._running < self._serve_limit and self._serve_queue:
+                _, _, request = heapq.heappop(self._serve_queue)
+                if request._answered or request._link is None:
+                    continue  # cancelled, or its sender went away
+                self._start(request)
+        except _HandedOff:
+            raise  # the next owner resets the flag
+        except BaseException:
+            self._in_serve_next = False
+            raise
+        self._in_serve_next = False
 
     def _start(self, request):
         request._started = True
         self._running += 1
-        thread = threading.Thread(target=self._run_handler, args=(request,),
-                                  name="workerpool-request-%d" % request.id,
-                                  daemon=True)
-        thread.start()
+        if self._is_async:
+            request._task = self._aio.create_task(self._run_async(request))
+        elif self._threads or (self._threads_until and
+                               self._blocking_lately()):
+            threading.Thread(target=self._run_handler, args=(request,),
+                             name="workerpool-request-%d" % request.id,
+                             daemon=True).start()
+        else:
+            self._run_inline(request)
 
-    def _run_handler(self, request):
+    def _blocking_lately(self):
+        if time.monotonic() < self._threads_until:
+            return True
+        self._threads_until = 0.0
+        return False
+
+    def _run_inline(self, request):
+        # On the I/O thread; the watchdog hands the loop to a new thread
+        # when this handler outlives HANDOFF_AFTER.
+        gen = self._owner_gen
+        self._inline = request
+        self._inline_seq += 1
+        if self._watchdog_idle:
+            self._wake_watchdog()
+        answer = self._call_handler(request)
+        with self._owner_lock:
+            owner = gen == self._owner_gen
+            if owner:
+                self._inline = None
+        if owner:
+            self._answer(request, *answer)
+            return
+        self._call_soon(self._answer, request, *answer)
+        raise _HandedOff()
+
+    def _call_handler(self, request):
+        """(ok, body, meta) of running the handler on REQUEST."""
         meta = b""
         try:
             if self._with_request:
@@ -1016,20 +1534,71 @@ class Client:
                 if isinstance(meta, dict):
                     meta = json.dumps(meta)
                 meta = _as_bytes(meta)
+            return True, _as_bytes(result), meta
+        except Exception as e:
+            text = str(e) or type(e).__name__
+            return False, text.encode(errors="replace")[:MAX_ERROR_TEXT], b""
+        except BaseException as e:  # SystemExit, KeyboardInterrupt
+            return False, ("handler exited: %r" % e).encode(), b""
+
+    def _run_handler(self, request):
+        # On a thread of its own (serve(threads=True)).
+        self._call_soon(self._answer, request, *self._call_handler(request))
+
+    async def _run_async(self, request):
+        # A task on the event loop that also does the I/O.
+        request._task_began = True
+        meta = b""
+        try:
+            if request._cancel_flag:
+                raise asyncio.CancelledError()  # before it began
+            if self._with_request:
+                result = await self._handler(request)
+            else:
+                result = await self._handler(request.body, request.meta)
+            if isinstance(result, tuple):
+                result, meta = result
+                if isinstance(meta, dict):
+                    meta = json.dumps(meta)
+                meta = _as_bytes(meta)
             answer = (True, _as_bytes(result), meta)
+        except asyncio.CancelledError:
+            # The sender's cancel (answered as ErrorCode.CANCELLED below),
+            # or the loop shutting down.
+            answer = (False, b"cancelled", b"")
         except Exception as e:
             text = str(e) or type(e).__name__
             answer = (False, text.encode(errors="replace")[:MAX_ERROR_TEXT],
                       b"")
-        except BaseException as e:  # SystemExit, KeyboardInterrupt
+        except BaseException as e:
             answer = (False, ("handler exited: %r" % e).encode(), b"")
-        self._call_soon(self._answer, request, *answer)
+        request._task = None
+        self._answer(request, *answer)
+        self._flush_all()
+        self._aio_rearm()
 
     def _answer(self, request, ok, body, meta):
         self._running -= 1
         if not request._answered:
             request._answered = True
             link = request._link
+            if ok and not meta and len(body) <= MAX_PAYLOAD and \
+                    link is not None and not link.closed:
+                # The common case, short.
+                link.out += HEADER.pack(len(body), WIRE_VERSION, 2, 0,
+                                        request.id, 0, 0)
+                link.out += body
+                self._dirty.add(link)
+                link.serving.pop(request.id, None)
+                self._count("served")
+                self._answered_count += 1
+                if self._recycle_after and not self._recycle_reported:
+                    self._report_recycle_limit()
+                if self._serve_queue:
+                    self._serve_next()
+                if self._stopping:
+                    self._maybe_finish_stop()
+                return
             if ok and len(body) + len(meta) > MAX_PAYLOAD:
                 ok, meta = False, b""
                 body = ("reply of %d bytes is over the frame limit"
@@ -1037,25 +1606,34 @@ class Client:
                 code = ErrorCode.TOO_LARGE
             else:
                 code = ErrorCode.HANDLER_ERROR
-            if request.cancelled and not ok:
+            if request._cancel_flag and not ok:
                 code, body = ErrorCode.CANCELLED, b"cancelled"
             if link is not None and not link.closed:
                 if ok:
-                    frame = encode_frame(FrameType.REPLY, request.id, 0, meta,
-                                         body)
+                    frame = HEADER.pack(len(meta) + len(body), WIRE_VERSION,
+                                        2, 0, request.id, 0, len(meta))
+                    link.out += frame
+                    if meta:
+                        link.out += meta
+                    link.out += body
+                    self._dirty.add(link)
                 else:
-                    frame = encode_frame(FrameType.ERROR, request.id, code,
-                                         body=body)
-                self._write(link, frame)
+                    self._write(link, encode_frame(FrameType.ERROR,
+                                                   request.id, code,
+                                                   body=body))
                 link.serving.pop(request.id, None)
             self._count("served" if ok else "served_errors")
+            self._answered_count += 1
+            if self._recycle_after and not self._recycle_reported:
+                self._report_recycle_limit()
         self._serve_next()
-        self._maybe_finish_stop()
+        if self._stopping:
+            self._maybe_finish_stop()
 
     def _send_progress(self, request, fraction, text):
         link = request._link
         if request._answered or link is None or link.closed:
-            return
+            return _DONE
         try:
             fraction = float(fraction)
         except (TypeError, ValueError):
@@ -1067,6 +1645,17 @@ class Client:
         self._write(link, encode_frame(FrameType.PROGRESS, request.id,
                                        int(fraction * PROGRESS_SCALE),
                                        body=text))
+        # Out now: the handler may go on working for a while.
+        self._flush(link)
+        if self._aio is None:
+            return _DONE
+        # asyncio: an awaitable that ends once the frame left.
+        future = self._aio.create_future()
+        if link.out and not link.closed:
+            link.drained.append(future)
+        else:
+            future.set_result(None)
+        return future
 
     # -- sending -----------------------------------------------------------------------
 
@@ -1108,6 +1697,8 @@ class Client:
         route.queued += 1
         heapq.heappush(route.queue, (out.priority, out.id, out))
         self._dispatch(route)
+        if route.queued == 1:
+            self._stats_changed(rising=True)
 
     def _dispatch(self, route):
         if route.state != _Route.OPEN:
@@ -1236,6 +1827,8 @@ class Client:
     def _maybe_finish_stop(self):
         if not self._stopping or self._finished.is_set():
             return
+        if self._is_async and self._aio_finished is None:
+            return
         if self._requests or self._running > 0:
             return
         if self._pool_open and any(link.role == _Link.SERVER
@@ -1258,10 +1851,12 @@ class Client:
             self._close_conn(conn)
         self._links.clear()
         self._finished.set()
+        if self._aio_finished is not None and not self._aio_finished.done():
+            self._aio_finished.set_result(None)
 
 
-def serve(handler, with_request=False, on_ready=None):
+def serve(handler, with_request=False, on_ready=None, threads=False):
     """Serves requests from the pool with HANDLER until this process should
     exit; returns the exit code (0). See Client.serve."""
     return Client().serve(handler, with_request=with_request,
-                          on_ready=on_ready)
+                          on_ready=on_ready, threads=threads)

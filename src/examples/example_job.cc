@@ -6,7 +6,7 @@
 //     - name: wc
 //       type: job
 //       processes: 2
-//       command: [./build/examples/example_job]
+//       command: [./build/src/examples/example_job]
 //
 //   $ curl -d 'hello pool' localhost:8080/jobs/wc
 //   {"lines":0,"words":2,"bytes":10}

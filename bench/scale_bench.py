@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""The scale benchmark: workerpool with N children against a bare C spawner
+of the same children (bench/scale_spawner.c: posix_spawn, no descriptor kept
+per child) in the same run. scripts/bench --only scale runs it.
+
+Per system and N: start-all (first exec to the N-th child's datagram, and
+its two halves), restart latency of one child (SIGKILL -> the replacement's
+datagram; median of --restarts), the supervisor's RSS, CPU time and context
+switches (wake-ups) over --idle-seconds idle, `workerpool status --json`
+time, and stop-all (SIGTERM -> the supervisor and every child gone).
+workerpool's restart latency is also measured with 10 children.
+
+N larger than the Watcher's RLIMIT_NOFILE allows (core/file_limit.h: two
+descriptors per child, when the hard limit cannot be raised, i.e. without
+CAP_SYS_RESOURCE) is lowered to what fits, and the output says so.
+
+Prints one JSON object on stdout.
+"""
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+RESERVED_FDS = 256  # core/file_limit.h kReservedFds
+FDS_PER_CHILD = 2   # core/file_limit.h kFdsPerChild
+
+
+def log(message):
+    print(f"[scale] {message}", file=sys.stderr, flush=True)
+
+
+def fitting_children(wanted):
+    """What the Watcher will allow here: the hard limit, raised when this
+    process may raise it (the Watcher may as much as we may)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = RESERVED_FDS + wanted * 4
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            nr_open = int(f.read())
+    except OSError:
+        nr_open = 1 << 20
+    if hard < need:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE,
+                               (min(need, nr_open), min(need, nr_open)))
+            hard = min(need, nr_open)
+        except (ValueError, OSError):
+            pass
+    allowed = (hard - RESERVED_FDS) // FDS_PER_CHILD
+    return min(wanted, allowed), hard
+
+
+def proc_cost(pid):
+    """(utime+stime ticks, voluntary+nonvoluntary switches) over threads."""
+    ticks = switches = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")):
+                    switches += int(line.split()[1])
+    return ticks, switches
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+class Run:
+    def __init__(self, name, command, n, sock_path, env=None, log_path=None):
+        self.name, self.n = name, n
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(sock_path)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.pids = set()
+        self.started = time.monotonic()
+        out = open(log_path, "w") if log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(command, stdout=out, stderr=out, env=env,
+                                     start_new_session=True)
+
+    def receive(self, timeout):
+        self.sock.settimeout(timeout)
+        data = self.sock.recv(64)
+        return int(data)
+
+    def wait_all(self, timeout):
+        half_at = None
+        deadline = time.monotonic() + timeout
+        while len(self.pids) < self.n:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name}: {len(self.pids)} of {self.n} "
+                                   "children came up")
+            self.pids.add(self.receive(left))
+            if half_at is None and len(self.pids) >= self.n // 2:
+                half_at = time.monotonic()
+        end = time.monotonic()
+        return {"start_s": end - self.started,
+                "first_half_s": half_at - self.started,
+                "second_half_s": end - half_at}
+
+    def restart_latency(self, rounds):
+        samples = []
+        for _ in range(rounds):
+            victim = random.choice(sorted(self.pids))
+            killed = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            self.pids.discard(victim)
+            while True:
+                pid = self.receive(30)
+                if pid not in self.pids:
+                    self.pids.add(pid)
+                    break
+            samples.append((time.monotonic() - killed) * 1e6)
+            time.sleep(0.05)
+        samples.sort()
+        return samples[len(samples) // 2]
+
+    def idle(self, seconds):
+        time.sleep(1)
+        ticks0, sw0 = proc_cost(self.proc.pid)
+        time.sleep(seconds)
+        ticks1, sw1 = proc_cost(self.proc.pid)
+        tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+        return {"rss_mb": rss_kb(self.proc.pid) / 1024,
+                "idle_cpu_ms": (ticks1 - ticks0) * tick_ms,
+                "idle_wakeups": sw1 - sw0}
+
+    def stop(self):
+        began = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=120)
+        while any(alive(p) for p in self.pids):
+            time.sleep(0.01)
+        self.sock.close()
+        return time.monotonic() - began
+
+    def kill(self):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def pool_yaml(d, n, child, sock):
+    return f"""\
+pool:
+  name: scale{os.getpid()}x{n}
+  control_socket: {d}/control.sock
+  stop_timeout: 10s
+groups:
+  - name: many
+    type: job
+    processes: {n}
+    command: [{child}, {sock}]
+    restart:
+      backoff: {{initial: 100ms, max: 1s, reset_after: 0ms}}
+      intensity: {{max_restarts: 100000, period: 1s}}
+"""
+
+
+def measure(args, system, n, tmp):
+    d = tempfile.mkdtemp(prefix="%s%d-" % (system.replace(", ", "-").replace(" ", "-"), n),
+                         dir=tmp)
+    sock = f"{d}/c.sock"
+    env = dict(os.environ)
+    if system == "bare spawner":
+        command = [args.spawner, str(n), args.child, sock]
+    else:
+        with open(f"{d}/pool.yaml", "w") as f:
+            f.write(pool_yaml(d, n, args.child, sock))
+        command = [args.workerpool, "run", f"{d}/pool.yaml"]
+        if system == "workerpool, direct":
+            env["WORKERPOOL_SPAWN"] = "direct"
+    log(f"{system}: {n} children")
+    run = Run(system, command, n, sock, env, f"{d}/log")
+    try:
+        row = {"system": system, "children": n}
+        row.update(run.wait_all(args.timeout))
+        log(f"  start {row['start_s']:.2f} s (halves {row['first_half_s']:.2f} + "
+            f"{row['second_half_s']:.2f})")
+        row.update(run.idle(args.idle_seconds))
+        row["restart_us"] = run.restart_latency(args.restarts)
+        if system != "bare spawner":
+            began = time.monotonic()
+            subprocess.run([args.workerpool, "status", "--socket",
+                            f"{d}/control.sock", "--json"],
+                           stdout=subprocess.DEVNULL, check=True, timeout=60)
+            row["status_ms"] = (time.monotonic() - began) * 1000
+        row["stop_s"] = run.stop()
+        log(f"  RSS {row['rss_mb']:.1f} MB, idle {row['idle_cpu_ms']:.0f} ms CPU "
+            f"{row['idle_wakeups']} wake-ups, restart {row['restart_us']:.0f} us, "
+            f"stop {row['stop_s']:.2f} s")
+        return row
+    finally:
+        run.kill()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workerpool", required=True)
+    parser.add_argument("--spawner", required=True)
+    parser.add_argument("--child", required=True)
+    parser.add_argument("--children", default="1000,10000")
+    parser.add_argument("--idle-seconds", type=float, default=10)
+    parser.add_argument("--restarts", type=int, default=20)
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--direct", action="store_true",
+                        help="also workerpool with WORKERPOOL_SPAWN=direct")
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp(prefix="wp-scale-")
+    rows = []
+    notes = []
+    try:
+        for wanted in [int(x) for x in args.children.split(",")]:
+            n, hard = fitting_children(wanted)
+            if n < wanted:
+                notes.append(f"{wanted} children with this machine's limits "
+                             f"(goal): NOT met: they do not fit RLIMIT_NOFILE "
+                             f"{hard} (hard; not raisable here: no "
+                             f"CAP_SYS_RESOURCE), so {n} ran")
+                log(notes[-1])
+            systems = ["bare spawner", "workerpool"]
+            if args.direct:
+                systems.append("workerpool, direct")
+            for system in systems:
+                row = measure(args, system, n, tmp)
+                row["requested"] = wanted
+                rows.append(row)
+        small = measure(args, "workerpool", 10, tmp)
+        small["requested"] = 10
+        rows.append(small)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps({"rows": rows, "notes": notes}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+// How many children a file-descriptor limit allows, and what limit a pool
+// asks for. Pure arithmetic: the OS layer (os/spawn.h, RaiseFileLimit) reads
+// and sets RLIMIT_NOFILE, `workerpool check` and the Watcher's start-up ask
+// the same questions here so that they give the same answer.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/pool_model.h"
+
+namespace workerpool {
+
+// What the Watcher keeps open per child, counted from the code that opens
+// them (watcher/child_table.cc Spawn, child_channels.cc, output_capture.cc):
+// its end of the child's pool channel (a socketpair) and the read end of the
+// child's output pipe. Nothing else is per child: the spawner's socket and
+// the listen sockets are per pool, and a spawn's two child ends are closed
+// as soon as the child has them.
+inline constexpr std::uint64_t kFdsPerChild = 2;
+// While the limit leaves room, the Watcher also holds the child's ends of
+// both (a death then wakes it once, SIGCHLD, instead of three times).
+inline constexpr std::uint64_t kHeldFdsPerChild = 2;
+// Descriptors that are not per child: stdio, the log, epoll and libuv's
+// own, the control and metrics sockets and their connections, listen
+// sockets, the spawner's socket, a spawn in flight, a rolling restart's
+// successors.
+inline constexpr std::uint64_t kReservedFds = 256;
+
+// The most children the pool may have at once: every group at its
+// `processes`, or at its autoscale `max` when that is higher.
+std::uint64_t PoolChildren(const PoolConfig& config);
+
+// How many children a soft RLIMIT_NOFILE of LIMIT allows.
+std::uint64_t ChildrenAllowed(std::uint64_t limit);
+
+// The limit with which CHILDREN children leave the Watcher room to hold
+// every child's ends too.
+std::uint64_t ComfortableLimit(std::uint64_t children);
+
+struct FileLimits {
+  std::uint64_t soft = 0;
+  std::uint64_t hard = 0;
+};
+
+// What the Watcher sets for a pool of CHILDREN: the soft limit at the hard
+// one, and, when it MAY_RAISE_HARD (root, CAP_SYS_RESOURCE), a hard limit
+// raised to ComfortableLimit(CHILDREN), bounded by NR_OPEN (fs.nr_open).
+// Never lowers a limit.
+FileLimits PlanFileLimits(FileLimits current, std::uint64_t nr_open,
+                          bool may_raise_hard, std::uint64_t children);
+
+// "RLIMIT_NOFILE 20000 allows 9872 children" with what to do when the pool
+// needs more (for the start-up log, `check` and the error at start).
+std::string DescribeFileLimit(std::uint64_t limit, std::uint64_t children);
+
+}  // namespace workerpool

@@ -1,0 +1,41 @@
+// The child table and the file-descriptor limit: how many children it can
+// hold (core/file_limit.h), raised at start, on reload and on `scale`.
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "core/file_limit.h"
+#include "os/spawn.h"
+#include "watcher/child_table.h"
+
+namespace workerpool {
+
+Status ChildTable::FitFileLimit(std::uint64_t children) {
+  if (children > ChildrenAllowed(file_limit_) ||
+      ComfortableLimit(children) > file_limit_) {
+    const std::uint64_t before = file_limit_;
+    file_limit_ = RaiseFileLimit(children);
+    if (file_limit_ != before) {
+      spdlog::info("{}", DescribeFileLimit(file_limit_, children));
+    }
+  }
+  if (children > ChildrenAllowed(file_limit_)) {
+    return Status::Error(DescribeFileLimit(file_limit_, children));
+  }
+  return Status::Ok();
+}
+
+std::uint64_t ChildTable::PlannedChildren() const {
+  std::uint64_t children = 0;
+  for (const auto& group : groups_) {
+    if (group->removing) continue;
+    int most = group->config.processes;
+    if (group->config.autoscale) {
+      most = std::max(most, group->config.autoscale->max);
+    }
+    children += static_cast<std::uint64_t>(std::max(most, 0));
+  }
+  return children;
+}
+
+}  // namespace workerpool

@@ -81,8 +81,14 @@ def children_of(pid):
         try:
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                out.append(int(entry))
+            if int(fields[1]) != pid:
+                continue
+            # The spawner (workerpool-spawner) is the Watcher's helper, not
+            # a pool child: an upgrade ends it and the next spawn starts one.
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().startswith("workerpool-spaw"):
+                    continue
+            out.append(int(entry))
         except (OSError, IndexError, ValueError):
             pass
     return set(out)
@@ -184,7 +190,7 @@ groups:
                             stdout=log_file, stderr=log_file,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        total = args.children + 4
+        total = args.children + 4  # many, victim, web, 2 echo
         wait(lambda: proc.poll() is not None or
              len(children_of(proc.pid)) >= total, timeout=120, interval=0.2)
         if proc.poll() is not None:

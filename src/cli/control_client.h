@@ -17,6 +17,7 @@ struct ControlOptions {
   std::string count_text;        // scale: N or "auto", as typed
   bool json = false;             // status --json
   bool with_dependents = false;  // restart --with-dependents
+  std::string binary;             // upgrade --binary
 };
 
 // Sends one request and prints the answer. Returns the exit code.

@@ -15,7 +15,8 @@ using nlohmann::json;
 constexpr std::size_t kMaxEchoBytes = 80;
 
 constexpr const char* kExample = "e.g. {\"command\":\"status\"}";
-constexpr const char* kCommands = "status, scale, restart, reload or stop";
+constexpr const char* kCommands =
+    "status, scale, restart, reload, stop or upgrade";
 
 // A control request is flat; anything nested deeper is refused before
 // nlohmann::json builds it (its destructor and dump() recurse per level, and
@@ -134,6 +135,8 @@ const char* ControlCommandName(ControlRequest::Command command) {
       return "reload";
     case ControlRequest::Command::kStop:
       return "stop";
+    case ControlRequest::Command::kUpgrade:
+      return "upgrade";
   }
   return "status";
 }
@@ -182,6 +185,21 @@ Result<ControlRequest> ParseControlRequest(std::string_view line) {
     parsed.command = ControlRequest::Command::kReload;
   } else if (name == "stop") {
     parsed.command = ControlRequest::Command::kStop;
+  } else if (name == "upgrade") {
+    parsed.command = ControlRequest::Command::kUpgrade;
+    auto binary = request.find("binary");
+    if (binary != request.end()) {
+      if (!binary->is_string() ||
+          binary->get_ref<const std::string&>().empty() ||
+          binary->get_ref<const std::string&>()[0] != '/') {
+        return Status::Error(
+            "\"binary\" must be the absolute path of the new workerpool, "
+            "e.g. {\"command\":\"upgrade\",\"binary\":\"/usr/bin/"
+            "workerpool\"}, got " +
+            Echo(*binary));
+      }
+      parsed.binary = binary->get_ref<const std::string&>();
+    }
   } else if (name == "restart") {
     parsed.command = ControlRequest::Command::kRestart;
     Result<std::string> group = ReadGroup(request, "restart");
@@ -218,6 +236,10 @@ std::string FormatControlRequest(const ControlRequest& request) {
   if (request.command == ControlRequest::Command::kRestart &&
       request.with_dependents) {
     out["with_dependents"] = true;
+  }
+  if (request.command == ControlRequest::Command::kUpgrade &&
+      !request.binary.empty()) {
+    out["binary"] = request.binary;
   }
   if (request.command == ControlRequest::Command::kScale) {
     if (request.processes == kScaleAuto) {

@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <utility>
 #include <vector>
 
 #include "core/pool_model.h"
@@ -52,6 +53,19 @@ class RestartPolicy {
   // Grows or shrinks the number of slots (new slots start clean).
   void Resize(int slots);
   void SetConfig(RestartConfig config) { config_ = config; }
+
+  // What an in-place upgrade hands over (core/upgrade_state.h), and how the
+  // next Watcher takes it back: every restart of RECENT is a reading of the
+  // same steady clock.
+  const std::vector<int>& quick_deaths() const { return quick_deaths_; }
+  const std::deque<TimePoint>& recent() const { return recent_; }
+  void Restore(std::vector<int> quick_deaths, std::deque<TimePoint> recent,
+               bool failed, long restarts) {
+    quick_deaths_ = std::move(quick_deaths);
+    recent_ = std::move(recent);
+    failed_ = failed;
+    restarts_ = restarts;
+  }
 
   bool failed() const { return failed_; }
   // Restarts decided since the last Reset() (for status and metrics).

@@ -19,6 +19,8 @@
 #include <vector>
 
 #include "core/config.h"
+#include "core/status.h"
+#include "core/upgrade_state.h"
 #include "os/spawner.h"
 #include "core/start_order.h"
 #include "watcher/child_channels.h"
@@ -125,6 +127,20 @@ class ChildTable : private Probes::Listener {
   bool IntakeRunning() const;
   // Closes every slot's handles (the pool has stopped).
   void CloseAll();
+
+  // In-place upgrade (child_table_upgrade.cc, watcher/upgrade.h). The
+  // groups and slots as the next Watcher needs them, with the descriptors
+  // it will find open (STATE's groups; NOW is the clock reading the ages
+  // and remaining times count from).
+  void SaveState(UpgradeState* state, TimePoint now) const;
+  // Whether every channel has written every frame it was given (nothing
+  // queued in this process would be lost by exec).
+  bool ChannelsFlushed() const;
+  // The next Watcher: rebuilds every group and slot of STATE without
+  // spawning or signalling anything, checked first (a group the definition
+  // in force lacks, a slot state it does not know, a descriptor that is
+  // not open): an error then, and nothing was built.
+  Status AdoptState(const UpgradeState& state, TimePoint now);
 
   // SLOT's child broke the protocol too often: it loses its channel and is
   // stopped, then restarted with backoff.

@@ -82,7 +82,7 @@ TEST_CASE("control request: garbage gets an error that shows the right form") {
   CHECK(Contains(ErrorOf(R"({"command":3})"), "\"command\" must be a string"));
   std::string unknown = ErrorOf(R"({"command":"explode"})");
   CHECK(Contains(unknown, "unknown command \"explode\""));
-  CHECK(Contains(unknown, "status, scale, restart, reload or stop"));
+  CHECK(Contains(unknown, "status, scale, restart, reload, stop or upgrade"));
 }
 
 TEST_CASE("control request: scale and restart need a group name") {
@@ -130,6 +130,35 @@ TEST_CASE("control request: scale auto hands the group back to autoscaling") {
   }
   CHECK(Contains(ErrorOf(R"({"command":"scale","group":"web"})"),
                  "or \"auto\" for its autoscaler"));
+}
+
+TEST_CASE("control request: upgrade, with or without a binary") {
+  Result<ControlRequest> plain =
+      ParseControlRequest(R"({"command":"upgrade"})");
+  REQUIRE(plain.ok());
+  CHECK(plain->command == Command::kUpgrade);
+  CHECK(plain->binary.empty());
+  CHECK(FormatControlRequest(*plain) == R"({"command":"upgrade"})");
+
+  Result<ControlRequest> with =
+      ParseControlRequest(R"({"command":"upgrade","binary":"/usr/bin/wp"})");
+  REQUIRE(with.ok());
+  CHECK(with->binary == "/usr/bin/wp");
+  Result<ControlRequest> again =
+      ParseControlRequest(FormatControlRequest(*with));
+  REQUIRE(again.ok());
+  CHECK(again->binary == "/usr/bin/wp");
+}
+
+TEST_CASE("control request: an upgrade binary must be an absolute path") {
+  for (const char* line : {R"({"command":"upgrade","binary":3})",
+                           R"({"command":"upgrade","binary":""})",
+                           R"({"command":"upgrade","binary":"relative/wp"})",
+                           R"({"command":"upgrade","binary":["/usr/bin/wp"]})",
+                           R"({"command":"upgrade","binary":null})"}) {
+    CAPTURE(line);
+    CHECK(Contains(ErrorOf(line), "\"binary\" must be the absolute path"));
+  }
 }
 
 TEST_CASE("control request: echoed values are cut short") {

@@ -257,3 +257,32 @@ TEST_CASE("restart.policy never: exit 0 is done, a failure fails the group") {
 
 }  // namespace
 }  // namespace workerpool
+
+namespace workerpool {
+namespace {
+
+// An in-place upgrade hands the policy over (core/upgrade_state.h): the
+// restored one decides as the one it was taken from would have.
+TEST_CASE("restart policy: a restored policy decides as the original") {
+  const RestartConfig config =
+      Config(milliseconds(100), seconds(1), seconds(10), 3, seconds(60));
+  RestartPolicy original(config, 2);
+  TimePoint now = kStart;
+  original.OnChildExit(0, now, now + milliseconds(5));
+  original.OnChildExit(0, now, now + milliseconds(10));
+  RestartPolicy restored(config, 2);
+  restored.Restore(original.quick_deaths(), original.recent(),
+                   original.failed(), original.restarts());
+  CHECK(restored.restarts() == 2);
+  now += milliseconds(20);
+  RestartDecision a = original.OnChildExit(0, now, now);
+  RestartDecision b = restored.OnChildExit(0, now, now);
+  CHECK(a.delay == b.delay);
+  CHECK(a.delay == milliseconds(200));
+  // The intensity history came along: the fourth restart fails the group.
+  CHECK(original.OnChildExit(1, now, now).group_failed);
+  CHECK(restored.OnChildExit(1, now, now).group_failed);
+}
+
+}  // namespace
+}  // namespace workerpool

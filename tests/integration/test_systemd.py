@@ -467,7 +467,10 @@ class NspawnTest(unittest.TestCase):
                         "%s not kept in %s" % (sleepers_before,
                                                sleepers_after))
         self.assertEqual(self.main_pid(), main_before)
-        self.assertEqual(self.active_state(), "active")
+        # RELOADING=1 at the SIGHUP, READY=1 once the new children are up
+        # (which may come just after they show in /proc).
+        wp.wait_until(lambda: self.active_state() == "active",
+                      what="the unit active again after the reload")
 
     def test_broken_file_on_reload_keeps_the_unit_active(self):
         self.start_pool()

@@ -130,11 +130,12 @@ int Watcher::Run(PoolConfig initial) {
   // A pool the descriptor limit cannot hold is an error now, not a failed
   // group after ten spawn errors.
   const std::uint64_t children = PoolChildren(initial);
-  if (Status fits = table_.FitFileLimit(children); !fits.ok()) {
+  const std::uint64_t groups = initial.groups.size();
+  if (Status fits = table_.FitFileLimit(children, groups); !fits.ok()) {
     spdlog::critical("pool {} cannot start: {}", initial.name, fits.message());
     return 2;
   }
-  spdlog::info("{}", DescribeFileLimit(table_.file_limit(), children));
+  spdlog::info("{}", DescribeFileLimit(table_.file_limit(), children, groups));
   if (Status bound = listen_sockets_.Bind(initial); !bound.ok()) {
     spdlog::critical("{}", bound.message());
     return 2;
@@ -363,7 +364,9 @@ Status Watcher::Scale(const std::string& name, int processes) {
   }
   const int before = group->config.processes;
   group->config.processes = processes;
-  if (Status fits = table_.FitFileLimit(table_.PlannedChildren()); !fits.ok()) {
+  if (Status fits =
+          table_.FitFileLimit(table_.PlannedChildren(), table_.PlannedGroups());
+      !fits.ok()) {
     group->config.processes = before;
     return fits;
   }

@@ -1,0 +1,164 @@
+"""Output through one socket per group (issue 17): when the pool does not
+fit RLIMIT_NOFILE with a pipe per child (core/file_limit.h), a group's
+children write their stdout and stderr to one Unix stream socket and the
+Watcher names each line after its writer's pid (SCM_CREDENTIALS). Forced
+here with a low limit (prlimit) and 400 children: every child's lines carry
+its own name, a grandchild's carry its ancestor's, a line written right
+before a child dies is logged, long lines and lines written in pieces come
+out whole, and the stop is clean.
+"""
+
+import os
+import re
+import subprocess
+
+import wp
+
+CHILDREN = 400
+LIMIT = 800  # a pipe each allows (800 - 256) / 2 = 272; shared: 540
+
+SPECIAL = r"""
+import os, subprocess, sys, time
+tmp = sys.argv[1]
+out = sys.stdout
+if os.path.exists(os.path.join(tmp, "died")):
+    out.write("after restart\n"); out.flush()
+    time.sleep(1000)
+# Alive while its line is read: the Watcher finds its ancestor in /proc.
+subprocess.run(["sh", "-c", 'echo "grandchild $$ says hi"; sleep 1'])
+# A long line in pieces, and a short one in three writes.
+for i in range(10):
+    os.write(1, (b"%d" % i) * 1000)
+    time.sleep(0.01)
+os.write(1, b"|long end\n")
+for piece in (b"par", b"tial ", b"line\n"):
+    os.write(1, piece)
+    time.sleep(0.05)
+os.write(1, b"ready for the trigger\n")
+while not os.path.exists(os.path.join(tmp, "die")):
+    time.sleep(0.05)
+open(os.path.join(tmp, "died"), "w").close()
+os.write(2, b"last words\nno newline at death")
+os._exit(3)
+"""
+
+POOL = """
+pool: {name: outsock, stop_timeout: 10s}
+groups:
+  - name: talk
+    type: job
+    processes: %d
+    command: [sh, -c, 'echo "hello $$ index $WORKERPOOL_INDEX"; exec sleep 1000']
+  - name: special
+    type: job
+    processes: 1
+    command: [python3, "{tmp}/special.py", "{tmp}"]
+    restart:
+      backoff: {initial: 100ms, max: 1s}
+""" % CHILDREN
+
+
+class OutputSocketTest(wp.TestCase):
+    def limited_binary(self, pool):
+        """A workerpool that runs under RLIMIT_NOFILE LIMIT (hard too)."""
+        script = os.path.join(pool.tmp, "workerpool-limited")
+        with open(script, "w") as f:
+            f.write("#!/bin/sh\nexec prlimit --nofile=%d:%d -- %s \"$@\"\n"
+                    % (LIMIT, LIMIT, wp.BIN))
+        os.chmod(script, 0o755)
+        return script
+
+    def test_shared_output_names_every_writer(self):
+        pool = self.pool(POOL, start=False)
+        pool.write("special.py", SPECIAL)
+        binary = wp.BIN
+        wp.BIN = self.limited_binary(pool)
+        try:
+            # `check` says so too.
+            code = subprocess.run(
+                [wp.BIN, "check", pool.path], capture_output=True, text=True,
+                timeout=30)
+            self.assertEqual(code.returncode, 0, code.stderr)
+            self.assertIn("output of %d children through one socket per "
+                          "group: RLIMIT_NOFILE %d allows 272 children"
+                          % (CHILDREN + 1, LIMIT), code.stdout)
+            pool.start()
+        finally:
+            wp.BIN = binary
+        pool.wait_for_log(r"output of %d children through one socket per "
+                          r"group: RLIMIT_NOFILE %d allows 272 children; the "
+                          r"pool has up to %d with a pipe each, 540 with 1 "
+                          r"descriptor per child"
+                          % (CHILDREN + 1, LIMIT, CHILDREN + 1))
+        children = pool.wait_for_children(CHILDREN + 1, timeout=120)
+        talk = [c for c in children if c.group == "talk"]
+        self.assertEqual(len(talk), CHILDREN)
+
+        # Every child's line under its own name.
+        for child in talk:
+            pool.wait_for_log(r"talk\[%d\] %d: hello %d index %d$"
+                              % (child.index, child.pid, child.pid,
+                                 child.index), timeout=30)
+        text = pool.log_text()
+        self.assertEqual(len(re.findall(r": hello \d+ index", text)),
+                         CHILDREN)
+        for line in text.splitlines():
+            m = re.search(r"talk\[(\d+)\] (\d+): hello (\d+) index (\d+)$",
+                          line)
+            if m:
+                self.assertEqual(m.group(1), m.group(4), line)
+                self.assertEqual(m.group(2), m.group(3), line)
+
+        # One descriptor per child, not two (plus the reserve).
+        fds = len(os.listdir("/proc/%d/fd" % pool.pid))
+        self.assertLess(fds, CHILDREN + 1 + 256, "fds: %d" % fds)
+
+        (special,) = [c for c in children if c.group == "special"]
+        name = r"special\[0\] %d" % special.pid
+        # The grandchild's line under its ancestor's name.
+        pool.wait_for_log(r"%s: grandchild \d+ says hi$" % name)
+        # Written in pieces, logged whole.
+        long_line = "".join(str(i) * 1000 for i in range(10)) + "|long end"
+        pool.wait_for_log(r"%s: %s$" % (name, re.escape(long_line)))
+        pool.wait_for_log(r"%s: partial line$" % name)
+        pool.wait_for_log(r"%s: ready for the trigger$" % name)
+
+        # Its last words, and the unfinished line, before its exit.
+        mark = pool.mark()
+        open(os.path.join(pool.tmp, "die"), "w").close()
+        pool.wait_for_log(r"special\[0\] pid %d exited with code 3"
+                          % special.pid, since=mark)
+        since = pool.log_since(mark)
+        self.assertRegex(since, r"%s: last words\n" % name)
+        self.assertRegex(since, r"%s: no newline at death\n" % name)
+        self.assertLess(since.index("no newline at death"),
+                        since.index("exited with code 3"))
+        pool.wait_for_log(r"special\[0\] \d+: after restart$", since=mark)
+
+        self.assertEqual(pool.stop(timeout=60), 0)
+        self.assertEqual(pool.leftovers(), [])
+
+    def test_a_pool_that_fits_keeps_a_pipe_per_child(self):
+        pool = self.pool(POOL.replace("processes: %d" % CHILDREN,
+                                      "processes: 3"), start=False)
+        pool.write("special.py", SPECIAL)
+        binary = wp.BIN
+        wp.BIN = self.limited_binary(pool)
+        try:
+            pool.start()
+        finally:
+            wp.BIN = binary
+        pool.wait_for_log(r"RLIMIT_NOFILE %d allows 272 children; the pool "
+                          r"has up to 4$" % LIMIT)
+        children = pool.wait_for_children(4)
+        for child in children:
+            if child.group == "talk":
+                pool.wait_for_log(r"talk\[%d\] %d: hello" % (child.index,
+                                                            child.pid))
+        self.assertNotIn("socket per group", pool.log_text())
+        self.assertEqual(pool.stop(), 0)
+        self.assertEqual(pool.leftovers(), [])
+
+
+if __name__ == "__main__":
+    wp.main()

@@ -78,13 +78,13 @@ void OutputReader::Finish() {
   splitter.Finish([this](std::string_view line) { Log(line); });
 }
 
-// At the level the child gave the line with a syslog prefix ("<3>...", as
-// systemd reads stderr), else at info. Never above error: critical lines are
-// the Watcher's own (operators alert on them).
 void OutputReader::Log(std::string_view line) const { LogLine(prefix, line); }
 
 namespace {
 
+// At the level the child gave the line with a syslog prefix ("<3>...", as
+// systemd reads stderr), else at info. Never above error: critical lines are
+// the Watcher's own (operators alert on them).
 void LogLine(const std::string& prefix, std::string_view line) {
   spdlog::level::level_enum level = spdlog::level::info;
   switch (TakeLinePriority(&line)) {
@@ -305,21 +305,19 @@ GroupOutput::Writer& OutputCapture::WriterFor(GroupOutput* output, pid_t pid) {
     }
     at = *parent;
   }
-  if (child == 0) {
-    prefix = output->name + " pid " + std::to_string(pid);
-  } else {
-    // Bounded: a child that forks many short-lived writers would otherwise
-    // keep a splitter per pid until its own exit.
-    std::vector<pid_t>& kept = output->descendants[child];
-    if (kept.size() >= kDescendantWriters) {
-      auto oldest = output->writers.find(kept.front());
-      if (oldest != output->writers.end() && oldest->second.child == child) {
-        FinishWriter(output, kept.front());
-      }
-      kept.erase(kept.begin());
+  if (child == 0) prefix = output->name + " pid " + std::to_string(pid);
+  // Bounded: a child that forks many short-lived writers (reaped by it,
+  // not by us) would otherwise keep a splitter per pid until its own exit,
+  // and writers of no known child (key 0) until the group goes.
+  std::vector<pid_t>& kept = output->descendants[child];
+  if (kept.size() >= kDescendantWriters) {
+    auto oldest = output->writers.find(kept.front());
+    if (oldest != output->writers.end() && oldest->second.child == child) {
+      FinishWriter(output, kept.front());
     }
-    kept.push_back(pid);
+    kept.erase(kept.begin());
   }
+  kept.push_back(pid);
   GroupOutput::Writer& writer = output->writers[pid];
   writer.prefix = std::move(prefix);
   writer.child = child;

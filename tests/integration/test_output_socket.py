@@ -34,6 +34,13 @@ os.write(1, b"|long end\n")
 for piece in (b"par", b"tial ", b"line\n"):
     os.write(1, piece)
     time.sleep(0.05)
+# Garbage on the socket: descriptors sent with a line (the Watcher must
+# close them, not keep them).
+import array, socket
+sock = socket.socket(fileno=os.dup(1))
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(20)]
+sock.sendmsg([b"with descriptors\n"],
+             [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
 os.write(1, b"ready for the trigger\n")
 while not os.path.exists(os.path.join(tmp, "die")):
     time.sleep(0.05)
@@ -121,7 +128,14 @@ class OutputSocketTest(wp.TestCase):
         long_line = "".join(str(i) * 1000 for i in range(10)) + "|long end"
         pool.wait_for_log(r"%s: %s$" % (name, re.escape(long_line)))
         pool.wait_for_log(r"%s: partial line$" % name)
+        pool.wait_for_log(r"%s: with descriptors$" % name)
         pool.wait_for_log(r"%s: ready for the trigger$" % name)
+        devnull = [fd for fd in os.listdir("/proc/%d/fd" % pool.pid)
+                   if os.readlink("/proc/%d/fd/%s" % (pool.pid, fd))
+                   == "/dev/null"]
+        # Its stdin and the children's (20 would be the ones sent).
+        self.assertLessEqual(len(devnull), 2, "descriptors a child sent on "
+                             "its stdout are closed")
 
         # Its last words, and the unfinished line, before its exit.
         mark = pool.mark()

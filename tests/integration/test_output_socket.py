@@ -15,7 +15,25 @@ import subprocess
 import wp
 
 CHILDREN = 400
-LIMIT = 800  # a pipe each allows (800 - 256) / 2 = 272; shared: 540
+CHATTY = 20
+LINES = 200
+TOTAL = CHILDREN + 1 + CHATTY
+LIMIT = 800  # a pipe each allows (800 - 256) / 2 = 272; shared: 538
+KILLED = 50
+
+# Long lines, each in three writes, from many writers at once: the kernel
+# must never hand the Watcher two writers' bytes in one read.
+CHATTY_CHILD = r"""
+import os
+pid = os.getpid()
+for seq in range(%d):
+    line = b"chatty %%d %%d " %% (pid, seq) + b"x" * 3000 + b" end\n"
+    for at in (0, 1000, 2000):
+        os.write(1, line[at:at + 1000] if at < 2000 else line[at:])
+os.write(1, b"chatty done\n")
+import time
+time.sleep(1000)
+""" % LINES
 
 SPECIAL = r"""
 import os, subprocess, sys, time
@@ -56,13 +74,20 @@ groups:
     type: job
     processes: %d
     command: [sh, -c, 'echo "hello $$ index $WORKERPOOL_INDEX"; exec sleep 1000']
+    restart:
+      backoff: {initial: 100ms, max: 1s, reset_after: 0ms}
+      intensity: {max_restarts: 100000, period: 1s}
   - name: special
     type: job
     processes: 1
     command: [python3, "{tmp}/special.py", "{tmp}"]
     restart:
       backoff: {initial: 100ms, max: 1s}
-""" % CHILDREN
+  - name: chatty
+    type: job
+    processes: %d
+    command: [python3, "{tmp}/chatty.py"]
+""" % (CHILDREN, CHATTY)
 
 
 class OutputSocketTest(wp.TestCase):
@@ -78,6 +103,7 @@ class OutputSocketTest(wp.TestCase):
     def test_shared_output_names_every_writer(self):
         pool = self.pool(POOL, start=False)
         pool.write("special.py", SPECIAL)
+        pool.write("chatty.py", CHATTY_CHILD)
         binary = wp.BIN
         wp.BIN = self.limited_binary(pool)
         try:
@@ -88,16 +114,16 @@ class OutputSocketTest(wp.TestCase):
             self.assertEqual(code.returncode, 0, code.stderr)
             self.assertIn("output of %d children through one socket per "
                           "group: RLIMIT_NOFILE %d allows 272 children"
-                          % (CHILDREN + 1, LIMIT), code.stdout)
+                          % (TOTAL, LIMIT), code.stdout)
             pool.start()
         finally:
             wp.BIN = binary
         pool.wait_for_log(r"output of %d children through one socket per "
                           r"group: RLIMIT_NOFILE %d allows 272 children; the "
-                          r"pool has up to %d with a pipe each, 540 with 1 "
+                          r"pool has up to %d with a pipe each, 538 with 1 "
                           r"descriptor per child"
-                          % (CHILDREN + 1, LIMIT, CHILDREN + 1))
-        children = pool.wait_for_children(CHILDREN + 1, timeout=120)
+                          % (TOTAL, LIMIT, TOTAL))
+        children = pool.wait_for_children(TOTAL, timeout=120)
         talk = [c for c in children if c.group == "talk"]
         self.assertEqual(len(talk), CHILDREN)
 
@@ -118,7 +144,24 @@ class OutputSocketTest(wp.TestCase):
 
         # One descriptor per child, not two (plus the reserve).
         fds = len(os.listdir("/proc/%d/fd" % pool.pid))
-        self.assertLess(fds, CHILDREN + 1 + 256, "fds: %d" % fds)
+        self.assertLess(fds, TOTAL + 256, "fds: %d" % fds)
+
+        # Every chatty line whole, under its writer's name.
+        chatty = [c for c in children if c.group == "chatty"]
+        pool.wait_for_log(r"chatty\[\d+\] \d+: chatty done$", count=CHATTY,
+                          timeout=60)
+        seen = {}
+        for m in pool.find_log(r"^.*chatty\[(\d+)\] (\d+): (.*)$"):
+            text = m.group(3)
+            if text == "chatty done":
+                continue
+            w = re.fullmatch(r"chatty (\d+) (\d+) x{3000} end", text)
+            self.assertIsNotNone(w, "a line cut or mixed: %.200r" % text)
+            self.assertEqual(w.group(1), m.group(2), "named after its writer")
+            seen.setdefault(int(m.group(2)), []).append(int(w.group(2)))
+        self.assertEqual(sorted(seen), sorted(c.pid for c in chatty))
+        for pid, seqs in seen.items():
+            self.assertEqual(seqs, list(range(LINES)), "in order, all")
 
         (special,) = [c for c in children if c.group == "special"]
         name = r"special\[0\] %d" % special.pid
@@ -149,6 +192,18 @@ class OutputSocketTest(wp.TestCase):
                         since.index("exited with code 3"))
         pool.wait_for_log(r"special\[0\] \d+: after restart$", since=mark)
 
+        # A storm of deaths: every replacement's line under its own name.
+        mark = pool.mark()
+        victims = talk[::CHILDREN // KILLED][:KILLED]
+        for child in victims:
+            os.kill(child.pid, 9)
+        pool.wait_for_log(r"talk\[\d+\] \d+: hello", count=KILLED,
+                          since=mark, timeout=60)
+        for m in pool.find_log(r"talk\[(\d+)\] (\d+): hello (\d+) index "
+                               r"(\d+)$", since=mark):
+            self.assertEqual(m.group(1), m.group(4))
+            self.assertEqual(m.group(2), m.group(3))
+
         self.assertEqual(pool.stop(timeout=60), 0)
         self.assertEqual(pool.leftovers(), [])
 
@@ -156,6 +211,7 @@ class OutputSocketTest(wp.TestCase):
         pool = self.pool(POOL.replace("processes: %d" % CHILDREN,
                                       "processes: 3"), start=False)
         pool.write("special.py", SPECIAL)
+        pool.write("chatty.py", CHATTY_CHILD)
         binary = wp.BIN
         wp.BIN = self.limited_binary(pool)
         try:
@@ -163,8 +219,8 @@ class OutputSocketTest(wp.TestCase):
         finally:
             wp.BIN = binary
         pool.wait_for_log(r"RLIMIT_NOFILE %d allows 272 children; the pool "
-                          r"has up to 4$" % LIMIT)
-        children = pool.wait_for_children(4)
+                          r"has up to %d$" % (LIMIT, 4 + CHATTY))
+        children = pool.wait_for_children(4 + CHATTY)
         for child in children:
             if child.group == "talk":
                 pool.wait_for_log(r"talk\[%d\] %d: hello" % (child.index,

@@ -73,7 +73,8 @@ std::string DescribeFileLimit(std::uint64_t limit, std::uint64_t children,
            std::to_string(kFdsPerChildSharedOutput) +
            " descriptor per child and " + std::to_string(kFdsPerGroupSocket) +
            " per group (" + std::to_string(groups) +
-           " groups); raise LimitNOFILE= or `ulimit -Hn` to at least " +
+           (groups == 1 ? " group" : " groups") +
+           "); raise LimitNOFILE= or `ulimit -Hn` to at least " +
            std::to_string(kReservedFds + children * kFdsPerChild) +
            " for a pipe per child";
   }

@@ -90,6 +90,9 @@ TEST_CASE("file_limit: the description names the shared mode") {
   CHECK(shared.find("19740 with 1 descriptor per child") != std::string::npos);
   CHECK(shared.find("20256") != std::string::npos);
   CHECK(shared.find("too many") == std::string::npos);
+  CHECK(shared.find("(2 groups)") != std::string::npos);
+  CHECK(DescribeFileLimit(20000, 10000, 1).find("(1 group)") !=
+        std::string::npos);
   CHECK(DescribeFileLimit(1024, 384, 1).find("socket") == std::string::npos);
 }
 

@@ -5,7 +5,8 @@ Watcher names each line after its writer's pid (SCM_CREDENTIALS). Forced
 here with a low limit (prlimit) and 400 children: every child's lines carry
 its own name, a grandchild's carry its ancestor's, a line written right
 before a child dies is logged, long lines and lines written in pieces come
-out whole, and the stop is clean.
+out whole, and the stop is clean. A pool that fits keeps a pipe per child
+until `scale` takes it past the line.
 """
 
 import os
@@ -68,7 +69,7 @@ os._exit(3)
 """
 
 POOL = """
-pool: {name: outsock, stop_timeout: 10s}
+pool: {name: outsock, stop_timeout: 10s, control_socket: "{tmp}/ctl.sock"}
 groups:
   - name: talk
     type: job
@@ -226,6 +227,23 @@ class OutputSocketTest(wp.TestCase):
                 pool.wait_for_log(r"talk\[%d\] %d: hello" % (child.index,
                                                             child.pid))
         self.assertNotIn("socket per group", pool.log_text())
+        piped = [c for c in children if c.group == "talk"]
+
+        # `scale` past what a pipe each allows: children spawned from now
+        # on share the group's socket, those running keep their pipes.
+        mark = pool.mark()
+        code, out, err = wp.run_cli(["scale", "talk", "300", "--socket",
+                                     os.path.join(pool.tmp, "ctl.sock")])
+        self.assertEqual(code, 0, out + err)
+        pool.wait_for_log(r"output of %d children through one socket per "
+                          r"group" % (300 + 1 + CHATTY), since=mark)
+        now = pool.wait_for_children(300 + 1 + CHATTY, timeout=60)
+        for child in now:
+            if child.group == "talk":
+                pool.wait_for_log(r"talk\[%d\] %d: hello %d index %d$"
+                                  % (child.index, child.pid, child.pid,
+                                     child.index))
+        self.assertTrue({c.pid for c in piped} <= {c.pid for c in now})
         self.assertEqual(pool.stop(), 0)
         self.assertEqual(pool.leftovers(), [])
 

@@ -99,6 +99,9 @@ class OutputCapture {
   // Flushes and closes every reader (the pool has stopped).
   void CloseAll();
   bool empty() const { return readers_.empty(); }
+  // Whether some group's children write to a shared socket (a hand-over of
+  // the pool to another Watcher must carry those sockets too).
+  bool shares_output() const { return !shared_.empty(); }
 
  private:
   friend struct OutputReader;

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -13,10 +14,12 @@
 #include "cli/top.h"
 #include "core/config.h"
 #include "core/file_limit.h"
+#include "core/upgrade_state.h"
 #include "os/builtin_path.h"
 #include "os/config_file.h"
 #include "os/spawn.h"
 #include "version.h"
+#include "watcher/upgrade.h"
 #include "watcher/watcher.h"
 
 namespace {
@@ -75,6 +78,12 @@ int ExecBuiltin(const char* argv0, const std::string& name,
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Asked by a Watcher about to upgrade to this binary (watcher/upgrade.h):
+  // the newest upgrade state version this binary reads.
+  if (argc == 2 && std::strcmp(argv[1], "--upgrade-state-version") == 0) {
+    std::printf("%d\n", workerpool::kUpgradeStateVersion);
+    return kExitOk;
+  }
   CLI::App app{
       "workerpool: a multi-process worker pool supervisor.\n"
       "One Watcher runs groups of reactor, job and service children from a\n"
@@ -89,7 +98,8 @@ int main(int argc, char** argv) {
       "systemd: systemctl start|reload|stop workerpool@NAME runs\n"
       "/etc/workerpool/NAME.yaml. Operating a pool: docs/OPERATIONS.md\n"
       "(installed under share/doc/workerpool/).");
-  app.set_version_flag("--version", "workerpool " WORKERPOOL_VERSION);
+  app.set_version_flag("--version",
+                       "workerpool " + workerpool::WorkerpoolVersion());
   app.require_subcommand(1);
   app.fallthrough(false);
 
@@ -97,6 +107,11 @@ int main(int argc, char** argv) {
   auto* run = app.add_subcommand(
       "run", "run the Watcher in the foreground (what systemd starts)");
   run->add_option("CONFIG", config_path, "pool definition (YAML)")->required();
+  // Set only by a Watcher upgrading in place (watcher/upgrade.h).
+  int adopt_fd = -1;
+  std::string upgrade_error;
+  run->add_option("--adopt", adopt_fd)->group("");
+  run->add_option("--upgrade-error", upgrade_error)->group("");
 
   auto* check = app.add_subcommand(
       "check", "validate only; exit 0, or print errors and exit 1");
@@ -142,6 +157,10 @@ int main(int argc, char** argv) {
   restart->add_option("GROUP", control.group, "a group of the running pool")
       ->required()
       ->type_name("");
+  restart->add_flag("--with-dependents", control.with_dependents,
+                    "then restart every group that depends on GROUP "
+                    "(depends_on), in order, each once the one before is "
+                    "ready");
   auto* reload = app.add_subcommand(
       "reload",
       "same as SIGHUP: apply the file's difference; exit 1 with the error "
@@ -150,6 +169,17 @@ int main(int argc, char** argv) {
   auto* stop = app.add_subcommand(
       "stop", "same as SIGTERM: graceful stop; returns once the pool stopped");
   add_socket(stop);
+  auto* upgrade = app.add_subcommand(
+      "upgrade",
+      "same as SIGUSR2: the Watcher execs a new binary in its pid, which "
+      "adopts the running pool (no child restarted); exit 0 once the new "
+      "Watcher answers, else the reason (the old one carries on)");
+  add_socket(upgrade);
+  upgrade
+      ->add_option("--binary", control.binary,
+                   "the new workerpool (absolute path; default: the binary "
+                   "the Watcher was started from, as it is on disk now)")
+      ->type_name("PATH");
 
   std::string top_interval = "1s";
   auto* top = app.add_subcommand(
@@ -178,6 +208,10 @@ int main(int argc, char** argv) {
     return code == 0 ? kExitOk : kExitBadInput;
   }
 
+  if (*run && adopt_fd >= 0) {
+    return workerpool::RunAdoptingWatcher(config_path, argv[0], adopt_fd,
+                                          upgrade_error);
+  }
   if (*run) return workerpool::RunWatcher(config_path, argv[0]);
   if (*check) return RunCheck(config_path);
   if (*builtin) {
@@ -191,6 +225,19 @@ int main(int argc, char** argv) {
   if (*restart) control.command = "restart";
   if (*reload) control.command = "reload";
   if (*stop) control.command = "stop";
+  if (*upgrade) {
+    control.command = "upgrade";
+    if (!control.binary.empty() && control.binary[0] != '/') {
+      char* absolute = realpath(control.binary.c_str(), nullptr);
+      if (absolute == nullptr) {
+        std::fprintf(stderr, "workerpool upgrade: %s: %s\n",
+                     control.binary.c_str(), std::strerror(errno));
+        return kExitBadInput;
+      }
+      control.binary = absolute;
+      free(absolute);
+    }
+  }
   if (*top) {
     control.command = "top";
     return workerpool::RunTop(control, top_interval);

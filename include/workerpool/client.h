@@ -148,6 +148,15 @@ class PoolClient {
   // (drain, SIGTERM) or the pool channel closes. Default: none.
   virtual void OnStop(std::function<void()> callback) = 0;
 
+  // Holds a stop (drain, SIGTERM) open for an application that still owes
+  // work to clients of its own: while held, a stopping process keeps its
+  // pool channel and links, Send() keeps working and Run() does not return
+  // (the OnStop callback has run). ReleaseStop() lets the stop finish once
+  // nothing is in flight. Calls nest. The http-reactor holds a stop while
+  // it has open connections: it answers what they already sent.
+  virtual void HoldStop() = 0;
+  virtual void ReleaseStop() = 0;
+
   // Runs the loop until the process should exit: the pool is gone, or a
   // drain finished. Returns the exit code (0). With a caller-owned loop,
   // the caller may run the loop itself instead.

@@ -29,12 +29,28 @@ std::optional<long> NumberAfter(std::string_view body,
   return value;
 }
 
+// A reply that waits on a timer (sleep:N, progress:N). A cancel from the
+// sender stops the timer and answers error 7 (cancelled) at once, the way a
+// job that notices a hang-up should: the test kit shows a client that
+// disconnects cancelling its request end to end.
 struct DelayedReply {
   uv_timer_t timer;
   std::shared_ptr<IncomingRequest> request;
   long remaining_progress = 0;
   long total_progress = 0;
+  // Cleared when the timer is closed: the cancel callback lives in the
+  // request, which the library may keep longer than this object.
+  std::shared_ptr<DelayedReply*> alive;
 };
+
+void Finish(DelayedReply* self) {
+  *self->alive = nullptr;
+  uv_timer_stop(&self->timer);
+  uv_close(reinterpret_cast<uv_handle_t*>(&self->timer),
+           [](uv_handle_t* handle) {
+             delete static_cast<DelayedReply*>(handle->data);
+           });
+}
 
 void ReplyAfter(uv_loop_t* loop, std::shared_ptr<IncomingRequest> request,
                 long delay_ms, long progress_steps) {
@@ -42,8 +58,15 @@ void ReplyAfter(uv_loop_t* loop, std::shared_ptr<IncomingRequest> request,
   delayed->request = std::move(request);
   delayed->remaining_progress = progress_steps;
   delayed->total_progress = progress_steps;
+  delayed->alive = std::make_shared<DelayedReply*>(delayed);
   uv_timer_init(loop, &delayed->timer);
   delayed->timer.data = delayed;
+  delayed->request->OnCancel([alive = delayed->alive] {
+    DelayedReply* self = *alive;
+    if (self == nullptr) return;
+    self->request->Fail("cancelled", wire::ErrorCode::kCancelled);
+    Finish(self);
+  });
   uint64_t every = progress_steps > 0 ? 1 : static_cast<uint64_t>(delay_ms);
   uv_timer_start(
       &delayed->timer,
@@ -58,11 +81,7 @@ void ReplyAfter(uv_loop_t* loop, std::shared_ptr<IncomingRequest> request,
           if (self->remaining_progress > 0) return;
         }
         self->request->Reply(self->request->body());
-        uv_timer_stop(timer);
-        uv_close(reinterpret_cast<uv_handle_t*>(timer),
-                 [](uv_handle_t* handle) {
-                   delete static_cast<DelayedReply*>(handle->data);
-                 });
+        Finish(self);
       },
       every, every);
 }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <climits>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
 namespace workerpool::http {
@@ -26,11 +27,107 @@ constexpr std::string_view kKeptHeaders[] = {
     "user-agent",      "x-request-id",     "x-correlation-id",
     "x-forwarded-for", "x-priority",       "expect",
 };
-// Of those, the ones a job sees in the request meta.
+// Of those, the ones a job sees in the request meta, besides every "x-"
+// header (kept and forwarded whatever the rest of its name).
 constexpr std::string_view kForwardedHeaders[] = {
-    "content-type", "content-encoding", "accept",          "user-agent",
-    "x-request-id", "x-correlation-id", "x-forwarded-for",
+    "content-type",
+    "content-encoding",
+    "accept",
+    "user-agent",
 };
+// Headers of the answer that the reactor writes itself; a job may not.
+constexpr std::string_view kReservedReplyHeaders[] = {
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+};
+
+// X-Priority is the reactor's (the request's pool priority, which the job
+// has as such); every other "x-" header is kept and forwarded.
+bool IsXHeader(std::string_view name) {
+  return name.starts_with("x-") && name != "x-priority";
+}
+
+// RFC 9110 token characters (a header name).
+bool IsTokenChar(char c) {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+      (c >= '0' && c <= '9')) {
+    return true;
+  }
+  return std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
+bool IsValidUtf8(std::string_view text) {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    auto c = static_cast<unsigned char>(text[i]);
+    std::size_t extra;
+    uint32_t value;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xe0) == 0xc0) {
+      extra = 1;
+      value = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      extra = 2;
+      value = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      extra = 3;
+      value = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + extra >= text.size()) return false;  // cut short
+    for (std::size_t k = 1; k <= extra; ++k) {
+      auto next = static_cast<unsigned char>(text[i + k]);
+      if ((next & 0xc0) != 0x80) return false;
+      value = (value << 6) | (next & 0x3f);
+    }
+    // Overlong forms, surrogates, beyond U+10FFFF.
+    if ((extra == 1 && value < 0x80) || (extra == 2 && value < 0x800) ||
+        (extra == 3 && value < 0x10000) || value > 0x10ffff ||
+        (value >= 0xd800 && value <= 0xdfff)) {
+      return false;
+    }
+    i += extra + 1;
+  }
+  return true;
+}
+
+std::string Base64(std::string_view bytes) {
+  static constexpr char kAlphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  std::size_t i = 0;
+  for (; i + 2 < bytes.size(); i += 3) {
+    uint32_t n = (static_cast<unsigned char>(bytes[i]) << 16) |
+                 (static_cast<unsigned char>(bytes[i + 1]) << 8) |
+                 static_cast<unsigned char>(bytes[i + 2]);
+    out += kAlphabet[n >> 18];
+    out += kAlphabet[(n >> 12) & 63];
+    out += kAlphabet[(n >> 6) & 63];
+    out += kAlphabet[n & 63];
+  }
+  if (i < bytes.size()) {
+    uint32_t n = static_cast<unsigned char>(bytes[i]) << 16;
+    if (i + 1 < bytes.size()) {
+      n |= static_cast<unsigned char>(bytes[i + 1]) << 8;
+    }
+    out += kAlphabet[n >> 18];
+    out += kAlphabet[(n >> 12) & 63];
+    out += i + 1 < bytes.size() ? kAlphabet[(n >> 6) & 63] : '=';
+    out += '=';
+  }
+  return out;
+}
 
 template <std::size_t N>
 bool IsOneOf(std::string_view name, const std::string_view (&names)[N]) {
@@ -151,7 +248,7 @@ int RequestParser::Fail(int status, std::string text) {
 void RequestParser::EndHeader() {
   if (!in_value_ && field_.empty()) return;
   std::transform(field_.begin(), field_.end(), field_.begin(), Lower);
-  if (IsOneOf(field_, kKeptHeaders)) {
+  if (IsOneOf(field_, kKeptHeaders) || IsXHeader(field_)) {
     current_.headers.emplace_back(std::move(field_), std::move(value_));
   }
   field_.clear();
@@ -344,7 +441,8 @@ Result<std::int32_t> ParsePriority(const Request& request,
 std::string RequestMeta(const Request& request, std::string_view remote) {
   json headers = json::object();
   for (const auto& [name, value] : request.headers) {
-    if (IsOneOf(name, kForwardedHeaders) && !headers.contains(name)) {
+    if ((IsOneOf(name, kForwardedHeaders) || IsXHeader(name)) &&
+        !headers.contains(name)) {
       headers[name] = value;
     }
   }
@@ -427,6 +525,137 @@ std::string ReplyMessageId(std::string_view reply_meta) {
     return "";
   }
   return *value;
+}
+
+Result<ReplyHead> ParseReplyMeta(std::string_view reply_meta) {
+  ReplyHead head;
+  if (reply_meta.empty()) return head;
+  json meta = json::parse(reply_meta, nullptr, /*allow_exceptions=*/false);
+  if (!meta.is_object()) {
+    return Status::Error("reply meta is not a JSON object");
+  }
+  if (auto found = meta.find("http_status"); found != meta.end()) {
+    const auto* number = found->get_ptr<const json::number_unsigned_t*>();
+    if (number == nullptr || *number < 200 || *number > 599 || *number == 204 ||
+        *number == 205 || *number == 304) {
+      return Status::Error(
+          "http_status " +
+          found->dump(-1, ' ', false, json::error_handler_t::replace)
+              .substr(0, 64) +
+          " is not a status a job may set (an integer from 200 to 599, "
+          "not 204, 205 or 304)");
+    }
+    head.status = static_cast<int>(*number);
+  }
+  for (const char* key : {"content_type", "content-type"}) {
+    auto found = meta.find(key);
+    if (found == meta.end()) continue;
+    const std::string* value = found->get_ptr<const std::string*>();
+    if (value == nullptr || value->empty() || value->size() > 256 ||
+        !IsSafeHeaderValue(*value)) {
+      return Status::Error(std::string(key) +
+                           " must be a string of 1 to 256 characters "
+                           "without control characters");
+    }
+    head.content_type = *value;
+    break;
+  }
+  if (auto found = meta.find("headers"); found != meta.end()) {
+    if (!found->is_object()) {
+      return Status::Error("headers must be an object of name: value");
+    }
+    if (found->size() > kMaxReplyHeaders) {
+      return Status::Error("more than " + std::to_string(kMaxReplyHeaders) +
+                           " headers");
+    }
+    for (auto it = found->begin(); it != found->end(); ++it) {
+      const std::string& name = it.key();
+      std::string shown =
+          json(name).dump(-1, ' ', false, json::error_handler_t::replace);
+      shown = shown.substr(0, kMaxReplyHeaderName + 2);
+      if (name.empty() || name.size() > kMaxReplyHeaderName ||
+          !std::all_of(name.begin(), name.end(), IsTokenChar)) {
+        return Status::Error(
+            "header name " + shown + " is not an HTTP token of at most " +
+            std::to_string(kMaxReplyHeaderName) + " characters");
+      }
+      std::string lower = name;
+      std::transform(lower.begin(), lower.end(), lower.begin(), Lower);
+      if (IsOneOf(lower, kReservedReplyHeaders)) {
+        return Status::Error(
+            "header " + shown + " is the reactor's to write" +
+            (lower == "content-type" ? " (use content_type)" : ""));
+      }
+      const std::string* value = it->get_ptr<const std::string*>();
+      if (value == nullptr || value->size() > kMaxReplyHeaderValue ||
+          !IsSafeHeaderValue(*value)) {
+        return Status::Error("header " + shown + ": the value must be a " +
+                             "string of at most " +
+                             std::to_string(kMaxReplyHeaderValue) +
+                             " bytes without control characters");
+      }
+      head.headers.emplace_back(name, *value);
+    }
+  }
+  head.message_id = ReplyMessageId(reply_meta);
+  return head;
+}
+
+bool WantsEventStream(const Request& request) {
+  const std::string* accept = request.Header("accept");
+  if (accept == nullptr) return false;
+  std::string lower = *accept;
+  std::transform(lower.begin(), lower.end(), lower.begin(), Lower);
+  return lower.find("text/event-stream") != std::string::npos;
+}
+
+std::string EventStreamHead(bool keep_alive) {
+  std::string out =
+      "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+      "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n";
+  if (!keep_alive) out += "Connection: close\r\n";
+  out += "\r\n";
+  return out;
+}
+
+namespace {
+std::string Event(std::string_view name, const json& data) {
+  // dump() writes one line: strings escape their newlines.
+  return "event: " + std::string(name) + "\ndata: " +
+         data.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+}
+}  // namespace
+
+std::string ProgressEvent(double fraction, std::string_view text) {
+  return Event("progress",
+               {{"fraction", fraction}, {"text", std::string(text)}});
+}
+
+std::string ReplyEvent(int status, std::string_view content_type,
+                       std::string_view body) {
+  json data = {{"status", status}};
+  if (!content_type.empty()) data["content_type"] = std::string(content_type);
+  if (IsValidUtf8(body)) {
+    data["body"] = std::string(body);
+  } else {
+    data["body_base64"] = Base64(body);
+  }
+  return Event("reply", data);
+}
+
+std::string ErrorEvent(int status, std::string_view text, int code) {
+  json data = {{"status", status}, {"error", std::string(text)}};
+  if (code != 0) data["code"] = code;
+  return Event("error", data);
+}
+
+std::string Chunk(std::string_view bytes) {
+  char size[32];
+  std::snprintf(size, sizeof(size), "%zx\r\n", bytes.size());
+  std::string out = size;
+  out += bytes;
+  out += "\r\n";
+  return out;
 }
 
 // ---------------------------------------------------------------- responses

@@ -127,7 +127,9 @@ Result<std::int32_t> ParsePriority(const Request& request, std::int32_t absent);
 
 // The SendOptions.meta the reactor forwards with a job request: a JSON
 // object {"http": {"method","path","query","remote","headers":{...}}} with
-// the request headers a job may care about.
+// the request headers a job may care about: Content-Type, Content-Encoding,
+// Accept, User-Agent, and every header whose name starts with "X-" but
+// X-Priority (names lowercased; the first of repeated ones).
 std::string RequestMeta(const Request& request, std::string_view remote);
 
 // The HTTP status for a failed pool request.
@@ -149,6 +151,50 @@ int ReplyStatus(std::string_view reply_meta);
 // A reply's {"message_id": ...} from its meta, when present and safe to put
 // in a header (the reactor sends it as X-Message-Id); "" otherwise.
 std::string ReplyMessageId(std::string_view reply_meta);
+
+// What a job's reply meta says about the HTTP answer (docs/HTTP.md):
+//   {"http_status": 201, "content_type": "application/json",
+//    "headers": {"Cache-Control": "no-store"}, "message_id": "..."}
+// Every key is optional; keys it does not know are the job's own.
+struct ReplyHead {
+  int status = 200;
+  std::string content_type;  // "" when the meta has none
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string message_id;  // for X-Message-Id; "" when absent or unsafe
+};
+
+// The limits on a reply meta's "headers".
+inline constexpr std::size_t kMaxReplyHeaders = 64;
+inline constexpr std::size_t kMaxReplyHeaderName = 128;
+inline constexpr std::size_t kMaxReplyHeaderValue = 8192;
+
+// REPLY_META parsed, or an error that says what is wrong with it (the
+// reactor answers 502 with that text): meta that is not a JSON object; an
+// http_status that is not an integer from 200 to 599 or is 204, 205 or 304
+// (an answer always carries a body); a content_type or header value that is
+// not a string, is too long or holds control characters; a header name that
+// is not an HTTP token, or one the reactor writes itself (Content-Length,
+// Content-Type: use content_type, Transfer-Encoding, Connection, Keep-Alive,
+// Upgrade, TE, Trailer, Proxy-Connection); more than kMaxReplyHeaders.
+// Empty meta is the default head (200).
+Result<ReplyHead> ParseReplyMeta(std::string_view reply_meta);
+
+// True when the request asks for server-sent events (its Accept header
+// names text/event-stream): progress then reaches it as events.
+bool WantsEventStream(const Request& request);
+
+// Server-sent events of one job request (docs/HTTP.md): the head of the
+// 200 text/event-stream answer (chunked, so HTTP/1.1 only), a progress
+// event, and the last event, "reply" or "error", whose data is a JSON
+// object with the answer's status (and body: "body" when it is UTF-8,
+// "body_base64" otherwise; or "error" and "code").
+std::string EventStreamHead(bool keep_alive);
+std::string ProgressEvent(double fraction, std::string_view text);
+std::string ReplyEvent(int status, std::string_view content_type,
+                       std::string_view body);
+std::string ErrorEvent(int status, std::string_view text, int code);
+// BYTES as one chunk of a chunked body; the last chunk when BYTES is empty.
+std::string Chunk(std::string_view bytes);
 
 struct Response {
   int status = 200;

@@ -11,6 +11,18 @@
 // after an answer (an error, "Connection: close") is shut down for writing
 // and then drained for a moment ("lingering close", as nginx does), so the
 // client reads the answer instead of a reset.
+//
+// Draining (the pool's drain, SIGTERM): the listeners close at once (the
+// Watcher keeps the listening sockets, so new connections wait for the
+// other reactors), and every connection finishes what its client sent:
+// requests already read, pipelined ones included, are answered, and the
+// answer after which nothing more was received carries "Connection: close",
+// so that a keep-alive client reconnects to another reactor instead of
+// meeting a close it cannot tell from a crash. A connection idle when the
+// drain starts waits for its next request the same way; one still idle
+// after --drain-timeout is closed (the one moment a client can race the
+// close, as with any idle timeout). The PoolClient's stop is held
+// (HoldStop) until the last connection ends, so requests can still be sent.
 #include "children/http_reactor.h"
 
 #include <sys/socket.h>
@@ -46,6 +58,7 @@ struct Options {
   uint64_t idle_timeout_ms = 15000;
   uint64_t write_timeout_ms = 30000;
   std::size_t max_pipeline = 16;
+  uint64_t drain_timeout_ms = 5000;
   bool help = false;  // --help: print the usage, serve nothing
 };
 
@@ -76,7 +89,7 @@ void ScheduleAccessFlush() {
 constexpr const char kUsage[] =
     "usage: workerpool builtin http-reactor [--listen HOST:PORT]... "
     "[--max-body BYTES] [--read-timeout DURATION] [--idle-timeout DURATION] "
-    "[--write-timeout DURATION] [--max-pipeline N]";
+    "[--write-timeout DURATION] [--max-pipeline N] [--drain-timeout DURATION]";
 
 Result<Options> ParseOptions(const std::vector<std::string>& args) {
   Options options;
@@ -140,6 +153,8 @@ Result<Options> ParseOptions(const std::vector<std::string>& args) {
       status = duration(&options.idle_timeout_ms);
     } else if (name == "--write-timeout") {
       status = duration(&options.write_timeout_ms);
+    } else if (name == "--drain-timeout") {
+      status = duration(&options.drain_timeout_ms);
     } else if (name == "--max-pipeline") {
       status = count(&options.max_pipeline, 1);
     } else {
@@ -183,7 +198,25 @@ struct Exchange {
   uint64_t started_ns = 0;
   bool ready = false;
   http::Response response;
+  // The pool request while it is out (Send's id), for the cancel when the
+  // client goes away; 0 once answered.
+  std::uint64_t request_id = 0;
+  // Answered as server-sent events (Accept: text/event-stream): the head
+  // and progress events go out as they come once this exchange is the
+  // connection's first; SSE_FINAL is the reply or error event.
+  bool sse = false;
+  bool sse_started = false;
+  std::string sse_pending;  // chunks not written yet
+  std::string sse_final;
 };
+
+// Progress events waiting for a connection (an exchange behind others in
+// its pipeline, a client that does not read) are dropped beyond this:
+// progress is advice, the reply is what matters.
+constexpr std::size_t kMaxPendingEvents = 64 * 1024;
+// Lines logged about jobs' bad reply meta, at most (a job's bug would
+// otherwise write one line per request).
+constexpr int kMaxBadMetaLogged = 10;
 
 class Server {
  public:
@@ -194,7 +227,21 @@ class Server {
   Status Listen(int fd);
   void Stop();
   void Track(Connection* connection) { connections_.insert(connection); }
-  void Forget(Connection* connection) { connections_.erase(connection); }
+  // Once stopping, the last connection forgotten lets the stop finish.
+  void Forget(Connection* connection);
+  // Logs (the first few of) the bad reply metas jobs send.
+  void LogBadMeta(const std::string& group, const std::string& error) {
+    if (bad_meta_logged_ >= kMaxBadMetaLogged) return;
+    ++bad_meta_logged_;
+    std::fprintf(stderr, "http-reactor: bad reply meta from group %s: %s%s\n",
+                 group.c_str(), error.c_str(),
+                 bad_meta_logged_ == kMaxBadMetaLogged
+                     ? " (further ones are not logged)"
+                     : "");
+  }
+  // How the connections of a drain ended, for the line logged at its end.
+  void CountDrainedClose() { ++drained_with_close_; }
+  void CountDrainedIdle() { ++drained_idle_; }
   // False when GROUP would be one name too many (see kMaxGroupNames).
   bool AdmitGroup(const std::string& group) {
     if (groups_.count(group) != 0) return true;
@@ -217,14 +264,22 @@ class Server {
   std::set<Connection*> connections_;
   std::set<std::string> groups_;
   bool stopping_ = false;
+  bool holding_stop_ = false;  // HoldStop() until the connections are gone
   bool accept_error_logged_ = false;
+  int bad_meta_logged_ = 0;
+  uint64_t stop_started_ms_ = 0;
+  std::size_t drained_connections_ = 0;  // open when the drain began
+  std::size_t drained_with_close_ = 0;   // ended by "Connection: close"
+  std::size_t drained_idle_ = 0;         // closed idle at --drain-timeout
 };
 
 class Connection {
  public:
   // Accepts one connection from LISTENER and starts reading from it.
   static void Accept(Server* server, uv_stream_t* listener);
-  // The pool asks this process to stop: finish what was asked, then close.
+  // The pool asks this process to stop: answer what the client sent, the
+  // last answer with "Connection: close"; an idle connection waits for one
+  // more request until --drain-timeout.
   void Drain();
 
  private:
@@ -251,9 +306,18 @@ class Connection {
               http::Response response);
   void AnswerError(const std::shared_ptr<Exchange>& exchange, int status,
                    std::string_view text, int code = 0);
-  void OnReply(const std::shared_ptr<Exchange>& exchange, Reply reply);
+  void OnReply(const std::shared_ptr<Exchange>& exchange,
+               const std::string& group, Reply reply);
+  void OnProgress(const std::shared_ptr<Exchange>& exchange,
+                  const Progress& progress);
   // An answer that ends the connection, after those already in the pipeline.
   void EndWith(int status, std::string_view text);
+  // Draining: true when nothing the client sent is left unanswered after
+  // the answers ready now (bytes waiting in the socket are read first), so
+  // the last of them may close the connection.
+  bool DrainCanCloseNow();
+  // Draining and --drain-timeout passed: end the connection now.
+  void OnDrainDeadline();
   void Flush();
   void Write(std::string data);
   void OnWritten(int status);
@@ -281,6 +345,9 @@ class Connection {
   bool reading_ = false;
   bool processing_ = false;  // inside ProcessInput (no re-entry)
   bool served_one_ = false;
+  bool draining_ = false;
+  bool peer_eof_ = false;  // read EOF behind libuv's back (DrainCanCloseNow)
+  uint64_t drain_deadline_ = 0;      // ms; while draining
   uint64_t request_started_ns_ = 0;  // of the request being received
   uint64_t idle_since_ = 0;          // ms, loop time
   uint64_t request_deadline_ = 0;    // ms; 0: no request being received
@@ -340,6 +407,7 @@ void Server::OnConnection(uv_stream_t* listener, int status) {
 void Server::Stop() {
   if (stopping_) return;
   stopping_ = true;
+  stop_started_ms_ = uv_now(loop());
   // The Watcher keeps the listening sockets: connections not accepted here
   // wait in the backlog for the next reactor.
   for (StreamHandle* listener : listeners_) {
@@ -347,8 +415,31 @@ void Server::Stop() {
              [](uv_handle_t* h) { delete reinterpret_cast<StreamHandle*>(h); });
   }
   listeners_.clear();
+  std::fprintf(stderr,
+               "http-reactor: draining: no longer accepting, %zu connections "
+               "open\n",
+               connections_.size());
+  if (connections_.empty()) return;
+  drained_connections_ = connections_.size();
+  holding_stop_ = true;
+  client_->HoldStop();
   std::vector<Connection*> open(connections_.begin(), connections_.end());
   for (Connection* connection : open) connection->Drain();
+}
+
+void Server::Forget(Connection* connection) {
+  connections_.erase(connection);
+  if (!holding_stop_ || !connections_.empty()) return;
+  holding_stop_ = false;
+  std::fprintf(
+      stderr,
+      "http-reactor: drained %zu connections in %llums: %zu ended "
+      "with Connection: close, %zu idle ones closed at the drain "
+      "timeout\n",
+      drained_connections_,
+      static_cast<unsigned long long>(uv_now(loop()) - stop_started_ms_),
+      drained_with_close_, drained_idle_);
+  client_->ReleaseStop();
 }
 
 // ---------------------------------------------------------------- connection
@@ -399,16 +490,58 @@ void Connection::Accept(Server* server, uv_stream_t* listener) {
 }
 
 void Connection::Drain() {
-  if (state_ != State::kOpen) return;
+  if (state_ != State::kOpen || draining_) return;
+  // Closing an idle keep-alive connection now would race its client's next
+  // request (it may be on the wire already): that request would meet a
+  // close or a reset and be lost. Wait for it instead and answer it with
+  // "Connection: close"; a request being received, or read ahead, is
+  // answered the same way.
+  draining_ = true;
+  drain_deadline_ = now() + server_->options().drain_timeout_ms;
+  Flush();
+}
+
+bool Connection::DrainCanCloseNow() {
+  if (!pipeline_.empty() || !input_.empty() || parser_.in_request()) {
+    return false;
+  }
+  // Bytes the client sent that the loop has not read yet are requests we
+  // owe an answer: take them now (on a local connection, a request the
+  // client wrote before our answer left is always there by now).
+  int fd = -1;
+  if (uv_fileno(&handle_.handle, &fd) != 0) return true;
+  char buffer[16 * 1024];
+  while (!peer_eof_ && input_.size() < 256 * 1024) {
+    ssize_t got = recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (got > 0) {
+      input_.append(buffer, static_cast<std::size_t>(got));
+    } else {
+      // 0: EOF, which libuv reads again; EAGAIN: nothing waiting; an error
+      // libuv sees on its next read.
+      peer_eof_ = got == 0;
+      break;
+    }
+  }
+  return input_.empty();
+}
+
+void Connection::OnDrainDeadline() {
   if (parser_.in_request()) {
-    // Let the request being received arrive; it is the last one (the
-    // server is stopping) and its answer closes the connection.
+    // A client slower than the drain: it gets an answer, not a reset.
+    request_deadline_ = 0;
+    input_.clear();
+    EndWith(503, "the server is stopping: request not received within " +
+                     std::to_string(server_->options().drain_timeout_ms) +
+                     "ms (--drain-timeout)");
     return;
   }
   if (pipeline_.empty() && writes_pending_ == 0) {
-    Close();  // idle keep-alive connection
+    server_->CountDrainedIdle();
+    Close();
     return;
   }
+  // Answers still owed: send them, the last with "Connection: close", and
+  // read nothing more.
   state_ = State::kLastAnswer;
   input_.clear();
   Flush();
@@ -418,17 +551,10 @@ void Connection::OnRead(ssize_t nread, const uv_buf_t* buf) {
   if (state_ == State::kClosed || nread == 0) return;
   if (nread < 0) {
     reading_ = false;  // libuv stops reading at EOF and errors
-    if (nread == UV_EOF && state_ == State::kOpen && !pipeline_.empty()) {
-      // The client finished sending: answer what it asked, then end.
-      state_ = State::kLastAnswer;
-      input_.clear();
-      Flush();
-      return;
-    }
-    if (nread == UV_EOF && state_ == State::kLastAnswer) {
-      Flush();  // answers still owed; the write side may still be open
-      return;
-    }
+    // The client went away (an EOF is taken as that, as nginx does: a
+    // client that only shut down its sending side looks the same): the
+    // requests it has not had answers to are cancelled (Close), so their
+    // jobs stop working for nobody.
     Close();
     return;
   }
@@ -481,7 +607,7 @@ void Connection::StartExchange(http::Request request, uint64_t started_ns) {
   exchange->path = request.target;
   exchange->head = request.head;
   exchange->http10 = request.http_major == 1 && request.http_minor == 0;
-  exchange->keep_alive = request.keep_alive && !server_->stopping();
+  exchange->keep_alive = request.keep_alive;
   exchange->started_ns = started_ns;
   pipeline_.push_back(exchange);
   served_one_ = true;
@@ -533,38 +659,81 @@ void Connection::StartExchange(http::Request request, uint64_t started_ns) {
     return;
   }
   options.meta = http::RequestMeta(request, remote_);
-  server_->client()->Send(
+  // Server-sent events need a chunked body: HTTP/1.1 only. Others get the
+  // plain answer, and progress is not asked for.
+  if (http::WantsEventStream(request) && !exchange->http10) {
+    exchange->sse = true;
+    options.on_progress = [exchange](const Progress& progress) {
+      if (Connection* connection = exchange->connection) {
+        connection->OnProgress(exchange, progress);
+      }
+    };
+  }
+  exchange->request_id = server_->client()->Send(
       route.group, request.body,
-      [exchange](Reply reply) {
+      [exchange, group = route.group](Reply reply) {
+        exchange->request_id = 0;
         if (Connection* connection = exchange->connection) {
-          connection->OnReply(exchange, std::move(reply));
+          connection->OnReply(exchange, group, std::move(reply));
         }
       },
       std::move(options));
 }
 
+void Connection::OnProgress(const std::shared_ptr<Exchange>& exchange,
+                            const Progress& progress) {
+  if (exchange->ready || exchange->sse_pending.size() > kMaxPendingEvents) {
+    return;
+  }
+  exchange->sse_pending +=
+      http::Chunk(http::ProgressEvent(progress.fraction, progress.text));
+  if (!pipeline_.empty() && pipeline_.front() == exchange) Flush();
+}
+
 void Connection::OnReply(const std::shared_ptr<Exchange>& exchange,
-                         Reply reply) {
+                         const std::string& group, Reply reply) {
   http::Response response;
+  int code = 0;       // the pool's error code, for an error event
+  std::string error;  // its text
   if (reply.ok) {
-    std::string type = http::ReplyContentType(reply.meta);
-    response.content_type =
-        type.empty() ? "application/octet-stream" : std::move(type);
-    response.body = std::move(reply.body);
-    if (!reply.meta.empty()) {
-      response.status = http::ReplyStatus(reply.meta);
-      std::string message_id = http::ReplyMessageId(reply.meta);
-      if (!message_id.empty()) {
-        response.headers.emplace_back("X-Message-Id", std::move(message_id));
+    Result<http::ReplyHead> head = http::ParseReplyMeta(reply.meta);
+    if (head.ok()) {
+      response.status = head->status;
+      response.content_type = head->content_type.empty()
+                                  ? "application/octet-stream"
+                                  : std::move(head->content_type);
+      response.headers = std::move(head->headers);
+      response.body = std::move(reply.body);
+      if (!head->message_id.empty()) {
+        response.headers.emplace_back("X-Message-Id",
+                                      std::move(head->message_id));
       }
+    } else {
+      // The job answered, but not with something HTTP can carry: say so
+      // (the job's bug), rather than guess.
+      server_->LogBadMeta(group, head.status().message());
+      code = static_cast<int>(wire::ErrorCode::kProtocol);
+      error =
+          "bad reply meta from group " + group + ": " + head.status().message();
+      response.status = 502;
+      response.content_type = "application/json";
+      response.body = http::ErrorJson(error, code);
     }
   } else {
+    code = static_cast<int>(reply.code);
     response.status = http::StatusForError(reply.code);
     response.content_type = "application/json";
-    response.body = http::ErrorJson(reply.body, static_cast<int>(reply.code));
+    response.body = http::ErrorJson(reply.body, code);
     if (reply.code == wire::ErrorCode::kQueueFull) {
       response.headers.emplace_back("Retry-After", "1");
     }
+    error = std::move(reply.body);
+  }
+  if (exchange->sse) {
+    exchange->sse_final =
+        code == 0 ? http::ReplyEvent(response.status, response.content_type,
+                                     response.body)
+                  : http::ErrorEvent(response.status, error, code);
   }
   Answer(exchange, std::move(response));
 }
@@ -600,13 +769,37 @@ void Connection::EndWith(int status, std::string_view text) {
 void Connection::Flush() {
   if (state_ == State::kClosed || state_ == State::kLingering) return;
   std::string out;
-  while (!pipeline_.empty() && pipeline_.front()->ready) {
+  while (!pipeline_.empty()) {
+    Exchange& front = *pipeline_.front();
+    if (front.sse && (front.ready || !front.sse_pending.empty())) {
+      if (!front.sse_started) {
+        out += http::EventStreamHead(front.keep_alive);
+        front.sse_started = true;
+      }
+      out += front.sse_pending;
+      front.sse_pending.clear();
+    }
+    if (!front.ready) break;
     std::shared_ptr<Exchange> exchange = std::move(pipeline_.front());
     pipeline_.pop_front();
-    const bool last =
+    bool last =
         !exchange->keep_alive || (state_ != State::kOpen && pipeline_.empty());
-    out += http::FormatResponse(exchange->response, !last, exchange->http10,
-                                exchange->head);
+    if (exchange->sse) {
+      // Its head is out, saying whether the connection stays: a drain
+      // closes it on the next answer.
+      out += http::Chunk(exchange->sse_final);
+      out += http::Chunk("");
+    } else {
+      if (!last && draining_ && state_ == State::kOpen && pipeline_.empty() &&
+          DrainCanCloseNow()) {
+        // Nothing more was sent: this answer is the connection's last.
+        last = true;
+        state_ = State::kLastAnswer;
+        server_->CountDrainedClose();
+      }
+      out += http::FormatResponse(exchange->response, !last, exchange->http10,
+                                  exchange->head);
+    }
     LogAccess(*exchange, exchange->response.status,
               exchange->head ? 0 : exchange->response.body.size());
     exchange->connection = nullptr;
@@ -728,6 +921,7 @@ void Connection::ArmTimer() {
   if (state_ == State::kLingering) consider(linger_deadline_);
   if (writes_pending_ > 0) consider(write_deadline_);
   if (state_ == State::kOpen) {
+    if (draining_) consider(drain_deadline_);
     if (request_deadline_ != 0) {
       consider(request_deadline_);
     } else if (pipeline_.empty() && writes_pending_ == 0) {
@@ -765,6 +959,10 @@ void Connection::OnTimer() {
     Close();
     return;
   }
+  if (state_ == State::kOpen && draining_ && current >= drain_deadline_) {
+    OnDrainDeadline();
+    return;
+  }
   if (state_ == State::kOpen) {
     if (request_deadline_ != 0 && current >= request_deadline_) {
       request_deadline_ = 0;
@@ -785,12 +983,16 @@ void Connection::OnTimer() {
 void Connection::Close() {
   if (state_ == State::kClosed) return;
   state_ = State::kClosed;
+  std::vector<std::uint64_t> unanswered;
   for (const std::shared_ptr<Exchange>& exchange : pipeline_) {
     exchange->connection = nullptr;
+    if (exchange->request_id != 0) unanswered.push_back(exchange->request_id);
     LogAccess(*exchange, 499, 0);  // nginx's "client closed request"
   }
   pipeline_.clear();
   input_.clear();
+  // Nobody is left to answer: the jobs are told (their cancel), and stop.
+  for (std::uint64_t id : unanswered) server_->client()->Cancel(id);
   auto on_closed = [](uv_handle_t* handle) {
     auto* self = static_cast<Connection*>(handle->data);
     if (--self->open_handles_ == 0) {

@@ -80,6 +80,8 @@ class ConsumerView : public PoolClient {
   void OnStop(std::function<void()> callback) override;
   int Run() override { return client_->Run(); }
   void Stop() override { client_->Stop(); }
+  void HoldStop() override { client_->HoldStop(); }
+  void ReleaseStop() override { client_->ReleaseStop(); }
   ClientStats stats() const override { return client_->stats(); }
   void SetAppStats(std::string json_object) override;
   uv_loop_t* loop() override { return client_->loop(); }

@@ -425,7 +425,9 @@ void PrintStatusTable(const json& status) {
       desired += "*";
       any_scaled = true;
     }
-    std::string state = Text(group, "state");
+    // "waiting for cache", "failed: migrate exited with code 1", ...
+    std::string state = Text(group, "state_detail");
+    if (state == "-") state = Text(group, "state");
     std::vector<std::string> group_problems = AppProblems(group);
     if (!group_problems.empty()) state += "!";
     problems.insert(problems.end(), group_problems.begin(),
@@ -474,9 +476,88 @@ void PrintStatusTable(const json& status) {
   for (const std::string& problem : problems) {
     std::printf("! %s\n", problem.c_str());
   }
+  // Last, after a blank line, so that the table stays where scripts look for
+  // it and ends where they expect (bash completion reads up to a blank).
+  if (status.is_object() && status.contains("version")) {
+    std::string line = "workerpool " + Text(status, "version");
+    const json* upgrade =
+        status.contains("upgrade") && status["upgrade"].is_object()
+            ? &status["upgrade"]
+            : nullptr;
+    if (upgrade != nullptr && upgrade->contains("last_unix") &&
+        (*upgrade)["last_unix"].is_number()) {
+      long long ago = static_cast<long long>(std::time(nullptr)) -
+                      (*upgrade)["last_unix"].get<long long>();
+      line += Text(*upgrade, "last_error") == "-"
+                  ? "; upgraded from " + Text(*upgrade, "previous_version") +
+                        " " + FormatUptime(ago) + " ago"
+                  : "; last upgrade failed " + FormatUptime(ago) +
+                        " ago: " + Text(*upgrade, "last_error");
+    }
+    std::printf("\n%s\n", line.c_str());
+  }
 }
 
 }  // namespace
+
+// After the Watcher accepted `upgrade`: asks `status` until the attempt is
+// over (the new Watcher, or the old one taking the pool back, answers it),
+// then says how it went.
+static int WaitForUpgrade(const ControlOptions& options,
+                          const std::string& path, const json& started) {
+  std::uint64_t before = 0;
+  if (started.contains("attempts") &&
+      started["attempts"].is_number_unsigned()) {
+    before = started["attempts"].get<std::uint64_t>();
+  }
+  ControlRequest status_request;
+  status_request.command = ControlRequest::Command::kStatus;
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  std::string last_problem = "no answer";
+  while (std::chrono::steady_clock::now() < deadline) {
+    json answer;
+    ControlError error;
+    if (!ExchangeControl(path, status_request, &answer, &error)) {
+      last_problem = error.message;
+      usleep(2000);
+      continue;
+    }
+    const json& status =
+        answer.contains("status") ? answer["status"] : json::object();
+    const json* upgrade = status.is_object() && status.contains("upgrade") &&
+                                  status["upgrade"].is_object()
+                              ? &status["upgrade"]
+                              : nullptr;
+    std::uint64_t attempts = 0;
+    if (upgrade != nullptr && upgrade->contains("attempts") &&
+        (*upgrade)["attempts"].is_number_unsigned()) {
+      attempts = (*upgrade)["attempts"].get<std::uint64_t>();
+    }
+    if (upgrade == nullptr || attempts <= before ||
+        Flag(*upgrade, "in_progress")) {
+      usleep(2000);
+      continue;
+    }
+    if ((*upgrade)["last_error"].is_string()) {
+      // Refused by the checks: the binary given is at fault (1); taken
+      // back after it could not adopt the pool: a runtime failure (2).
+      const bool refused = Flag(*upgrade, "last_refused");
+      return Fail(options, refused ? kExitBadInput : kExitRuntime,
+                  std::string(refused ? "upgrade refused" : "upgrade failed") +
+                      ", the pool runs on with workerpool " +
+                      Text(status, "version") + ": " +
+                      Text(*upgrade, "last_error"));
+    }
+    std::printf("upgraded: workerpool %s -> %s (pid %s unchanged)\n",
+                Text(*upgrade, "previous_version").c_str(),
+                Text(status, "version").c_str(), Text(status, "pid").c_str());
+    return kExitOk;
+  }
+  return Fail(
+      options, kExitRuntime,
+      "no answer from the upgraded Watcher within 60 s (" + last_problem + ")");
+}
 
 bool FindControlSocket(const ControlOptions& options, std::string* path,
                        ControlError* error) {
@@ -517,12 +598,16 @@ int RunControlCommand(const ControlOptions& options) {
     request.command = ControlRequest::Command::kReload;
   } else if (options.command == "stop") {
     request.command = ControlRequest::Command::kStop;
+  } else if (options.command == "upgrade") {
+    request.command = ControlRequest::Command::kUpgrade;
+    request.binary = options.binary;
   } else if (options.command == "restart" || options.command == "scale") {
     if (options.group.empty()) {
       return Fail(options, kExitBadInput, "GROUP must not be empty");
     }
     request.group = options.group;
     request.command = ControlRequest::Command::kRestart;
+    request.with_dependents = options.with_dependents;
     if (options.command == "scale") {
       request.command = ControlRequest::Command::kScale;
       Result<int> count = ParseScaleTarget(options.count_text);
@@ -593,7 +678,13 @@ int RunControlCommand(const ControlOptions& options) {
         options.group.c_str(), options.count_text.c_str(),
         options.group.c_str());
   } else if (options.command == "restart") {
-    std::printf("group %s: rolling restart started\n", options.group.c_str());
+    std::printf("group %s: rolling restart started%s\n", options.group.c_str(),
+                options.with_dependents
+                    ? ", then of the groups that depend on it"
+                    : "");
+  } else if (options.command == "upgrade") {
+    close(fd);
+    return WaitForUpgrade(options, path, answer);
   } else if (options.command == "reload") {
     std::printf("reloaded\n");
   } else if (options.command == "stop") {

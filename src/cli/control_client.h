@@ -10,12 +10,14 @@
 namespace workerpool {
 
 struct ControlOptions {
-  std::string command;      // status, scale, restart, reload, stop, top
-  std::string socket_path;  // --socket
-  std::string config_path;  // --config: take control_socket from this file
-  std::string group;        // scale, restart
-  std::string count_text;   // scale: N or "auto", as typed
-  bool json = false;        // status --json
+  std::string command;           // status, scale, restart, reload, stop, top
+  std::string socket_path;       // --socket
+  std::string config_path;       // --config: take control_socket from this file
+  std::string group;             // scale, restart
+  std::string count_text;        // scale: N or "auto", as typed
+  bool json = false;             // status --json
+  bool with_dependents = false;  // restart --with-dependents
+  std::string binary;             // upgrade --binary
 };
 
 // Sends one request and prints the answer. Returns the exit code.

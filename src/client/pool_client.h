@@ -79,6 +79,10 @@ class Client final : public PoolClient, private PoolChannel::Listener {
     return 0;
   }
   void Stop() override;
+  void HoldStop() override { ++stop_holds_; }
+  void ReleaseStop() override {
+    if (stop_holds_ > 0 && --stop_holds_ == 0) MaybeFinishStop();
+  }
   ClientStats stats() const override;
   uv_loop_t* loop() override { return loop_; }
   void SetAppStats(std::string json_object) override {
@@ -93,6 +97,8 @@ class Client final : public PoolClient, private PoolChannel::Listener {
   Server& server() { return server_; }
   bool pool_open() const { return pool_.open(); }
   bool stopping() const { return stopping_; }
+  // Stopping and no HoldStop() left: new requests are refused.
+  bool refusing_work() const { return stopping_ && stop_holds_ == 0; }
   const std::set<Link*>& links() const { return links_; }
 
   // Queues a frame on LINK for this loop turn's flush (or an early slice).
@@ -136,7 +142,7 @@ class Client final : public PoolClient, private PoolChannel::Listener {
   // Once stopping, finishes when nothing is left in flight: closes every
   // handle of ours, so that Run() returns.
   void MaybeFinishStop() {
-    if (!stopping_ || finished_) return;
+    if (!stopping_ || finished_ || stop_holds_ > 0) return;
     FinishStopIfIdle();
   }
 
@@ -212,6 +218,7 @@ class Client final : public PoolClient, private PoolChannel::Listener {
   std::function<void()> on_stop_;
   bool stopping_ = false;
   bool finished_ = false;
+  int stop_holds_ = 0;  // HoldStop() calls not released
 };
 
 }  // namespace workerpool::client

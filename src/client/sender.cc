@@ -51,7 +51,7 @@ uint64_t Sender::Send(const std::string& group, std::string_view body,
                             ""});
     return id;
   }
-  if (client_->stopping() || !client_->pool_open()) {
+  if (client_->refusing_work() || !client_->pool_open()) {
     CompleteLater(id, Reply{false, ErrorCode::kShuttingDown,
                             "this process is stopping", ""});
     return id;

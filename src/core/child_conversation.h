@@ -93,6 +93,22 @@ class ChildConversation {
   // connections): counted and logged like the others.
   Decision Offend(OffendingFrame offence) { return Refuse(std::move(offence)); }
 
+  // The conversation as an in-place upgrade hands it over: what the child
+  // said so far (core/upgrade_state.h). Kinds of offences already logged
+  // are not handed over: the next Watcher logs each kind once more.
+  void Restore(bool said_hello, LinkMode links, std::set<std::string> routes,
+               std::set<std::string> refused, ChildStats stats,
+               std::uint64_t offences) {
+    said_hello_ = said_hello;
+    links_ = links;
+    routes_ = std::move(routes);
+    refused_ = std::move(refused);
+    offences_ = offences;
+    if (!stats.counters.empty() || !stats.app.empty()) {
+      KeepStats(std::move(stats));
+    }
+  }
+
  private:
   Decision Refuse(OffendingFrame offence);
 

@@ -11,6 +11,7 @@
 #include "core/config_values.h"
 #include "core/listen_address.h"
 #include "core/routing.h"
+#include "core/start_order.h"
 
 namespace workerpool::config_parser {
 namespace {
@@ -217,6 +218,20 @@ void CheckAutoscaleFromZero(ErrorList* errors, const PoolConfig& pool,
   }
 }
 
+// depends_on across groups: known names, no self, no cycle. Only entries
+// whose list was read are checked (a bad list has its own error).
+void CheckDependsOn(ErrorList* errors, const PoolConfig& pool,
+                    const std::vector<GroupSource>& sources) {
+  for (const DependencyProblem& problem : CheckDependencies(pool.groups)) {
+    const YamlNode& list = sources[problem.group].depends_on;
+    if (!list.IsList() || problem.entry >= list.size()) continue;
+    errors->Add(list[problem.entry].Position(),
+                "groups[" + std::to_string(problem.group) + "].depends_on[" +
+                    std::to_string(problem.entry) + "]",
+                problem.message);
+  }
+}
+
 }  // namespace
 
 void ReadDocument(ErrorList* errors, const YamlNode& document,
@@ -261,6 +276,7 @@ void ReadDocument(ErrorList* errors, const YamlNode& document,
   CheckRoutes(errors, *config, sources);
   CheckListenClashes(errors, *config, sources);
   CheckAutoscaleFromZero(errors, *config, sources);
+  CheckDependsOn(errors, *config, sources);
 }
 
 }  // namespace workerpool::config_parser

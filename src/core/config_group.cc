@@ -9,6 +9,7 @@
 #include "core/config_text.h"
 #include "core/config_values.h"
 #include "core/control_request.h"  // kMaxScaleProcesses
+#include "core/probe_spec.h"
 #include "core/routing.h"
 #include "workerpool/wire.h"
 
@@ -21,6 +22,7 @@ constexpr std::string_view kBuiltinRabbitmqCommand[] = {"workerpool", "builtin",
 
 constexpr std::string_view kGroupTypeNames[] = {"reactor", "job", "service"};
 constexpr std::string_view kQueueTypeNames[] = {"classic", "quorum"};
+constexpr std::string_view kRestartModes[] = {"always", "on-failure", "never"};
 
 void ReadRestart(MapReader& restart, RestartConfig* config) {
   if (std::optional<MapReader> backoff = restart.Map("backoff")) {
@@ -48,7 +50,84 @@ void ReadRestart(MapReader& restart, RestartConfig* config) {
     intensity->DurationValue("period", &config->intensity.period);
     intensity->Finish();
   }
+  std::string mode;
+  if (restart.OneOf("policy", &mode, kRestartModes)) {
+    config->policy = mode == "never"        ? RestartMode::kNever
+                     : mode == "on-failure" ? RestartMode::kOnFailure
+                                            : RestartMode::kAlways;
+  }
   restart.Finish();
+}
+
+// A probe's host:port or URL is checked as index 0 would expand it; each
+// process's own is parsed again when its probe runs.
+Status CheckTcpProbe(std::string_view text) {
+  return ParseTcpProbe(ExpandIndex(text, 0)).status();
+}
+Status CheckHttpProbe(std::string_view text) {
+  return ParseHttpProbe(ExpandIndex(text, 0)).status();
+}
+
+// groups[].ready (HEALTH false) or groups[].health: one probe kind of tcp,
+// http, exec (and after, for ready), with its bounds.
+void ReadProbe(MapReader& probe, bool health, ProbeConfig* config) {
+  const std::string_view kinds[] = {"tcp", "http", "exec", "after"};
+  const std::size_t kind_count = health ? 3 : 4;
+  std::vector<std::string_view> given;
+  for (std::size_t i = 0; i < kind_count; ++i) {
+    if (probe.Has(kinds[i])) given.push_back(kinds[i]);
+  }
+  if (probe.Has("tcp")) {
+    config->kind = ProbeConfig::Kind::kTcp;
+    probe.Text("tcp", &config->target, Need::kRequired, CheckTcpProbe);
+  }
+  if (probe.Has("http")) {
+    config->kind = ProbeConfig::Kind::kHttp;
+    probe.Text("http", &config->target, Need::kRequired, CheckHttpProbe);
+  }
+  if (probe.Has("exec")) {
+    config->kind = ProbeConfig::Kind::kExec;
+    if (probe.TextList(
+            "exec", &config->argv,
+            {.allow_empty = false, .example = "[./probe, \"{index}\"]"}) &&
+        config->argv[0].empty()) {
+      probe.ValueError("exec", "the program to run must not be empty");
+    }
+  }
+  if (!health && probe.Has("after")) {
+    config->kind = ProbeConfig::Kind::kAfter;
+    probe.DurationValue("after", &config->after);
+  }
+  if (health && probe.Lookup("after") != nullptr) {
+    probe.KeyError("after",
+                   "only a ready probe waits a fixed time; health probes tcp, "
+                   "http or exec");
+  }
+  if (health) {
+    config->timeout = Duration(5000);
+    probe.DurationValue("every", &config->every);
+    probe.Int("failures", &config->failures, {.min = 1, .max = 1000});
+    if (config->every.count() <= 0) {
+      probe.ValueError("every", "must be longer than 0 (e.g. 10s)");
+    }
+  }
+  probe.DurationValue("timeout", &config->timeout);
+  if (config->timeout.count() <= 0) {
+    probe.ValueError("timeout", "must be longer than 0 (e.g. " +
+                                    std::string(health ? "5s" : "30s") + ")");
+  }
+  probe.Finish();
+  const std::string choices =
+      health ? "tcp, http or exec" : "tcp, http, exec or after";
+  if (given.empty() && !(health && probe.Has("after"))) {
+    probe.errors().Add(probe.node().Position(), probe.path(),
+                       "says nothing to probe: give one of " + choices +
+                           ", e.g. tcp: \"127.0.0.1:7000\"");
+  } else if (given.size() > 1) {
+    probe.KeyError(given[1], "one probe only: " + std::string(given[0]) +
+                                 " is given already (choose one of " + choices +
+                                 ")");
+  }
 }
 
 constexpr std::string_view kPublishModes[] = {"rpc", "enqueue"};
@@ -203,6 +282,16 @@ void ReadGroup(ErrorList* errors, const YamlNode& node, std::size_t index,
              {.max = wire::kMaxBusyPollUs});
   if (std::optional<MapReader> restart = reader.Map("restart")) {
     ReadRestart(*restart, &group->restart);
+  }
+  if (reader.TextList("depends_on", &group->depends_on,
+                      {.example = "[migrate, cache]", .check = CheckName})) {
+    source->depends_on = reader.Lookup("depends_on")->value;
+  }
+  if (std::optional<MapReader> ready = reader.Map("ready")) {
+    ReadProbe(*ready, /*health=*/false, &group->ready.emplace());
+  }
+  if (std::optional<MapReader> health = reader.Map("health")) {
+    ReadProbe(*health, /*health=*/true, &group->health.emplace());
   }
   if (std::optional<MapReader> rabbitmq = reader.Map("rabbitmq")) {
     ReadRabbitmq(*rabbitmq, &group->rabbitmq.emplace());

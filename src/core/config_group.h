@@ -21,6 +21,7 @@ struct GroupSource {
   TextPosition name_position;
   YamlNode routes_to;  // the list; no node when absent or invalid
   YamlNode listen;     // the list; no node when absent or invalid
+  YamlNode depends_on;  // the list; no node when absent or invalid
   // autoscale.min of a job group whose min and max are valid; no node
   // otherwise (for the check of min 0 across groups).
   YamlNode autoscale_min;

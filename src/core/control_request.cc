@@ -15,7 +15,8 @@ using nlohmann::json;
 constexpr std::size_t kMaxEchoBytes = 80;
 
 constexpr const char* kExample = "e.g. {\"command\":\"status\"}";
-constexpr const char* kCommands = "status, scale, restart, reload or stop";
+constexpr const char* kCommands =
+    "status, scale, restart, reload, stop or upgrade";
 
 // A control request is flat; anything nested deeper is refused before
 // nlohmann::json builds it (its destructor and dump() recurse per level, and
@@ -134,6 +135,8 @@ const char* ControlCommandName(ControlRequest::Command command) {
       return "reload";
     case ControlRequest::Command::kStop:
       return "stop";
+    case ControlRequest::Command::kUpgrade:
+      return "upgrade";
   }
   return "status";
 }
@@ -182,11 +185,33 @@ Result<ControlRequest> ParseControlRequest(std::string_view line) {
     parsed.command = ControlRequest::Command::kReload;
   } else if (name == "stop") {
     parsed.command = ControlRequest::Command::kStop;
+  } else if (name == "upgrade") {
+    parsed.command = ControlRequest::Command::kUpgrade;
+    auto binary = request.find("binary");
+    if (binary != request.end()) {
+      if (!binary->is_string() ||
+          binary->get_ref<const std::string&>().empty() ||
+          binary->get_ref<const std::string&>()[0] != '/') {
+        return Status::Error(
+            "\"binary\" must be the absolute path of the new workerpool, "
+            "e.g. {\"command\":\"upgrade\",\"binary\":\"/usr/bin/"
+            "workerpool\"}, got " +
+            Echo(*binary));
+      }
+      parsed.binary = binary->get_ref<const std::string&>();
+    }
   } else if (name == "restart") {
     parsed.command = ControlRequest::Command::kRestart;
     Result<std::string> group = ReadGroup(request, "restart");
     if (!group.ok()) return group.status();
     parsed.group = std::move(*group);
+    if (auto with = request.find("with_dependents"); with != request.end()) {
+      if (!with->is_boolean()) {
+        return Status::Error("\"with_dependents\" must be true or false, got " +
+                             Echo(*with));
+      }
+      parsed.with_dependents = with->get<bool>();
+    }
   } else if (name == "scale") {
     parsed.command = ControlRequest::Command::kScale;
     Result<std::string> group = ReadGroup(request, "scale");
@@ -207,6 +232,14 @@ std::string FormatControlRequest(const ControlRequest& request) {
   if (request.command == ControlRequest::Command::kScale ||
       request.command == ControlRequest::Command::kRestart) {
     out["group"] = request.group;
+  }
+  if (request.command == ControlRequest::Command::kRestart &&
+      request.with_dependents) {
+    out["with_dependents"] = true;
+  }
+  if (request.command == ControlRequest::Command::kUpgrade &&
+      !request.binary.empty()) {
+    out["binary"] = request.binary;
   }
   if (request.command == ControlRequest::Command::kScale) {
     if (request.processes == kScaleAuto) {

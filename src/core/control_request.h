@@ -8,7 +8,9 @@
 //   {"command":"scale","group":"web","processes":4}
 //   {"command":"scale","group":"web","processes":"auto"}
 //   {"command":"restart","group":"web"}
+//   {"command":"restart","group":"db","with_dependents":true}
 //   {"command":"reload"}   {"command":"stop"}
+//   {"command":"upgrade"}  {"command":"upgrade","binary":"/usr/bin/workerpool"}
 // Unknown members are ignored, so a newer CLI can add optional ones.
 #pragma once
 
@@ -32,10 +34,13 @@ inline constexpr int kMaxScaleProcesses = 100000;
 inline constexpr int kScaleAuto = -1;
 
 struct ControlRequest {
-  enum class Command { kStatus, kScale, kRestart, kReload, kStop };
+  enum class Command { kStatus, kScale, kRestart, kReload, kStop, kUpgrade };
   Command command = Command::kStatus;
   std::string group;  // kScale, kRestart: non-empty
   int processes = 0;  // kScale: 0..kMaxScaleProcesses, or kScaleAuto
+  // kRestart: then every group that depends on it, in order.
+  bool with_dependents = false;
+  std::string binary;  // kUpgrade: absolute path; empty: the running one
 };
 
 // "status", "scale", ...: the name used on the wire and on the command line.

@@ -59,6 +59,11 @@ class FrameDecoder {
   size_t buffered() const {
     return buffer_.size() - offset_ + borrowed_.size();
   }
+  // Those bytes (an in-place upgrade hands them to the next Watcher, which
+  // feeds them to its decoder before reading on).
+  std::string Pending() const {
+    return buffer_.substr(offset_) + std::string(borrowed_);
+  }
 
  private:
   enum class Parse { kFrame, kNeedMore, kError };

@@ -20,6 +20,8 @@ class LineSplitter {
   void Feed(std::string_view data, const LineSink& sink);
   // At end of stream: emits what is left as a last line, if anything.
   void Finish(const LineSink& sink);
+  // The start of a line not ended yet (handed over by an in-place upgrade).
+  const std::string& partial() const { return partial_; }
 
  private:
   size_t max_line_;

@@ -388,6 +388,14 @@ void AddGroup(const json& group, Exposition* out) {
              "1 when the group passed its restart intensity and is no longer "
              "restarted.",
              labels, state == "failed" ? "1" : "0");
+    out->Add("workerpool_group_waiting", "gauge",
+             "1 while the group waits for a group in its depends_on to be "
+             "ready.",
+             labels, state == "waiting" ? "1" : "0");
+    out->Add("workerpool_group_done", "gauge",
+             "1 when every process of the group is a one-shot that exited 0 "
+             "(restart.policy on-failure or never).",
+             labels, state == "done" ? "1" : "0");
   }
   if (const json* scaled = Member(group, "scaled_until_reload")) {
     std::optional<std::string> text = SampleValue(*scaled);

@@ -21,6 +21,32 @@ std::optional<GroupType> GroupTypeFromName(std::string_view name) {
   return std::nullopt;
 }
 
+const char* RestartModeName(RestartMode mode) {
+  switch (mode) {
+    case RestartMode::kAlways:
+      return "always";
+    case RestartMode::kOnFailure:
+      return "on-failure";
+    case RestartMode::kNever:
+      return "never";
+  }
+  return "unknown";
+}
+
+const char* ProbeKindName(ProbeConfig::Kind kind) {
+  switch (kind) {
+    case ProbeConfig::Kind::kTcp:
+      return "tcp";
+    case ProbeConfig::Kind::kHttp:
+      return "http";
+    case ProbeConfig::Kind::kExec:
+      return "exec";
+    case ProbeConfig::Kind::kAfter:
+      return "after";
+  }
+  return "unknown";
+}
+
 const GroupConfig* PoolConfig::FindGroup(const std::string& group_name) const {
   for (const GroupConfig& group : groups) {
     if (group.name == group_name) return &group;

@@ -37,7 +37,17 @@ struct IntensityConfig {
   bool operator==(const IntensityConfig&) const = default;
 };
 
+// restart.policy: whether a process that ended is started again.
+//   kAlways     always (the default): a pool of long-running children
+//   kOnFailure  only when it failed (exit code not 0, or a signal); a
+//               process that exited 0 is done for good
+//   kNever      never: exit 0 is done, anything else fails its group
+enum class RestartMode { kAlways, kOnFailure, kNever };
+// "always", "on-failure", "never", as written in the YAML.
+const char* RestartModeName(RestartMode mode);
+
 struct RestartConfig {
+  RestartMode policy = RestartMode::kAlways;
   BackoffConfig backoff;
   IntensityConfig intensity;
   bool operator==(const RestartConfig&) const = default;
@@ -92,6 +102,29 @@ struct AutoscaleConfig {
   bool operator==(const AutoscaleConfig&) const = default;
 };
 
+// groups[].ready and groups[].health: how the Watcher asks a child, from
+// outside, whether it answers. Text may hold {index} (core/probe_spec.h).
+struct ProbeConfig {
+  enum class Kind {
+    kTcp,    // a TCP connect to host:port succeeds
+    kHttp,   // GET url answers with a 2xx or 3xx status
+    kExec,   // the command exits 0
+    kAfter,  // ready: this long after the spawn (no probe at all)
+  };
+  Kind kind = Kind::kTcp;
+  std::string target;             // tcp: host:port; http: the URL
+  std::vector<std::string> argv;  // exec
+  Duration after{0};              // after
+  // ready: the whole wait (not ready by then: a failed start); health: one
+  // probe's bound.
+  Duration timeout{30000};
+  Duration every{10000};  // health: the pause between probes
+  int failures = 3;       // health: this many in a row kill the child
+  bool operator==(const ProbeConfig&) const = default;
+};
+// "tcp", "http", "exec", "after".
+const char* ProbeKindName(ProbeConfig::Kind kind);
+
 struct GroupConfig {
   std::string name;
   GroupType type = GroupType::kJob;
@@ -118,6 +151,11 @@ struct GroupConfig {
   RestartConfig restart;
   std::optional<RabbitmqConfig> rabbitmq;
   std::optional<AutoscaleConfig> autoscale;
+  // Groups that must be ready (or done) before this one starts; the pool
+  // stops in the reverse order (core/start_order.h).
+  std::vector<std::string> depends_on;
+  std::optional<ProbeConfig> ready;   // up only once this probe passes
+  std::optional<ProbeConfig> health;  // while up: failures restart it
 
   // Where the group was defined, for messages about it.
   int line = 0;

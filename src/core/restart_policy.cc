@@ -9,9 +9,18 @@ RestartPolicy::RestartPolicy(RestartConfig config, int slots)
     : config_(config), quick_deaths_(std::max(slots, 0), 0) {}
 
 RestartDecision RestartPolicy::OnChildExit(int slot, TimePoint started,
-                                           TimePoint now) {
+                                           TimePoint now, bool succeeded) {
   RestartDecision decision;
   if (failed_) {
+    decision.group_failed = true;
+    return decision;
+  }
+  if (config_.policy != RestartMode::kAlways && succeeded) {
+    decision.done = true;  // a one-shot that did its work
+    return decision;
+  }
+  if (config_.policy == RestartMode::kNever) {
+    failed_ = true;
     decision.group_failed = true;
     return decision;
   }

@@ -6,6 +6,9 @@
 // 4*initial, ... capped at max. A child that stayed up reset_after or longer
 // counts as stable and resets its slot.
 //
+// restart.policy on-failure and never: a process that exited 0 is done,
+// not restarted; under never, one that failed fails its group at once.
+//
 // Intensity is per group: more than max_restarts restarts within period
 // marks the group failed; a failed group restarts nothing until Reset()
 // (reload or `workerpool restart GROUP`).
@@ -14,6 +17,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <utility>
 #include <vector>
 
 #include "core/pool_model.h"
@@ -25,6 +29,7 @@ using TimePoint = Clock::time_point;
 
 struct RestartDecision {
   bool group_failed = false;  // give up: do not restart
+  bool done = false;          // a one-shot finished: do not restart
   Duration delay{0};          // wait this long, then restart the slot
 };
 
@@ -38,14 +43,29 @@ class RestartPolicy {
  public:
   RestartPolicy(RestartConfig config, int slots);
 
-  // The child in SLOT, started at STARTED, died at NOW.
-  RestartDecision OnChildExit(int slot, TimePoint started, TimePoint now);
+  // The child in SLOT, started at STARTED, ended at NOW; SUCCEEDED when it
+  // exited with code 0 (a spawn that failed did not).
+  RestartDecision OnChildExit(int slot, TimePoint started, TimePoint now,
+                              bool succeeded = false);
 
   // Clears every slot's backoff and the group's failed state and history.
   void Reset();
   // Grows or shrinks the number of slots (new slots start clean).
   void Resize(int slots);
   void SetConfig(RestartConfig config) { config_ = config; }
+
+  // What an in-place upgrade hands over (core/upgrade_state.h), and how the
+  // next Watcher takes it back: every restart of RECENT is a reading of the
+  // same steady clock.
+  const std::vector<int>& quick_deaths() const { return quick_deaths_; }
+  const std::deque<TimePoint>& recent() const { return recent_; }
+  void Restore(std::vector<int> quick_deaths, std::deque<TimePoint> recent,
+               bool failed, long restarts) {
+    quick_deaths_ = std::move(quick_deaths);
+    recent_ = std::move(recent);
+    failed_ = failed;
+    restarts_ = restarts;
+  }
 
   bool failed() const { return failed_; }
   // Restarts decided since the last Reset() (for status and metrics).

@@ -4,25 +4,27 @@ namespace workerpool {
 namespace {
 
 using S = SlotState;
-constexpr std::uint16_t kNone = kNoEffect;
+using Effects = std::uint32_t;
+constexpr Effects kNone = kNoEffect;
 
 // Shorthands for the effects that go together.
-constexpr std::uint16_t kStopSlot =
-    kStopPredecessor | kStopChild | kArmKillDeadline;
-constexpr std::uint16_t kEvictSlot = kTerminateChild | kArmKillDeadline;
-constexpr std::uint16_t kDropSlot = kCancelTimer | kStopPredecessor | kRemove;
-constexpr std::uint16_t kEnded = kCancelTimer | kAskPolicy;
-constexpr std::uint16_t kLeft =
+constexpr Effects kStopSlot = kStopPredecessor | kStopChild | kArmKillDeadline;
+constexpr Effects kEvictSlot = kTerminateChild | kArmKillDeadline;
+constexpr Effects kDropSlot = kCancelTimer | kStopPredecessor | kRemove;
+constexpr Effects kEnded = kCancelTimer | kAskPolicy;
+constexpr Effects kLeft =
     kCancelTimer | kStopPredecessor | kDetachSuccessor | kRemove;
+constexpr Effects kBecameUp = kStopPredecessor | kMarkUp | kStartHealth;
 
 struct Cell {
   S next;
-  std::uint16_t effects;
+  Effects effects;
 };
 
 // Rows: states in SlotState order. Columns: events in SlotEvent order:
 //   Spawned, SpawnFailed, Hello, Timer, Exited, RestartNow, RestartLater,
-//   GroupFailed, Retry, Replace, Stop, Evict, PoolStop
+//   GroupFailed, Retry, Replace, Stop, Evict, PoolStop,
+//   SpawnedProbed, Ready, HealthFailed, Finished, Rerun
 // A cell {S::kSame...} is written out as its own state: "nothing happens".
 constexpr Cell kTable[kSlotStates][kSlotEvents] = {
     // kDown: no child, nothing scheduled.
@@ -38,12 +40,17 @@ constexpr Cell kTable[kSlotStates][kSlotEvents] = {
      {S::kDown, kNone},
      {S::kGone, kDropSlot},
      {S::kDown, kNone},
+     {S::kDown, kNone},
+     {S::kProbing, kStartReadyProbe | kArmStartGrace},
+     {S::kDown, kNone},
+     {S::kDown, kNone},
+     {S::kDone, kMarkDone},
      {S::kDown, kNone}},
     // kStarting: spawned, waiting for hello or the start grace.
     {{S::kStarting, kNone},
      {S::kStarting, kNone},
-     {S::kUp, kCancelTimer | kGreet | kStopPredecessor | kMarkUp},
-     {S::kUp, kStopPredecessor | kMarkUp},
+     {S::kUp, kCancelTimer | kGreet | kBecameUp},
+     {S::kUp, kBecameUp},
      {S::kDown, kEnded},
      {S::kStarting, kNone},
      {S::kStarting, kNone},
@@ -52,21 +59,31 @@ constexpr Cell kTable[kSlotStates][kSlotEvents] = {
      {S::kReplaced, kCancelTimer},
      {S::kStopping, kStopSlot},
      {S::kEvicting, kEvictSlot},
-     {S::kStopping, kCancelTimer}},
-    // kUp: running and up.
+     {S::kStopping, kCancelTimer},
+     {S::kStarting, kNone},
+     {S::kStarting, kNone},
+     {S::kStarting, kNone},
+     {S::kStarting, kNone},
+     {S::kStarting, kNone}},
+    // kUp: running and up; its health probe runs, if the group has one.
     {{S::kUp, kNone},
      {S::kUp, kNone},
      {S::kUp, kGreet},  // a child that spoke only after the start grace
      {S::kUp, kNone},
-     {S::kDown, kEnded},
+     {S::kDown, kStopProbes | kEnded},
      {S::kUp, kNone},
      {S::kUp, kNone},
      {S::kUp, kNone},
      {S::kUp, kNone},
-     {S::kReplaced, kNone},
-     {S::kStopping, kStopSlot},
-     {S::kEvicting, kEvictSlot},
-     {S::kStopping, kNone}},
+     {S::kReplaced, kStopProbes},
+     {S::kStopping, kStopProbes | kStopSlot},
+     {S::kEvicting, kStopProbes | kEvictSlot},
+     {S::kStopping, kStopProbes},
+     {S::kUp, kNone},
+     {S::kUp, kNone},
+     {S::kEvicting, kStopProbes | kEvictSlot},  // hung: stop, restart
+     {S::kUp, kNone},
+     {S::kUp, kNone}},
     // kReplaced: serving until its replacement is up.
     {{S::kReplaced, kNone},
      {S::kReplaced, kNone},
@@ -80,7 +97,12 @@ constexpr Cell kTable[kSlotStates][kSlotEvents] = {
      {S::kReplaced, kNone},
      {S::kStopping, kStopSlot},
      {S::kStopping, kEvictSlot},  // it goes anyway: no restart
-     {S::kStopping, kCancelTimer}},
+     {S::kStopping, kCancelTimer},
+     {S::kReplaced, kNone},
+     {S::kReplaced, kNone},
+     {S::kReplaced, kNone},
+     {S::kReplaced, kNone},
+     {S::kReplaced, kNone}},
     // kStopping: told to stop; removed once it exits.
     {{S::kStopping, kNone},
      {S::kStopping, kNone},
@@ -95,7 +117,12 @@ constexpr Cell kTable[kSlotStates][kSlotEvents] = {
      {S::kStopping, kNone},
      {S::kStopping, kNone},
      // The pool's own stop sequence signals and kills from here on.
-     {S::kStopping, kCancelTimer}},
+     {S::kStopping, kCancelTimer},
+     {S::kStopping, kNone},
+     {S::kStopping, kNone},
+     {S::kStopping, kNone},
+     {S::kStopping, kNone},
+     {S::kStopping, kNone}},
     // kEvicting: told to stop for misbehaving; restarted once it exits.
     {{S::kEvicting, kNone},
      {S::kEvicting, kNone},
@@ -109,7 +136,12 @@ constexpr Cell kTable[kSlotStates][kSlotEvents] = {
      {S::kEvicting, kNone},  // no replacement beside a child that restarts
      {S::kStopping, kStopPredecessor},  // already told; the deadline runs
      {S::kEvicting, kNone},
-     {S::kStopping, kCancelTimer}},
+     {S::kStopping, kCancelTimer},
+     {S::kEvicting, kNone},
+     {S::kEvicting, kNone},
+     {S::kEvicting, kNone},
+     {S::kEvicting, kNone},
+     {S::kEvicting, kNone}},
     // kBackoff: no child; the timer restarts it.
     {{S::kBackoff, kNone},
      {S::kBackoff, kNone},
@@ -123,7 +155,12 @@ constexpr Cell kTable[kSlotStates][kSlotEvents] = {
      {S::kBackoff, kNone},
      {S::kGone, kDropSlot},
      {S::kBackoff, kNone},
-     {S::kDown, kCancelTimer}},
+     {S::kDown, kCancelTimer},
+     {S::kBackoff, kNone},
+     {S::kBackoff, kNone},
+     {S::kBackoff, kNone},
+     {S::kBackoff, kNone},
+     {S::kBackoff, kNone}},
     // kFailed: no child; waits for a reload or `workerpool restart`.
     {{S::kFailed, kNone},
      {S::kFailed, kNone},
@@ -136,6 +173,11 @@ constexpr Cell kTable[kSlotStates][kSlotEvents] = {
      {S::kDown, kSpawn},
      {S::kFailed, kNone},
      {S::kGone, kDropSlot},
+     {S::kFailed, kNone},
+     {S::kFailed, kNone},
+     {S::kFailed, kNone},
+     {S::kFailed, kNone},
+     {S::kFailed, kNone},
      {S::kFailed, kNone},
      {S::kFailed, kNone}},
     // kGone: removed; nothing happens any more.
@@ -151,7 +193,52 @@ constexpr Cell kTable[kSlotStates][kSlotEvents] = {
      {S::kGone, kNone},
      {S::kGone, kNone},
      {S::kGone, kNone},
+     {S::kGone, kNone},
+     {S::kGone, kNone},
+     {S::kGone, kNone},
+     {S::kGone, kNone},
+     {S::kGone, kNone},
      {S::kGone, kNone}},
+    // kDone: a one-shot that exited 0; stays done through reloads and
+    // retries of its group, runs again only when restarted.
+    {{S::kDone, kNone},
+     {S::kDone, kNone},
+     {S::kDone, kNone},
+     {S::kDone, kNone},
+     {S::kDone, kNone},
+     {S::kDone, kNone},
+     {S::kDone, kNone},
+     {S::kDone, kNone},
+     {S::kDone, kNone},
+     {S::kDone, kNone},
+     {S::kGone, kDropSlot},
+     {S::kDone, kNone},
+     {S::kDone, kNone},
+     {S::kDone, kNone},
+     {S::kDone, kNone},
+     {S::kDone, kNone},
+     {S::kDone, kNone},
+     {S::kDown, kSpawn}},
+    // kProbing: spawned; up once its ready probe passes, a failed start
+    // when the timer (the ready timeout) fires first.
+    {{S::kProbing, kNone},
+     {S::kProbing, kNone},
+     {S::kProbing, kGreet},  // linked to its senders; up when the probe passes
+     {S::kEvicting, kStopProbes | kEvictSlot},
+     {S::kDown, kStopProbes | kEnded},
+     {S::kProbing, kNone},
+     {S::kProbing, kNone},
+     {S::kProbing, kNone},
+     {S::kProbing, kNone},
+     {S::kReplaced, kStopProbes | kCancelTimer},
+     {S::kStopping, kStopProbes | kStopSlot},
+     {S::kEvicting, kStopProbes | kEvictSlot},
+     {S::kStopping, kStopProbes | kCancelTimer},
+     {S::kProbing, kNone},
+     {S::kUp, kStopProbes | kCancelTimer | kBecameUp},
+     {S::kProbing, kNone},
+     {S::kProbing, kNone},
+     {S::kProbing, kNone}},
 };
 
 }  // namespace
@@ -173,6 +260,7 @@ bool SlotHasChild(SlotState state) {
     case SlotState::kReplaced:
     case SlotState::kStopping:
     case SlotState::kEvicting:
+    case SlotState::kProbing:
       return true;
     default:
       return false;
@@ -199,6 +287,10 @@ const char* SlotStateName(SlotState state) {
       return "failed";
     case SlotState::kGone:
       return "gone";
+    case SlotState::kDone:
+      return "done";
+    case SlotState::kProbing:
+      return "probing";
   }
   return "unknown";
 }
@@ -231,6 +323,16 @@ const char* SlotEventName(SlotEvent event) {
       return "evict";
     case SlotEvent::kPoolStop:
       return "pool-stop";
+    case SlotEvent::kSpawnedProbed:
+      return "spawned-probed";
+    case SlotEvent::kReady:
+      return "ready";
+    case SlotEvent::kHealthFailed:
+      return "health-failed";
+    case SlotEvent::kFinished:
+      return "finished";
+    case SlotEvent::kRerun:
+      return "rerun";
   }
   return "unknown";
 }

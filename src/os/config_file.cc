@@ -84,6 +84,10 @@ ConfigEnvironment SystemConfigEnvironment() {
 }
 
 ConfigLoad LoadConfigFile(const std::string& path) {
+  return LoadConfigFile(path, nullptr);
+}
+
+ConfigLoad LoadConfigFile(const std::string& path, std::string* content) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
     int error = errno;
@@ -132,7 +136,9 @@ ConfigLoad LoadConfigFile(const std::string& path) {
     }
   }
   close(fd);
-  return ParseConfig(text, path, SystemConfigEnvironment());
+  ConfigLoad load = ParseConfig(text, path, SystemConfigEnvironment());
+  if (content != nullptr) *content = std::move(text);
+  return load;
 }
 
 }  // namespace workerpool

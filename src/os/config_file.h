@@ -26,5 +26,8 @@ ConfigEnvironment SystemConfigEnvironment();
 // or device, a file over 16 MiB, an empty file and binary garbage each give
 // one clear error naming PATH.
 ConfigLoad LoadConfigFile(const std::string& path);
+// The same, and with CONTENT set to the bytes read when they were read (an
+// in-place upgrade hands the bytes in force to the next Watcher).
+ConfigLoad LoadConfigFile(const std::string& path, std::string* content);
 
 }  // namespace workerpool

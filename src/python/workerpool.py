@@ -586,6 +586,10 @@ class Client:
         self._heartbeat_every = None
         self._next_heartbeat = None
         self._stats_due = None
+        # When stats last went, and when a route's queue starting to fill
+        # last sent them at once (see _stats_changed).
+        self._stats_sent_at = float("-inf")
+        self._rising_sent_at = float("-inf")
         self._exit_at = None
 
         self._stopping = False
@@ -1203,6 +1207,7 @@ class Client:
             1 for _, _, r in self._serve_queue
             if not r._answered and r._link is not None)
         body.update(queued=queued, inflight=inflight, serving=serving)
+        self._stats_sent_at = time.monotonic()
         self._send_pool(FrameType.STATS, body)
 
     def _report_recycle_limit(self):
@@ -1217,8 +1222,22 @@ class Client:
 
     def _count(self, key):
         self.stats[key] += 1
-        if self._stats_due is None and self._pool_open:
-            self._stats_due = time.monotonic() + STATS_INTERVAL
+        self._stats_changed()
+
+    def _stats_changed(self, rising=False):
+        """A counter moved: the stats go at once when none went for
+        STATS_INTERVAL (the first sign of load after a quiet spell), else
+        within the interval. RISING: a route's queue went from empty to not
+        (the load outgrows the group it is sent to): at once, at most once
+        per interval, so that an autoscaler starts timing it now."""
+        if not self._pool_open:
+            return
+        now = time.monotonic()
+        if rising and now - self._rising_sent_at >= STATS_INTERVAL:
+            self._rising_sent_at = now
+            self._stats_due = now
+        elif self._stats_due is None:
+            self._stats_due = max(now, self._stats_sent_at + STATS_INTERVAL)
 
     # -- links ----------------------------------------------------------------------
 
@@ -1678,6 +1697,8 @@ class Client:
         route.queued += 1
         heapq.heappush(route.queue, (out.priority, out.id, out))
         self._dispatch(route)
+        if route.queued == 1:
+            self._stats_changed(rising=True)
 
     def _dispatch(self, route):
         if route.state != _Route.OPEN:

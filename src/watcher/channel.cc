@@ -132,4 +132,12 @@ void Channel::Close() {
            [](uv_handle_t* h) { delete Owner<Channel>(h); });
 }
 
+int Channel::fd() const {
+  uv_os_fd_t fd = -1;
+  if (uv_fileno(reinterpret_cast<const uv_handle_t*>(&pipe_), &fd) != 0) {
+    return -1;
+  }
+  return fd;
+}
+
 }  // namespace workerpool

@@ -34,6 +34,14 @@ class Channel {
   void Close();
 
   bool closed() const { return closed_; }
+
+  // For an in-place upgrade (watcher/upgrade.h): the socket, whether every
+  // frame sent has been written, the bytes read that make no whole frame
+  // yet, and, in the next Watcher, those bytes fed back before it reads on.
+  int fd() const;
+  bool flushed() const { return pipe_.write_queue_size == 0; }
+  std::string Pending() const { return decoder_.Pending(); }
+  void Preload(std::string_view bytes) { decoder_.Feed(bytes); }
   void* owner = nullptr;  // the Watcher's slot
 
  private:

@@ -629,4 +629,11 @@ void ChildChannels::ApplyLimits(Group* group) {
   }
 }
 
+void ChildChannels::Adopt(Slot* slot, bool heartbeat) {
+  for (const std::string& target : slot->conversation.routes()) {
+    subscribers_[target].insert(slot);
+  }
+  if (heartbeat) ArmHeartbeat(slot);
+}
+
 }  // namespace workerpool

@@ -59,6 +59,12 @@ class ChildChannels {
   // dropped and the private directory of link sockets is removed.
   void CloseAll();
 
+  // An in-place upgrade: SLOT's child, adopted with its channel open and
+  // its conversation restored, is a subscriber of its routes again, and its
+  // heartbeat deadline runs again when HEARTBEAT.
+  void Adopt(Slot* slot, bool heartbeat);
+  void AdoptRefusedRequests(std::uint64_t count) { refused_requests_ = count; }
+
  private:
   struct PendingLink;
   void OnFrame(Slot* slot, const FrameView& frame);

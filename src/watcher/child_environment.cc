@@ -8,6 +8,7 @@
 
 #include "core/amqp_service_config.h"
 #include "core/listen_address.h"
+#include "core/probe_spec.h"
 #include "os/builtin_path.h"
 #include "watcher/listen_sockets.h"
 
@@ -73,7 +74,10 @@ SpawnSpec ChildEnvironment::SpecFor(const PoolConfig& pool,
                                     const ListenSockets& sockets,
                                     int channel_fd, bool running_as_root) {
   SpawnSpec spec;
-  spec.argv = group.command;
+  // {index}: each process its own port, directory, ... (core/probe_spec.h).
+  for (const std::string& word : group.command) {
+    spec.argv.push_back(ExpandIndex(word, index));
+  }
   if (spec.argv.size() >= 3 && spec.argv[1] == "builtin" &&
       !builtin_exe_.empty() && IsThisWorkerpool(spec.argv[0])) {
     // One exec, not two: `workerpool builtin NAME` would exec it anyway.
@@ -84,7 +88,7 @@ SpawnSpec ChildEnvironment::SpecFor(const PoolConfig& pool,
   }
   spec.env = base_environment_;
   for (const auto& [key, value] : group.env) {
-    spec.env.push_back(key + "=" + value);
+    spec.env.push_back(key + "=" + ExpandIndex(value, index));
   }
   spec.env.push_back("WORKERPOOL_POOL=" + pool.name);
   spec.env.push_back("WORKERPOOL_GROUP=" + group.name);
@@ -112,7 +116,7 @@ SpawnSpec ChildEnvironment::SpecFor(const PoolConfig& pool,
   spec.env.push_back("WORKERPOOL_IPC_FD=" +
                      std::to_string(2 + spec.pass_fds.size()));
   spec.env = WithoutShadowedVariables(std::move(spec.env));
-  spec.cwd = group.cwd;
+  spec.cwd = ExpandIndex(group.cwd, index);
   if (running_as_root) {
     spec.uid = group.uid;
     spec.gid = group.gid;

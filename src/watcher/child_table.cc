@@ -52,6 +52,7 @@ ChildTable::ChildTable(uv_loop_t* loop, std::string self_exe,
       observer_(observer),
       environment_(self_exe),
       output_(loop, [observer] { observer->OnPoolChanged(); }),
+      probes_(loop, this),
       file_limit_(RaiseFileLimit()),
       spawner_(SpawnerExecutable(self_exe)),
       running_as_root_(geteuid() == 0),
@@ -81,8 +82,12 @@ Group* ChildTable::AddGroup(const GroupConfig& config) {
   groups_.push_back(std::make_unique<Group>(config));
   Group* group = groups_.back().get();
   ConfigureAutoscale(group);
-  for (int index = 0; index < group->config.processes; ++index) {
-    Spawn(NewSlot(group, index));
+  group->waiting = true;
+  StartWaitingGroups();  // now, unless a dependency is not ready
+  if (group->waiting) {
+    std::string detail;
+    StateOf(*group, &detail);
+    spdlog::info("group {} {}", group->config.name, detail);
   }
   return group;
 }
@@ -90,6 +95,10 @@ Group* ChildTable::AddGroup(const GroupConfig& config) {
 void ChildTable::Spawn(Slot* slot) {
   const GroupConfig& config = slot->group->config;
   slot->started = Clock::now();
+  slot->exit_status = -1;
+  slot->ready_probe_passed = false;
+  slot->not_ready_in_time = false;
+  slot->health_failures = 0;
   int channel_fds[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, channel_fds) != 0) {
     spdlog::error("cannot start {}[{}]: socketpair: {}", config.name,
@@ -141,7 +150,7 @@ void ChildTable::Spawn(Slot* slot) {
   } else {
     output_.Start(child->output_fd, slot);
   }
-  Apply(slot, SlotEvent::kSpawned);
+  Apply(slot, config.ready ? SlotEvent::kSpawnedProbed : SlotEvent::kSpawned);
 }
 
 // Executes the cell of the lifecycle table for SLOT's state and EVENT, in
@@ -151,23 +160,42 @@ void ChildTable::Spawn(Slot* slot) {
 void ChildTable::Apply(Slot* slot, SlotEvent event) {
   const SlotTransition transition = NextSlotState(slot->state, event);
   slot->state = transition.next;
-  const std::uint16_t effects = transition.effects;
+  const std::uint32_t effects = transition.effects;
   const GroupConfig& config = slot->group->config;
+  if (effects & kStopProbes) probes_.Stop(slot);
   if (effects & kCancelTimer) uv_timer_stop(&slot->timer);
   if (effects & kGreet) channels_.Greet(slot);
   if (effects & kStopPredecessor) StopPredecessor(slot, event);
+  if (effects & kStartHealth) probes_.StartHealth(slot);
   if (effects & kMarkUp) {
     CheckRequestCount(slot);
     LoadChanged();
+    StartWaitingGroups();
+    ContinueRestartChain();
+    observer_->OnPoolChanged();
+  }
+  if (effects & kMarkDone) {
+    spdlog::info("{}[{}] done", config.name, slot->index);
+    StartWaitingGroups();
     observer_->OnPoolChanged();
   }
   if (effects & kAskPolicy) AskPolicy(slot);
   if (effects & kArmBackoff) ArmTimer(slot, slot->backoff);
   if (effects & kSpawn) Spawn(slot);
   if (effects & kArmStartGrace) {
-    ArmTimer(slot, slot->group->speaks_protocol ? kProtocolStartGrace
-                                                : kPlainStartGrace);
+    if (config.ready) {
+      // The ready timeout; `after` waits that long before it counts.
+      Duration wait = config.ready->timeout;
+      if (config.ready->kind == ProbeConfig::Kind::kAfter) {
+        wait += config.ready->after;
+      }
+      ArmTimer(slot, wait);
+    } else {
+      ArmTimer(slot, slot->group->speaks_protocol ? kProtocolStartGrace
+                                                  : kPlainStartGrace);
+    }
   }
+  if (effects & kStartReadyProbe) probes_.StartReady(slot);
   if ((effects & kStopChild) && !channels_.Drain(slot)) {
     spdlog::info("stopping {}[{}] pid {} (SIGTERM)", config.name, slot->index,
                  slot->pid);
@@ -184,6 +212,46 @@ void ChildTable::Apply(Slot* slot, SlotEvent event) {
   }
   if (effects & kDetachSuccessor) DetachSuccessor(slot);
   if (effects & kRemove) Remove(slot);
+  // A child that speaks the protocol is up once it said hello and its
+  // ready probe passed, in either order.
+  if (event == SlotEvent::kHello && slot->state == SlotState::kProbing &&
+      slot->ready_probe_passed) {
+    Apply(slot, SlotEvent::kReady);
+  }
+}
+
+void ChildTable::OnReadyProbePassed(Slot* slot) {
+  if (slot->state != SlotState::kProbing) return;
+  // A group whose children speak the protocol: hello must come too.
+  if (slot->group->speaks_protocol && !slot->ready) return;
+  const std::optional<ProbeConfig>& ready = slot->group->config.ready;
+  spdlog::info("{}[{}] pid {} is ready ({} probe passed)",
+               slot->group->config.name, slot->index, slot->pid,
+               ready ? ProbeKindName(ready->kind) : "its");
+  Apply(slot, SlotEvent::kReady);
+}
+
+void ChildTable::OnHealthProbe(Slot* slot, bool passed,
+                               const std::string& detail) {
+  if (!slot->up() || !slot->group->config.health) return;
+  if (passed) {
+    slot->health_failures = 0;
+    return;
+  }
+  const ProbeConfig& health = *slot->group->config.health;
+  ++slot->health_failures;
+  if (slot->health_failures < health.failures) {
+    spdlog::warn("{}[{}] pid {} health probe failed ({} of {}): {}",
+                 slot->group->config.name, slot->index, slot->pid,
+                 slot->health_failures, health.failures, detail);
+    return;
+  }
+  spdlog::error(
+      "{}[{}] pid {} is hung: {} health probes failed in a row ({}); "
+      "stopping it to restart it",
+      slot->group->config.name, slot->index, slot->pid, health.failures,
+      detail);
+  Apply(slot, SlotEvent::kHealthFailed);
 }
 
 void ChildTable::ArmTimer(Slot* slot, Duration after) {
@@ -196,6 +264,14 @@ void ChildTable::OnSlotTimer(uv_timer_t* timer) {
   if (slot->state == SlotState::kStarting) {
     spdlog::debug("{}[{}] pid {} did not say hello; taken as up",
                   slot->group->config.name, slot->index, slot->pid);
+  } else if (slot->state == SlotState::kProbing) {
+    slot->not_ready_in_time = true;
+    // A reload may have dropped `ready` since the spawn.
+    const std::optional<ProbeConfig>& ready = slot->group->config.ready;
+    spdlog::warn(
+        "{}[{}] pid {} not ready within {}: a failed start; stopping it",
+        slot->group->config.name, slot->index, slot->pid,
+        ready ? FormatDuration(ready->timeout) : "its ready timeout");
   }
   slot->table->Apply(slot, SlotEvent::kTimer);
 }
@@ -220,16 +296,36 @@ void ChildTable::AskPolicy(Slot* slot) {
     Apply(slot, SlotEvent::kGroupFailed);
     return;
   }
-  RestartDecision decision =
-      group->policy.OnChildExit(slot->index, slot->started, Clock::now());
+  const int status = slot->exit_status;
+  const bool succeeded =
+      status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  RestartDecision decision = group->policy.OnChildExit(
+      slot->index, slot->started, Clock::now(), succeeded);
+  if (decision.done) {
+    Apply(slot, SlotEvent::kFinished);
+    return;
+  }
   if (decision.group_failed) {
-    group->failed = true;
-    spdlog::error(
-        "group {} failed: more than {} restarts within {}; not restarting "
-        "it until reload or `workerpool restart {}`",
-        group->config.name, group->config.restart.intensity.max_restarts,
-        FormatDuration(group->config.restart.intensity.period),
-        group->config.name);
+    std::string who = group->config.name;
+    if (group->config.processes > 1) {
+      who += "[" + std::to_string(slot->index) + "]";
+    }
+    if (group->config.restart.policy == RestartMode::kNever) {
+      std::string how = status >= 0 ? DescribeWaitStatus(status)
+                                    : std::string("could not start");
+      if (slot->not_ready_in_time && group->config.ready) {
+        how =
+            "not ready within " + FormatDuration(group->config.ready->timeout);
+      }
+      FailGroup(group, who + " " + how);
+    } else {
+      FailGroup(
+          group,
+          "more than " +
+              std::to_string(group->config.restart.intensity.max_restarts) +
+              " restarts within " +
+              FormatDuration(group->config.restart.intensity.period));
+    }
     // Every slot of the group without a child waits with this one.
     for (auto& [index, other] : group->slots) {
       Apply(other, SlotEvent::kGroupFailed);
@@ -290,6 +386,7 @@ void ChildTable::Reap() {
     pid_t pid = waitpid(-1, &status, WNOHANG);
     if (pid <= 0) break;
     if (spawner_.Reaped(pid, status)) continue;
+    if (probes_.OnProcessExit(pid, status)) continue;  // an exec probe
     auto found = children_.find(pid);
     if (found == children_.end()) {
       spdlog::debug("reaped orphaned descendant pid {}: {}", pid,
@@ -308,7 +405,12 @@ void ChildTable::Reap() {
 
 void ChildTable::OnChildExit(Slot* slot, int status) {
   const GroupConfig& config = slot->group->config;
-  const bool expected = stopping_ || slot->state == SlotState::kStopping ||
+  // A one-shot (restart.policy on-failure or never) that exited 0 did
+  // what it was for.
+  const bool finished = config.restart.policy != RestartMode::kAlways &&
+                        WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  const bool expected = stopping_ || finished ||
+                        slot->state == SlotState::kStopping ||
                         slot->state == SlotState::kReplaced;
   const std::string how = DescribeWaitStatus(status);
   const auto uptime =
@@ -319,6 +421,7 @@ void ChildTable::OnChildExit(Slot* slot, int status) {
   channels_.PeerGone(slot, how);
   channels_.Forget(slot);
   slot->pid = 0;
+  slot->exit_status = status;
   Apply(slot, SlotEvent::kExited);
   LoadChanged();
 }
@@ -384,6 +487,10 @@ void ChildTable::CloseAll() {
   for (auto& group : groups_) DropAutoscale(group.get());
   output_.CloseAll();
   channels_.CloseAll();
+  for (auto& group : groups_) {
+    group->ForEachSlot([this](Slot* slot) { probes_.Stop(slot); });
+  }
+  probes_.CloseAll();
   for (auto& group : groups_) {
     for (auto& [index, slot] : group->slots) CloseSlotHandles(slot);
     group->slots.clear();

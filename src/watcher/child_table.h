@@ -20,17 +20,21 @@
 
 #include "core/config.h"
 #include "core/file_limit.h"
+#include "core/status.h"
+#include "core/upgrade_state.h"
 #include "os/spawner.h"
+#include "core/start_order.h"
 #include "watcher/child_channels.h"
 #include "watcher/child_environment.h"
 #include "watcher/output_capture.h"
 #include "watcher/pool_state.h"
+#include "watcher/probes.h"
 
 namespace workerpool {
 
 class ListenSockets;
 
-class ChildTable {
+class ChildTable : private Probes::Listener {
  public:
   class Observer {
    public:
@@ -49,8 +53,28 @@ class ChildTable {
   void SetConfig(const PoolConfig* config) { config_ = config; }
   const PoolConfig& config() const { return *config_; }
 
-  // Adds a group from CONFIG and starts its children.
+  // Adds a group from CONFIG and starts its children, or, when a group in
+  // its depends_on is not ready yet, marks it waiting (started later by
+  // StartWaitingGroups).
   Group* AddGroup(const GroupConfig& config);
+  // Starts every waiting group whose dependencies are all ready now.
+  void StartWaitingGroups();
+  // Every process of GROUP up or done, none missing (core/start_order.h).
+  bool GroupReady(const Group& group) const;
+  // A waiting GROUP can start some day: none of its dependencies, direct or
+  // not, failed. Else the name of one that did.
+  std::string FailedDependency(const Group& group) const;
+  // GROUP's state for status and metrics: "running", "starting", "done",
+  // "waiting", "failed", "removing"; DETAIL the line status shows ("waiting
+  // for cache", "failed: migrate exited with code 1").
+  std::string StateOf(const Group& group, std::string* detail) const;
+  // The stop: SIGTERM to each group whose dependents are gone (and, for
+  // jobs, the intake that could send them work); true when every group
+  // with children has been told.
+  void SignalStoppableGroups();
+  // `workerpool restart GROUP --with-dependents`: rolling restarts of
+  // GROUP, then of each group that depends on it, one after another.
+  void RestartWithDependents(Group* group);
   // A reload dropped GROUP: its children drain, then it is deleted.
   void RemoveGroup(Group* group);
   // Applies group->config.processes: retires the idlest extra slots, starts
@@ -63,6 +87,9 @@ class ChildTable {
   // A reload changed GROUP's limits: its running children get new
   // max_requests limits, and they and their senders hear of the limits.
   void ApplyLimits(Group* group);
+  // A reload changed GROUP's health section: its up children are probed
+  // by the new one (or no more), without a restart.
+  void ApplyHealth(Group* group);
   // Recycles SLOT's child when it answered max_requests requests.
   void CheckRequestCount(Slot* slot);
   // Starts or stops max_rss sampling as the groups need it.
@@ -107,6 +134,20 @@ class ChildTable {
   // Closes every slot's handles (the pool has stopped).
   void CloseAll();
 
+  // In-place upgrade (child_table_upgrade.cc, watcher/upgrade.h). The
+  // groups and slots as the next Watcher needs them, with the descriptors
+  // it will find open (STATE's groups; NOW is the clock reading the ages
+  // and remaining times count from).
+  void SaveState(UpgradeState* state, TimePoint now) const;
+  // Whether every channel has written every frame it was given (nothing
+  // queued in this process would be lost by exec).
+  bool ChannelsFlushed() const;
+  // The next Watcher: rebuilds every group and slot of STATE without
+  // spawning or signalling anything, checked first (a group the definition
+  // in force lacks, a slot state it does not know, a descriptor that is
+  // not open): an error then, and nothing was built.
+  Status AdoptState(const UpgradeState& state, TimePoint now);
+
   // SLOT's child broke the protocol too often: it loses its channel and is
   // stopped, then restarted with backoff.
   void Evict(Slot* slot);
@@ -143,7 +184,15 @@ class ChildTable {
   void Autoscale(Group* group);
   void AutoscaleAll();
   void CloseSlotHandles(Slot* slot);
+  void StartGroup(Group* group);
+  void FailGroup(Group* group, std::string reason);
+  void ContinueRestartChain();
+  std::vector<GroupNode> Nodes() const;
   static void OnSlotTimer(uv_timer_t* timer);
+  // Probes::Listener.
+  void OnReadyProbePassed(Slot* slot) override;
+  void OnHealthProbe(Slot* slot, bool passed,
+                     const std::string& detail) override;
 
   uv_loop_t* loop_;
   const PoolConfig* config_ = nullptr;
@@ -152,7 +201,10 @@ class ChildTable {
   ChildEnvironment environment_;
   ChildChannels channels_{this};
   OutputCapture output_;
+  Probes probes_;
   std::vector<std::unique_ptr<Group>> groups_;
+  // --with-dependents: the groups still to restart, in order.
+  std::vector<std::string> restart_chain_;
   std::map<pid_t, Slot*> children_;  // live children by pid
   std::uint64_t spawns_ = 0;         // serials of children
   std::uint64_t file_limit_ = 1024;  // RLIMIT_NOFILE, raised at start

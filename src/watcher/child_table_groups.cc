@@ -1,6 +1,7 @@
 // The child table, part two: groups. Resize, rolling restart, retry of a
 // failed group, removal, and recycling (max_requests, max_rss). Every change
 // to a slot goes through ChildTable::Apply (child_table.cc).
+#include <signal.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -49,6 +50,8 @@ void ChildTable::DeleteDrainedGroups() {
 }
 
 void ChildTable::Resize(Group* group) {
+  // A waiting group starts with the processes it has then.
+  if (group->waiting) return;
   const int wanted = group->config.processes;
   std::vector<Slot*> active;
   for (auto& [index, slot] : group->slots) {
@@ -94,6 +97,7 @@ void ChildTable::Resize(Group* group) {
 void ChildTable::RetryFailedGroup(Group* group) {
   if (!group->failed) return;
   group->failed = false;
+  group->failed_reason.clear();
   group->policy.Reset();
   std::vector<Slot*> slots;
   for (auto& [index, slot] : group->slots) slots.push_back(slot);
@@ -138,11 +142,18 @@ void ChildTable::ContinueRollingRestart(Group* group) {
         slot->generation == group->generation) {
       continue;
     }
+    if (slot->state == SlotState::kDone) {
+      // A one-shot restarted (or changed by a reload) runs again.
+      spdlog::info("{}[{}] runs again", group->config.name, index);
+      Apply(slot, SlotEvent::kRerun);
+      continue;
+    }
     if (!slot->has_child()) continue;  // its next start uses the new settings
     spdlog::info("rolling restart of {}: replacing {}[{}] pid {}",
                  group->config.name, group->config.name, index, slot->pid);
     if (ReplaceSlot(slot)) return;
   }
+  ContinueRestartChain();
   observer_->OnPoolChanged();
 }
 
@@ -166,6 +177,14 @@ void ChildTable::ApplyLimits(Group* group) {
   std::vector<Slot*> slots;
   for (auto& [index, slot] : group->slots) slots.push_back(slot);
   for (Slot* slot : slots) CheckRequestCount(slot);
+}
+
+void ChildTable::ApplyHealth(Group* group) {
+  for (auto& [index, slot] : group->slots) {
+    if (!slot->up()) continue;
+    probes_.Stop(slot);
+    probes_.StartHealth(slot);
+  }
 }
 
 void ChildTable::Recycle(Slot* slot, const std::string& why) {
@@ -222,6 +241,194 @@ void ChildTable::SampleRss() {
     Recycle(slot, "resident memory " + FormatMegabytes(rss) +
                       " is over max_rss " +
                       FormatMegabytes(slot->group->config.max_rss));
+  }
+}
+
+// --- Start order (core/start_order.h) --------------------------------------
+
+std::vector<GroupNode> ChildTable::Nodes() const {
+  std::vector<GroupNode> nodes;
+  for (const auto& group : groups_) {
+    if (group->removing) continue;
+    // Stops looking at the first child: called at every reap of the stop.
+    bool running = !group->outgoing.empty();
+    for (auto slot = group->slots.begin();
+         !running && slot != group->slots.end(); ++slot) {
+      running = slot->second->has_child();
+    }
+    nodes.push_back({group->config.name, group->config.depends_on,
+                     group->config.type != GroupType::kJob, running});
+  }
+  return nodes;
+}
+
+bool ChildTable::GroupReady(const Group& group) const {
+  if (group.waiting || group.failed || group.removing) return false;
+  if (static_cast<int>(group.slots.size()) < group.config.processes) {
+    return false;
+  }
+  for (const auto& [index, slot] : group.slots) {
+    if (!slot->up() && slot->state != SlotState::kDone) return false;
+  }
+  return true;
+}
+
+std::string ChildTable::FailedDependency(const Group& group) const {
+  return workerpool::FailedDependency(
+      group.config.name, Nodes(), [this](const std::string& name) {
+        const Group* dependency = FindGroup(name);
+        return dependency != nullptr && dependency->failed;
+      });
+}
+
+void ChildTable::StartWaitingGroups() {
+  if (stopping_) return;
+  auto ready = [this](const std::string& name) {
+    const Group* dependency = FindGroup(name);
+    return dependency != nullptr && GroupReady(*dependency);
+  };
+  // Starting one may make another ready at once (processes 0).
+  for (bool started = true; started;) {
+    started = false;
+    for (std::size_t i = 0; i < groups_.size(); ++i) {
+      Group* group = groups_[i].get();
+      if (!group->waiting || group->removing) continue;
+      GroupNode node{group->config.name, group->config.depends_on};
+      if (!UnreadyDependencies(node, ready).empty()) continue;
+      StartGroup(group);
+      started = true;
+    }
+  }
+}
+
+void ChildTable::StartGroup(Group* group) {
+  group->waiting = false;
+  if (!group->config.depends_on.empty()) {
+    spdlog::info("group {}: its dependencies are ready; starting it",
+                 group->config.name);
+  }
+  group->policy.Resize(group->config.processes);
+  for (int index = 0; index < group->config.processes; ++index) {
+    if (group->slots.count(index) == 0) Spawn(NewSlot(group, index));
+  }
+}
+
+void ChildTable::FailGroup(Group* group, std::string reason) {
+  group->failed = true;
+  group->failed_reason = std::move(reason);
+  spdlog::error(
+      "group {} failed: {}; not restarting it until reload or `workerpool "
+      "restart {}`",
+      group->config.name, group->failed_reason, group->config.name);
+  for (const auto& other : groups_) {
+    if (!other->waiting || other->removing) continue;
+    if (FailedDependency(*other) == group->config.name) {
+      spdlog::error("group {} does not start: it depends on {}, which failed",
+                    other->config.name, group->config.name);
+    }
+  }
+}
+
+std::string ChildTable::StateOf(const Group& group, std::string* detail) const {
+  int live = 0, done = 0, probing = 0;
+  for (const auto& [index, slot] : group.slots) {
+    if (slot->has_child()) ++live;
+    if (slot->state == SlotState::kDone) ++done;
+    if (slot->state == SlotState::kProbing) ++probing;
+  }
+  std::string state;
+  if (group.removing) {
+    state = "removing";
+    *detail = state;
+  } else if (group.failed) {
+    state = "failed";
+    *detail =
+        group.failed_reason.empty() ? state : "failed: " + group.failed_reason;
+  } else if (group.waiting) {
+    state = "waiting";
+    auto ready = [this](const std::string& name) {
+      const Group* dependency = FindGroup(name);
+      return dependency != nullptr && GroupReady(*dependency);
+    };
+    GroupNode node{group.config.name, group.config.depends_on};
+    std::string names;
+    for (const std::string& name : UnreadyDependencies(node, ready)) {
+      names += (names.empty() ? "" : ", ") + name;
+    }
+    *detail = "waiting for " + names;
+    const std::string failed = FailedDependency(group);
+    if (!failed.empty()) *detail += " (" + failed + " failed)";
+  } else if (done > 0 && done >= group.config.processes) {
+    state = "done";
+    *detail = state;
+  } else if (live + done < group.config.processes || probing > 0) {
+    state = "starting";
+    *detail = state;
+  } else {
+    state = "running";
+    *detail = state;
+  }
+  return state;
+}
+
+void ChildTable::SignalStoppableGroups() {
+  if (!stopping_) return;
+  std::vector<GroupNode> nodes = Nodes();
+  std::vector<bool> may = MayStopNow(nodes);
+  for (std::size_t i = 0; i < nodes.size(); ++i) {
+    if (!may[i] || !nodes[i].running) continue;
+    Group* group = FindGroup(nodes[i].name);
+    if (group == nullptr || group->stop_signalled) continue;
+    group->stop_signalled = true;
+    int children = 0;
+    group->ForEachSlot([this, &children](Slot* slot) {
+      if (!slot->has_child()) return;
+      Signal(slot, SIGTERM);
+      ++children;
+    });
+    spdlog::info("stopping group {}: SIGTERM to {} children", nodes[i].name,
+                 children);
+  }
+  // A group dropped by a reload has no dependents left; it stops anyway.
+  for (const auto& group : groups_) {
+    if (!group->removing || group->stop_signalled) continue;
+    group->stop_signalled = true;
+    group->ForEachSlot([this](Slot* slot) {
+      if (slot->has_child()) Signal(slot, SIGTERM);
+    });
+  }
+}
+
+void ChildTable::RestartWithDependents(Group* group) {
+  restart_chain_ = DependentsInStartOrder(group->config.name, Nodes());
+  RetryFailedGroup(group);
+  StartRollingRestart(group);
+  ContinueRestartChain();
+}
+
+// The next group of a --with-dependents restart starts its rolling restart
+// once the one before it is ready again.
+void ChildTable::ContinueRestartChain() {
+  while (!restart_chain_.empty() && !stopping_) {
+    bool busy = false;
+    for (const auto& group : groups_) {
+      if (group->removing) continue;
+      if (!group->rolling.empty() || !group->outgoing.empty()) busy = true;
+      if (!group->waiting && !group->failed && !GroupReady(*group)) {
+        busy = true;
+      }
+    }
+    if (busy) return;
+    const std::string name = restart_chain_.front();
+    restart_chain_.erase(restart_chain_.begin());
+    Group* next = FindGroup(name);
+    if (next == nullptr || next->waiting) continue;
+    spdlog::info(
+        "rolling restart of group {} (it depends on a group just "
+        "restarted)",
+        name);
+    RetryFailedGroup(next);
+    StartRollingRestart(next);
   }
 }
 

@@ -34,10 +34,24 @@ class ControlTarget {
   virtual nlohmann::json StatusJson() = 0;
   virtual Status Scale(const std::string& group, int processes) = 0;
   virtual Status RestartGroup(const std::string& group) = 0;
+  // `restart GROUP --with-dependents`: GROUP, then every group that depends
+  // on it, one rolling restart after another (dependencies first).
+  virtual Status RestartWithDependents(const std::string& group) {
+    return RestartGroup(group);
+  }
   // Parses, validates and applies the file now; an error leaves the running
   // pool untouched and names file:line:col.
   virtual Status Reload() = 0;
   virtual void Stop() = 0;
+  // In-place upgrade to BINARY (empty: the one the Watcher was started
+  // from): starts checking it, and hands over once the checks passed. The
+  // answer's members for the client ({"upgrading":true,"from","binary",
+  // "attempts"}: the attempt's outcome shows in status as attempts + 1),
+  // or why it cannot start (stopping, another upgrade under way).
+  virtual Result<nlohmann::json> Upgrade(const std::string& binary) {
+    (void)binary;
+    return Status::Error("this Watcher cannot upgrade");
+  }
 };
 
 class ControlServer {
@@ -45,11 +59,16 @@ class ControlServer {
   virtual ~ControlServer() = default;
   // Binds PATH (removing a stale socket; failing when another Watcher
   // answers there), mode 0600.
+  // With ADOPT_FD >= 0 (an in-place upgrade) that socket, already bound at
+  // PATH by the Watcher before, is served instead.
   static Result<std::unique_ptr<ControlServer>> Start(uv_loop_t* loop,
                                                       const std::string& path,
-                                                      ControlTarget* target);
+                                                      ControlTarget* target,
+                                                      int adopt_fd = -1);
   // Stops listening and removes the socket file.
   virtual void Close() = 0;
+  // The listening socket (kept across exec by an in-place upgrade).
+  virtual int fd() const = 0;
 };
 
 class MetricsServer {
@@ -58,8 +77,10 @@ class MetricsServer {
   // Serves GET /metrics (Prometheus text format 0.0.4) on ADDRESS
   // ("host:port").
   static Result<std::unique_ptr<MetricsServer>> Start(
-      uv_loop_t* loop, const std::string& address, ControlTarget* target);
+      uv_loop_t* loop, const std::string& address, ControlTarget* target,
+      int adopt_fd = -1);
   virtual void Close() = 0;
+  virtual int fd() const = 0;
 };
 
 }  // namespace workerpool

@@ -147,8 +147,11 @@ json Dispatch(ControlTarget* target, std::string_view text,
                   {"until_reload", true}};
     }
     case ControlRequest::Command::kRestart: {
-      spdlog::info("control ({}): restart {}", peer, request.group);
-      Status status = target->RestartGroup(request.group);
+      spdlog::info("control ({}): restart {}{}", peer, request.group,
+                   request.with_dependents ? " --with-dependents" : "");
+      Status status = request.with_dependents
+                          ? target->RestartWithDependents(request.group)
+                          : target->RestartGroup(request.group);
       if (!status.ok()) return ErrorAnswer(status.message());
       return json{{"ok", true}, {"group", request.group}};
     }
@@ -157,6 +160,16 @@ json Dispatch(ControlTarget* target, std::string_view text,
       Status status = target->Reload();
       if (!status.ok()) return ErrorAnswer(status.message());
       return json{{"ok", true}};
+    }
+    case ControlRequest::Command::kUpgrade: {
+      spdlog::info(
+          "control ({}): upgrade {}", peer,
+          request.binary.empty() ? "(the running binary)" : request.binary);
+      Result<json> started = target->Upgrade(request.binary);
+      if (!started.ok()) return ErrorAnswer(started.status().message());
+      json answer = *started;
+      answer["ok"] = true;
+      return answer;
     }
     case ControlRequest::Command::kStop:
       spdlog::info("control ({}): stop", peer);
@@ -258,7 +271,7 @@ class ControlSession : public StreamSession {
 
 class ControlServerImpl : public ControlServer {
  public:
-  explicit ControlServerImpl(const std::string& path) : path_(path) {
+  ControlServerImpl(const std::string& path, int fd) : path_(path), fd_(fd) {
     struct stat info;
     if (lstat(path.c_str(), &info) == 0) {
       device_ = info.st_dev;
@@ -284,8 +297,11 @@ class ControlServerImpl : public ControlServer {
     if (server_) server_->Close();
   }
 
+  int fd() const override { return fd_; }
+
  private:
   std::string path_;
+  int fd_;
   dev_t device_ = 0;
   ino_t inode_ = 0;
   std::unique_ptr<StreamServer> server_;
@@ -295,7 +311,8 @@ class ControlServerImpl : public ControlServer {
 }  // namespace
 
 Result<std::unique_ptr<ControlServer>> ControlServer::Start(
-    uv_loop_t* loop, const std::string& path, ControlTarget* target) {
+    uv_loop_t* loop, const std::string& path, ControlTarget* target,
+    int adopt_fd) {
   if (path.empty()) return Status::Error("the control socket path is empty");
   if (path.size() >= sizeof(sockaddr_un::sun_path)) {
     return Status::Error("the control socket path " + path + " is too long (" +
@@ -308,12 +325,15 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Start(
     Status made = MakeDirectories(path.substr(0, slash));
     if (!made.ok()) return made;
   }
-  Status claimed = ClaimPath(path);
-  if (!claimed.ok()) return claimed;
-  Result<int> fd = BindControlSocket(path);
-  if (!fd.ok()) return fd.status();
+  Result<int> fd = adopt_fd;
+  if (adopt_fd < 0) {
+    Status claimed = ClaimPath(path);
+    if (!claimed.ok()) return claimed;
+    fd = BindControlSocket(path);
+    if (!fd.ok()) return fd.status();
+  }
 
-  auto server = std::make_unique<ControlServerImpl>(path);
+  auto server = std::make_unique<ControlServerImpl>(path, *fd);
   auto context = std::make_shared<const ControlContext>(
       ControlContext{target, path, geteuid()});
   StreamServerOptions options;

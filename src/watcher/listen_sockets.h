@@ -23,6 +23,10 @@ class ListenSockets {
   void CloseUnused(const PoolConfig& config);
   // The fd bound for ADDRESS as written in the file; -1 when none.
   int Fd(const std::string& address) const;
+  // Every socket, for an in-place upgrade (kept across exec), and the next
+  // Watcher taking them over.
+  const std::map<std::string, int>& fds() const { return fds_; }
+  void Adopt(std::map<std::string, int> fds) { fds_ = std::move(fds); }
 
  private:
   std::map<std::string, int> fds_;  // by the address as written

@@ -134,18 +134,21 @@ int OnMessageComplete(http_parser* parser) {
 
 class MetricsServerImpl : public MetricsServer {
  public:
-  explicit MetricsServerImpl(std::unique_ptr<StreamServer> server)
-      : server_(std::move(server)) {}
+  MetricsServerImpl(std::unique_ptr<StreamServer> server, int fd)
+      : server_(std::move(server)), fd_(fd) {}
   void Close() override { server_->Close(); }
+  int fd() const override { return fd_; }
 
  private:
   std::unique_ptr<StreamServer> server_;
+  int fd_;
 };
 
 }  // namespace
 
 Result<std::unique_ptr<MetricsServer>> MetricsServer::Start(
-    uv_loop_t* loop, const std::string& address, ControlTarget* target) {
+    uv_loop_t* loop, const std::string& address, ControlTarget* target,
+    int adopt_fd) {
   Result<ListenAddress> parsed = ParseListenAddress(address);
   if (!parsed.ok()) {
     return Status::Error("metrics endpoint: " + parsed.status().message());
@@ -154,7 +157,8 @@ Result<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     return Status::Error("metrics endpoint '" + address +
                          "': expected HOST:PORT such as 127.0.0.1:9464");
   }
-  Result<int> fd = BindListenSocket(*parsed);
+  Result<int> fd =
+      adopt_fd >= 0 ? Result<int>(adopt_fd) : BindListenSocket(*parsed);
   if (!fd.ok()) {
     return Status::Error("metrics endpoint: " + fd.status().message());
   }
@@ -172,7 +176,7 @@ Result<std::unique_ptr<MetricsServer>> MetricsServer::Start(
                          ": " + listening.status().message());
   }
   return std::unique_ptr<MetricsServer>(
-      std::make_unique<MetricsServerImpl>(std::move(*listening)));
+      std::make_unique<MetricsServerImpl>(std::move(*listening), *fd));
 }
 
 }  // namespace workerpool

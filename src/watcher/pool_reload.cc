@@ -35,9 +35,19 @@ PoolReload::PoolReload(uv_loop_t* loop, std::string path, ChildTable* table,
   queued_timer_.data = this;
 }
 
-void PoolReload::Start(PoolConfig config) {
+void PoolReload::Start(PoolConfig config, std::string content) {
   config_ = std::move(config);
+  content_ = std::move(content);
   table_->SetConfig(&config_);
+}
+
+void PoolReload::Adopt(PoolConfig config, std::string content,
+                       std::uint64_t applied, nlohmann::json last,
+                       bool queued) {
+  Start(std::move(config), std::move(content));
+  applied_ = applied;
+  last_ = std::move(last);
+  queued_ = queued;
 }
 
 Status PoolReload::Request(bool running, bool starting) {
@@ -107,7 +117,8 @@ Status PoolReload::Apply() {
   NotifySystemd("RELOADING=1\n" + MonotonicUsecField() + "\nSTATUS=reloading " +
                 path_);
   spdlog::info("reloading {}", path_);
-  ConfigLoad load = LoadConfigFile(path_);
+  std::string content;
+  ConfigLoad load = LoadConfigFile(path_, &content);
   if (!load.ok()) {
     return Fail(WithoutTrailingNewline(load.ErrorText()),
                 "reload failed, keeping the running pool", load.errors);
@@ -137,6 +148,7 @@ Status PoolReload::Apply() {
   // The new definition is in force from here: spawns below use it.
   PoolConfig previous = std::move(config_);
   config_ = std::move(next);
+  content_ = std::move(content);
   config_.name = previous.name;
   config_.control_socket = previous.control_socket;
   config_.metrics = previous.metrics;
@@ -159,6 +171,7 @@ Status PoolReload::Apply() {
         // bounds: the file's processes is only where it starts.
         const int running_target = group->config.processes;
         const bool was_autoscaled = group->autoscale != nullptr;
+        const bool health_changed = group->config.health != next_config->health;
         group->config = *next_config;
         if (was_autoscaled && next_config->autoscale) {
           group->config.processes =
@@ -178,11 +191,14 @@ Status PoolReload::Apply() {
           table_->StartRollingRestart(group);
         }
         if (change.limits_changed) table_->ApplyLimits(group);
+        if (health_changed) table_->ApplyHealth(group);
         break;
       }
     }
   }
   table_->channels().ApplyRoutes();
+  // A waiting group whose depends_on the reload shortened may start now.
+  table_->StartWaitingGroups();
   table_->UpdateRssSampling();
   ++applied_;
   last_ = {{"ok", true}, {"summary", diff.Summary()}, {"unix", time(nullptr)}};

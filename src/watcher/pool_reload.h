@@ -39,9 +39,17 @@ class PoolReload {
   PoolReload(uv_loop_t* loop, std::string path, ChildTable* table,
              ListenSockets* sockets, Host* host);
 
-  // The definition the pool starts with.
-  void Start(PoolConfig config);
+  // The definition the pool starts with, and the bytes it was read from.
+  void Start(PoolConfig config, std::string content = {});
   const PoolConfig& config() const { return config_; }
+  // The bytes of the file the definition in force was read from (an
+  // in-place upgrade hands them over: the file may have changed since).
+  const std::string& content() const { return content_; }
+  // The next Watcher of an in-place upgrade takes the reload room over:
+  // the definition in force, its bytes, the reloads applied, the last
+  // outcome and whether one is queued.
+  void Adopt(PoolConfig config, std::string content, std::uint64_t applied,
+             nlohmann::json last, bool queued);
   const std::string& path() const { return path_; }
 
   // Reloads now when the pool is RUNNING (settled) and nothing waits;
@@ -70,6 +78,7 @@ class PoolReload {
   ListenSockets* sockets_;
   Host* host_;
   PoolConfig config_;
+  std::string content_;
   bool queued_ = false;
   uv_timer_t queued_timer_;  // starts a queued reload from a clean stack
   nlohmann::json last_ = nullptr;

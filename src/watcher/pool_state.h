@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include <map>
+#include <string>
 #include <vector>
 
 #include "core/autoscale.h"
@@ -23,6 +24,7 @@ class Channel;
 class ChildTable;
 struct Group;
 struct OutputReader;
+struct ProbeRun;
 
 // One index of a group: a child process, or the place where one will be.
 // Its lifecycle is `state` (core/slot_lifecycle.h); only the child table's
@@ -60,6 +62,20 @@ struct Slot {
   int output_write_end = -1;
   int channel_child_end = -1;
   OutputReader* output = nullptr;  // its output reader, until reaped
+  // How its last child ended (a wait status); -1 when none has, or when
+  // the spawn failed. The restart policy reads it: exit 0 is done for a
+  // one-shot.
+  int exit_status = -1;
+  // groups[].ready: passed for the child running now (it is up once it
+  // also said hello, if its group speaks the protocol).
+  bool ready_probe_passed = false;
+  // Its ready probe did not pass within the timeout: the child was stopped
+  // as a failed start (the group's failure names that, not the SIGTERM).
+  bool not_ready_in_time = false;
+  // groups[].health: probes failed in a row while up.
+  int health_failures = 0;
+  // The probe running for this child (watcher/probes.h owns it).
+  ProbeRun* probe = nullptr;
 
   bool up() const { return state == SlotState::kUp; }
   bool has_child() const { return SlotHasChild(state); }
@@ -71,6 +87,13 @@ struct Group {
   std::map<int, Slot*> slots;   // by index
   std::vector<Slot*> outgoing;  // replaced children still running
   bool failed = false;
+  // Why it failed, for status and the log: "migrate exited with code 1",
+  // "more than 10 restarts within 1m".
+  std::string failed_reason;
+  // Not started yet: some group in depends_on is not ready (or failed).
+  bool waiting = false;
+  // The stop: told to stop (its dependents are gone; core/start_order.h).
+  bool stop_signalled = false;
   bool removing = false;         // dropped by a reload: drain, then delete
   bool scaled = false;           // `workerpool scale` set processes
   bool speaks_protocol = false;  // one of its children said hello

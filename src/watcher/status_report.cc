@@ -79,10 +79,8 @@ nlohmann::json StatusJson(const PoolFacts& pool, const ChildTable& table) {
         }
       }
     });
-    std::string state = group->removing                  ? "removing"
-                        : group->failed                  ? "failed"
-                        : live < group->config.processes ? "starting"
-                                                         : "running";
+    std::string state_detail;
+    std::string state = table.StateOf(*group, &state_detail);
     groups.push_back({{"name", group->config.name},
                       {"type", GroupTypeName(group->config.type)},
                       {"desired", group->config.processes},
@@ -90,6 +88,8 @@ nlohmann::json StatusJson(const PoolFacts& pool, const ChildTable& table) {
                       {"ready", ready},
                       {"restarts", group->policy.restarts()},
                       {"state", state},
+                      {"state_detail", state_detail},
+                      {"depends_on", group->config.depends_on},
                       {"scaled_until_reload", group->scaled},
                       {"inflight", inflight},
                       {"queued", queued},

@@ -229,7 +229,7 @@ constexpr SlotEvent kOperatorEvents[] = {
 constexpr std::uint8_t kKnownTypes[] = {1,  2,  3,  4,  5,  16, 17, 18, 19,
                                         20, 21, 22, 23, 24, 25, 26, 27};
 
-bool Has(std::uint16_t effects, workerpool::SlotEffect effect) {
+bool Has(std::uint32_t effects, workerpool::SlotEffect effect) {
   return (effects & effect) != 0;
 }
 
@@ -465,19 +465,19 @@ class Pool {
       if (waits_on_timer || slots_[slot].timer != Timer::kNone) return;
       event = SlotEvent::kTimer;
     }
-    const std::uint16_t effects = Feed(slot, event);
+    const std::uint32_t effects = Feed(slot, event);
     Check(slots_[slot].state == state);
     Check(effects == workerpool::kNoEffect);
   }
 
-  std::uint16_t Feed(int slot, SlotEvent event) {
+  std::uint32_t Feed(int slot, SlotEvent event) {
     const SlotState before = slots_[slot].state;
     const workerpool::SlotTransition t = NextSlotState(before, event);
     Trace("  slot %d pid %lld: %s + %s -> %s, effects 0x%x\n", slot,
           static_cast<long long>(slots_[slot].pid), SlotStateName(before),
           SlotEventName(event), SlotStateName(t.next), t.effects);
     Check(static_cast<int>(t.next) < workerpool::kSlotStates);
-    Check(t.effects < (1u << 14));
+    Check(t.effects < (1u << workerpool::kSlotEffectBits));
     if (before == SlotState::kGone) {
       Check(t.next == SlotState::kGone && t.effects == workerpool::kNoEffect);
     }
@@ -485,7 +485,9 @@ class Pool {
     // change would lose track of a running process or invent one.
     const bool had = SlotHasChild(before);
     const bool has = SlotHasChild(t.next);
-    if (has && !had) Check(event == SlotEvent::kSpawned);
+    if (has && !had) {
+      Check(event == SlotEvent::kSpawned || event == SlotEvent::kSpawnedProbed);
+    }
     if (had && !has) Check(event == SlotEvent::kExited);
     if (event == SlotEvent::kExited) Check(!has);
     Check(Has(t.effects, workerpool::kRemove) ==
@@ -507,7 +509,7 @@ class Pool {
     }
     if (event == SlotEvent::kPoolStop) slots_[slot].pool_stopped = true;
     slots_[slot].state = t.next;
-    for (unsigned bit = 0; bit < 16; ++bit) {
+    for (unsigned bit = 0; bit < workerpool::kSlotEffectBits; ++bit) {
       const auto effect = static_cast<workerpool::SlotEffect>(1u << bit);
       if (Has(t.effects, effect)) Execute(slot, effect);
     }
@@ -575,6 +577,11 @@ class Pool {
           slot.successor = -1;
         }
         break;
+      case workerpool::kStopProbes:
+      case workerpool::kStartHealth:
+      case workerpool::kMarkDone:
+      case workerpool::kStartReadyProbe:
+        break;  // this model's groups have no probes and no one-shots
       case workerpool::kRemove:
         Check(slot.pid == 0 && slot.timer == Timer::kNone);
         Check(slot.predecessor < 0 && slot.successor < 0);

@@ -290,3 +290,47 @@ CHILD_PROTOCOL = {
 }
 for name, data in CHILD_PROTOCOL.items():
     write("fuzz_child_protocol", name, data)
+
+# --- fuzz_upgrade_state: states one Watcher hands to the next (version 1)
+UPGRADE_SLOT = {
+    "index": 0, "state": "up", "pid": 1234, "serial": 7, "age_ms": 5000,
+    "generation": 1, "outgoing": False, "replaces_serial": 0,
+    "backoff_ms": 0, "timer_ms": -1, "ready": True, "heartbeat": False,
+    "recycle_after": 0, "routes": ["work"], "refused_routes": [],
+    "counters": {"served": 3}, "app": {}, "offences": 0,
+    "channel_pending": "", "output_pending": "6869",
+    "fds": {"channel": 9, "output": 10, "output_write": -1,
+            "channel_child": -1}}
+UPGRADE_STATE = {
+    "workerpool_upgrade_state": 1, "from_version": "0.1.0",
+    "config_path": "/etc/workerpool/demo.yaml",
+    "config_content": "pool: {name: demo}\ngroups: []\n",
+    "pool_name": "demo", "control_socket": "/run/workerpool/demo.sock",
+    "metrics": "", "phase": "running", "uptime_ms": 1000,
+    "started_unix": 1700000000, "last_reload": None,
+    "reload_generation": 0, "reload_queued": False, "refused_routes": 0,
+    "spawns": 7, "upgrades": 1, "last_upgrade_unix": 1700000100,
+    "last_upgrade_error": "",
+    "fds": {"control": 5, "metrics": -1, "fallback_exe": 3,
+            "listen": {"127.0.0.1:8080": 6}},
+    "groups": [{
+        "name": "web", "type": "reactor", "command": ["workerpool"],
+        "processes": 1, "scaled": False, "failed": False, "removing": False,
+        "speaks_protocol": True, "generation": 1, "recycled": 0,
+        "protocol_errors": 0, "rolling": [],
+        "policy": {"quick_deaths": [0], "recent_ages_ms": [],
+                   "failed": False, "restarts": 0},
+        "autoscale": {"ups": 0, "downs": 0, "last_unix": 0},
+        "slots": [UPGRADE_SLOT, dict(UPGRADE_SLOT, index=1, state="backoff",
+                                     pid=0, timer_ms=250,
+                                     fds={"channel": -1, "output": -1,
+                                          "output_write": -1,
+                                          "channel_child": -1})]}]}
+UPGRADE_TEXT = json.dumps(UPGRADE_STATE)
+write("fuzz_upgrade_state", "valid", UPGRADE_TEXT)
+write("fuzz_upgrade_state", "truncated", UPGRADE_TEXT[:len(UPGRADE_TEXT) // 2])
+write("fuzz_upgrade_state", "newer",
+      json.dumps(dict(UPGRADE_STATE, workerpool_upgrade_state=2)))
+write("fuzz_upgrade_state", "wrong-types",
+      UPGRADE_TEXT.replace('"pid": 1234', '"pid": "1234"'))
+write("fuzz_upgrade_state", "empty", "")

@@ -77,10 +77,13 @@ class CompletionTest(wp.TestCase):
         self.assertEqual(
             self.complete("workerpool "),
             sorted(["run", "check", "status", "top", "scale", "restart",
-                    "reload", "stop", "builtin", "--help", "--version"]))
+                    "reload", "stop", "upgrade", "builtin", "--help",
+                    "--version"]))
         self.assertEqual(self.complete("workerpool st"), ["status", "stop"])
         self.assertEqual(self.complete("workerpool status --"),
                          ["--config", "--help", "--json", "--socket"])
+        self.assertEqual(self.complete("workerpool upgrade --"),
+                         ["--binary", "--config", "--help", "--socket"])
         self.assertEqual(self.complete("workerpool top --"),
                          ["--config", "--help", "--interval", "--socket"])
         self.assertIn("1s", self.complete("workerpool top --interval "))

@@ -231,10 +231,16 @@ class PackageInContainerTest(unittest.TestCase):
         # `top` (one screen: no terminal here) and the children's user.
         top = self.sh("workerpool top --interval 200ms").stdout
         self.assertRegex(top, r"(?m)^pool example  running")
-        users = self.sh(
+        # The Watcher's children: the pool's four, and the spawner (root:
+        # it gives each child its user), which serves no request.
+        rows = self.sh(
             "for p in $(pgrep -P $(systemctl show -p MainPID --value "
-            "workerpool@example)); do ps -o user= -p $p; done").stdout.split()
-        self.assertEqual(users, ["nobody"] * 4)
+            "workerpool@example)); do ps -o user=,comm= -p $p; done"
+        ).stdout.splitlines()
+        users = sorted(r.split()[0] for r in rows
+                       if not r.split()[1].startswith("workerpool-spaw"))
+        self.assertEqual(users, ["nobody"] * 4, rows)
+        self.assertEqual(len(rows), 5, rows)
 
         # The snapshot sees what the package and the running pool added.
         installed = set(self.sh(SNAPSHOT).stdout.splitlines()) - set(before)

@@ -11,7 +11,9 @@
      pids kept);
    - a broken file on reload leaves the unit active on the old pool;
    - `systemctl stop` leaves no process of the pool;
-   - SIGKILL of the Watcher makes systemd restart it (no child outlives it).
+   - SIGKILL of the Watcher makes systemd restart it (no child outlives it);
+   - `systemctl kill --kill-who=main -s USR2` upgrades the Watcher in place:
+     the unit stays active with the same main pid and the same children.
 DESIGN.md: "systemd"; issue 7.
 
 Needs root. The packages debootstrap and systemd-container are installed
@@ -519,6 +521,27 @@ class NspawnTest(unittest.TestCase):
         self.assertEqual(self.main_pid(), main, self.journal())
         result = self.sh("systemctl show -p NRestarts --value " + SERVICE)
         self.assertEqual(result.stdout.strip(), "0")
+
+    def test_usr2_upgrades_in_place_with_the_same_main_pid(self):
+        self.start_pool()
+        main = self.main_pid()
+        before = self.children("echo") + self.children("sleepers")
+        # To the Watcher only: the children keep SIGUSR2's default.
+        self.sh("systemctl kill --kill-who=main -s USR2 " + SERVICE)
+        wp.wait_until(
+            lambda: "upgraded from" in self.sh("workerpool status",
+                                               check=False).stdout,
+            timeout=60, what="the upgrade", on_timeout=self.journal)
+        self.assertEqual(self.active_state(), "active", self.journal())
+        self.assertEqual(self.main_pid(), main, self.journal())
+        self.assertEqual(self.children("echo") + self.children("sleepers"),
+                         before)
+        status = self.sh("systemctl status --no-pager " + SERVICE,
+                         check=False).stdout
+        self.assertRegex(status, r"(?m)^\s*Status: \"workerpool \S+: demo",
+                         status)
+        restarts = self.sh("systemctl show -p NRestarts --value " + SERVICE)
+        self.assertEqual(restarts.stdout.strip(), "0")
 
     def test_sigkill_of_the_watcher_makes_systemd_restart_it(self):
         self.start_pool()

@@ -546,9 +546,10 @@ TEST_CASE("unknown keys are errors at every level, with a suggestion") {
       ErrorAt(ParseWithGroupLines("    restart: {intensity: {periods: 1s}}\n"),
               "groups[0].restart.intensity.periods"),
       "did you mean 'period'?"));
-  CHECK(Contains(ErrorAt(ParseWithGroupLines("    restart: {limit: 1}\n"),
-                         "groups[0].restart.limit"),
-                 "unknown key 'limit'; known keys here: backoff, intensity"));
+  CHECK(Contains(
+      ErrorAt(ParseWithGroupLines("    restart: {limit: 1}\n"),
+              "groups[0].restart.limit"),
+      "unknown key 'limit'; known keys here: backoff, intensity, policy"));
   CHECK(Contains(
       ErrorAt(ParseWithGroupLines(
                   "    rabbitmq: {url: amqp://h, queues: [q], prefech: 1}\n",

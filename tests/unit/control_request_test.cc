@@ -82,7 +82,7 @@ TEST_CASE("control request: garbage gets an error that shows the right form") {
   CHECK(Contains(ErrorOf(R"({"command":3})"), "\"command\" must be a string"));
   std::string unknown = ErrorOf(R"({"command":"explode"})");
   CHECK(Contains(unknown, "unknown command \"explode\""));
-  CHECK(Contains(unknown, "status, scale, restart, reload or stop"));
+  CHECK(Contains(unknown, "status, scale, restart, reload, stop or upgrade"));
 }
 
 TEST_CASE("control request: scale and restart need a group name") {
@@ -130,6 +130,35 @@ TEST_CASE("control request: scale auto hands the group back to autoscaling") {
   }
   CHECK(Contains(ErrorOf(R"({"command":"scale","group":"web"})"),
                  "or \"auto\" for its autoscaler"));
+}
+
+TEST_CASE("control request: upgrade, with or without a binary") {
+  Result<ControlRequest> plain =
+      ParseControlRequest(R"({"command":"upgrade"})");
+  REQUIRE(plain.ok());
+  CHECK(plain->command == Command::kUpgrade);
+  CHECK(plain->binary.empty());
+  CHECK(FormatControlRequest(*plain) == R"({"command":"upgrade"})");
+
+  Result<ControlRequest> with =
+      ParseControlRequest(R"({"command":"upgrade","binary":"/usr/bin/wp"})");
+  REQUIRE(with.ok());
+  CHECK(with->binary == "/usr/bin/wp");
+  Result<ControlRequest> again =
+      ParseControlRequest(FormatControlRequest(*with));
+  REQUIRE(again.ok());
+  CHECK(again->binary == "/usr/bin/wp");
+}
+
+TEST_CASE("control request: an upgrade binary must be an absolute path") {
+  for (const char* line : {R"({"command":"upgrade","binary":3})",
+                           R"({"command":"upgrade","binary":""})",
+                           R"({"command":"upgrade","binary":"relative/wp"})",
+                           R"({"command":"upgrade","binary":["/usr/bin/wp"]})",
+                           R"({"command":"upgrade","binary":null})"}) {
+    CAPTURE(line);
+    CHECK(Contains(ErrorOf(line), "\"binary\" must be the absolute path"));
+  }
 }
 
 TEST_CASE("control request: echoed values are cut short") {
@@ -226,6 +255,31 @@ TEST_CASE("process count: what was typed is echoed on one line") {
   Result<int> long_text = ParseProcessCount(std::string(500, '7'));
   REQUIRE(!long_text.ok());
   CHECK(long_text.status().message().size() < 200);
+}
+
+TEST_CASE("control request: restart --with-dependents") {
+  Result<ControlRequest> plain =
+      ParseControlRequest(R"({"command":"restart","group":"db"})");
+  REQUIRE(plain.ok());
+  CHECK_FALSE(plain->with_dependents);
+  Result<ControlRequest> with = ParseControlRequest(
+      R"({"command":"restart","group":"db","with_dependents":true})");
+  REQUIRE(with.ok());
+  CHECK(with->with_dependents);
+  // Round trip, and the flag is left out when false.
+  Result<ControlRequest> again =
+      ParseControlRequest(FormatControlRequest(*with));
+  REQUIRE(again.ok());
+  CHECK(again->with_dependents);
+  CHECK_FALSE(Contains(FormatControlRequest(*plain), "with_dependents"));
+  // Garbage: one clear error each.
+  for (const char* bad : {R"("yes")", "1", "null", "[]", "{}"}) {
+    CAPTURE(bad);
+    CHECK(
+        Contains(ErrorOf(std::string(R"({"command":"restart","group":"db",)") +
+                         R"("with_dependents":)" + bad + "}"),
+                 "\"with_dependents\" must be true or false"));
+  }
 }
 
 }  // namespace

@@ -52,7 +52,7 @@ int ErrorOf(std::string_view text, ParserLimits limits = {}) {
 TEST_CASE("a POST with a body is one request with its parts") {
   auto requests = ParseAll(
       "POST /jobs/echo?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
-      "Content-Type: text/plain\r\nX-Secret: s\r\n\r\nhello");
+      "Content-Type: text/plain\r\nCookie: s\r\n\r\nhello");
   REQUIRE(requests.size() == 1);
   const Request& request = requests[0];
   CHECK(request.method == "POST");
@@ -64,7 +64,7 @@ TEST_CASE("a POST with a body is one request with its parts") {
   CHECK(request.http_minor == 1);
   REQUIRE(request.Header("content-type") != nullptr);
   CHECK(*request.Header("content-type") == "text/plain");
-  CHECK(request.Header("x-secret") == nullptr);  // not kept
+  CHECK(request.Header("cookie") == nullptr);  // not kept
 }
 
 TEST_CASE("pipelined requests come out one at a time, in order") {
@@ -239,6 +239,123 @@ TEST_CASE("request meta carries method, path and forwarded headers") {
   CHECK(meta.find(R"("query":"q=1")") != std::string::npos);
   CHECK(meta.find(R"("content-type":"text/plain")") != std::string::npos);
   CHECK(meta.find("x-priority") == std::string::npos);
+}
+
+TEST_CASE("request meta forwards X- headers and the allow-list only") {
+  std::vector<Request> requests = ParseAll(
+      "POST /jobs/a HTTP/1.1\r\nX-Custom: 1\r\nX-Request-Id: r\r\n"
+      "Authorization: secret\r\nCookie: c\r\nUser-Agent: ua\r\n"
+      "X-Priority: 2\r\nContent-Length: 0\r\n\r\n");
+  REQUIRE(requests.size() == 1);
+  std::string meta = RequestMeta(requests[0], "r");
+  CHECK(meta.find(R"("x-custom":"1")") != std::string::npos);
+  CHECK(meta.find(R"("x-request-id":"r")") != std::string::npos);
+  CHECK(meta.find(R"("user-agent":"ua")") != std::string::npos);
+  CHECK(meta.find("secret") == std::string::npos);
+  CHECK(meta.find("cookie") == std::string::npos);
+  CHECK(meta.find("x-priority") == std::string::npos);
+}
+
+TEST_CASE("reply meta sets status, content type and headers") {
+  Result<ReplyHead> empty = ParseReplyMeta("");
+  REQUIRE(empty.ok());
+  CHECK(empty->status == 200);
+  CHECK(empty->headers.empty());
+  Result<ReplyHead> head = ParseReplyMeta(
+      R"({"http_status":201,"content_type":"application/json",)"
+      R"("headers":{"Cache-Control":"no-store","X-A":""},"message_id":"m",)"
+      R"("own":[1]})");
+  REQUIRE(head.ok());
+  CHECK(head->status == 201);
+  CHECK(head->content_type == "application/json");
+  CHECK(head->headers.size() == 2);
+  CHECK(head->message_id == "m");
+  for (int status : {200, 202, 400, 500, 599}) {
+    Result<ReplyHead> parsed =
+        ParseReplyMeta(R"({"http_status":)" + std::to_string(status) + "}");
+    REQUIRE(parsed.ok());
+    CHECK(parsed->status == status);
+  }
+}
+
+TEST_CASE("garbage reply meta is an error that says what is wrong") {
+  auto error = [](std::string meta) {
+    Result<ReplyHead> head = ParseReplyMeta(meta);
+    return head.ok() ? std::string("accepted") : head.status().message();
+  };
+  CHECK(error("not json") == "reply meta is not a JSON object");
+  CHECK(error("[]") == "reply meta is not a JSON object");
+  CHECK(error(R"({"http_status":199})").starts_with("http_status 199 "));
+  CHECK(error(R"({"http_status":600})").starts_with("http_status 600 "));
+  CHECK(error(R"({"http_status":-200})").starts_with("http_status -200 "));
+  CHECK(error(R"({"http_status":"200"})").starts_with("http_status \"200\""));
+  CHECK(error(R"({"http_status":200.5})").starts_with("http_status 200.5"));
+  CHECK(error(R"({"http_status":304})").find("not 204, 205 or 304") !=
+        std::string::npos);
+  CHECK(error(R"({"content_type":"a\r\nb"})").starts_with("content_type"));
+  CHECK(error(R"({"content-type":""})").starts_with("content-type"));
+  CHECK(error(R"({"headers":"x"})") ==
+        "headers must be an object of name: value");
+  CHECK(error(R"({"headers":{"a b":"x"}})").starts_with("header name \"a b\""));
+  CHECK(error(R"({"headers":{"a:b":"x"}})").starts_with("header name"));
+  CHECK(error(R"({"headers":{"X-A":"1\n2"}})").starts_with("header \"X-A\""));
+  CHECK(error(R"({"headers":{"X-A":"\u0000"}})").starts_with("header"));
+  CHECK(error(R"({"headers":{"X-A":null}})").starts_with("header \"X-A\""));
+  CHECK(error(R"({"headers":{"CONTENT-LENGTH":"1"}})")
+            .find("the reactor's to write") != std::string::npos);
+  CHECK(
+      error(R"({"headers":{"Content-Type":"a/b"}})").find("use content_type") !=
+      std::string::npos);
+  CHECK(error(R"({"headers":{"Transfer-Encoding":"x"}})")
+            .find("the reactor's to write") != std::string::npos);
+  std::string many = R"({"headers":{)";
+  for (std::size_t i = 0; i <= kMaxReplyHeaders; ++i) {
+    many += (i ? "," : "") + ("\"X-" + std::to_string(i) + "\":\"v\"");
+  }
+  CHECK(error(many + "}}") == "more than 64 headers");
+  std::string long_name(kMaxReplyHeaderName + 1, 'a');
+  CHECK(error(R"({"headers":{")" + long_name + R"(":"v"}})")
+            .starts_with("header name"));
+  std::string long_value(kMaxReplyHeaderValue + 1, 'v');
+  CHECK(error(R"({"headers":{"X-A":")" + long_value + R"("}})")
+            .starts_with("header \"X-A\""));
+  // Not UTF-8 in a name: still an error, not an exception.
+  CHECK(error("{\"headers\":{\"\xff\":\"v\"}}") != "accepted");
+}
+
+TEST_CASE("event stream: head, progress, reply and error events, chunks") {
+  CHECK(EventStreamHead(true) ==
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        "Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n");
+  CHECK(EventStreamHead(false).find("Connection: close\r\n") !=
+        std::string::npos);
+  CHECK(ProgressEvent(0.5, "half\nway") ==
+        "event: progress\ndata: {\"fraction\":0.5,\"text\":\"half\\nway\"}"
+        "\n\n");
+  CHECK(ReplyEvent(201, "text/plain", "ok") ==
+        "event: reply\ndata: {\"body\":\"ok\",\"content_type\":"
+        "\"text/plain\",\"status\":201}\n\n");
+  CHECK(ReplyEvent(200, "", std::string("\xff\xfe\x00", 3)) ==
+        "event: reply\ndata: {\"body_base64\":\"//4A\",\"status\":200}\n\n");
+  CHECK(ReplyEvent(200, "", "\xc3\xa9").find("\"body\":") != std::string::npos);
+  CHECK(ReplyEvent(200, "", "\xc3").find("body_base64") != std::string::npos);
+  CHECK(ReplyEvent(200, "", "\xed\xa0\x80").find("body_base64") !=
+        std::string::npos);  // a surrogate
+  CHECK(ErrorEvent(504, "late", 3) ==
+        "event: error\ndata: {\"code\":3,\"error\":\"late\",\"status\":504}"
+        "\n\n");
+  CHECK(Chunk("hello") == "5\r\nhello\r\n");
+  CHECK(Chunk(std::string(26, 'x')).starts_with("1a\r\n"));
+  CHECK(Chunk("") == "0\r\n\r\n");
+}
+
+TEST_CASE("a client asks for events with Accept: text/event-stream") {
+  Request request = Make("POST", "/jobs/a");
+  CHECK_FALSE(WantsEventStream(request));
+  request.headers = {{"accept", "application/json"}};
+  CHECK_FALSE(WantsEventStream(request));
+  request.headers = {{"accept", "application/json, Text/Event-Stream"}};
+  CHECK(WantsEventStream(request));
 }
 
 TEST_CASE("a reply's content type is taken only when safe") {

@@ -120,6 +120,8 @@ TEST_CASE("MetricsText renders every figure of a full status document") {
            "workerpool_group_restarts_total{group=\"compute\"} 12",
            "workerpool_group_failed{group=\"compute\"} 1",
            "workerpool_group_failed{group=\"web\"} 0",
+           "workerpool_group_waiting{group=\"web\"} 0",
+           "workerpool_group_done{group=\"compute\"} 0",
            "workerpool_group_scaled_until_reload{group=\"compute\"} 1",
            "workerpool_group_scaled_until_reload{group=\"web\"} 0",
            "workerpool_group_inflight_requests{group=\"web\"} 3",

@@ -217,5 +217,72 @@ TEST_CASE("recycle limit: 0 never, else within +-10% and at least 1") {
   }
 }
 
+TEST_CASE("restart.policy always: exit 0 restarts like any other end") {
+  RestartPolicy policy(BackoffOnly(milliseconds(100), seconds(1)), 1);
+  RestartDecision decision = policy.OnChildExit(0, kStart, kStart, true);
+  CHECK_FALSE(decision.done);
+  CHECK_FALSE(decision.group_failed);
+  CHECK(policy.restarts() == 1);
+}
+
+TEST_CASE("restart.policy on-failure: exit 0 is done, failures restart") {
+  RestartConfig config = BackoffOnly(milliseconds(100), seconds(1));
+  config.policy = RestartMode::kOnFailure;
+  RestartPolicy policy(config, 2);
+  RestartDecision failed = policy.OnChildExit(0, kStart, kStart, false);
+  CHECK_FALSE(failed.done);
+  CHECK_FALSE(failed.group_failed);
+  RestartDecision done = policy.OnChildExit(0, kStart, kStart, true);
+  CHECK(done.done);
+  CHECK(policy.restarts() == 1);  // a done process is no restart
+  // The crash-loop limit still fails the group.
+  config.intensity.max_restarts = 1;
+  RestartPolicy limited(config, 1);
+  CHECK_FALSE(limited.OnChildExit(0, kStart, kStart, false).group_failed);
+  CHECK(limited.OnChildExit(0, kStart, kStart, false).group_failed);
+}
+
+TEST_CASE("restart.policy never: exit 0 is done, a failure fails the group") {
+  RestartConfig config = BackoffOnly(milliseconds(100), seconds(1));
+  config.policy = RestartMode::kNever;
+  RestartPolicy policy(config, 2);
+  CHECK(policy.OnChildExit(0, kStart, kStart, true).done);
+  RestartDecision failed = policy.OnChildExit(1, kStart, kStart, false);
+  CHECK(failed.group_failed);
+  CHECK(policy.failed());
+  CHECK(policy.restarts() == 0);
+  policy.Reset();
+  CHECK_FALSE(policy.failed());
+}
+
+}  // namespace
+}  // namespace workerpool
+
+namespace workerpool {
+namespace {
+
+// An in-place upgrade hands the policy over (core/upgrade_state.h): the
+// restored one decides as the one it was taken from would have.
+TEST_CASE("restart policy: a restored policy decides as the original") {
+  const RestartConfig config =
+      Config(milliseconds(100), seconds(1), seconds(10), 3, seconds(60));
+  RestartPolicy original(config, 2);
+  TimePoint now = kStart;
+  original.OnChildExit(0, now, now + milliseconds(5));
+  original.OnChildExit(0, now, now + milliseconds(10));
+  RestartPolicy restored(config, 2);
+  restored.Restore(original.quick_deaths(), original.recent(),
+                   original.failed(), original.restarts());
+  CHECK(restored.restarts() == 2);
+  now += milliseconds(20);
+  RestartDecision a = original.OnChildExit(0, now, now);
+  RestartDecision b = restored.OnChildExit(0, now, now);
+  CHECK(a.delay == b.delay);
+  CHECK(a.delay == milliseconds(200));
+  // The intensity history came along: the fourth restart fails the group.
+  CHECK(original.OnChildExit(1, now, now).group_failed);
+  CHECK(restored.OnChildExit(1, now, now).group_failed);
+}
+
 }  // namespace
 }  // namespace workerpool

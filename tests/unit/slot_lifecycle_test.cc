@@ -3,6 +3,7 @@
 
 #include <doctest/doctest.h>
 
+#include <bit>
 #include <string>
 #include <vector>
 
@@ -14,18 +15,21 @@ using S = SlotState;
 
 constexpr S kAllStates[] = {S::kDown,     S::kStarting, S::kUp,
                             S::kReplaced, S::kStopping, S::kEvicting,
-                            S::kBackoff,  S::kFailed,   S::kGone};
-constexpr E kAllEvents[] = {
-    E::kSpawned,    E::kSpawnFailed,  E::kHello,       E::kTimer, E::kExited,
-    E::kRestartNow, E::kRestartLater, E::kGroupFailed, E::kRetry, E::kReplace,
-    E::kStop,       E::kEvict,        E::kPoolStop};
+                            S::kBackoff,  S::kFailed,   S::kGone,
+                            S::kDone,     S::kProbing};
+constexpr E kAllEvents[] = {E::kSpawned,      E::kSpawnFailed,   E::kHello,
+                            E::kTimer,        E::kExited,        E::kRestartNow,
+                            E::kRestartLater, E::kGroupFailed,   E::kRetry,
+                            E::kReplace,      E::kStop,          E::kEvict,
+                            E::kPoolStop,     E::kSpawnedProbed, E::kReady,
+                            E::kHealthFailed, E::kFinished,      E::kRerun};
 
-bool Has(std::uint16_t effects, SlotEffect effect) {
+bool Has(std::uint32_t effects, SlotEffect effect) {
   return (effects & effect) != 0;
 }
 
 // Expects STATE + EVENT -> NEXT with exactly EFFECTS.
-void Expect(S state, E event, S next, std::uint16_t effects) {
+void Expect(S state, E event, S next, std::uint32_t effects) {
   CAPTURE(SlotStateName(state));
   CAPTURE(SlotEventName(event));
   SlotTransition t = NextSlotState(state, event);
@@ -75,7 +79,32 @@ TEST_CASE("slot lifecycle: invariants over the whole table") {
         if (t.next == S::kBackoff) CHECK(Has(t.effects, kArmBackoff));
         if (t.next == S::kStarting) CHECK(Has(t.effects, kArmStartGrace));
         if (t.next == S::kEvicting) CHECK(Has(t.effects, kArmKillDeadline));
+        if (t.next == S::kProbing) {
+          CHECK(Has(t.effects, kArmStartGrace));
+          CHECK(Has(t.effects, kStartReadyProbe));
+        }
+        // Probes run only while probing or up: leaving stops them.
+        if (state == S::kProbing || state == S::kUp) {
+          CHECK(Has(t.effects, kStopProbes));
+        }
+        // Health probes start exactly where a child becomes up.
+        CHECK(Has(t.effects, kStartHealth) == (t.next == S::kUp));
+        // Groups waiting on this one hear of it becoming up or done.
+        if (t.next == S::kUp) CHECK(Has(t.effects, kMarkUp));
+        if (t.next == S::kDone) CHECK(Has(t.effects, kMarkDone));
+      } else {
+        CHECK_FALSE(Has(t.effects, kStartHealth));
+        CHECK_FALSE(Has(t.effects, kStopProbes));
       }
+      if (Has(t.effects, kStartReadyProbe)) CHECK(t.next == S::kProbing);
+      // An effect that feeds the slot another event is the last of its
+      // cell: ChildTable::Apply runs no effect after a nested Apply.
+      constexpr std::uint32_t kFeeds = kMarkUp | kAskPolicy | kSpawn;
+      if ((t.effects & kFeeds) != 0) {
+        const std::uint32_t last = std::bit_floor(t.effects & kFeeds);
+        CHECK((t.effects & ~((last << 1) - 1)) == 0);
+      }
+      CHECK(t.effects < (1u << kSlotEffectBits));
       // A slot is removed exactly when it becomes gone.
       CHECK(Has(t.effects, kRemove) ==
             (t.next == S::kGone && state != S::kGone));
@@ -90,6 +119,14 @@ TEST_CASE("slot lifecycle: invariants over the whole table") {
       if (Has(t.effects, kAskPolicy)) {
         CHECK((event == E::kExited || event == E::kSpawnFailed));
       }
+      // Done only by the policy's verdict, and only a rerun leaves it
+      // with a child to come (or a stop removes it).
+      if (t.next == S::kDone && state != S::kDone) {
+        CHECK(event == E::kFinished);
+      }
+      if (state == S::kDone && t.next != S::kDone) {
+        CHECK((event == E::kRerun || event == E::kStop));
+      }
     }
   }
 }
@@ -98,9 +135,10 @@ TEST_CASE("slot lifecycle: start, hello, up") {
   Expect(S::kDown, E::kSpawned, S::kStarting, kArmStartGrace);
   Expect(S::kDown, E::kSpawnFailed, S::kDown, kAskPolicy);
   Expect(S::kStarting, E::kHello, S::kUp,
-         kCancelTimer | kGreet | kStopPredecessor | kMarkUp);
+         kCancelTimer | kGreet | kStopPredecessor | kMarkUp | kStartHealth);
   // A child that never says hello is up after the start grace.
-  Expect(S::kStarting, E::kTimer, S::kUp, kStopPredecessor | kMarkUp);
+  Expect(S::kStarting, E::kTimer, S::kUp,
+         kStopPredecessor | kMarkUp | kStartHealth);
   // ... and is greeted when it speaks later.
   Expect(S::kUp, E::kHello, S::kUp, kGreet);
   Expect(S::kUp, E::kTimer, S::kUp, kNoEffect);
@@ -108,7 +146,7 @@ TEST_CASE("slot lifecycle: start, hello, up") {
 
 TEST_CASE("slot lifecycle: unexpected exits go through the restart policy") {
   Expect(S::kStarting, E::kExited, S::kDown, kCancelTimer | kAskPolicy);
-  Expect(S::kUp, E::kExited, S::kDown, kCancelTimer | kAskPolicy);
+  Expect(S::kUp, E::kExited, S::kDown, kStopProbes | kCancelTimer | kAskPolicy);
   Expect(S::kEvicting, E::kExited, S::kDown, kCancelTimer | kAskPolicy);
   Expect(S::kDown, E::kRestartNow, S::kDown, kSpawn);
   Expect(S::kDown, E::kRestartLater, S::kBackoff, kArmBackoff);
@@ -133,7 +171,7 @@ TEST_CASE("slot lifecycle: a failed group waits for a retry") {
 TEST_CASE("slot lifecycle: stopping a slot removes it once its child exits") {
   const std::uint16_t stop = kStopPredecessor | kStopChild | kArmKillDeadline;
   Expect(S::kStarting, E::kStop, S::kStopping, stop);
-  Expect(S::kUp, E::kStop, S::kStopping, stop);
+  Expect(S::kUp, E::kStop, S::kStopping, kStopProbes | stop);
   Expect(S::kReplaced, E::kStop, S::kStopping, stop);
   Expect(S::kStopping, E::kStop, S::kStopping, kNoEffect);  // once
   Expect(S::kStopping, E::kTimer, S::kStopping, kKillChild);
@@ -148,7 +186,7 @@ TEST_CASE("slot lifecycle: stopping a slot removes it once its child exits") {
 }
 
 TEST_CASE("slot lifecycle: a replaced child serves until it is stopped") {
-  Expect(S::kUp, E::kReplace, S::kReplaced, kNoEffect);
+  Expect(S::kUp, E::kReplace, S::kReplaced, kStopProbes);
   Expect(S::kStarting, E::kReplace, S::kReplaced, kCancelTimer);
   Expect(S::kReplaced, E::kHello, S::kReplaced, kGreet);
   Expect(S::kReplaced, E::kReplace, S::kReplaced, kNoEffect);
@@ -163,7 +201,8 @@ TEST_CASE("slot lifecycle: a replaced child serves until it is stopped") {
 }
 
 TEST_CASE("slot lifecycle: a misbehaving child is evicted and restarted") {
-  Expect(S::kUp, E::kEvict, S::kEvicting, kTerminateChild | kArmKillDeadline);
+  Expect(S::kUp, E::kEvict, S::kEvicting,
+         kStopProbes | kTerminateChild | kArmKillDeadline);
   Expect(S::kStarting, E::kEvict, S::kEvicting,
          kTerminateChild | kArmKillDeadline);
   Expect(S::kEvicting, E::kEvict, S::kEvicting, kNoEffect);
@@ -176,7 +215,7 @@ TEST_CASE("slot lifecycle: a misbehaving child is evicted and restarted") {
 
 TEST_CASE("slot lifecycle: the pool stops") {
   Expect(S::kStarting, E::kPoolStop, S::kStopping, kCancelTimer);
-  Expect(S::kUp, E::kPoolStop, S::kStopping, kNoEffect);
+  Expect(S::kUp, E::kPoolStop, S::kStopping, kStopProbes);
   Expect(S::kReplaced, E::kPoolStop, S::kStopping, kCancelTimer);
   Expect(S::kStopping, E::kPoolStop, S::kStopping, kCancelTimer);
   Expect(S::kEvicting, E::kPoolStop, S::kStopping, kCancelTimer);
@@ -189,22 +228,81 @@ TEST_CASE("slot lifecycle: the pool stops") {
 }
 
 TEST_CASE("slot lifecycle: events that cannot happen change nothing") {
-  for (S state : {S::kDown, S::kBackoff, S::kFailed}) {
-    for (E event : {E::kHello, E::kExited}) {
+  for (S state : {S::kDown, S::kBackoff, S::kFailed, S::kDone}) {
+    for (E event : {E::kHello, E::kExited, E::kReady, E::kHealthFailed}) {
       SlotTransition t = NextSlotState(state, event);
       CHECK(t.next == state);
       CHECK(t.effects == kNoEffect);
     }
   }
-  for (S state :
-       {S::kStarting, S::kUp, S::kReplaced, S::kStopping, S::kEvicting}) {
+  for (S state : {S::kStarting, S::kUp, S::kReplaced, S::kStopping,
+                  S::kEvicting, S::kProbing}) {
     for (E event :
-         {E::kSpawned, E::kSpawnFailed, E::kRestartNow, E::kRestartLater}) {
+         {E::kSpawned, E::kSpawnFailed, E::kRestartNow, E::kRestartLater,
+          E::kSpawnedProbed, E::kFinished, E::kRerun}) {
       SlotTransition t = NextSlotState(state, event);
       CHECK(t.next == state);
       CHECK(t.effects == kNoEffect);
     }
   }
+}
+
+TEST_CASE("slot lifecycle: a one-shot that exited 0 is done") {
+  Expect(S::kDown, E::kFinished, S::kDone, kMarkDone);
+  // Done stays done: a retry of its group, a reload, the pool's stop.
+  for (E event : {E::kRetry, E::kPoolStop, E::kTimer, E::kGroupFailed,
+                  E::kReplace, E::kEvict, E::kSpawned}) {
+    Expect(S::kDone, event, S::kDone, kNoEffect);
+  }
+  // `workerpool restart` runs it again; a scale down or reload drops it.
+  Expect(S::kDone, E::kRerun, S::kDown, kSpawn);
+  Expect(S::kDone, E::kStop, S::kGone,
+         kCancelTimer | kStopPredecessor | kRemove);
+  // Rerun means nothing elsewhere.
+  Expect(S::kUp, E::kRerun, S::kUp, kNoEffect);
+  Expect(S::kFailed, E::kRerun, S::kFailed, kNoEffect);
+  CHECK(Run({E::kSpawned, E::kTimer, E::kExited, E::kFinished}).back() ==
+        S::kDone);
+}
+
+TEST_CASE("slot lifecycle: a ready probe decides when a child is up") {
+  Expect(S::kDown, E::kSpawnedProbed, S::kProbing,
+         kStartReadyProbe | kArmStartGrace);
+  // hello greets it; only the probe makes it up.
+  Expect(S::kProbing, E::kHello, S::kProbing, kGreet);
+  Expect(
+      S::kProbing, E::kReady, S::kUp,
+      kStopProbes | kCancelTimer | kStopPredecessor | kMarkUp | kStartHealth);
+  // Not ready by the timeout: a failed start, stopped and then restarted
+  // as the restart policy says.
+  Expect(S::kProbing, E::kTimer, S::kEvicting,
+         kStopProbes | kTerminateChild | kArmKillDeadline);
+  Expect(S::kProbing, E::kExited, S::kDown,
+         kStopProbes | kCancelTimer | kAskPolicy);
+  Expect(S::kProbing, E::kStop, S::kStopping,
+         kStopProbes | kStopPredecessor | kStopChild | kArmKillDeadline);
+  Expect(S::kProbing, E::kReplace, S::kReplaced, kStopProbes | kCancelTimer);
+  Expect(S::kProbing, E::kEvict, S::kEvicting,
+         kStopProbes | kTerminateChild | kArmKillDeadline);
+  Expect(S::kProbing, E::kPoolStop, S::kStopping, kStopProbes | kCancelTimer);
+  // A late probe result changes nothing.
+  Expect(S::kUp, E::kReady, S::kUp, kNoEffect);
+  Expect(S::kStarting, E::kReady, S::kStarting, kNoEffect);
+  Expect(S::kStopping, E::kReady, S::kStopping, kNoEffect);
+  CHECK(Run({E::kSpawnedProbed, E::kHello, E::kReady}).back() == S::kUp);
+}
+
+TEST_CASE("slot lifecycle: health failures evict a hung child") {
+  Expect(S::kUp, E::kHealthFailed, S::kEvicting,
+         kStopProbes | kTerminateChild | kArmKillDeadline);
+  // Only an up child is probed for health.
+  for (S state :
+       {S::kStarting, S::kProbing, S::kReplaced, S::kStopping, S::kEvicting}) {
+    CHECK(NextSlotState(state, E::kHealthFailed).next == state);
+  }
+  CHECK(Run({E::kSpawned, E::kTimer, E::kHealthFailed, E::kExited,
+             E::kRestartNow, E::kSpawned})
+            .back() == S::kStarting);
 }
 
 }  // namespace

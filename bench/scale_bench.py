@@ -11,7 +11,8 @@ time, and stop-all (SIGTERM -> the supervisor and every child gone).
 workerpool's restart latency is also measured with 10 children.
 
 N larger than the Watcher's RLIMIT_NOFILE allows (core/file_limit.h: two
-descriptors per child, when the hard limit cannot be raised, i.e. without
+descriptors per child, or one and two per group with the output through a
+socket per group, when the hard limit cannot be raised, i.e. without
 CAP_SYS_RESOURCE) is lowered to what fits, and the output says so.
 
 Prints one JSON object on stdout.
@@ -32,6 +33,7 @@ import time
 
 RESERVED_FDS = 256  # core/file_limit.h kReservedFds
 FDS_PER_CHILD = 2   # core/file_limit.h kFdsPerChild
+FDS_PER_GROUP_SOCKET = 2  # core/file_limit.h kFdsPerGroupSocket (1 group)
 
 
 def log(message):
@@ -55,7 +57,10 @@ def fitting_children(wanted):
             hard = min(need, nr_open)
         except (ValueError, OSError):
             pass
-    allowed = (hard - RESERVED_FDS) // FDS_PER_CHILD
+    # A pipe per child, or (core/file_limit.h ChooseOutputMode) one output
+    # socket for the benchmark's one group and 1 descriptor per child.
+    allowed = max((hard - RESERVED_FDS) // FDS_PER_CHILD,
+                  hard - RESERVED_FDS - FDS_PER_GROUP_SOCKET)
     return min(wanted, allowed), hard
 
 
@@ -248,6 +253,12 @@ def main():
                              f"(goal): NOT met: they do not fit RLIMIT_NOFILE "
                              f"{hard} (hard; not raisable here: no "
                              f"CAP_SYS_RESOURCE), so {n} ran")
+                log(notes[-1])
+            if n > (hard - RESERVED_FDS) // FDS_PER_CHILD:
+                notes.append(f"{n} children: the Watcher's output capture is "
+                             f"one socket per group (RLIMIT_NOFILE {hard} "
+                             f"allows {(hard - RESERVED_FDS) // FDS_PER_CHILD} "
+                             f"with a pipe each)")
                 log(notes[-1])
             systems = ["bare spawner", "workerpool"]
             if args.direct:

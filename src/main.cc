@@ -37,9 +37,10 @@ int RunCheck(const std::string& path) {
   // What the Watcher would make of RLIMIT_NOFILE here (as this user).
   const std::uint64_t children = workerpool::PoolChildren(*load.config);
   const std::uint64_t limit = workerpool::PlannedFileLimits(children).soft;
+  const std::uint64_t groups = load.config->groups.size();
   const std::string limit_text =
-      workerpool::DescribeFileLimit(limit, children);
-  if (children > workerpool::ChildrenAllowed(limit)) {
+      workerpool::DescribeFileLimit(limit, children, groups);
+  if (!workerpool::FitsFileLimit(limit, children, groups)) {
     std::fprintf(stderr, "%s: %s\n", path.c_str(), limit_text.c_str());
     return kExitBadInput;
   }

@@ -19,6 +19,30 @@ std::uint64_t ChildrenAllowed(std::uint64_t limit) {
   return (limit - kReservedFds) / kFdsPerChild;
 }
 
+std::uint64_t ChildrenAllowedSharedOutput(std::uint64_t limit,
+                                          std::uint64_t groups) {
+  const std::uint64_t fixed = kReservedFds + groups * kFdsPerGroupSocket;
+  if (limit <= fixed) return 0;
+  return (limit - fixed) / kFdsPerChildSharedOutput;
+}
+
+OutputMode ChooseOutputMode(std::uint64_t limit, std::uint64_t children,
+                            std::uint64_t groups) {
+  if (children <= ChildrenAllowed(limit)) return OutputMode::kPipePerChild;
+  // Only when it helps: a pool that fits neither way keeps its pipes (and
+  // is refused at start by FitsFileLimit).
+  if (children <= ChildrenAllowedSharedOutput(limit, groups)) {
+    return OutputMode::kSocketPerGroup;
+  }
+  return OutputMode::kPipePerChild;
+}
+
+bool FitsFileLimit(std::uint64_t limit, std::uint64_t children,
+                   std::uint64_t groups) {
+  return children <= ChildrenAllowed(limit) ||
+         children <= ChildrenAllowedSharedOutput(limit, groups);
+}
+
 std::uint64_t ComfortableLimit(std::uint64_t children) {
   return kReservedFds + children * (kFdsPerChild + kHeldFdsPerChild);
 }
@@ -34,19 +58,36 @@ FileLimits PlanFileLimits(FileLimits current, std::uint64_t nr_open,
   return plan;
 }
 
-std::string DescribeFileLimit(std::uint64_t limit, std::uint64_t children) {
+std::string DescribeFileLimit(std::uint64_t limit, std::uint64_t children,
+                              std::uint64_t groups) {
   std::string text = "RLIMIT_NOFILE " + std::to_string(limit) + " allows " +
                      std::to_string(ChildrenAllowed(limit)) +
                      " children; the pool has up to " +
                      std::to_string(children);
-  if (children > ChildrenAllowed(limit)) {
-    text += ": too many (each child needs " + std::to_string(kFdsPerChild) +
-            " descriptors in the Watcher, plus " +
-            std::to_string(kReservedFds) + "; raise LimitNOFILE= or `ulimit " +
-            "-Hn` to at least " +
-            std::to_string(kReservedFds + children * kFdsPerChild) +
-            ", or run the Watcher as root)";
+  if (children <= ChildrenAllowed(limit)) return text;
+  const std::uint64_t shared = ChildrenAllowedSharedOutput(limit, groups);
+  if (children <= shared) {
+    return "output of " + std::to_string(children) +
+           " children through one socket per group: " + text +
+           " with a pipe each, " + std::to_string(shared) + " with " +
+           std::to_string(kFdsPerChildSharedOutput) +
+           " descriptor per child and " + std::to_string(kFdsPerGroupSocket) +
+           " per group (" + std::to_string(groups) +
+           (groups == 1 ? " group" : " groups") +
+           "); raise LimitNOFILE= or `ulimit -Hn` to at least " +
+           std::to_string(kReservedFds + children * kFdsPerChild) +
+           " for a pipe per child";
   }
+  text += ": too many (each child needs " + std::to_string(kFdsPerChild) +
+          " descriptors in the Watcher, or " +
+          std::to_string(kFdsPerChildSharedOutput) + " and " +
+          std::to_string(kFdsPerGroupSocket) +
+          " per group with its output through one socket per group, plus " +
+          std::to_string(kReservedFds) + "; raise LimitNOFILE= or `ulimit " +
+          "-Hn` to at least " +
+          std::to_string(kReservedFds + groups * kFdsPerGroupSocket +
+                         children * kFdsPerChildSharedOutput) +
+          ", or run the Watcher as root)";
   return text;
 }
 

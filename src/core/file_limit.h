@@ -27,12 +27,42 @@ inline constexpr std::uint64_t kHeldFdsPerChild = 2;
 // successors.
 inline constexpr std::uint64_t kReservedFds = 256;
 
+// How children's stdout and stderr reach the Watcher. A pipe per child
+// (two fds in the Watcher per child) unless the limit cannot hold the pool
+// so: then one Unix stream socket per group that every child of the group
+// writes to (one fd per child, two per group: the Watcher's end and the
+// children's end it keeps to hand to spawns), the writer named by the
+// credentials the kernel attaches (watcher/output_capture.h). Measured
+// under the default hard limit of 20,000 (no CAP_SYS_RESOURCE): 10,000
+// children start with 10,016 descriptors open in the Watcher, and 1,000 of
+// them killed at once all come back.
+enum class OutputMode { kPipePerChild, kSocketPerGroup };
+
+// Descriptors per group in OutputMode::kSocketPerGroup.
+inline constexpr std::uint64_t kFdsPerGroupSocket = 2;
+// Descriptors per child in OutputMode::kSocketPerGroup: the pool channel.
+inline constexpr std::uint64_t kFdsPerChildSharedOutput = 1;
+
 // The most children the pool may have at once: every group at its
 // `processes`, or at its autoscale `max` when that is higher.
 std::uint64_t PoolChildren(const PoolConfig& config);
 
-// How many children a soft RLIMIT_NOFILE of LIMIT allows.
+// How many children a soft RLIMIT_NOFILE of LIMIT allows with a pipe each.
 std::uint64_t ChildrenAllowed(std::uint64_t limit);
+// How many children of GROUPS groups LIMIT allows with one output socket
+// per group.
+std::uint64_t ChildrenAllowedSharedOutput(std::uint64_t limit,
+                                          std::uint64_t groups);
+
+// The output mode for CHILDREN children in GROUPS groups under LIMIT: a
+// pipe per child whenever they fit so (no change for a pool that fits),
+// else a socket per group (whether that fits is FitsFileLimit's question).
+OutputMode ChooseOutputMode(std::uint64_t limit, std::uint64_t children,
+                            std::uint64_t groups);
+
+// Whether CHILDREN children in GROUPS groups fit LIMIT in either mode.
+bool FitsFileLimit(std::uint64_t limit, std::uint64_t children,
+                   std::uint64_t groups);
 
 // The limit with which CHILDREN children leave the Watcher room to hold
 // every child's ends too.
@@ -51,7 +81,10 @@ FileLimits PlanFileLimits(FileLimits current, std::uint64_t nr_open,
                           bool may_raise_hard, std::uint64_t children);
 
 // "RLIMIT_NOFILE 20000 allows 9872 children" with what to do when the pool
-// needs more (for the start-up log, `check` and the error at start).
-std::string DescribeFileLimit(std::uint64_t limit, std::uint64_t children);
+// needs more (for the start-up log, `check` and the error at start); when
+// the pool of GROUPS groups fits only with a socket per group, says so:
+// "output of N children through one socket per group: RLIMIT_NOFILE ...".
+std::string DescribeFileLimit(std::uint64_t limit, std::uint64_t children,
+                              std::uint64_t groups = 1);
 
 }  // namespace workerpool

@@ -43,6 +43,12 @@ std::optional<int> ProcStatProcessor(std::string_view stat) {
   return static_cast<int>(*cpu);
 }
 
+std::optional<int> ProcStatParent(std::string_view stat) {
+  std::optional<std::uint64_t> ppid = Unsigned(Field(stat, 4));
+  if (!ppid || *ppid == 0 || *ppid > (1u << 30)) return std::nullopt;
+  return static_cast<int>(*ppid);
+}
+
 std::optional<ProcStatUsage> ProcStatUsageOf(std::string_view stat) {
   std::optional<std::uint64_t> utime = Unsigned(Field(stat, 14));
   std::optional<std::uint64_t> stime = Unsigned(Field(stat, 15));

@@ -13,6 +13,10 @@ namespace workerpool {
 // STAT is not a stat line (truncated, garbage, a negative or huge value).
 std::optional<int> ProcStatProcessor(std::string_view stat);
 
+// Field 4, "ppid": the parent's pid. Nothing when STAT is not a stat line
+// (or the value is not a positive pid).
+std::optional<int> ProcStatParent(std::string_view stat);
+
 // What a process has used, in the units of /proc/<pid>/stat.
 struct ProcStatUsage {
   std::uint64_t cpu_ticks = 0;  // fields 14 + 15: utime + stime, clock ticks

@@ -213,6 +213,11 @@ Result<pid_t> CloneChild(const SpawnSpec& spec, int output_write,
 
 Result<SpawnedChild> SpawnChild(const SpawnSpec& spec) {
   if (spec.argv.empty()) return Status::Error("empty command");
+  if (spec.shared_output >= 0) {
+    Result<pid_t> pid = CloneChild(spec, spec.shared_output, getpid(), false);
+    if (!pid.ok()) return pid.status();
+    return SpawnedChild{*pid, -1, -1};
+  }
   int output[2];
   if (pipe2(output, O_CLOEXEC) != 0) {
     return Status::Error(std::string("pipe: ") + strerror(errno));
@@ -256,10 +261,29 @@ std::uint64_t NrOpen() {
   return value;
 }
 
+// Whether this process has CAP_SYS_RESOURCE (bit 24 of CapEff), which
+// raising the hard limit takes: a container's root often lacks it, and
+// `check` would then promise a limit the Watcher cannot get.
+bool MayRaiseHardLimit() {
+  bool may = false;
+  if (FILE* file = std::fopen("/proc/self/status", "re")) {
+    char line[256];
+    while (std::fgets(line, sizeof(line), file) != nullptr) {
+      unsigned long long caps = 0;
+      if (std::sscanf(line, "CapEff: %llx", &caps) == 1) {
+        may = (caps >> 24) & 1;
+        break;
+      }
+    }
+    std::fclose(file);
+  }
+  return may;
+}
+
 }  // namespace
 
 FileLimits PlannedFileLimits(std::uint64_t children) {
-  return PlanFileLimits(CurrentFileLimits(), NrOpen(), geteuid() == 0,
+  return PlanFileLimits(CurrentFileLimits(), NrOpen(), MayRaiseHardLimit(),
                         children);
 }
 

@@ -33,6 +33,11 @@ struct SpawnSpec {
   // EOF when the child exits, so the child's death wakes it once (SIGCHLD),
   // not twice.
   bool keep_output_write = false;
+  // When >= 0: the child's stdout and stderr are this fd (a group's output
+  // socket, watcher/output_capture.h; not taken over) and no pipe is made:
+  // SpawnedChild::output_fd and output_write_fd are -1. Must be blocking:
+  // the child shares its file description.
+  int shared_output = -1;
 };
 
 struct SpawnedChild {

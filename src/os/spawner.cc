@@ -147,12 +147,13 @@ Result<SpawnedChild> Spawner::Request(const SpawnSpec& spec,
     *retry_direct = true;
     return Status::Error("too many fds");
   }
-  int output[2];
-  if (pipe2(output, O_CLOEXEC) != 0) {
+  // With SpawnSpec::shared_output, no pipe: the child gets that fd.
+  int output[2] = {-1, -1};
+  if (spec.shared_output < 0 && pipe2(output, O_CLOEXEC) != 0) {
     return Status::Error(std::string("pipe: ") + std::strerror(errno));
   }
   auto close_output = [&output] {
-    close(output[0]);
+    if (output[0] >= 0) close(output[0]);
     if (output[1] >= 0) close(output[1]);
   };
 
@@ -170,7 +171,8 @@ Result<SpawnedChild> Spawner::Request(const SpawnSpec& spec,
   for (const std::string& arg : spec.argv) AppendString(&body, arg);
   for (const std::string& var : spec.env) AppendString(&body, var);
 
-  std::vector<int> fds = {output[1]};
+  std::vector<int> fds = {spec.shared_output >= 0 ? spec.shared_output
+                                                  : output[1]};
   fds.insert(fds.end(), spec.pass_fds.begin(), spec.pass_fds.end());
   std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
   iovec iov{body.data(), body.size()};
@@ -221,11 +223,13 @@ Result<SpawnedChild> Spawner::Request(const SpawnSpec& spec,
     reply.error[sizeof(reply.error) - 1] = '\0';
     return Status::Error(reply.error);
   }
-  if (!spec.keep_output_write) {
+  if (!spec.keep_output_write && output[1] >= 0) {
     close(output[1]);
     output[1] = -1;
   }
-  fcntl(output[0], F_SETFL, fcntl(output[0], F_GETFL) | O_NONBLOCK);
+  if (output[0] >= 0) {
+    fcntl(output[0], F_SETFL, fcntl(output[0], F_GETFL) | O_NONBLOCK);
+  }
   return SpawnedChild{static_cast<pid_t>(reply.pid), output[0], output[1]};
 }
 

@@ -109,11 +109,18 @@ void ChildTable::Spawn(Slot* slot) {
   SpawnSpec spec =
       environment_.SpecFor(*config_, config, slot->index, *sockets_,
                            channel_fds[1], running_as_root_);
+  // A pool too large for a pipe per child writes to its group's socket
+  // (core/file_limit.h OutputMode); -1: a pipe.
+  if (output_mode_ == OutputMode::kSocketPerGroup) {
+    spec.shared_output = output_.SharedOutputFor(slot->group);
+  }
   // Sized for the whole pool: ends held by the first children would leave
   // no room for the last ones.
-  const bool hold_ends = output_.HoldsChildEnds(
-      std::max<std::uint64_t>(children_.size(), PlannedChildren()),
-      file_limit_);
+  const bool hold_ends =
+      spec.shared_output < 0 &&
+      output_.HoldsChildEnds(
+          std::max<std::uint64_t>(children_.size(), PlannedChildren()),
+          file_limit_);
   spec.keep_output_write = hold_ends;
   Result<SpawnedChild> child = spawner_.Spawn(spec);
   if (hold_ends && child.ok()) {
@@ -138,7 +145,11 @@ void ChildTable::Spawn(Slot* slot) {
   children_[slot->pid] = slot;
   channels_.Open(slot, channel_fds[0]);
   spdlog::info("spawned {}[{}] pid {}", config.name, slot->index, slot->pid);
-  output_.Start(child->output_fd, slot);
+  if (spec.shared_output >= 0) {
+    output_.StartShared(slot);
+  } else {
+    output_.Start(child->output_fd, slot);
+  }
   Apply(slot, config.ready ? SlotEvent::kSpawnedProbed : SlotEvent::kSpawned);
 }
 
@@ -380,6 +391,7 @@ void ChildTable::Reap() {
     if (found == children_.end()) {
       spdlog::debug("reaped orphaned descendant pid {}: {}", pid,
                     DescribeWaitStatus(status));
+      output_.ForgetDescendant(pid);
       continue;
     }
     Slot* slot = found->second;

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/config.h"
+#include "core/file_limit.h"
 #include "core/status.h"
 #include "core/upgrade_state.h"
 #include "os/spawner.h"
@@ -106,12 +107,17 @@ class ChildTable : private Probes::Listener {
   GroupLoad LoadOf(const Group& group) const;
 
   // Descriptors (child_table_scale.cc): raises RLIMIT_NOFILE for a pool of
-  // CHILDREN (core/file_limit.h) and says whether it fits; an error names
-  // the limit and what to raise.
-  Status FitFileLimit(std::uint64_t children);
+  // CHILDREN in GROUPS groups (core/file_limit.h) and says whether it fits;
+  // an error names the limit and what to raise. Chooses how the next
+  // spawns' output is captured (a pipe each, or a socket per group when
+  // only that fits).
+  Status FitFileLimit(std::uint64_t children, std::uint64_t groups);
   // The most children the running pool may have (PoolChildren of the
   // groups as they are now, `scale` included).
   std::uint64_t PlannedChildren() const;
+  // The running pool's groups (not those being removed).
+  std::uint64_t PlannedGroups() const;
+  OutputMode output_mode() const { return output_mode_; }
   std::uint64_t file_limit() const { return file_limit_; }
   const Spawner& spawner() const { return spawner_; }
 
@@ -202,7 +208,9 @@ class ChildTable : private Probes::Listener {
   std::map<pid_t, Slot*> children_;  // live children by pid
   std::uint64_t spawns_ = 0;         // serials of children
   std::uint64_t file_limit_ = 1024;  // RLIMIT_NOFILE, raised at start
-  Spawner spawner_;                  // creates the children (os/spawner.h)
+  OutputMode output_mode_ = OutputMode::kPipePerChild;
+  bool fitted_ = false;  // FitFileLimit ran (the start logged the mode)
+  Spawner spawner_;      // creates the children (os/spawner.h)
   bool running_as_root_;
   bool stopping_ = false;
   std::mt19937_64 random_;  // recycling jitter

@@ -44,6 +44,7 @@ void ChildTable::DeleteDrainedGroups() {
     }
     spdlog::info("group {} removed", group->config.name);
     DropAutoscale(group.get());
+    output_.ForgetGroup(group.get());
     return true;
   });
 }

@@ -10,19 +10,36 @@
 
 namespace workerpool {
 
-Status ChildTable::FitFileLimit(std::uint64_t children) {
+Status ChildTable::FitFileLimit(std::uint64_t children, std::uint64_t groups) {
   if (children > ChildrenAllowed(file_limit_) ||
       ComfortableLimit(children) > file_limit_) {
     const std::uint64_t before = file_limit_;
     file_limit_ = RaiseFileLimit(children);
     if (file_limit_ != before) {
-      spdlog::info("{}", DescribeFileLimit(file_limit_, children));
+      spdlog::info("{}", DescribeFileLimit(file_limit_, children, groups));
     }
   }
-  if (children > ChildrenAllowed(file_limit_)) {
-    return Status::Error(DescribeFileLimit(file_limit_, children));
+  if (!FitsFileLimit(file_limit_, children, groups)) {
+    return Status::Error(DescribeFileLimit(file_limit_, children, groups));
   }
+  // Children spawned from now on; those running keep what they have.
+  const OutputMode mode = ChooseOutputMode(file_limit_, children, groups);
+  if (fitted_ && mode != output_mode_) {
+    spdlog::info("{}",
+                 mode == OutputMode::kSocketPerGroup
+                     ? DescribeFileLimit(file_limit_, children, groups)
+                     : "output of children through a pipe each again: " +
+                           DescribeFileLimit(file_limit_, children, groups));
+  }
+  output_mode_ = mode;
+  fitted_ = true;
   return Status::Ok();
+}
+
+std::uint64_t ChildTable::PlannedGroups() const {
+  std::uint64_t count = 0;
+  for (const auto& group : groups_) count += group->removing ? 0 : 1;
+  return count;
 }
 
 std::uint64_t ChildTable::PlannedChildren() const {

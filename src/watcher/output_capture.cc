@@ -1,9 +1,17 @@
 #include "watcher/output_capture.h"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+
 #include "core/file_limit.h"
+#include "core/proc_stat.h"
 #include "os/uv_owner.h"
 #include "watcher/logging.h"
 #include "watcher/pool_state.h"
@@ -21,6 +29,40 @@ char* OutputBuffer() {
 
 void DeleteReader(uv_handle_t* handle) { delete Owner<OutputReader>(handle); }
 
+// Bounds on what one event costs with a shared group socket: a wake-up
+// reads at most this much (the poll is level-triggered: the rest comes at
+// the next turn, after other groups and channels), a reap drains at most
+// the other (more than the socket's buffer holds, so everything a dead
+// child wrote before its exit, queued ahead of its siblings' later bytes).
+constexpr size_t kSharedReadPerWake = 16 * kOutputBufferSize;
+constexpr size_t kSharedDrainAtReap = 64 * kOutputBufferSize;
+// The socket buffer asked for (SO_SNDBUFFORCE where permitted, else capped
+// by net.core.wmem_max): children of a group block on a full buffer
+// together.
+constexpr int kSharedSocketBuffer = 4 << 20;
+// How far /proc/PID/stat's ppid is followed to find a writer's child, and
+// how many descendants' splitters one child keeps.
+constexpr int kAncestorDepth = 16;
+constexpr size_t kDescendantWriters = 64;
+
+void DeleteGroupOutput(uv_handle_t* handle) {
+  auto* group = Owner<GroupOutput>(handle);
+  if (group->fd >= 0) close(group->fd);
+  if (group->child_end >= 0) close(group->child_end);
+  delete group;
+}
+
+std::optional<pid_t> ParentOf(pid_t pid) {
+  std::ifstream file("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(file)),
+                   std::istreambuf_iterator<char>());
+  std::optional<int> parent = ProcStatParent(stat);
+  if (!parent) return std::nullopt;
+  return static_cast<pid_t>(*parent);
+}
+
+void LogLine(const std::string& prefix, std::string_view line);
+
 }  // namespace
 
 // The lines of one read leave in one write (a chatty child, such as a
@@ -36,10 +78,14 @@ void OutputReader::Finish() {
   splitter.Finish([this](std::string_view line) { Log(line); });
 }
 
+void OutputReader::Log(std::string_view line) const { LogLine(prefix, line); }
+
+namespace {
+
 // At the level the child gave the line with a syslog prefix ("<3>...", as
 // systemd reads stderr), else at info. Never above error: critical lines are
 // the Watcher's own (operators alert on them).
-void OutputReader::Log(std::string_view line) const {
+void LogLine(const std::string& prefix, std::string_view line) {
   spdlog::level::level_enum level = spdlog::level::info;
   switch (TakeLinePriority(&line)) {
     case 0:
@@ -59,6 +105,8 @@ void OutputReader::Log(std::string_view line) const {
   }
   spdlog::log(level, "{}: {}", prefix, line);
 }
+
+}  // namespace
 
 void OutputCapture::Start(int fd, Slot* slot) {
   slot->output = nullptr;
@@ -109,6 +157,7 @@ bool OutputCapture::HoldsChildEnds(std::size_t children,
 void OutputCapture::DrainAfterExit(Slot* slot) {
   OutputReader* reader = slot->output;
   if (reader == nullptr) {
+    DrainShared(slot);
     ReleaseChildEnds(slot);
     return;
   }
@@ -165,6 +214,225 @@ void OutputCapture::CloseAll() {
     uv_close(reinterpret_cast<uv_handle_t*>(&reader->pipe), DeleteReader);
   }
   readers_.clear();
+  for (auto& [group, output] : shared_) CloseShared(output);
+  shared_.clear();
+  shared_children_.clear();
+}
+
+int OutputCapture::SharedOutputFor(const Group* group) {
+  auto found = shared_.find(group);
+  if (found != shared_.end()) return found->second->child_end;
+  int ends[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ends) != 0) {
+    spdlog::error("group {}: output socket: {}; a pipe per child",
+                  group->config.name, strerror(errno));
+    return -1;
+  }
+  // Credentials on every write, asked for before any child can write.
+  const int on = 1;
+  if (setsockopt(ends[0], SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) != 0) {
+    spdlog::error("group {}: output socket: SO_PASSCRED: {}; a pipe per child",
+                  group->config.name, strerror(errno));
+    close(ends[0]);
+    close(ends[1]);
+    return -1;
+  }
+  // Unix stream sockets count queued bytes against the writer's send
+  // buffer, and the writers all share this end.
+  const int size = kSharedSocketBuffer;
+  if (setsockopt(ends[1], SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size)) !=
+      0) {
+    setsockopt(ends[1], SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+  }
+  if (setsockopt(ends[0], SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof(size)) !=
+      0) {
+    setsockopt(ends[0], SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+  }
+  shutdown(ends[0], SHUT_WR);
+  shutdown(ends[1], SHUT_RD);
+  // Only the Watcher's end: the children's end is their stdout, blocking.
+  fcntl(ends[0], F_SETFL, fcntl(ends[0], F_GETFL) | O_NONBLOCK);
+  auto* output = new GroupOutput;
+  output->capture = this;
+  output->name = group->config.name;
+  output->fd = ends[0];
+  output->child_end = ends[1];
+  uv_poll_init(loop_, &output->poll, output->fd);
+  output->poll.data = output;
+  uv_poll_start(&output->poll, UV_READABLE,
+                [](uv_poll_t* poll, int status, int) {
+                  auto* output = Owner<GroupOutput>(poll);
+                  if (status < 0) return;
+                  output->capture->ReadShared(output, kSharedReadPerWake);
+                });
+  shared_[group] = output;
+  return output->child_end;
+}
+
+void OutputCapture::StartShared(Slot* slot) {
+  slot->output = nullptr;
+  auto found = shared_.find(slot->group);
+  if (found == shared_.end()) return;
+  GroupOutput* output = found->second;
+  std::string prefix = slot->group->config.name + "[" +
+                       std::to_string(slot->index) + "] " +
+                       std::to_string(slot->pid);
+  output->children[slot->pid] = prefix;
+  // A writer left by an earlier process with this pid is not this child.
+  ForgetDescendant(slot->pid);
+  GroupOutput::Writer& writer = output->writers[slot->pid];
+  writer.prefix = std::move(prefix);
+  writer.child = slot->pid;
+  shared_children_[slot->pid] = output;
+}
+
+GroupOutput::Writer& OutputCapture::WriterFor(GroupOutput* output, pid_t pid) {
+  auto found = output->writers.find(pid);
+  if (found != output->writers.end()) return found->second;
+  // A descendant of a child (its pipe was inherited as it is today): named
+  // after the nearest ancestor that is a child of this group.
+  pid_t child = 0;
+  std::string prefix;
+  pid_t at = pid;
+  for (int depth = 0; depth < kAncestorDepth && at > 1; ++depth) {
+    std::optional<pid_t> parent = ParentOf(at);
+    if (!parent) break;
+    auto known = output->children.find(*parent);
+    if (known != output->children.end()) {
+      child = *parent;
+      prefix = known->second;
+      break;
+    }
+    at = *parent;
+  }
+  if (child == 0) prefix = output->name + " pid " + std::to_string(pid);
+  // Bounded: a child that forks many short-lived writers (reaped by it,
+  // not by us) would otherwise keep a splitter per pid until its own exit,
+  // and writers of no known child (key 0) until the group goes.
+  std::vector<pid_t>& kept = output->descendants[child];
+  if (kept.size() >= kDescendantWriters) {
+    auto oldest = output->writers.find(kept.front());
+    if (oldest != output->writers.end() && oldest->second.child == child) {
+      FinishWriter(output, kept.front());
+    }
+    kept.erase(kept.begin());
+  }
+  kept.push_back(pid);
+  GroupOutput::Writer& writer = output->writers[pid];
+  writer.prefix = std::move(prefix);
+  writer.child = child;
+  return writer;
+}
+
+void OutputCapture::ReadShared(GroupOutput* output, size_t limit) {
+  LogBatch batch;
+  for (size_t total = 0; total < limit;) {
+    iovec iov{OutputBuffer(), kOutputBufferSize};
+    // Room for the credentials and for descriptors a child may have sent
+    // on its stdout: they are closed below (MSG_CTRUNC drops the rest).
+    alignas(cmsghdr) char
+        control[CMSG_SPACE(sizeof(ucred)) + CMSG_SPACE(16 * sizeof(int))];
+    msghdr message{};
+    message.msg_iov = &iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control;
+    message.msg_controllen = sizeof(control);
+    ssize_t n = recvmsg(output->fd, &message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // EAGAIN (EOF cannot come: we hold the other end)
+    pid_t pid = 0;
+    for (cmsghdr* part = CMSG_FIRSTHDR(&message); part != nullptr;
+         part = CMSG_NXTHDR(&message, part)) {
+      if (part->cmsg_level != SOL_SOCKET) continue;
+      if (part->cmsg_type == SCM_CREDENTIALS &&
+          part->cmsg_len >= CMSG_LEN(sizeof(ucred))) {
+        ucred credentials;
+        std::memcpy(&credentials, CMSG_DATA(part), sizeof(credentials));
+        pid = credentials.pid;
+      } else if (part->cmsg_type == SCM_RIGHTS) {
+        const size_t count = (part->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; ++i) {
+          int fd;
+          std::memcpy(&fd, CMSG_DATA(part) + i * sizeof(int), sizeof(fd));
+          close(fd);
+        }
+      }
+    }
+    GroupOutput::Writer& writer = WriterFor(output, pid);
+    writer.splitter.Feed(
+        std::string_view(OutputBuffer(), n),
+        [&writer](std::string_view line) { LogLine(writer.prefix, line); });
+    total += static_cast<size_t>(n);
+  }
+}
+
+bool OutputCapture::DrainShared(Slot* slot) {
+  auto found = shared_children_.find(slot->pid);
+  if (found == shared_children_.end()) return false;
+  GroupOutput* output = found->second;
+  shared_children_.erase(found);
+  // Everything the child wrote is queued already: read it (and what its
+  // siblings queued before), then its last partial line is whole.
+  ReadShared(output, kSharedDrainAtReap);
+  LogBatch batch;
+  FinishWriter(output, slot->pid);
+  // Its descendants' splitters go too: they now write as "group pid N".
+  auto descendants = output->descendants.find(slot->pid);
+  if (descendants != output->descendants.end()) {
+    for (pid_t pid : descendants->second) {
+      auto writer = output->writers.find(pid);
+      if (writer != output->writers.end() &&
+          writer->second.child == slot->pid) {
+        FinishWriter(output, pid);
+      }
+    }
+    output->descendants.erase(descendants);
+  }
+  output->children.erase(slot->pid);
+  return true;
+}
+
+void OutputCapture::ForgetDescendant(pid_t pid) {
+  for (auto& [group, output] : shared_) {
+    auto writer = output->writers.find(pid);
+    if (writer == output->writers.end()) continue;
+    const pid_t child = writer->second.child;
+    if (child == pid) continue;  // a child: DrainShared forgets it
+    LogBatch batch;
+    FinishWriter(output, pid);
+    auto kept = output->descendants.find(child);
+    if (kept != output->descendants.end()) std::erase(kept->second, pid);
+  }
+}
+
+void OutputCapture::FinishWriter(GroupOutput* output, pid_t pid) {
+  auto writer = output->writers.find(pid);
+  if (writer == output->writers.end()) return;
+  writer->second.splitter.Finish([&writer](std::string_view line) {
+    LogLine(writer->second.prefix, line);
+  });
+  output->writers.erase(writer);
+}
+
+void OutputCapture::ForgetGroup(const Group* group) {
+  auto found = shared_.find(group);
+  if (found == shared_.end()) return;
+  CloseShared(found->second);
+  shared_.erase(found);
+}
+
+void OutputCapture::CloseShared(GroupOutput* output) {
+  ReadShared(output, kSharedDrainAtReap);
+  LogBatch batch;
+  for (auto& [pid, writer] : output->writers) {
+    writer.splitter.Finish(
+        [&writer](std::string_view line) { LogLine(writer.prefix, line); });
+  }
+  output->writers.clear();
+  output->descendants.clear();
+  for (auto& [pid, child] : output->children) shared_children_.erase(pid);
+  uv_poll_stop(&output->poll);
+  uv_close(reinterpret_cast<uv_handle_t*>(&output->poll), DeleteGroupOutput);
 }
 
 }  // namespace workerpool

@@ -124,7 +124,9 @@ Status PoolReload::Apply() {
                 "reload failed, keeping the running pool", load.errors);
   }
   PoolConfig next = std::move(*load.config);
-  if (Status fits = table_->FitFileLimit(PoolChildren(next)); !fits.ok()) {
+  if (Status fits =
+          table_->FitFileLimit(PoolChildren(next), next.groups.size());
+      !fits.ok()) {
     return Fail(fits.message(), "reload failed, keeping the running pool", {});
   }
   if (Status bound = sockets_->Bind(next); !bound.ok()) {

@@ -169,11 +169,12 @@ int Watcher::Run(PoolConfig initial, std::string content) {
   // A pool the descriptor limit cannot hold is an error now, not a failed
   // group after ten spawn errors.
   const std::uint64_t children = PoolChildren(initial);
-  if (Status fits = table_.FitFileLimit(children); !fits.ok()) {
+  const std::uint64_t groups = initial.groups.size();
+  if (Status fits = table_.FitFileLimit(children, groups); !fits.ok()) {
     spdlog::critical("pool {} cannot start: {}", initial.name, fits.message());
     return 2;
   }
-  spdlog::info("{}", DescribeFileLimit(table_.file_limit(), children));
+  spdlog::info("{}", DescribeFileLimit(table_.file_limit(), children, groups));
   if (Status bound = listen_sockets_.Bind(initial); !bound.ok()) {
     spdlog::critical("{}", bound.message());
     return 2;
@@ -428,7 +429,9 @@ Status Watcher::Scale(const std::string& name, int processes) {
   }
   const int before = group->config.processes;
   group->config.processes = processes;
-  if (Status fits = table_.FitFileLimit(table_.PlannedChildren()); !fits.ok()) {
+  if (Status fits =
+          table_.FitFileLimit(table_.PlannedChildren(), table_.PlannedGroups());
+      !fits.ok()) {
     group->config.processes = before;
     return fits;
   }
@@ -481,6 +484,16 @@ nlohmann::json Watcher::UpgradeJson() const {
 // what it queued.
 Result<nlohmann::json> Watcher::Upgrade(const std::string& binary) {
   if (table_.stopping()) return Status::Error("the pool is stopping");
+  if (table_.output().shares_output()) {
+    // The state does not carry the groups' output sockets yet: the new
+    // Watcher would lose their reading ends and the children would meet
+    // EPIPE on their next line.
+    return Status::Error(
+        "the children's output goes through one socket per group (the file "
+        "limit allows no pipe each), which an upgrade cannot hand over yet; "
+        "raise RLIMIT_NOFILE (LimitNOFILE=) so that the pool fits with a "
+        "pipe each, or restart the pool");
+  }
   if (!upgrade_binary_.empty()) {
     return Status::Error("an upgrade to " + upgrade_binary_ + " is under way");
   }

@@ -110,3 +110,18 @@ TEST_CASE("ProcStatUsageOf reads this process's own stat") {
   REQUIRE(usage.has_value());
   CHECK(usage->rss_pages > 0);
 }
+
+TEST_CASE("ProcStatParent reads field 4, the ppid") {
+  CHECK(workerpool::ProcStatParent(StatLine("sh", "0")) == 4);
+  CHECK(workerpool::ProcStatParent("77 (a) b) c) S 12 77 77 0") == 12);
+  CHECK(workerpool::ProcStatParent("1 (init) S 0 1 1") == std::nullopt);
+  CHECK(workerpool::ProcStatParent("1 (x) S -3 1") == std::nullopt);
+  CHECK(workerpool::ProcStatParent("1 (x) S") == std::nullopt);
+  CHECK(workerpool::ProcStatParent("garbage") == std::nullopt);
+  CHECK(workerpool::ProcStatParent("") == std::nullopt);
+  // This process's own line names its parent.
+  std::ifstream self("/proc/self/stat");
+  std::stringstream text;
+  text << self.rdbuf();
+  CHECK(workerpool::ProcStatParent(text.str()) == getppid());
+}

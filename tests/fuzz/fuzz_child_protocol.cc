@@ -265,7 +265,7 @@ void CheckStats(const ChildStats& stats) {
   for (const auto& [target, load] : stats.routes) {
     Check(!target.empty() && target.size() <= workerpool::kMaxNameBytes);
   }
-  Check(stats.app.is_object());
+  Check(stats.app.is_null() || stats.app.is_object());  // null until sent
 }
 
 class Pool {

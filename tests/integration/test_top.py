@@ -150,9 +150,10 @@ class TopTest(wp.TestCase):
     def load(self, seconds):
         """Sends HTTP requests through the reactors to echo in a thread."""
         stop = time.monotonic() + seconds
+        finished = threading.Event()
 
         def send():
-            while time.monotonic() < stop:
+            while time.monotonic() < stop and not finished.is_set():
                 try:
                     c = http.client.HTTPConnection("127.0.0.1", self.port,
                                                    timeout=5)
@@ -164,6 +165,7 @@ class TopTest(wp.TestCase):
         thread = threading.Thread(target=send, daemon=True)
         thread.start()
         self.addCleanup(thread.join, 10)
+        self.addCleanup(finished.set)  # cleanups run last-in first-out
 
     def exited(self, tmux):
         """Waits for `top` to exit; returns the shell's lines after it."""
@@ -185,15 +187,18 @@ class TopTest(wp.TestCase):
 
     def test_screen_figures_keys_and_quit(self):
         pool = self.start_pool()
-        self.load(8)
+        self.load(30)
         tmux = self.top("--interval 500ms")
-        # Rates appear from the second answer on, under load.
+        # Rates appear from the second answer on, under load. The served
+        # counts and the latency histogram come in different reports of a
+        # child, so one screen may show a rate before its P99: wait for both.
         def busy(lines):
             echo = row(lines, "echo")
-            if echo and len(echo) == 13 and (number(echo[5]) or 0) > 0:
+            if (echo and len(echo) == 13 and (number(echo[5]) or 0) > 0
+                    and number(echo[8]) is not None):
                 return lines
             return None
-        lines = tmux.wait_for(busy, "echo's requests/s to be above 0")
+        lines = tmux.wait_for(busy, "echo's requests/s and P99 to show")
         for line in lines:
             self.assertLessEqual(len(line), 80, line)
         self.assertRegex(lines[0], r"^pool toptest  running  up \S+  gen 0  "

@@ -247,6 +247,16 @@ Status AmqpConnection::OpenChannel(amqp_channel_t channel) {
   return RpcOk("channel.open");
 }
 
+Status AmqpConnection::AnswerConnectionClose(
+    const amqp_connection_close_t& close) {
+  Status closed = Status::Error("RabbitMQ closed the connection: " +
+                                amqp::Text(close.reply_text));
+  amqp_connection_close_ok_t close_ok;
+  close_ok.dummy = 0;
+  amqp_send_method(conn_, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &close_ok);
+  return closed;
+}
+
 Status AmqpConnection::ReopenDeclareChannel() {
   amqp_channel_close_ok_t close_ok;
   close_ok.dummy = 0;

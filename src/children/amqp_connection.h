@@ -113,6 +113,10 @@ class AmqpConnection {
   // After RabbitMQ closed the declare channel: answers close-ok and opens it
   // again. An error when the connection is unusable.
   Status ReopenDeclareChannel();
+  // RabbitMQ sent connection.close (CLOSE is its decoded method): answers
+  // close-ok, as AMQP asks of the peer, and returns the error that ends the
+  // connection, with RabbitMQ's reason.
+  Status AnswerConnectionClose(const amqp_connection_close_t& close);
 
   // Closes both channels and the connection politely, then Drop().
   void Close(bool shut_down_socket);

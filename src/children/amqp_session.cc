@@ -762,15 +762,9 @@ class AmqpSession::Impl {
                              std::to_string(close->reply_code) + " " + text);
       }
       case AMQP_CONNECTION_CLOSE_METHOD: {
-        auto* close =
-            static_cast<amqp_connection_close_t*>(frame.payload.method.decoded);
-        Status closed = Status::Error("RabbitMQ closed the connection: " +
-                                      Text(close->reply_text));
-        amqp_connection_close_ok_t close_ok;
-        close_ok.dummy = 0;
-        amqp_send_method(connection_.state(), 0,
-                         AMQP_CONNECTION_CLOSE_OK_METHOD, &close_ok);
-        return closed;
+        return connection_.AnswerConnectionClose(
+            *static_cast<amqp_connection_close_t*>(
+                frame.payload.method.decoded));
       }
       case AMQP_CONNECTION_BLOCKED_METHOD: {
         auto* blocked = static_cast<amqp_connection_blocked_t*>(

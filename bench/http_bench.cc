@@ -40,6 +40,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_process.h"
 #include "http_load.h"
 
 namespace {
@@ -73,47 +74,9 @@ RoundResult RunLoad(int port, const Options& options) {
 
 // ------------------------------------------------------------ processes
 
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof(address);
-  bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-  close(fd);
-  return ntohs(address.sin_port);
-}
-
-pid_t Start(const std::vector<std::string>& argv, const std::string& log) {
-  pid_t pid = fork();
-  if (pid != 0) return pid;
-  int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  if (fd >= 0) {
-    dup2(fd, 1);
-    dup2(fd, 2);
-    close(fd);
-  }
-  setpgid(0, 0);
-  std::vector<char*> args;
-  for (const std::string& arg : argv)
-    args.push_back(const_cast<char*>(arg.c_str()));
-  args.push_back(nullptr);
-  execv(args[0], args.data());
-  std::fprintf(stderr, "exec %s: %s\n", args[0], std::strerror(errno));
-  _exit(127);
-}
-
-void StopProcess(pid_t pid) {
-  kill(pid, SIGTERM);
-  for (int i = 0; i < 200; ++i) {
-    if (waitpid(pid, nullptr, WNOHANG) == pid) return;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  kill(-pid, SIGKILL);
-  kill(pid, SIGKILL);
-  waitpid(pid, nullptr, 0);
-}
+using bench_process::FreePort;
+using bench_process::Start;
+using bench_process::StopProcess;
 
 // One POST with Connection: close, blocking; the status, or 0.
 int PostOnce(int port, const std::string& body) {

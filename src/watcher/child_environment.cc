@@ -124,4 +124,26 @@ SpawnSpec ChildEnvironment::SpecFor(const PoolConfig& pool,
   return spec;
 }
 
+SpawnSpec ChildEnvironment::ProbeSpecFor(const GroupConfig& group, int index,
+                                         pid_t child_pid,
+                                         const std::vector<std::string>& argv,
+                                         bool running_as_root) const {
+  SpawnSpec spec;
+  for (const std::string& word : argv) {
+    spec.argv.push_back(ExpandIndex(word, index));
+  }
+  spec.env = base_environment_;
+  for (const auto& [key, value] : group.env) {
+    spec.env.push_back(key + "=" + ExpandIndex(value, index));
+  }
+  spec.env.push_back("WORKERPOOL_CHILD_PID=" + std::to_string(child_pid));
+  spec.env = WithoutShadowedVariables(std::move(spec.env));
+  spec.cwd = ExpandIndex(group.cwd, index);
+  if (running_as_root) {
+    spec.uid = group.uid;
+    spec.gid = group.gid;
+  }
+  return spec;
+}
+
 }  // namespace workerpool

@@ -30,6 +30,16 @@ class ChildEnvironment {
                     const ListenSockets& sockets, int channel_fd,
                     bool running_as_root);
 
+  // The spec for one try of an exec probe (groups[].ready/health exec) of
+  // the child CHILD_PID of GROUP at INDEX: ARGV with {index} expanded, run
+  // as the child would be (the group's cwd, user when RUNNING_AS_ROOT, and
+  // environment with its `env`), plus WORKERPOOL_CHILD_PID naming the child
+  // probed. Not the child's WORKERPOOL_* variables, nor any descriptor: a
+  // probe is not a member of the pool, and must not pass for one.
+  SpawnSpec ProbeSpecFor(const GroupConfig& group, int index, pid_t child_pid,
+                         const std::vector<std::string>& argv,
+                         bool running_as_root) const;
+
  private:
   bool IsThisWorkerpool(const std::string& program);
 

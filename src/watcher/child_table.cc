@@ -52,7 +52,12 @@ ChildTable::ChildTable(uv_loop_t* loop, std::string self_exe,
       observer_(observer),
       environment_(self_exe),
       output_(loop, [observer] { observer->OnPoolChanged(); }),
-      probes_(loop, this),
+      probes_(loop, this,
+              [this](const Slot& slot, const std::vector<std::string>& argv) {
+                return environment_.ProbeSpecFor(slot.group->config, slot.index,
+                                                 slot.pid, argv,
+                                                 running_as_root_);
+              }),
       file_limit_(RaiseFileLimit()),
       spawner_(SpawnerExecutable(self_exe)),
       running_as_root_(geteuid() == 0),

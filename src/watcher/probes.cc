@@ -11,8 +11,6 @@
 #include "os/spawn.h"
 #include "os/uv_owner.h"
 
-extern char** environ;
-
 namespace workerpool {
 namespace {
 
@@ -37,7 +35,7 @@ struct ProbeRun {
   bool health = false;
   ProbeConfig config;  // a copy: a reload may change the group's
   int index = 0;
-  std::string cwd;
+  SpawnSpec exec_spec;  // an exec probe's, made at Start (the child's pid)
   uv_timer_t timer;
   bool in_flight = false;
   ProbeConnection* connection = nullptr;  // a tcp or http try
@@ -77,16 +75,10 @@ void FinishConnection(ProbeConnection* connection, bool passed,
 
 }  // namespace
 
-Probes::Probes(uv_loop_t* loop, Listener* listener)
-    : loop_(loop), listener_(listener) {
-  for (char** entry = environ; *entry != nullptr; ++entry) {
-    std::string_view text(*entry);
-    if (!text.starts_with("NOTIFY_SOCKET=") && !text.starts_with("LISTEN_") &&
-        !text.starts_with("WATCHDOG_")) {
-      environment_.emplace_back(text);
-    }
-  }
-}
+Probes::Probes(uv_loop_t* loop, Listener* listener, ExecSpecFor exec_spec_for)
+    : loop_(loop),
+      listener_(listener),
+      exec_spec_for_(std::move(exec_spec_for)) {}
 
 Probes::~Probes() = default;
 
@@ -106,7 +98,9 @@ void Probes::Start(Slot* slot, bool health) {
   run->health = health;
   run->config = health ? *group.health : *group.ready;
   run->index = slot->index;
-  run->cwd = ExpandIndex(group.cwd, slot->index);
+  if (run->config.kind == ProbeConfig::Kind::kExec) {
+    run->exec_spec = exec_spec_for_(*slot, run->config.argv);
+  }
   uv_timer_init(loop_, &run->timer);
   run->timer.data = run;
   slot->probe = run;
@@ -166,13 +160,7 @@ void Probes::Attempt(ProbeRun* run) {
       },
       Millis(config.timeout), 0);
   if (config.kind == ProbeConfig::Kind::kExec) {
-    SpawnSpec spec;
-    for (const std::string& word : config.argv) {
-      spec.argv.push_back(ExpandIndex(word, run->index));
-    }
-    spec.env = environment_;
-    spec.cwd = run->cwd;
-    Result<SpawnedChild> child = SpawnChild(spec);
+    Result<SpawnedChild> child = SpawnChild(run->exec_spec);
     if (!child.ok()) {
       AttemptDone(run, false, child.status().message());
       return;

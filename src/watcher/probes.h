@@ -15,11 +15,13 @@
 #include <sys/types.h>
 #include <uv.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "core/units.h"
+#include "os/spawn.h"
 #include "watcher/pool_state.h"
 
 namespace workerpool {
@@ -36,7 +38,12 @@ class Probes {
                                const std::string& detail) = 0;
   };
 
-  Probes(uv_loop_t* loop, Listener* listener);
+  // What one try of SLOT's exec probe ARGV runs as: the child table knows
+  // the group's user, cwd and environment (watcher/child_environment.h).
+  using ExecSpecFor = std::function<SpawnSpec(
+      const Slot& slot, const std::vector<std::string>& argv)>;
+
+  Probes(uv_loop_t* loop, Listener* listener, ExecSpecFor exec_spec_for);
   ~Probes();
 
   // REQUIRES: slot->group->config.ready. Replaces any probe of SLOT.
@@ -65,7 +72,7 @@ class Probes {
 
   uv_loop_t* loop_;
   Listener* listener_;
-  std::vector<std::string> environment_;  // what exec probes run with
+  ExecSpecFor exec_spec_for_;
   std::map<pid_t, ProbeRun*> exec_pids_;  // exec probes not reaped yet
   bool closed_ = false;
 };

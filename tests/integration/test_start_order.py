@@ -5,6 +5,7 @@ and python3 programs as children."""
 
 import json
 import os
+import pwd
 import re
 import signal
 import socket
@@ -339,6 +340,38 @@ groups:
         open(os.path.join(pool.tmp, "ready0"), "w").close()
         pool.wait_for_log(r"later\[0\] pid \d+ is ready \(after probe passed\)")
         pool.wait_for_log(r"pool probes ready")
+        self.assertEqual(pool.stop(), 0)
+
+    def test_exec_probe_runs_as_its_child_would(self):
+        # The probe of a group's child runs with what the child runs with:
+        # the group's cwd, env and (the Watcher being root) user, plus the
+        # pid of the child probed; never with the Watcher's own rights.
+        root = os.geteuid() == 0
+        pool = self.pool("""
+pool: {name: probeenv, stop_timeout: 2s, control_socket: "{tmp}/ctl.sock"}
+groups:
+  - name: x
+    type: job
+    processes: 2
+    command: [sleep, "1000"]
+    cwd: "{tmp}/work"
+%s    env: {PROBE_MARK: "mark{index}"}
+    ready:
+      exec: [sh, -c, 'echo "$(id -u) $PROBE_MARK $WORKERPOOL_CHILD_PID $(pwd)" > probe{index}.out']
+""" % ("    user: nobody\n" if root else ""), start=False)
+        work = os.path.join(pool.tmp, "work")
+        os.mkdir(work)
+        os.chmod(work, 0o777)
+        pool.start()
+        pool.wait_for_log(r"pool probeenv ready")
+        uid = pwd.getpwnam("nobody").pw_uid if root else os.geteuid()
+        pids = pool.children("x")
+        for index in range(2):
+            with open(os.path.join(work, "probe%d.out" % index)) as f:
+                words = f.read().split()
+            self.assertEqual(words[:2], [str(uid), "mark%d" % index])
+            self.assertIn(int(words[2]), [c.pid for c in pids])
+            self.assertEqual(words[3], work)
         self.assertEqual(pool.stop(), 0)
 
     def test_not_ready_in_time_is_a_failed_start(self):

@@ -104,9 +104,13 @@ class QueueRecoveryTest(RabbitmqTestCase):
             r"with backoff" % queue, since=mark)
         pool.wait_for_log(r"error: queue '%s' does not exist.*looking again "
                           r"in about" % queue, since=mark)
-        # Not silent: status shows the queue not consumed, and why.
+        # Not silent: status shows the queue not consumed, and why. The
+        # figures reach status about a second after a change, so a report
+        # may show the cancel before the failed look the log line told of:
+        # wait for the look's error itself.
         app = self.wait_service_figures(
-            pool, lambda app: not app["queues"][queue]["consuming"])
+            pool, lambda app: not app["queues"][queue]["consuming"]
+            and "does not exist" in app["queues"][queue]["error"])
         self.assertEqual(app["connection"], "connected")
         self.assertEqual(app["queues"][queue]["consumers"], 0)
         self.assertRegex(app["queues"][queue]["error"], "does not exist")

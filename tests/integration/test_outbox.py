@@ -358,9 +358,14 @@ groups:
 
     def test_beyond_max_pending_answered_queue_full_at_once(self):
         queue = self.queue("full")
-        self.consumer_pool(queue, jobs=2)
+        # Nobody consumes the queue yet, so the two requests stay pending
+        # for as long as the test needs: the figures reach status a second
+        # or two after a change, and two 2 s jobs could have been answered
+        # by the time the test saw them pending (then the five below would
+        # have been published, not refused).
+        self.amqp.declare(queue)
         front = self.front_pool({"routing_key": queue, "max_pending": 2,
-                                 "timeout": "10s"})
+                                 "timeout": "%ds" % wp.deadline(60)})
         slow = []
         thread = threading.Thread(target=lambda: slow.extend(
             pipeline(self.port, "outbox", ["sleep:2000"] * 2, connections=2)))
@@ -369,11 +374,13 @@ groups:
         started = time.monotonic()
         responses = pipeline(self.port, "outbox",
                              ["x%d" % n for n in range(5)], connections=5)
-        self.assertLess(time.monotonic() - started, 1.5)
+        # At once: well within the publish timeout the two pending wait on.
+        self.assertLess(time.monotonic() - started, wp.deadline(1.5))
         self.assertEqual([r.status for r in responses], [503] * 5, responses)
         self.assertIn("publish.max_pending", responses[0].json()["error"])
         self.assertEqual(responses[0].headers.get("retry-after"), "1")
-        thread.join(30)
+        self.consumer_pool(queue, jobs=2)
+        thread.join(wp.deadline(60))
         self.assertEqual([(r.status, r.body) for r in slow],
                          [(200, b"sleep:2000")] * 2)
         figures = self.wait_figures(front, lambda a: a["pending"] == 0)

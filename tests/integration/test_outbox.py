@@ -582,10 +582,17 @@ groups:
     def test_sigkill_of_the_consuming_service_mid_stream(self):
         queue = self.queue("kill")
         consumer = self.consumer_pool(queue, jobs=2, prefetch=50, restart=True)
-        self.front_pool({"routing_key": queue, "timeout": "20s",
+        self.front_pool({"routing_key": queue,
+                         "timeout": "%ds" % wp.deadline(20),
                          "max_pending": 5000})
-        thread, out = self.stream(self.port, 3000)
-        time.sleep(0.8)
+        # About 5 s of work (two jobs, 16 requests each at a time, 50 ms
+        # each): the kill must come while the service holds deliveries,
+        # which the broker shows as unacked (rabbitmqctl takes most of a
+        # second to tell).
+        thread, out = self.stream(self.port, 3000, job_ms=50)
+        wp.wait_until(lambda: (queue_counts(queue) or (0, 0, 0))[1] > 0, 30,
+                      "the service holding deliveries of the stream",
+                      interval=0.1)
         victim = consumer.child("intake", 0).pid
         os.kill(victim, signal.SIGKILL)
         ok, errors = self.check_stream(thread, out, "timeout")

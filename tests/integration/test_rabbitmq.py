@@ -401,8 +401,8 @@ def queue_type(name):
 # Appends one JSON line per request to $OUT (one write(2), O_APPEND: atomic
 # between processes), then answers. "fail..." -> error reply; "progress:N"
 # -> N progress updates; "slow:MS" -> a pause of MS first; "slowfail:MS" ->
-# a pause, then an error reply; $DELAY_MS: a
-# pause per request.
+# a pause, then an error reply; "hold:PATH" -> a pause until PATH exists;
+# $DELAY_MS: a pause per request.
 RECORDER = r"""
 import json, os, sys, time
 sys.path.insert(0, %(pydir)r)
@@ -420,6 +420,9 @@ def handler(request):
         time.sleep(int(body[5:]) / 1000.0)
     if body.startswith(b"slowfail:"):
         time.sleep(int(body[9:]) / 1000.0)
+    if body.startswith(b"hold:"):
+        while not os.path.exists(body[5:].decode()):
+            time.sleep(0.02)
     record = {"body": body.decode(errors="replace"), "pid": os.getpid()}
     if full:
         record["meta"] = request.meta
@@ -750,19 +753,27 @@ class RabbitmqServiceTest(RabbitmqTestCase):
         queue = self.queue("inflight")
         self.amqp.declare(queue)
         fast = ["f%d" % n for n in range(20)]
-        self.amqp.publish(queue, ["slow:6000"] + fast)
-        pool = self.service_pool(queue, prefetch=50, jobs=2, restart=True)
+        # The slow one runs until the test releases it after the kill (a
+        # fixed pause could end first on a slow machine: then it would be
+        # acked, and not come back).
+        pool = self.service_pool(queue, prefetch=50, jobs=2, restart=True,
+                                 start=False)
+        release = os.path.join(pool.tmp, "release")
+        slow = "hold:" + release
+        self.amqp.publish(queue, [slow] + fast)
+        pool.start()
         self.wait_processed(pool, fast, timeout=30)
-        self.assertNotIn("slow:6000", bodies(pool.processed),
+        self.assertNotIn(slow, bodies(pool.processed),
                          "the slow message finished before the kill")
         # Its acks are out once the queue shows only the slow one unacked.
         wp.wait_until(lambda: queue_counts(queue) == (0, 1, 1), 30,
                       "only the slow message unacked")
         (service,) = self.service_pids(pool)
         os.kill(service, signal.SIGKILL)
+        open(release, "w").close()
         # The first job still finishes it (its answer has nowhere to go);
         # RabbitMQ redelivers it to the new service, so it runs again.
-        wp.wait_until(lambda: bodies(pool.processed).count("slow:6000") >= 2,
+        wp.wait_until(lambda: bodies(pool.processed).count(slow) >= 2,
                       60, "the slow message processed again after the kill")
         wp.wait_until(lambda: self.amqp.declare(queue, passive=True)[0] == 0,
                       30, "queue empty")

@@ -402,7 +402,8 @@ def queue_type(name):
 # between processes), then answers. "fail..." -> error reply; "progress:N"
 # -> N progress updates; "slow:MS" -> a pause of MS first; "slowfail:MS" ->
 # a pause, then an error reply; "hold:PATH" -> a pause until PATH exists;
-# $DELAY_MS: a pause per request.
+# "holdfail:PATH" -> that pause, then an error reply; $DELAY_MS: a pause per
+# request.
 RECORDER = r"""
 import json, os, sys, time
 sys.path.insert(0, %(pydir)r)
@@ -420,8 +421,8 @@ def handler(request):
         time.sleep(int(body[5:]) / 1000.0)
     if body.startswith(b"slowfail:"):
         time.sleep(int(body[9:]) / 1000.0)
-    if body.startswith(b"hold:"):
-        while not os.path.exists(body[5:].decode()):
+    if body.startswith(b"hold:") or body.startswith(b"holdfail:"):
+        while not os.path.exists(body.split(b":", 1)[1].decode()):
             time.sleep(0.02)
     record = {"body": body.decode(errors="replace"), "pid": os.getpid()}
     if full:
@@ -429,7 +430,7 @@ def handler(request):
         record["size"] = len(body)
     os.write(out, (json.dumps(record) + "\n").encode())
     text = body[:64].decode(errors="replace")
-    if text.startswith("fail") or text.startswith("slowfail"):
+    if text.startswith(("fail", "slowfail", "holdfail")):
         raise RuntimeError("rejected " + text)
     if text.startswith("progress:"):
         steps = int(text[9:])

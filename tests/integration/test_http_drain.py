@@ -208,7 +208,10 @@ class HttpDrainTest(wp.TestCase):
         # of their output, which may lag their exit: wait for both.
         draining = (r"web\[\d\] \d+: http-reactor: draining: no longer "
                     r"accepting")
-        pool.wait_for_log(draining, count=2)
+        wp.wait_until(lambda: len(pool.find_log(draining)) >= 2,
+                      what="both reactors' draining lines",
+                      on_timeout=lambda: "\n".join(
+                          l for l in pool.log_lines() if "draining" in l))
         self.assertEqual(len(pool.find_log(draining)), 2)
 
     def test_max_requests_on_a_reactor_group_is_refused_with_the_reason(self):

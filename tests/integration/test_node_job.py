@@ -147,9 +147,13 @@ groups:
         self.assertNotEqual(pool.child("js", 0).pid, old.pid)
         # Killed with a request in flight: the sender hears how it died.
         (job,) = pool.children("js")
-        c.write("k1 send js sleep:60000\n")
         # Killed once the front counts the request in flight on the job's
-        # link (a slow front might not even have read the line yet).
+        # link (a slow front might not even have read the line yet). Its
+        # report from while "again" was in flight may still stand: wait
+        # for the one that counts none first.
+        wp.wait_until(lambda: self.front_inflight(pool) == 0,
+                      what="no request in flight")
+        c.write("k1 send js sleep:60000\n")
         wp.wait_until(lambda: self.front_inflight(pool) == 1,
                       what="the request in flight to js[0]")
         os.kill(job.pid, signal.SIGKILL)

@@ -208,7 +208,11 @@ class ControlTest(wp.TestCase):
         self.assertEqual(self.cli(pool, "scale", "compute", "0")[0], 0)
         wp.wait_until(lambda: not pool.children("compute"),
                       what="no compute child left")
-        g = self.group(self.status(pool), "compute")
+        # /proc no longer lists an exited child before the Watcher has
+        # reaped it and counted it out of "live": wait for the status.
+        g = self.group(self.wait_status(
+            pool, lambda s: self.group(s, "compute")["live"] == 0,
+            "compute's live count at 0"), "compute")
         self.assertEqual((g["desired"], g["live"]), (0, 0))
         self.assertEqual(self.cli(pool, "scale", "compute", "3")[0], 0)
         pool.wait_for_children(3, "compute")

@@ -212,14 +212,21 @@ groups:
             expected[name] = int(m.group(1))
             pool.wait_for_log(r"%s\[0\] \d+: done" % name)
 
+        # The rogue's flood of valid stats comes after its offences on the
+        # channel, and its "done" through another pipe: the Watcher may
+        # still be reading the flood when the offences are all counted, so
+        # wait for the flood's last figure too.
         def counted():
             s = self.status(pool)
-            return s if all(self.group(s, n)["protocol_errors"] == expected[n]
-                            for n in expected) else None
+            done = (all(self.group(s, n)["protocol_errors"] == expected[n]
+                        for n in expected)
+                    and self.group(s, "rogue")["requests"].get("served")
+                    == 19999)
+            return s if done else None
         status = wp.wait_until(
-            counted, what="protocol_errors of the rogues",
+            counted, what="protocol_errors and the flood of the rogues",
             on_timeout=lambda: json.dumps(
-                [(g["name"], g["protocol_errors"])
+                [(g["name"], g["protocol_errors"], g["requests"])
                  for g in self.status(pool)["groups"]]))
         self.assertEqual(self.group(status, "echo")["protocol_errors"], 0)
         self.assertEqual(self.group(status, "front")["protocol_errors"], 0)

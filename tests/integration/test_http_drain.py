@@ -204,9 +204,15 @@ class HttpDrainTest(wp.TestCase):
             for c in clients:
                 c.join(wp.deadline())
         self.assertEqual([e for c in clients for e in c.errors], [])
-        self.assertEqual(len(pool.find_log(
-            r"web\[\d\] \d+: http-reactor: draining: no longer accepting")),
-            2)
+        # The reactors' own lines reach the log through the Watcher's read
+        # of their output, which may lag their exit: wait for both.
+        draining = (r"web\[\d\] \d+: http-reactor: draining: no longer "
+                    r"accepting")
+        wp.wait_until(lambda: len(pool.find_log(draining)) >= 2,
+                      what="both reactors' draining lines",
+                      on_timeout=lambda: "\n".join(
+                          l for l in pool.log_lines() if "draining" in l))
+        self.assertEqual(len(pool.find_log(draining)), 2)
 
     def test_max_requests_on_a_reactor_group_is_refused_with_the_reason(self):
         tmp = tempfile.mkdtemp(prefix="wp-test-")

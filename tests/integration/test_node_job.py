@@ -120,6 +120,16 @@ groups:
         ids = c.send_many([("js", "pid", None)] * count)
         return set(c.answer(id_).body for id_ in ids)
 
+    def front_inflight(self, pool):
+        """Requests the front sent and awaits answers for (status --json;
+        its children report their counts at most once a second)."""
+        code, out, err = wp.run_cli(["status", "--json", "--socket",
+                                     os.path.join(pool.tmp, "nodejobs.sock")])
+        self.assertEqual(code, 0, err)
+        (front,) = [g for g in json.loads(out)["groups"]
+                    if g["name"] == "front"]
+        return front["inflight"]
+
     def assert_clean_links(self, pool):
         self.assertEqual(pool.find_log(r"cannot link|link-timeout|"
                                        r"link-refused|broke the pool"), [])
@@ -137,8 +147,15 @@ groups:
         self.assertNotEqual(pool.child("js", 0).pid, old.pid)
         # Killed with a request in flight: the sender hears how it died.
         (job,) = pool.children("js")
+        # Killed once the front counts the request in flight on the job's
+        # link (a slow front might not even have read the line yet). Its
+        # report from while "again" was in flight may still stand: wait
+        # for the one that counts none first.
+        wp.wait_until(lambda: self.front_inflight(pool) == 0,
+                      what="no request in flight")
         c.write("k1 send js sleep:60000\n")
-        time.sleep(0.3)  # a wait, not an assert: the request reaches the job
+        wp.wait_until(lambda: self.front_inflight(pool) == 1,
+                      what="the request in flight to js[0]")
         os.kill(job.pid, signal.SIGKILL)
         a = c.answer("k1")
         self.assertFalse(a.ok, a)

@@ -358,9 +358,14 @@ groups:
 
     def test_beyond_max_pending_answered_queue_full_at_once(self):
         queue = self.queue("full")
-        self.consumer_pool(queue, jobs=2)
+        # Nobody consumes the queue yet, so the two requests stay pending
+        # for as long as the test needs: the figures reach status a second
+        # or two after a change, and two 2 s jobs could have been answered
+        # by the time the test saw them pending (then the five below would
+        # have been published, not refused).
+        self.amqp.declare(queue)
         front = self.front_pool({"routing_key": queue, "max_pending": 2,
-                                 "timeout": "10s"})
+                                 "timeout": "%ds" % wp.deadline(60)})
         slow = []
         thread = threading.Thread(target=lambda: slow.extend(
             pipeline(self.port, "outbox", ["sleep:2000"] * 2, connections=2)))
@@ -369,11 +374,13 @@ groups:
         started = time.monotonic()
         responses = pipeline(self.port, "outbox",
                              ["x%d" % n for n in range(5)], connections=5)
-        self.assertLess(time.monotonic() - started, 1.5)
+        # At once: well within the publish timeout the two pending wait on.
+        self.assertLess(time.monotonic() - started, wp.deadline(1.5))
         self.assertEqual([r.status for r in responses], [503] * 5, responses)
         self.assertIn("publish.max_pending", responses[0].json()["error"])
         self.assertEqual(responses[0].headers.get("retry-after"), "1")
-        thread.join(30)
+        self.consumer_pool(queue, jobs=2)
+        thread.join(wp.deadline(60))
         self.assertEqual([(r.status, r.body) for r in slow],
                          [(200, b"sleep:2000")] * 2)
         figures = self.wait_figures(front, lambda a: a["pending"] == 0)
@@ -575,10 +582,17 @@ groups:
     def test_sigkill_of_the_consuming_service_mid_stream(self):
         queue = self.queue("kill")
         consumer = self.consumer_pool(queue, jobs=2, prefetch=50, restart=True)
-        self.front_pool({"routing_key": queue, "timeout": "20s",
+        self.front_pool({"routing_key": queue,
+                         "timeout": "%ds" % wp.deadline(20),
                          "max_pending": 5000})
-        thread, out = self.stream(self.port, 3000)
-        time.sleep(0.8)
+        # About 5 s of work (two jobs, 16 requests each at a time, 50 ms
+        # each): the kill must come while the service holds deliveries,
+        # which the broker shows as unacked (rabbitmqctl takes most of a
+        # second to tell).
+        thread, out = self.stream(self.port, 3000, job_ms=50)
+        wp.wait_until(lambda: (queue_counts(queue) or (0, 0, 0))[1] > 0, 30,
+                      "the service holding deliveries of the stream",
+                      interval=0.1)
         victim = consumer.child("intake", 0).pid
         os.kill(victim, signal.SIGKILL)
         ok, errors = self.check_stream(thread, out, "timeout")

@@ -100,6 +100,18 @@ class PrometheusTest(wp.TestCase):
             "fake_service": FAKE_SERVICE},
             allow_critical=[r"group broken failed"])
         pool.wait_for_log(r"group broken failed")
+        # A request sent before echo's processes said hello fails (no live
+        # process) and would count as one more failure of web: wait for
+        # them first.
+        def echo_ready():
+            try:
+                text = self.metrics()
+            except OSError:
+                return None
+            return ('workerpool_group_ready_processes{group="echo"} 2\n'
+                    in text)
+        wp.wait_until(echo_ready, what="echo's processes ready in /metrics",
+                      on_timeout=pool.log_tail)
         # Traffic: answers, an error reply, so every request family exists.
         for body in (b"hello", b"hello", b"fail-now"):
             c = http.client.HTTPConnection("127.0.0.1", self.http_port,

@@ -401,8 +401,9 @@ def queue_type(name):
 # Appends one JSON line per request to $OUT (one write(2), O_APPEND: atomic
 # between processes), then answers. "fail..." -> error reply; "progress:N"
 # -> N progress updates; "slow:MS" -> a pause of MS first; "slowfail:MS" ->
-# a pause, then an error reply; $DELAY_MS: a
-# pause per request.
+# a pause, then an error reply; "hold:PATH" -> a pause until PATH exists;
+# "holdfail:PATH" -> that pause, then an error reply; $DELAY_MS: a pause per
+# request.
 RECORDER = r"""
 import json, os, sys, time
 sys.path.insert(0, %(pydir)r)
@@ -420,13 +421,16 @@ def handler(request):
         time.sleep(int(body[5:]) / 1000.0)
     if body.startswith(b"slowfail:"):
         time.sleep(int(body[9:]) / 1000.0)
+    if body.startswith(b"hold:") or body.startswith(b"holdfail:"):
+        while not os.path.exists(body.split(b":", 1)[1].decode()):
+            time.sleep(0.02)
     record = {"body": body.decode(errors="replace"), "pid": os.getpid()}
     if full:
         record["meta"] = request.meta
         record["size"] = len(body)
     os.write(out, (json.dumps(record) + "\n").encode())
     text = body[:64].decode(errors="replace")
-    if text.startswith("fail") or text.startswith("slowfail"):
+    if text.startswith(("fail", "slowfail", "holdfail")):
         raise RuntimeError("rejected " + text)
     if text.startswith("progress:"):
         steps = int(text[9:])
@@ -613,7 +617,11 @@ groups:
         rounds = 0
         while time.monotonic() < limit:
             done = len(set(bodies(pool.processed)))
-            if done >= len(messages) * 0.9:
+            # Not before both groups lost a process: a test process starved
+            # on a loaded machine (each look at /proc reads every process's
+            # status) could otherwise see 90% done before its second kill.
+            if (done >= len(messages) * 0.9 and kills["intake"] > 0
+                    and kills["work"] > 0):
                 break
             time.sleep(rng.uniform(0.2, 0.4))
             # Every third victim is the service, the first one included: on
@@ -750,19 +758,27 @@ class RabbitmqServiceTest(RabbitmqTestCase):
         queue = self.queue("inflight")
         self.amqp.declare(queue)
         fast = ["f%d" % n for n in range(20)]
-        self.amqp.publish(queue, ["slow:6000"] + fast)
-        pool = self.service_pool(queue, prefetch=50, jobs=2, restart=True)
+        # The slow one runs until the test releases it after the kill (a
+        # fixed pause could end first on a slow machine: then it would be
+        # acked, and not come back).
+        pool = self.service_pool(queue, prefetch=50, jobs=2, restart=True,
+                                 start=False)
+        release = os.path.join(pool.tmp, "release")
+        slow = "hold:" + release
+        self.amqp.publish(queue, [slow] + fast)
+        pool.start()
         self.wait_processed(pool, fast, timeout=30)
-        self.assertNotIn("slow:6000", bodies(pool.processed),
+        self.assertNotIn(slow, bodies(pool.processed),
                          "the slow message finished before the kill")
         # Its acks are out once the queue shows only the slow one unacked.
         wp.wait_until(lambda: queue_counts(queue) == (0, 1, 1), 30,
                       "only the slow message unacked")
         (service,) = self.service_pids(pool)
         os.kill(service, signal.SIGKILL)
+        open(release, "w").close()
         # The first job still finishes it (its answer has nowhere to go);
         # RabbitMQ redelivers it to the new service, so it runs again.
-        wp.wait_until(lambda: bodies(pool.processed).count("slow:6000") >= 2,
+        wp.wait_until(lambda: bodies(pool.processed).count(slow) >= 2,
                       60, "the slow message processed again after the kill")
         wp.wait_until(lambda: self.amqp.declare(queue, passive=True)[0] == 0,
                       30, "queue empty")

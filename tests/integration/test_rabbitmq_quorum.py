@@ -73,18 +73,24 @@ class QuorumQueueTest(RabbitmqTestCase):
                                  restart=True, rabbitmq_keys=QUORUM,
                                  record="full")
         pool.wait_for_log(r"rabbitmq-service: connected to")
-        self.amqp.publish(queue, ["slowfail:1500"])
+        # The job holds it until the service is killed (a fixed pause could
+        # end before the service's figures, a second or two late, showed it
+        # held).
+        release = os.path.join(pool.tmp, "release")
+        failing = "holdfail:" + release
+        self.amqp.publish(queue, [failing])
         self.kill_service_while_it_holds(pool, queue)
+        open(release, "w").close()
         self.wait_depth(dead, 1)
         letter = self.amqp.get(dead)
         self.assertEqual(letter.headers["x-workerpool-retries"], 1)
         self.assertEqual(letter.headers["x-workerpool-error-code"],
                          "handler_error")
         # Run twice (the first run's answer went nowhere), no retry copy.
-        wp.wait_until(lambda: bodies(pool.processed).count("slowfail:1500")
+        wp.wait_until(lambda: bodies(pool.processed).count(failing)
                       >= 2, 20, "both runs recorded")
         time.sleep(0.5)
-        self.assertEqual(bodies(pool.processed).count("slowfail:1500"), 2)
+        self.assertEqual(bodies(pool.processed).count(failing), 2)
         self.assertEqual(pool.stop(), 0)
 
     def test_queue_declared_otherwise_is_a_clear_error_pool_stays_up(self):

@@ -95,8 +95,17 @@ class QueueRecoveryTest(RabbitmqTestCase):
         # One delivery still with a job when the queue goes: it fails, and
         # its retry waits for the queue instead of being published into
         # nothing.
-        self.amqp.publish(queue, ["slowfail:3000"])
-        self.wait_service_figures(pool, lambda app: app["inflight"] == 1)
+        # It fails once the test releases it, with the queue gone (a fixed
+        # pause could end before the test saw it in flight and deleted the
+        # queue: the figures lag by a second or two).
+        release = os.path.join(pool.tmp, "release")
+        failing = "holdfail:" + release
+        self.amqp.publish(queue, [failing])
+        # The 51st delivery: a report from while the 50 were in flight
+        # may still stand.
+        self.wait_service_figures(
+            pool, lambda app: app["inflight"] == 1
+            and app["queues"][queue]["deliveries"] == 51)
         mark = pool.mark()
         self.amqp.delete(queue)
         pool.wait_for_log(
@@ -104,9 +113,14 @@ class QueueRecoveryTest(RabbitmqTestCase):
             r"with backoff" % queue, since=mark)
         pool.wait_for_log(r"error: queue '%s' does not exist.*looking again "
                           r"in about" % queue, since=mark)
-        # Not silent: status shows the queue not consumed, and why.
+        open(release, "w").close()
+        # Not silent: status shows the queue not consumed, and why. The
+        # figures reach status about a second after a change, so a report
+        # may show the cancel before the failed look the log line told of:
+        # wait for the look's error itself.
         app = self.wait_service_figures(
-            pool, lambda app: not app["queues"][queue]["consuming"])
+            pool, lambda app: not app["queues"][queue]["consuming"]
+            and "does not exist" in app["queues"][queue]["error"])
         self.assertEqual(app["connection"], "connected")
         self.assertEqual(app["queues"][queue]["consumers"], 0)
         self.assertRegex(app["queues"][queue]["error"], "does not exist")
@@ -137,9 +151,9 @@ class QueueRecoveryTest(RabbitmqTestCase):
         # once it was back (then dead-lettered: max_retries 1).
         self.wait_depth(dead, 1)
         letter = self.amqp.get(dead)
-        self.assertEqual(letter.body, b"slowfail:3000")
+        self.assertEqual(letter.body, failing.encode())
         self.assertEqual(letter.headers["x-workerpool-retries"], 1)
-        self.assertEqual(bodies(pool.processed).count("slowfail:3000"), 2)
+        self.assertEqual(bodies(pool.processed).count(failing), 2)
         self.assertEqual(pool.find_log(r"returned a message"), [])
         app = self.wait_service_figures(
             pool, lambda app: app["queues"][queue]["consuming"] and

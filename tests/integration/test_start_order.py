@@ -40,14 +40,18 @@ def http_get(port, path="/", timeout=2.0):
     except (OSError, ValueError, IndexError):
         return None
 
-# A TCP/HTTP server that starts listening DELAY seconds after it starts,
-# logs each connection to {tmp}/conns-PORT, and, while {tmp}/hang exists,
-# accepts connections without ever answering (a hung server whose process
-# lives on).
+# A TCP/HTTP server that starts listening DELAY seconds after it starts (or,
+# with DELAY "listen", once {tmp}/listen exists), logs each connection to
+# {tmp}/conns-PORT, and, while {tmp}/hang exists, accepts connections without
+# ever answering (a hung server whose process lives on).
 SERVER = r"""
 import os, socket, sys, time
-port, delay, tmp = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-time.sleep(delay)
+port, delay, tmp = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+if delay == "listen":
+    while not os.path.exists(os.path.join(tmp, "listen")):
+        time.sleep(0.02)
+else:
+    time.sleep(float(delay))
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", port))
@@ -293,7 +297,7 @@ groups:
   - name: cache
     type: job
     processes: 2
-    command: [python3, "{tmp}/server.py", "{prefix}{index}", "3", "{tmp}"]
+    command: [python3, "{tmp}/server.py", "{prefix}{index}", listen, "{tmp}"]
     ready: {tcp: "127.0.0.1:{prefix}{index}", timeout: 30s}
   - name: migrate
     type: job
@@ -306,6 +310,9 @@ groups:
         g = self.wait_group(pool, "web", "waiting")
         self.assertEqual(g["live"], 0)
         self.assertIsNone(http_get(web_port, timeout=0.5))
+        # Only now may cache listen (a fixed delay could run out before the
+        # checks above on a slow machine).
+        open(os.path.join(pool.tmp, "listen"), "w").close()
         pool.wait_for_log(r"pool ready ready")
         wp.wait_until(lambda: http_get(web_port) == 200, what="web answers")
         ready = [self.line_of(pool, r"cache\[%d\] pid \d+ is ready \(tcp "

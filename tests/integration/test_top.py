@@ -192,13 +192,18 @@ class TopTest(wp.TestCase):
         # Rates appear from the second answer on, under load. The served
         # counts and the latency histogram come in different reports of a
         # child, so one screen may show a rate before its P99: wait for both.
+        # web's sent/s comes from the reactors' own reports, once a second
+        # each, and a screen's rate covers only the last interval: wait for
+        # it too.
         def busy(lines):
-            echo = row(lines, "echo")
+            echo, web = row(lines, "echo"), row(lines, "web")
             if (echo and len(echo) == 13 and (number(echo[5]) or 0) > 0
-                    and number(echo[8]) is not None):
+                    and number(echo[8]) is not None
+                    and web and len(web) == 13 and (number(web[5]) or 0) > 0):
                 return lines
             return None
-        lines = tmux.wait_for(busy, "echo's requests/s and P99 to show")
+        lines = tmux.wait_for(busy, "echo's requests/s and P99, and web's "
+                              "requests/s to show")
         for line in lines:
             self.assertLessEqual(len(line), 80, line)
         self.assertRegex(lines[0], r"^pool toptest  running  up \S+  gen 0  "

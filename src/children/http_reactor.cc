@@ -32,6 +32,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <deque>
@@ -50,6 +51,17 @@
 
 namespace workerpool {
 namespace {
+
+// One line for the log on stderr. stdout and stderr are the same pipe to
+// the Watcher, and stdout holds buffered access lines (see main): they are
+// flushed first, so that this line is not glued into the middle of one.
+[[gnu::format(printf, 1, 2)]] void Complain(const char* format, ...) {
+  std::fflush(stdout);
+  va_list arguments;
+  va_start(arguments, format);
+  std::vfprintf(stderr, format, arguments);
+  va_end(arguments);
+}
 
 struct Options {
   std::vector<std::string> listen;  // used when no socket is inherited
@@ -233,11 +245,11 @@ class Server {
   void LogBadMeta(const std::string& group, const std::string& error) {
     if (bad_meta_logged_ >= kMaxBadMetaLogged) return;
     ++bad_meta_logged_;
-    std::fprintf(stderr, "http-reactor: bad reply meta from group %s: %s%s\n",
-                 group.c_str(), error.c_str(),
-                 bad_meta_logged_ == kMaxBadMetaLogged
-                     ? " (further ones are not logged)"
-                     : "");
+    Complain("http-reactor: bad reply meta from group %s: %s%s\n",
+             group.c_str(), error.c_str(),
+             bad_meta_logged_ == kMaxBadMetaLogged
+                 ? " (further ones are not logged)"
+                 : "");
   }
   // How the connections of a drain ended, for the line logged at its end.
   void CountDrainedClose() { ++drained_with_close_; }
@@ -396,7 +408,7 @@ void Server::OnConnection(uv_stream_t* listener, int status) {
   if (status < 0) {
     // EMFILE and the like: keep serving who we have; say it once.
     if (!self->accept_error_logged_) {
-      std::fprintf(stderr, "http-reactor: accept: %s\n", uv_strerror(status));
+      Complain("http-reactor: accept: %s\n", uv_strerror(status));
       self->accept_error_logged_ = true;
     }
     return;
@@ -415,10 +427,10 @@ void Server::Stop() {
              [](uv_handle_t* h) { delete reinterpret_cast<StreamHandle*>(h); });
   }
   listeners_.clear();
-  std::fprintf(stderr,
-               "http-reactor: draining: no longer accepting, %zu connections "
-               "open\n",
-               connections_.size());
+  Complain(
+      "http-reactor: draining: no longer accepting, %zu connections "
+      "open\n",
+      connections_.size());
   if (connections_.empty()) return;
   drained_connections_ = connections_.size();
   holding_stop_ = true;
@@ -951,11 +963,11 @@ void Connection::OnTimer() {
     return;
   }
   if (writes_pending_ > 0 && current >= write_deadline_) {
-    std::fprintf(stderr,
-                 "http-reactor: %s does not read its answers; closed after "
-                 "%llums\n",
-                 remote_.c_str(),
-                 static_cast<unsigned long long>(options.write_timeout_ms));
+    Complain(
+        "http-reactor: %s does not read its answers; closed after "
+        "%llums\n",
+        remote_.c_str(),
+        static_cast<unsigned long long>(options.write_timeout_ms));
     Close();
     return;
   }
@@ -1019,7 +1031,7 @@ void Connection::LogAccess(const Exchange& exchange, int status,
 int RunHttpReactor(const std::vector<std::string>& args) {
   Result<Options> parsed = ParseOptions(args);
   if (!parsed.ok()) {
-    std::fprintf(stderr, "%s\n", parsed.status().message().c_str());
+    Complain("%s\n", parsed.status().message().c_str());
     return 1;
   }
   if (parsed->help) {
@@ -1030,7 +1042,8 @@ int RunHttpReactor(const std::vector<std::string>& args) {
   // Access lines are buffered (ScheduleAccessFlush): one write, and one
   // wake-up of the Watcher that logs them, for up to kAccessFlushMs of
   // requests instead of one per request. The Watcher splits lines itself,
-  // so a line cut by a full buffer is fine.
+  // so a line cut by a full buffer is fine, as long as nothing else is
+  // written between its two halves: stderr goes through Complain().
   std::setvbuf(stdout, nullptr, _IOFBF, 64 * 1024);
 
   std::vector<int> fds;
@@ -1038,8 +1051,7 @@ int RunHttpReactor(const std::vector<std::string>& args) {
   char** fd_names = nullptr;
   int inherited = sd_listen_fds_with_names(/*unset_environment=*/1, &fd_names);
   if (inherited < 0) {
-    std::fprintf(stderr, "http-reactor: bad LISTEN_FDS: %s\n",
-                 std::strerror(-inherited));
+    Complain("http-reactor: bad LISTEN_FDS: %s\n", std::strerror(-inherited));
     return 2;
   }
   for (int i = 0; i < inherited; ++i) {
@@ -1056,14 +1068,13 @@ int RunHttpReactor(const std::vector<std::string>& args) {
     for (const std::string& text : options.listen) {
       Result<ListenAddress> address = ParseListenAddress(text);
       if (!address.ok()) {
-        std::fprintf(stderr, "http-reactor: --listen %s: %s\n", text.c_str(),
-                     address.status().message().c_str());
+        Complain("http-reactor: --listen %s: %s\n", text.c_str(),
+                 address.status().message().c_str());
         return 1;
       }
       Result<int> fd = BindListenSocket(*address);
       if (!fd.ok()) {
-        std::fprintf(stderr, "http-reactor: %s\n",
-                     fd.status().message().c_str());
+        Complain("http-reactor: %s\n", fd.status().message().c_str());
         return 2;
       }
       fds.push_back(*fd);
@@ -1071,10 +1082,10 @@ int RunHttpReactor(const std::vector<std::string>& args) {
     }
   }
   if (fds.empty()) {
-    std::fprintf(stderr,
-                 "http-reactor: no socket to listen on: give its reactor group "
-                 "a `listen:` list (the Watcher passes LISTEN_FDS), or pass "
-                 "--listen HOST:PORT\n");
+    Complain(
+        "http-reactor: no socket to listen on: give its reactor group "
+        "a `listen:` list (the Watcher passes LISTEN_FDS), or pass "
+        "--listen HOST:PORT\n");
     return 1;
   }
 
@@ -1082,13 +1093,13 @@ int RunHttpReactor(const std::vector<std::string>& args) {
   std::unique_ptr<PoolClient> client =
       PoolClient::FromEnvironment(nullptr, &error);
   if (!client) {
-    std::fprintf(stderr, "%s\n", error.c_str());
+    Complain("%s\n", error.c_str());
     return 2;
   }
   Server server(client.get(), options);
   for (int fd : fds) {
     if (Status listening = server.Listen(fd); !listening.ok()) {
-      std::fprintf(stderr, "%s\n", listening.message().c_str());
+      Complain("%s\n", listening.message().c_str());
       return 2;
     }
   }
@@ -1097,7 +1108,7 @@ int RunHttpReactor(const std::vector<std::string>& args) {
   for (const std::string& name : names) {
     joined += (joined.empty() ? "" : ", ") + name;
   }
-  std::fprintf(stderr, "http-reactor: serving HTTP on %s\n", joined.c_str());
+  Complain("http-reactor: serving HTTP on %s\n", joined.c_str());
   uv_timer_t access_flush;
   uv_timer_init(client->loop(), &access_flush);
   // Pending access lines do not keep the loop (the process) alive: they are

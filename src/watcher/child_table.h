@@ -132,7 +132,7 @@ class ChildTable : private Probes::Listener {
   // the spawner, exec probes and children without one by their pid
   // (waitpid(pid) is O(1) in the kernel, waitpid(-1) O(children)); anything
   // else (orphans the subreaper inherits) by a waitpid(-1) sweep after this
-  // turn, at most once per kSweepEvery. With many children lacking a pidfd
+  // turn, at most once per children / kSweepChildrenPerMs ms. With many children lacking a pidfd
   // (WORKERPOOL_REAP=waitpid, a limit with no room) it sweeps at once, as
   // it always did.
   void Reap();

@@ -108,10 +108,10 @@ void ExitWatch::Forget(pid_t pid) {
 
 void ExitWatch::OnReadable(uv_poll_t* handle, int status, int /*events*/) {
   if (status < 0) return;
-  Owner<ExitWatch>(handle)->ReapReady();
+  Owner<ExitWatch>(handle)->ReapReady(true);
 }
 
-void ExitWatch::ReapReady() {
+void ExitWatch::ReapReady(bool report_batch) {
   if (pidfds_.empty()) return;
   epoll_event events[kEventsPerTurn];
   const int count = epoll_wait(epoll_fd_, events, kEventsPerTurn, 0);
@@ -133,7 +133,7 @@ void ExitWatch::ReapReady() {
     on_exit_(pid, WaitStatusOf(info));
     reaped_any = true;
   }
-  if (reaped_any) on_batch_done_();
+  if (reaped_any && report_batch) on_batch_done_();
 }
 
 void ExitWatch::Close() {

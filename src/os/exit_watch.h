@@ -50,8 +50,9 @@ class ExitWatch {
   // Nothing when it was not watched.
   void Forget(pid_t pid);
   // Reaps the watched children that have exited now, without waiting for
-  // the loop to poll (SIGCHLD came: they go before slower reaping).
-  void ReapNow() { ReapReady(); }
+  // the loop to poll (SIGCHLD came: they go before slower reaping). No
+  // ON_BATCH_DONE: the caller reports the change once, after its own.
+  void ReapNow() { ReapReady(false); }
   bool watching(pid_t pid) const { return pidfds_.count(pid) != 0; }
   std::size_t watched() const { return pidfds_.size(); }
   // False when no epoll instance could be made (every child then reaped on
@@ -62,7 +63,7 @@ class ExitWatch {
 
  private:
   static void OnReadable(uv_poll_t* handle, int status, int events);
-  void ReapReady();
+  void ReapReady(bool report_batch);
 
   uv_loop_t* loop_;
   std::function<void(pid_t, int)> on_exit_;

@@ -472,7 +472,9 @@ void ChildTable::ReapKnownPids() {
 }
 
 void ChildTable::ScheduleSweep() {
-  if (uv_is_active(reinterpret_cast<uv_handle_t*>(&sweep_timer_))) return;
+  auto* handle = reinterpret_cast<uv_handle_t*>(&sweep_timer_);
+  // Closing: the stop ended while this SIGCHLD was being handled.
+  if (uv_is_active(handle) || uv_is_closing(handle)) return;
   const std::uint64_t now = uv_now(loop_);
   const std::uint64_t due =
       last_sweep_ms_ + children_.size() / kSweepChildrenPerMs;

@@ -132,9 +132,9 @@ class ChildTable : private Probes::Listener {
   // the spawner, exec probes and children without one by their pid
   // (waitpid(pid) is O(1) in the kernel, waitpid(-1) O(children)); anything
   // else (orphans the subreaper inherits) by a waitpid(-1) sweep after this
-  // turn, at most once per children / kSweepChildrenPerMs ms. With many children lacking a pidfd
-  // (WORKERPOOL_REAP=waitpid, a limit with no room) it sweeps at once, as
-  // it always did.
+  // turn, at most once per (children / 10) ms. With more than half of the
+  // children lacking a pidfd (WORKERPOOL_REAP=waitpid, a limit with little
+  // room) it sweeps at once, as it always did.
   void Reap();
   // The pool stops: no spawns and no restarts from here on; every timer of
   // every slot stops (the loop's stop timer takes over).

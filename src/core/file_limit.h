@@ -40,8 +40,9 @@ inline constexpr std::uint64_t kReservedFds = 256;
 // children's end it keeps to hand to spawns), the writer named by the
 // credentials the kernel attaches (watcher/output_capture.h). Measured
 // under the default hard limit of 20,000 (no CAP_SYS_RESOURCE): 10,000
-// children start with 10,016 descriptors open in the Watcher, and 1,000 of
-// them killed at once all come back.
+// children start with 10,016 descriptors open in the Watcher (before
+// pidfds, which now take what is left: 9,742 of them), and 1,000 of them
+// killed at once all come back.
 enum class OutputMode { kPipePerChild, kSocketPerGroup };
 
 // Descriptors per group in OutputMode::kSocketPerGroup.

@@ -5,10 +5,14 @@ per child) in the same run. scripts/bench --only scale runs it.
 
 Per system and N: start-all (first exec to the N-th child's datagram, and
 its two halves), restart latency of one child (SIGKILL -> the replacement's
-datagram; median of --restarts), the supervisor's RSS, CPU time and context
+datagram; median of --restarts), a kill storm (N / --storm-fraction children
+SIGKILLed at once -> the last replacement's datagram; the time per killed
+child must not grow with N), the supervisor's RSS, CPU time and context
 switches (wake-ups) over --idle-seconds idle, `workerpool status --json`
 time, and stop-all (SIGTERM -> the supervisor and every child gone).
 workerpool's restart latency is also measured with 10 children.
+WORKERPOOL_REAP=waitpid in the environment measures workerpool reaping on
+SIGCHLD only (no pidfds), for comparison.
 
 N larger than the Watcher's RLIMIT_NOFILE allows (core/file_limit.h: two
 descriptors per child, or one and two per group with the output through a
@@ -34,6 +38,9 @@ import time
 RESERVED_FDS = 256  # core/file_limit.h kReservedFds
 FDS_PER_CHILD = 2   # core/file_limit.h kFdsPerChild
 FDS_PER_GROUP_SOCKET = 2  # core/file_limit.h kFdsPerGroupSocket (1 group)
+# core/file_limit.h ComfortableLimit: kFdsPerChild + kPidfdsPerChild +
+# kHeldFdsPerChild.
+COMFORTABLE_FDS_PER_CHILD = 5
 
 
 def log(message):
@@ -44,7 +51,7 @@ def fitting_children(wanted):
     """What the Watcher will allow here: the hard limit, raised when this
     process may raise it (the Watcher may as much as we may)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = RESERVED_FDS + wanted * 4
+    need = RESERVED_FDS + wanted * COMFORTABLE_FDS_PER_CHILD
     try:
         with open("/proc/sys/fs/nr_open") as f:
             nr_open = int(f.read())
@@ -76,6 +83,16 @@ def proc_cost(pid):
                 if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")):
                     switches += int(line.split()[1])
     return ticks, switches
+
+
+def cpu_ns(pid):
+    """Time on a CPU in nanoseconds over threads (schedstat: finer than
+    clock ticks, which a storm of 100 barely moves)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total
 
 
 def rss_kb(pid):
@@ -144,6 +161,22 @@ class Run:
         samples.sort()
         return samples[len(samples) // 2]
 
+    def storm(self, count):
+        """Seconds from SIGKILLing COUNT random children at once to the
+        datagram of the last of their replacements."""
+        victims = random.sample(sorted(self.pids), count)
+        killed = time.monotonic()
+        for victim in victims:
+            os.kill(victim, signal.SIGKILL)
+            self.pids.discard(victim)
+        replaced = 0
+        while replaced < count:
+            pid = self.receive(60)
+            if pid not in self.pids:
+                self.pids.add(pid)
+                replaced += 1
+        return time.monotonic() - killed
+
     def idle(self, seconds):
         time.sleep(1)
         ticks0, sw0 = proc_cost(self.proc.pid)
@@ -206,6 +239,8 @@ def measure(args, system, n, tmp):
         command = [args.workerpool, "run", f"{d}/pool.yaml"]
         if system == "workerpool, direct":
             env["WORKERPOOL_SPAWN"] = "direct"
+        if system == "workerpool, waitpid":
+            env["WORKERPOOL_REAP"] = "waitpid"
     log(f"{system}: {n} children")
     run = Run(system, command, n, sock, env, f"{d}/log")
     try:
@@ -215,6 +250,22 @@ def measure(args, system, n, tmp):
             f"{row['second_half_s']:.2f})")
         row.update(run.idle(args.idle_seconds))
         row["restart_us"] = run.restart_latency(args.restarts)
+        if n >= args.storm_fraction * 10:
+            # The median of --storms storms, each after the last settled;
+            # the supervisor's CPU time in it too (the median storm's).
+            row["storm_killed"] = n // args.storm_fraction
+            storms = []
+            for _ in range(args.storms):
+                time.sleep(0.5)
+                ns0 = cpu_ns(run.proc.pid)
+                took = run.storm(row["storm_killed"])
+                storms.append((took, (cpu_ns(run.proc.pid) - ns0) / 1e6))
+            storms.sort()
+            row["storm_s"], row["storm_cpu_ms"] = storms[len(storms) // 2]
+            log(f"  storm: {row['storm_killed']} killed, all back in "
+                f"{row['storm_s']:.2f} s, {row['storm_cpu_ms']:.1f} ms CPU "
+                f"(median of {len(storms)}: "
+                f"{', '.join('%.2f' % t for t, _ in storms)} s)")
         if system != "bare spawner":
             began = time.monotonic()
             subprocess.run([args.workerpool, "status", "--socket",
@@ -239,8 +290,14 @@ def main():
     parser.add_argument("--idle-seconds", type=float, default=10)
     parser.add_argument("--restarts", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--storm-fraction", type=int, default=10,
+                        help="the kill storm kills N / this many at once")
+    parser.add_argument("--storms", type=int, default=5)
     parser.add_argument("--direct", action="store_true",
                         help="also workerpool with WORKERPOOL_SPAWN=direct")
+    parser.add_argument("--waitpid", action="store_true",
+                        help="also workerpool with WORKERPOOL_REAP=waitpid "
+                        "(every child reaped on SIGCHLD, no pidfds)")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="wp-scale-")
     rows = []
@@ -263,13 +320,17 @@ def main():
             systems = ["bare spawner", "workerpool"]
             if args.direct:
                 systems.append("workerpool, direct")
+            if args.waitpid:
+                systems.append("workerpool, waitpid")
             for system in systems:
                 row = measure(args, system, n, tmp)
                 row["requested"] = wanted
                 rows.append(row)
-        small = measure(args, "workerpool", 10, tmp)
-        small["requested"] = 10
-        rows.append(small)
+        for system in ["workerpool"] + (["workerpool, waitpid"]
+                                        if args.waitpid else []):
+            small = measure(args, system, 10, tmp)
+            small["requested"] = 10
+            rows.append(small)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps({"rows": rows, "notes": notes}))

@@ -17,6 +17,7 @@
 #include "core/upgrade_state.h"
 #include "os/builtin_path.h"
 #include "os/config_file.h"
+#include "os/exit_watch.h"
 #include "os/spawn.h"
 #include "version.h"
 #include "watcher/upgrade.h"
@@ -44,9 +45,12 @@ int RunCheck(const std::string& path) {
     std::fprintf(stderr, "%s: %s\n", path.c_str(), limit_text.c_str());
     return kExitBadInput;
   }
-  std::printf("%s: ok (pool '%s', %zu groups)\n%s\n", path.c_str(),
+  std::printf("%s: ok (pool '%s', %zu groups)\n%s\n%s\n", path.c_str(),
               load.config->name.c_str(), load.config->groups.size(),
-              limit_text.c_str());
+              limit_text.c_str(),
+              workerpool::DescribeReaping(limit, children, groups,
+                                          workerpool::PidfdReapingWanted())
+                  .c_str());
   return kExitOk;
 }
 

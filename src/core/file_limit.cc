@@ -43,8 +43,50 @@ bool FitsFileLimit(std::uint64_t limit, std::uint64_t children,
          children <= ChildrenAllowedSharedOutput(limit, groups);
 }
 
+namespace {
+
+// Descriptors the pool needs without pidfds in the output mode it gets.
+std::uint64_t NeededWithoutPidfds(std::uint64_t limit, std::uint64_t children,
+                                  std::uint64_t groups) {
+  if (ChooseOutputMode(limit, children, groups) == OutputMode::kPipePerChild) {
+    return kReservedFds + children * kFdsPerChild;
+  }
+  return kReservedFds + groups * kFdsPerGroupSocket +
+         children * kFdsPerChildSharedOutput;
+}
+
+}  // namespace
+
+std::uint64_t PidfdsAllowed(std::uint64_t limit, std::uint64_t children,
+                            std::uint64_t groups) {
+  if (!FitsFileLimit(limit, children, groups)) return 0;
+  const std::uint64_t needed = NeededWithoutPidfds(limit, children, groups);
+  if (limit <= needed) return 0;
+  return std::min(children, (limit - needed) / kPidfdsPerChild);
+}
+
+std::string DescribeReaping(std::uint64_t limit, std::uint64_t children,
+                            std::uint64_t groups, bool pidfds_wanted) {
+  if (!pidfds_wanted) {
+    return "children reaped on SIGCHLD by waitpid (WORKERPOOL_REAP=waitpid)";
+  }
+  const std::uint64_t allowed = PidfdsAllowed(limit, children, groups);
+  if (allowed >= children) {
+    return "children reaped by pidfd, one each";
+  }
+  return std::to_string(allowed) + " of " + std::to_string(children) +
+         " children reaped by pidfd, the rest on SIGCHLD by waitpid (no "
+         "room for more under RLIMIT_NOFILE " +
+         std::to_string(limit) + "); raise LimitNOFILE= or `ulimit -Hn` " +
+         "to at least " +
+         std::to_string(NeededWithoutPidfds(limit, children, groups) +
+                        children * kPidfdsPerChild) +
+         " for a pidfd each";
+}
+
 std::uint64_t ComfortableLimit(std::uint64_t children) {
-  return kReservedFds + children * (kFdsPerChild + kHeldFdsPerChild);
+  return kReservedFds +
+         children * (kFdsPerChild + kPidfdsPerChild + kHeldFdsPerChild);
 }
 
 FileLimits PlanFileLimits(FileLimits current, std::uint64_t nr_open,

@@ -18,8 +18,14 @@ namespace workerpool {
 // the listen sockets are per pool, and a spawn's two child ends are closed
 // as soon as the child has them.
 inline constexpr std::uint64_t kFdsPerChild = 2;
-// While the limit leaves room, the Watcher also holds the child's ends of
-// both (a death then wakes it once, SIGCHLD, instead of three times).
+// A pidfd per child when the limit leaves room after the descriptors above
+// (os/exit_watch.h): its death is then reaped alone, not by waitpid(-1),
+// which walks every child in the kernel. Children without one are reaped
+// on SIGCHLD as before; a pool never fails for want of pidfds.
+inline constexpr std::uint64_t kPidfdsPerChild = 1;
+// While the limit leaves room for those and for pidfds, the Watcher also
+// holds the child's ends of both (a death then closes no pipe or channel
+// in it: one wake-up less per death).
 inline constexpr std::uint64_t kHeldFdsPerChild = 2;
 // Descriptors that are not per child: stdio, the log, epoll and libuv's
 // own, the control and metrics sockets and their connections, listen
@@ -34,8 +40,9 @@ inline constexpr std::uint64_t kReservedFds = 256;
 // children's end it keeps to hand to spawns), the writer named by the
 // credentials the kernel attaches (watcher/output_capture.h). Measured
 // under the default hard limit of 20,000 (no CAP_SYS_RESOURCE): 10,000
-// children start with 10,016 descriptors open in the Watcher, and 1,000 of
-// them killed at once all come back.
+// children start with 10,016 descriptors open in the Watcher (before
+// pidfds, which now take what is left: 9,742 of them), and 1,000 of them
+// killed at once all come back.
 enum class OutputMode { kPipePerChild, kSocketPerGroup };
 
 // Descriptors per group in OutputMode::kSocketPerGroup.
@@ -64,8 +71,23 @@ OutputMode ChooseOutputMode(std::uint64_t limit, std::uint64_t children,
 bool FitsFileLimit(std::uint64_t limit, std::uint64_t children,
                    std::uint64_t groups);
 
-// The limit with which CHILDREN children leave the Watcher room to hold
-// every child's ends too.
+// How many of CHILDREN children in GROUPS groups may have a pidfd under
+// LIMIT: what is left after the reserve and the output mode
+// ChooseOutputMode picks (kPidfdsPerChild each), at most CHILDREN; 0 when
+// the pool does not fit at all.
+std::uint64_t PidfdsAllowed(std::uint64_t limit, std::uint64_t children,
+                            std::uint64_t groups);
+
+// How the Watcher reaps a pool of CHILDREN in GROUPS groups under LIMIT
+// (for the start-up log and `check`, a line of its own): "children reaped
+// by pidfd, one each", or how many have one and what limit gives every
+// child one; PIDFDS_WANTED false (WORKERPOOL_REAP=waitpid): on SIGCHLD
+// by waitpid only.
+std::string DescribeReaping(std::uint64_t limit, std::uint64_t children,
+                            std::uint64_t groups, bool pidfds_wanted);
+
+// The limit with which CHILDREN children leave the Watcher room for a
+// pidfd each and to hold every child's ends too.
 std::uint64_t ComfortableLimit(std::uint64_t children);
 
 struct FileLimits {

@@ -15,15 +15,17 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "core/config.h"
 #include "core/file_limit.h"
+#include "core/start_order.h"
 #include "core/status.h"
 #include "core/upgrade_state.h"
+#include "os/exit_watch.h"
 #include "os/spawner.h"
-#include "core/start_order.h"
 #include "watcher/child_channels.h"
 #include "watcher/child_environment.h"
 #include "watcher/output_capture.h"
@@ -118,10 +120,21 @@ class ChildTable : private Probes::Listener {
   // The running pool's groups (not those being removed).
   std::uint64_t PlannedGroups() const;
   OutputMode output_mode() const { return output_mode_; }
+  // How many children may have a pidfd (os/exit_watch.h) under the limit,
+  // and how many have one now.
+  std::uint64_t pidfd_budget() const { return pidfd_budget_; }
+  std::size_t pidfd_children() const { return exit_watch_.watched(); }
   std::uint64_t file_limit() const { return file_limit_; }
   const Spawner& spawner() const { return spawner_; }
 
-  // SIGCHLD: reaps every child that exited.
+  // SIGCHLD: reaps every child that exited. How (see "Reaping" in
+  // child_table.cc): children with a pidfd are reaped by it, not here;
+  // the spawner, exec probes and children without one by their pid
+  // (waitpid(pid) is O(1) in the kernel, waitpid(-1) O(children)); anything
+  // else (orphans the subreaper inherits) by a waitpid(-1) sweep after this
+  // turn, at most once per (children / 10) ms. With more than half of the
+  // children lacking a pidfd (WORKERPOOL_REAP=waitpid, a limit with little
+  // room) it sweeps at once, as it always did.
   void Reap();
   // The pool stops: no spawns and no restarts from here on; every timer of
   // every slot stops (the loop's stop timer takes over).
@@ -147,6 +160,9 @@ class ChildTable : private Probes::Listener {
   // in force lacks, a slot state it does not know, a descriptor that is
   // not open): an error then, and nothing was built.
   Status AdoptState(const UpgradeState& state, TimePoint now);
+  // Pidfds do not survive exec: AdoptState watches every adopted child
+  // again (as Spawn does a new one).
+  void WatchAdoptedChildren();
 
   // SLOT's child broke the protocol too often: it loses its channel and is
   // stopped, then restarted with backoff.
@@ -170,6 +186,15 @@ class ChildTable : private Probes::Listener {
   Slot* NewSlot(Group* group, int index);
   void Spawn(Slot* slot);
   void OnChildExit(Slot* slot, int status);
+  // Reaping (child_table.cc): one reaped process, whoever it was; the
+  // exit of a new child watched by pidfd or not; the pids reaped one by one
+  // on SIGCHLD; the waitpid(-1) sweep and its scheduling.
+  void Reaped(pid_t pid, int status);
+  void WatchExit(Slot* slot);
+  void ReapKnownPids();
+  void Sweep();
+  void ScheduleSweep();
+  void AfterReaping();
   void AskPolicy(Slot* slot);
   void StopPredecessor(Slot* slot, SlotEvent because);
   void DetachSuccessor(Slot* slot);
@@ -211,6 +236,14 @@ class ChildTable : private Probes::Listener {
   OutputMode output_mode_ = OutputMode::kPipePerChild;
   bool fitted_ = false;  // FitFileLimit ran (the start logged the mode)
   Spawner spawner_;      // creates the children (os/spawner.h)
+  // Reaping. Children with a pidfd; the pids of those without one; how
+  // many may have one (FitFileLimit); the sweep's timer and last run.
+  ExitWatch exit_watch_;
+  std::set<pid_t> unwatched_;
+  bool pidfds_wanted_;
+  std::uint64_t pidfd_budget_ = 0;
+  uv_timer_t sweep_timer_;
+  std::uint64_t last_sweep_ms_ = 0;
   bool running_as_root_;
   bool stopping_ = false;
   std::mt19937_64 random_;  // recycling jitter

@@ -32,6 +32,18 @@ Status ChildTable::FitFileLimit(std::uint64_t children, std::uint64_t groups) {
                            DescribeFileLimit(file_limit_, children, groups));
   }
   output_mode_ = mode;
+  // Pidfds for children watched from now on (os/exit_watch.h); those that
+  // have one keep it, a budget lowered by a reload or `scale` is reached as
+  // they die.
+  const std::uint64_t budget =
+      pidfds_wanted_ && exit_watch_.usable()
+          ? PidfdsAllowed(file_limit_, children, groups)
+          : 0;
+  if (!fitted_ || budget != pidfd_budget_) {
+    spdlog::info("{}", DescribeReaping(file_limit_, children, groups,
+                                       pidfds_wanted_ && exit_watch_.usable()));
+  }
+  pidfd_budget_ = budget;
   fitted_ = true;
   return Status::Ok();
 }

@@ -285,6 +285,7 @@ Status ChildTable::AdoptState(const UpgradeState& state, TimePoint now) {
       found->second->replaced_by = slot;
     }
   }
+  WatchAdoptedChildren();  // pidfds are close-on-exec (child_table.h)
   // Probes are this process's timers and sockets: they start again (a
   // ready probe from its first attempt, health at its next `every`).
   for (const auto& group : groups_) {

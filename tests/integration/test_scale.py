@@ -8,6 +8,7 @@ pool larger than the descriptor limit allows is an error at start and in
 import os
 import shutil
 import signal
+import subprocess
 
 import wp
 
@@ -126,6 +127,68 @@ class ScaleTest(wp.TestCase):
                 self.assertEqual(pool.stop(), 0)
                 self.assertEqual(pool.leftovers(), [])
 
+    def kill_and_wait_back(self, pool, count, killed):
+        """Kills every KILLED-th of COUNT children at once; all come back in
+        their slots, and none stays a zombie."""
+        before = pool.wait_for_children(count, timeout=120)
+        victims = before[::killed]
+        for child in victims:
+            os.kill(child.pid, signal.SIGKILL)
+        gone = {c.pid for c in victims}
+
+        def all_back():
+            now = pool.children()
+            if len(now) != count or gone & {c.pid for c in now}:
+                return None
+            return now
+        after = wp.wait_until(all_back, timeout=120, interval=0.2,
+                              what="%d killed children replaced" % len(gone),
+                              on_timeout=pool.log_tail)
+        self.assertEqual(sorted(c.index for c in after), list(range(count)))
+        wp.wait_until(lambda: not pool.zombies(), what="no zombie children")
+        self.assertEqual(pool.stop(timeout=60), 0)
+        self.assertEqual(pool.leftovers(), [])
+
+    def test_reaping_by_pidfd_restarts_killed_children(self):
+        pool = self.pool(POOL % 300)
+        pool.wait_for_log(r"children reaped by pidfd, one each")
+        self.kill_and_wait_back(pool, 300, 3)
+
+    def test_reaping_by_waitpid_restarts_killed_children(self):
+        # Forced: every child reaped on SIGCHLD, by a waitpid(-1) sweep (with
+        # fewer than half of them lacking a pidfd, those are reaped by their
+        # pid: the partial case below).
+        pool = self.pool(POOL % 300, env={"WORKERPOOL_REAP": "waitpid"})
+        pool.wait_for_log(r"children reaped on SIGCHLD by waitpid "
+                          r"\(WORKERPOOL_REAP=waitpid\)")
+        self.kill_and_wait_back(pool, 300, 3)
+
+    def test_reaping_with_pidfds_for_some_restarts_every_killed_child(self):
+        # RLIMIT_NOFILE 800: 300 children share an output socket (272 fit
+        # with a pipe each) and 800 - 256 - 2 - 300 = 242 get a pidfd; the
+        # other 58 are reaped by their pid on SIGCHLD. All 300 killed.
+        pool = self.pool(POOL % 300, start=False)
+        script = os.path.join(pool.tmp, "workerpool-limited")
+        with open(script, "w") as f:
+            f.write("#!/bin/sh\nexec prlimit --nofile=800:800 -- %s \"$@\"\n"
+                    % wp.BIN)
+        os.chmod(script, 0o755)
+        # `check` under the same limit says so too.
+        check = subprocess.run([script, "check", pool.path],
+                               capture_output=True, text=True, timeout=30)
+        self.assertEqual(check.returncode, 0, check.stderr)
+        self.assertIn("242 of 300 children reaped by pidfd", check.stdout)
+        binary = wp.BIN
+        wp.BIN = script
+        try:
+            pool.start()
+        finally:
+            wp.BIN = binary
+        pool.wait_for_log(r"242 of 300 children reaped by pidfd, the rest on "
+                          r"SIGCHLD by waitpid \(no room for more under "
+                          r"RLIMIT_NOFILE 800\)")
+        self.kill_and_wait_back(pool, 300, 1)
+
     def test_a_pool_over_the_file_limit_is_an_error_at_start(self):
         # More than fs.nr_open could ever hold: too many for any limit.
         groups = "".join(
@@ -152,6 +215,12 @@ class ScaleTest(wp.TestCase):
         self.assertEqual(code, 0, out + err)
         self.assertRegex(out, r"RLIMIT_NOFILE \d+ allows \d+ children; the "
                               r"pool has up to 3\n")
+        self.assertIn("children reaped by pidfd, one each\n", out)
+        code, out, err = wp.run_cli(["check", path],
+                                    env={"WORKERPOOL_REAP": "waitpid"})
+        self.assertEqual(code, 0, out + err)
+        self.assertIn("children reaped on SIGCHLD by waitpid "
+                      "(WORKERPOOL_REAP=waitpid)\n", out)
 
     def tmp_dir(self):
         import tempfile

@@ -96,5 +96,52 @@ TEST_CASE("file_limit: the description names the shared mode") {
   CHECK(DescribeFileLimit(1024, 384, 1).find("socket") == std::string::npos);
 }
 
+TEST_CASE("file_limit: a pidfd per child when the limit has room for it") {
+  // A pipe each: 2 per child, then 1 pidfd each.
+  CHECK(PidfdsAllowed(20000, 2000, 1) == 2000);
+  CHECK(PidfdsAllowed(1024, 200, 1) == 200);
+  // 1024 - 256 = 768: 256 children with a pipe each leave 256 pidfds.
+  CHECK(PidfdsAllowed(1024, 256, 1) == 256);
+  CHECK(PidfdsAllowed(1024, 300, 1) == 1024 - kReservedFds - 600);
+  CHECK(PidfdsAllowed(1024, 384, 1) == 0);  // a pipe each, nothing left
+  // The machine: 10,000 children share an output socket (1 each, 2
+  // for the group); 9,742 of them get a pidfd.
+  CHECK(PidfdsAllowed(20000, 10000, 1) == 20000 - kReservedFds - 2 - 10000);
+  // The output mode comes first (a pipe each while they fit): pidfds get
+  // what is left.
+  CHECK(PidfdsAllowed(20000, 9000, 1) == 20000 - kReservedFds - 18000);
+  CHECK(PidfdsAllowed(800, 400, 1) == 800 - kReservedFds - 2 - 400);
+  // Never more than the children; none when the pool does not fit.
+  CHECK(PidfdsAllowed(1 << 20, 10, 1) == 10);
+  CHECK(PidfdsAllowed(20000, 30000, 1) == 0);
+  CHECK(PidfdsAllowed(0, 0, 0) == 0);
+}
+
+TEST_CASE("file_limit: the comfortable limit counts pidfds before held ends") {
+  CHECK(ComfortableLimit(10000) ==
+        kReservedFds +
+            10000 * (kFdsPerChild + kPidfdsPerChild + kHeldFdsPerChild));
+  // Where the Watcher holds every child's ends, every child has a pidfd.
+  for (std::uint64_t children : {1u, 100u, 2000u, 10000u}) {
+    CHECK(PidfdsAllowed(ComfortableLimit(children), children, 1) == children);
+  }
+}
+
+TEST_CASE("file_limit: the reaping line says which way and what to raise") {
+  CHECK(DescribeReaping(20000, 2000, 1, true) ==
+        "children reaped by pidfd, one each");
+  CHECK(DescribeReaping(20000, 2000, 1, false) ==
+        "children reaped on SIGCHLD by waitpid (WORKERPOOL_REAP=waitpid)");
+  const std::string partial = DescribeReaping(20000, 10000, 1, true);
+  CHECK(partial.rfind("9742 of 10000 children reaped by pidfd, the rest on "
+                      "SIGCHLD by waitpid",
+                      0) == 0);
+  // Shared output (10,000 + 2 + reserve) plus a pidfd each.
+  CHECK(partial.find("at least 20258 for a pidfd each") != std::string::npos);
+  const std::string none = DescribeReaping(1024, 384, 1, true);
+  CHECK(none.rfind("0 of 384 children", 0) == 0);
+  CHECK(none.find("at least 1408") != std::string::npos);  // 256 + 3 x 384
+}
+
 }  // namespace
 }  // namespace workerpool

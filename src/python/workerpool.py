@@ -62,7 +62,9 @@ import heapq
 import inspect
 import itertools
 import json
+import math
 import os
+import select
 import selectors
 import signal
 import socket
@@ -210,6 +212,58 @@ def _json_object(data):
     return value if isinstance(value, dict) else {}
 
 
+# The key a _LazyMeta holds until it is read (see there).
+_UNREAD = object()
+
+
+class _LazyMeta(dict):
+    """A request's meta, parsed from its JSON on first use: most handlers
+    never look at it, and parsing the rabbitmq-service's meta cost a
+    quarter of a request's CPU. A dict in every way a handler can tell
+    (every method reads it first; copy and pickle give a plain dict).
+    Until read it holds one private key, so that C code that looks at the
+    size first (json.dumps) sees it non-empty and asks items()."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw=b""):
+        dict.__init__(self)
+        self._raw = raw or None
+        if raw:
+            dict.__setitem__(self, _UNREAD, None)
+
+    def _read(self):
+        raw, self._raw = self._raw, None
+        dict.clear(self)
+        dict.update(self, _json_object(raw))
+
+    def __reduce_ex__(self, protocol):
+        return dict, (dict(self.items()),)
+
+    def __reduce__(self):
+        return self.__reduce_ex__(2)
+
+
+def _read_first(name):
+    method = getattr(dict, name)
+
+    def read_first(self, *args, **kwargs):
+        if self._raw is not None:
+            self._read()
+        return method(self, *args, **kwargs)
+    read_first.__name__ = name
+    return read_first
+
+
+for _name in ("__getitem__", "__setitem__", "__delitem__", "__contains__",
+              "__iter__", "__reversed__", "__len__", "__eq__", "__ne__",
+              "__repr__", "__or__", "__ror__", "__ior__", "get", "keys",
+              "values", "items", "copy", "setdefault", "pop", "popitem",
+              "update", "clear"):
+    setattr(_LazyMeta, _name, _read_first(_name))
+del _name
+
+
 def _signed32(value):
     return value - (1 << 32) if value >= (1 << 31) else value
 
@@ -277,6 +331,21 @@ _ERROR_CODES = frozenset(int(c) for c in ErrorCode)
 class Request:
     """A request being served (what a with_request handler receives)."""
 
+    # Defaults as class attributes: set on the instance only when they
+    # change, which most requests never do (a request's CPU counts).
+    _meta = None
+    # Made only when a handler waits for a cancel: most requests are
+    # answered at once, and a threading.Event costs more than the rest of
+    # a request together.
+    _cancel_flag = False
+    _cancel_event = None
+    _callbacks = None
+    _task = None  # asyncio: the handler's task
+    _task_began = False
+    _answered = False
+    _started = False
+    _sequence = 0
+
     def __init__(self, client, link, id_, priority, meta_raw, body):
         self.client = client  # the Client: request.client.send(...)
         self.id = id_
@@ -285,25 +354,16 @@ class Request:
         self.meta_raw = meta_raw
         self.sender_group = link.peer_group
         self._link = link
-        self._meta = None
-        # Made only when a handler waits for a cancel: most requests are
-        # answered at once, and a threading.Event costs more than the rest
-        # of a request together.
-        self._cancel_flag = False
-        self._cancel_event = None
-        self._callbacks = None
-        self._task = None  # asyncio: the handler's task
-        self._task_began = False
-        self._answered = False
-        self._started = False
-        self._sequence = 0
 
     @property
     def meta(self):
-        """The request's metadata as a dict ({} when none or not JSON)."""
-        if self._meta is None:
-            self._meta = _json_object(self.meta_raw)
-        return self._meta
+        """The request's metadata as a dict ({} when none or not JSON),
+        parsed when first read."""
+        meta = self._meta
+        if meta is None:
+            meta = self._meta = _LazyMeta(self.meta_raw) if self.meta_raw \
+                else {}
+        return meta
 
     @property
     def cancelled(self):
@@ -381,6 +441,8 @@ class _HandedOff(BaseException):
 
 # --- internals ---------------------------------------------------------------
 
+_READ_SIZE = 262144  # one recv on a link
+
 class _Conn:
     """A non-blocking stream socket with an output buffer and a decoder."""
 
@@ -413,6 +475,81 @@ class _Link(_Conn):
     def describe(self):
         return "%s[%d] pid %d" % (self.peer_group, self.peer_index,
                                   self.peer_pid)
+
+
+class _EpollSelector:
+    """What Client's loop needs of a selector, on epoll directly: select()
+    returns (data, mask) pairs, without the SelectorKey per event that
+    selectors.DefaultSelector builds (a job wakes up once per request)."""
+
+    def __init__(self):
+        self._epoll = select.epoll()
+        self._keys = {}  # fd -> SelectorKey
+        self._data = {}  # fd -> data
+
+    @staticmethod
+    def _mask(events):
+        return (select.EPOLLIN if events & selectors.EVENT_READ else 0) | (
+            select.EPOLLOUT if events & selectors.EVENT_WRITE else 0)
+
+    def register(self, fileobj, events, data):
+        fd = fileobj.fileno()
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._epoll.register(fd, self._mask(events))
+        self._keys[fd] = key
+        self._data[fd] = data
+        return key
+
+    def unregister(self, fileobj):
+        fd = fileobj.fileno()
+        key = self._keys.pop(fd)
+        del self._data[fd]
+        try:
+            self._epoll.unregister(fd)
+        except OSError:
+            pass  # closed meanwhile: epoll forgot it already
+        return key
+
+    def modify(self, fileobj, events, data):
+        fd = fileobj.fileno()
+        self._epoll.modify(fd, self._mask(events))
+        key = self._keys[fd] = selectors.SelectorKey(fileobj, fd, events,
+                                                     data)
+        self._data[fd] = data
+        return key
+
+    def select(self, timeout=None):
+        """[(data, EVENT_READ|EVENT_WRITE)] of the ready files; an error or
+        hang-up counts as both, as in selectors."""
+        if timeout is None:
+            timeout = -1
+        elif timeout <= 0:
+            timeout = 0
+        else:
+            # epoll counts milliseconds: round up, or a timer due in less
+            # than one would spin.
+            timeout = math.ceil(timeout * 1e3) * 1e-3
+        try:
+            ready = self._epoll.poll(timeout, max(1, len(self._data)))
+        except InterruptedError:
+            return []
+        data = self._data
+        out = []
+        for fd, event in ready:
+            if fd in data:
+                out.append((data[fd], (
+                    selectors.EVENT_READ if event & ~select.EPOLLOUT else 0)
+                    | (selectors.EVENT_WRITE if event & ~select.EPOLLIN
+                       else 0)))
+        return out
+
+    def get_map(self):
+        return dict(self._keys)
+
+    def close(self):
+        self._keys.clear()
+        self._data.clear()
+        self._epoll.close()
 
 
 class _AsyncioSelector:
@@ -529,7 +666,7 @@ class Client:
         except ValueError:
             self.index = -1
 
-        self._sel = selectors.DefaultSelector()
+        self._sel = _EpollSelector()
         self._pool = _Conn(pool_sock)
         self._pool_open = True
         self._pending_fds = collections.deque()
@@ -814,8 +951,8 @@ class Client:
             self._resume()
             while not self._finished.is_set():
                 timeout = self._next_timeout()
-                for key, mask in self._sel.select(timeout):
-                    self._on_io_event(key.data, mask)
+                for conn, mask in self._sel.select(timeout):
+                    self._on_io_event(conn, mask)
                 self._end_turn()
         except _HandedOff:
             return  # another thread runs the loop: touch nothing on the way
@@ -971,6 +1108,8 @@ class Client:
         if self._stop_requested:
             self._stop_requested = False
             self._begin_stop()
+        if not self._calls:
+            return  # most turns; a call posted after this wakes the loop
         while True:
             with self._calls_lock:
                 if not self._calls:
@@ -1230,8 +1369,9 @@ class Client:
         within the interval. RISING: a route's queue went from empty to not
         (the load outgrows the group it is sent to): at once, at most once
         per interval, so that an autoscaler starts timing it now."""
-        if not self._pool_open:
-            return
+        if not self._pool_open or (self._stats_due is not None
+                                   and not rising):
+            return  # they go soon anyway (most requests end here)
         now = time.monotonic()
         if rising and now - self._rising_sent_at >= STATS_INTERVAL:
             self._rising_sent_at = now
@@ -1272,7 +1412,7 @@ class Client:
     def _read_link(self, link):
         while not link.closed and link.reading:
             try:
-                data = link.sock.recv(262144)
+                data = link.sock.recv(_READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -1283,6 +1423,14 @@ class Client:
                 return
             link.decoder.feed(data)
             self._link_frames(link)
+            # The answers to all of it in one send, before anything else.
+            if link.out:
+                self._flush(link)
+                self._dirty.discard(link)
+            if len(data) < _READ_SIZE:
+                # All there was: epoll says when more comes (another recv
+                # would cost a syscall and an exception per wake-up).
+                return
 
     def _link_frames(self, link):
         decoder = link.decoder

@@ -93,6 +93,10 @@ POOL_GONE_EXIT = 2.0        # after the pool channel closes, exit within this
 STATS_INTERVAL = 1.0        # counters reach the Watcher at most this often
 MAX_ERROR_TEXT = 64 * 1024
 MAX_PROGRESS_TEXT = 4096
+# Busy polling (docs/PROTOCOL.md, "Busy polling"), as the C++ library does
+# it: the config's busy_poll_us when not told, at most this.
+DEFAULT_BUSY_POLL_US = 50
+MAX_BUSY_POLL_US = 10000
 # A handler runs on the I/O thread (no hand-off to another thread: a few
 # microseconds instead of a few hundred); one that is still running after
 # this long gives the I/O loop to a new thread, so heartbeats, cancels and
@@ -227,7 +231,7 @@ class _LazyMeta(dict):
     __slots__ = ("_raw",)
 
     def __init__(self, raw=b""):
-        dict.__init__(self)
+        # (dict.__init__ with no arguments does nothing: not called)
         self._raw = raw or None
         if raw:
             dict.__setitem__(self, _UNREAD, None)
@@ -456,9 +460,58 @@ class _Conn:
         self.drained = []  # asyncio futures waiting for `out` to empty
 
 
+def _proc_stat_cpu(path):
+    """The CPU a task last ran on (field 39 of a /proc stat file), or
+    None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            line = os.read(fd, 1024)
+        finally:
+            os.close(fd)
+        return int(line.rsplit(b")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _Placement:
+    """Whether a peer last ran on another CPU than this thread
+    (src/client/peer_placement.h): /proc/<pid>/stat, re-read at most every
+    RECHECK seconds; unknown for good once /proc cannot tell. A hint: the
+    kernel may move either process at any time."""
+
+    RECHECK = 0.1  # a steady stream keeps processes in place far longer
+
+    def __init__(self, pid):
+        self._path = "/proc/%d/stat" % pid if pid > 0 else None
+        self._checked = None
+        self._other = False
+
+    def other_cpu(self, now):
+        if self._path is None:
+            return False
+        if self._checked is not None and now - self._checked < self.RECHECK:
+            return self._other
+        self._checked = now
+        peer = _proc_stat_cpu(self._path)
+        own = _proc_stat_cpu("/proc/thread-self/stat")
+        if peer is None or own is None:
+            self._path = None  # cannot tell: not asked again
+            self._other = False
+        else:
+            self._other = peer != own
+        return self._other
+
+
 class _Link(_Conn):
     SENDER = "sender"  # our role: we send requests to the peer
     SERVER = "server"  # our role: we serve the peer's requests
+    # Busy polling: bytes came last turn; polls in a row that found none,
+    # and chances left to skip because of them (busy_poll_backoff.h).
+    hot = False
+    busy_misses = 0
+    busy_skips = 0
+    placement = None
 
     def __init__(self, sock, role, group, index, pid):
         super().__init__(sock)
@@ -712,6 +765,9 @@ class Client:
         self._serve_queue = []  # heap of (priority, sequence, Request)
         self._sequence = itertools.count(1)
         self._on_ready = None
+        # Busy polling (threaded loop only: asyncio polls for itself).
+        self._busy_budget = DEFAULT_BUSY_POLL_US / 1e6  # seconds; 0: never
+        self._hot = []  # links that brought bytes this turn
 
         # Sending side.
         self._routes = {}
@@ -951,6 +1007,8 @@ class Client:
             self._resume()
             while not self._finished.is_set():
                 timeout = self._next_timeout()
+                if self._hot and timeout != 0 and self._busy_poll():
+                    timeout = 0  # one turn for the rest, then poll again
                 for conn, mask in self._sel.select(timeout):
                     self._on_io_event(conn, mask)
                 self._end_turn()
@@ -1277,6 +1335,11 @@ class Client:
                 self._recycle_after = max(0, int(body.get("max_requests", 0)))
             except (TypeError, ValueError):
                 self._recycle_after = 0
+            try:
+                busy_us = int(body.get("busy_poll_us", DEFAULT_BUSY_POLL_US))
+            except (TypeError, ValueError):
+                busy_us = DEFAULT_BUSY_POLL_US
+            self._busy_budget = min(max(0, busy_us), MAX_BUSY_POLL_US) / 1e6
             first = not self._ready.is_set()
             self._ready.set()
             if first and self._on_ready is not None:
@@ -1339,7 +1402,8 @@ class Client:
                        if o.link is not None)
         body = {k: self.stats[k] for k in (
             "sent", "replied", "failed", "refused", "cancelled", "timed_out",
-            "served", "served_errors")}
+            "served", "served_errors", "busy_poll_reads",
+            "busy_poll_misses")}
         # Requests this process serves now, running or waiting here: the
         # Watcher drains idle processes first, and sizes autoscaled groups.
         serving = self._running + sum(
@@ -1421,16 +1485,90 @@ class Client:
             if not data:
                 self._link_eof(link, "closed")
                 return
-            link.decoder.feed(data)
-            self._link_frames(link)
-            # The answers to all of it in one send, before anything else.
-            if link.out:
-                self._flush(link)
-                self._dirty.discard(link)
+            self._link_input(link, data)
             if len(data) < _READ_SIZE:
                 # All there was: epoll says when more comes (another recv
                 # would cost a syscall and an exception per wake-up).
                 return
+
+    def _link_input(self, link, data):
+        link.decoder.feed(data)
+        self._link_frames(link)
+        # The answers to all of it in one send, before anything else.
+        if link.out:
+            self._flush(link)
+            self._dirty.discard(link)
+        if not link.hot and self._busy_budget and self._aio is None:
+            link.hot = True
+            self._hot.append(link)
+
+    def _busy_worth(self, link, now):
+        # busy_poll.h's WorthPolling: a peer on this CPU cannot answer
+        # while we spin; a sender waits for replies only while it has
+        # requests out; a link that keeps missing is polled ever more
+        # rarely.
+        if link.closed or link.draining or not link.reading:
+            return False
+        if link.role == _Link.SENDER and not link.inflight:
+            return False
+        if link.placement is None:
+            link.placement = _Placement(link.peer_pid)
+        if not link.placement.other_cpu(now):
+            return False
+        if link.busy_skips:
+            link.busy_skips -= 1
+            return False
+        return True
+
+    def _busy_poll(self):
+        """Before the loop sleeps: reads the links that just brought bytes
+        without blocking, round after round, until one delivers or
+        busy_poll_us passed (docs/PROTOCOL.md, "Busy polling"): waking a
+        process that sleeps costs more than a request. True when a read
+        delivered (its frames are handled and answered)."""
+        hot, self._hot = self._hot, []
+        now = time.monotonic()
+        links = []
+        for link in hot:
+            link.hot = False
+            if self._busy_worth(link, now):
+                links.append(link)
+        if not links or self._finished.is_set():
+            return False
+        end = now + self._busy_budget
+        got = False
+        while links:
+            for link in list(links):
+                if link.closed or not link.reading:
+                    links.remove(link)
+                    continue
+                try:
+                    data = link.sock.recv(_READ_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    links.remove(link)  # EOF or an error: the loop's read
+                    continue            # reports it
+                self.stats["busy_poll_reads"] += 1
+                link.busy_misses = 0
+                got = True
+                self._link_input(link, data)
+            if got or time.monotonic() >= end:
+                break
+            # Polite spinning: a process waiting for this CPU runs first.
+            os.sched_yield()
+        if got:
+            self._stats_changed()
+            return True
+        if links:
+            self.stats["busy_poll_misses"] += 1
+            self._stats_changed()
+            for link in links:
+                link.busy_misses = min(link.busy_misses + 1, 6)
+                link.busy_skips = (1 << link.busy_misses) - 1
+        return False
 
     def _link_frames(self, link):
         decoder = link.decoder
@@ -1677,6 +1815,11 @@ class Client:
                 result = self._handler(request)
             else:
                 result = self._handler(request.body, request.meta)
+            # The common answers first, without a call.
+            if type(result) is bytes:
+                return True, result, meta
+            if type(result) is str:
+                return True, result.encode(), meta
             if isinstance(result, tuple):
                 result, meta = result
                 if isinstance(meta, dict):
@@ -1738,7 +1881,9 @@ class Client:
                 link.out += body
                 self._dirty.add(link)
                 link.serving.pop(request.id, None)
-                self._count("served")
+                self.stats["served"] += 1  # _count, unrolled
+                if self._stats_due is None:
+                    self._stats_changed()
                 self._answered_count += 1
                 if self._recycle_after and not self._recycle_reported:
                     self._report_recycle_limit()

@@ -49,10 +49,13 @@ CPU each). A handler still running after HANDOFF_AFTER (10 ms), or one that
 waits (request.wait_cancelled, client.send), gives the I/O loop to a new
 thread and finishes on its own, so a slow handler never stops heartbeats or
 the reading of cancels. serve(handler, threads=True) runs every handler on
-a thread of its own instead. Every public method may be called from any
-thread except send(), which blocks and so must not be called from the I/O
-thread outside a handler (callbacks given to send_async run there; use
-asend() with asyncio).
+a thread of its own instead. Before it sleeps, the I/O loop busy-polls
+the links that just brought bytes for up to the group's busy_poll_us, as
+the C++ library does (docs/PROTOCOL.md, "Busy polling"); a request's meta
+is parsed from its JSON only when the handler reads it. Every public
+method may be called from any thread except send(), which blocks and so
+must not be called from the I/O thread outside a handler (callbacks given
+to send_async run there; use asend() with asyncio).
 """
 
 import asyncio

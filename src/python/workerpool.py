@@ -49,10 +49,13 @@ CPU each). A handler still running after HANDOFF_AFTER (10 ms), or one that
 waits (request.wait_cancelled, client.send), gives the I/O loop to a new
 thread and finishes on its own, so a slow handler never stops heartbeats or
 the reading of cancels. serve(handler, threads=True) runs every handler on
-a thread of its own instead. Every public method may be called from any
-thread except send(), which blocks and so must not be called from the I/O
-thread outside a handler (callbacks given to send_async run there; use
-asend() with asyncio).
+a thread of its own instead. Before it sleeps, the I/O loop busy-polls
+the links that just brought bytes for up to the group's busy_poll_us, as
+the C++ library does (docs/PROTOCOL.md, "Busy polling"); a request's meta
+is parsed from its JSON only when the handler reads it. Every public
+method may be called from any thread except send(), which blocks and so
+must not be called from the I/O thread outside a handler (callbacks given
+to send_async run there; use asend() with asyncio).
 """
 
 import asyncio
@@ -62,7 +65,9 @@ import heapq
 import inspect
 import itertools
 import json
+import math
 import os
+import select
 import selectors
 import signal
 import socket
@@ -91,6 +96,10 @@ POOL_GONE_EXIT = 2.0        # after the pool channel closes, exit within this
 STATS_INTERVAL = 1.0        # counters reach the Watcher at most this often
 MAX_ERROR_TEXT = 64 * 1024
 MAX_PROGRESS_TEXT = 4096
+# Busy polling (docs/PROTOCOL.md, "Busy polling"), as the C++ library does
+# it: the config's busy_poll_us when not told, at most this.
+DEFAULT_BUSY_POLL_US = 50
+MAX_BUSY_POLL_US = 10000
 # A handler runs on the I/O thread (no hand-off to another thread: a few
 # microseconds instead of a few hundred); one that is still running after
 # this long gives the I/O loop to a new thread, so heartbeats, cancels and
@@ -210,6 +219,58 @@ def _json_object(data):
     return value if isinstance(value, dict) else {}
 
 
+# The key a _LazyMeta holds until it is read (see there).
+_UNREAD = object()
+
+
+class _LazyMeta(dict):
+    """A request's meta, parsed from its JSON on first use: most handlers
+    never look at it, and parsing the rabbitmq-service's meta cost a
+    quarter of a request's CPU. A dict in every way a handler can tell
+    (every method reads it first; copy and pickle give a plain dict).
+    Until read it holds one private key, so that C code that looks at the
+    size first (json.dumps) sees it non-empty and asks items()."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw=b""):
+        # (dict.__init__ with no arguments does nothing: not called)
+        self._raw = raw or None
+        if raw:
+            dict.__setitem__(self, _UNREAD, None)
+
+    def _read(self):
+        raw, self._raw = self._raw, None
+        dict.clear(self)
+        dict.update(self, _json_object(raw))
+
+    def __reduce_ex__(self, protocol):
+        return dict, (dict(self.items()),)
+
+    def __reduce__(self):
+        return self.__reduce_ex__(2)
+
+
+def _read_first(name):
+    method = getattr(dict, name)
+
+    def read_first(self, *args, **kwargs):
+        if self._raw is not None:
+            self._read()
+        return method(self, *args, **kwargs)
+    read_first.__name__ = name
+    return read_first
+
+
+for _name in ("__getitem__", "__setitem__", "__delitem__", "__contains__",
+              "__iter__", "__reversed__", "__len__", "__eq__", "__ne__",
+              "__repr__", "__or__", "__ror__", "__ior__", "get", "keys",
+              "values", "items", "copy", "setdefault", "pop", "popitem",
+              "update", "clear"):
+    setattr(_LazyMeta, _name, _read_first(_name))
+del _name
+
+
 def _signed32(value):
     return value - (1 << 32) if value >= (1 << 31) else value
 
@@ -277,6 +338,21 @@ _ERROR_CODES = frozenset(int(c) for c in ErrorCode)
 class Request:
     """A request being served (what a with_request handler receives)."""
 
+    # Defaults as class attributes: set on the instance only when they
+    # change, which most requests never do (a request's CPU counts).
+    _meta = None
+    # Made only when a handler waits for a cancel: most requests are
+    # answered at once, and a threading.Event costs more than the rest of
+    # a request together.
+    _cancel_flag = False
+    _cancel_event = None
+    _callbacks = None
+    _task = None  # asyncio: the handler's task
+    _task_began = False
+    _answered = False
+    _started = False
+    _sequence = 0
+
     def __init__(self, client, link, id_, priority, meta_raw, body):
         self.client = client  # the Client: request.client.send(...)
         self.id = id_
@@ -285,25 +361,16 @@ class Request:
         self.meta_raw = meta_raw
         self.sender_group = link.peer_group
         self._link = link
-        self._meta = None
-        # Made only when a handler waits for a cancel: most requests are
-        # answered at once, and a threading.Event costs more than the rest
-        # of a request together.
-        self._cancel_flag = False
-        self._cancel_event = None
-        self._callbacks = None
-        self._task = None  # asyncio: the handler's task
-        self._task_began = False
-        self._answered = False
-        self._started = False
-        self._sequence = 0
 
     @property
     def meta(self):
-        """The request's metadata as a dict ({} when none or not JSON)."""
-        if self._meta is None:
-            self._meta = _json_object(self.meta_raw)
-        return self._meta
+        """The request's metadata as a dict ({} when none or not JSON),
+        parsed when first read."""
+        meta = self._meta
+        if meta is None:
+            meta = self._meta = _LazyMeta(self.meta_raw) if self.meta_raw \
+                else {}
+        return meta
 
     @property
     def cancelled(self):
@@ -381,6 +448,8 @@ class _HandedOff(BaseException):
 
 # --- internals ---------------------------------------------------------------
 
+_READ_SIZE = 262144  # one recv on a link
+
 class _Conn:
     """A non-blocking stream socket with an output buffer and a decoder."""
 
@@ -394,9 +463,58 @@ class _Conn:
         self.drained = []  # asyncio futures waiting for `out` to empty
 
 
+def _proc_stat_cpu(path):
+    """The CPU a task last ran on (field 39 of a /proc stat file), or
+    None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            line = os.read(fd, 1024)
+        finally:
+            os.close(fd)
+        return int(line.rsplit(b")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _Placement:
+    """Whether a peer last ran on another CPU than this thread
+    (src/client/peer_placement.h): /proc/<pid>/stat, re-read at most every
+    RECHECK seconds; unknown for good once /proc cannot tell. A hint: the
+    kernel may move either process at any time."""
+
+    RECHECK = 0.1  # a steady stream keeps processes in place far longer
+
+    def __init__(self, pid):
+        self._path = "/proc/%d/stat" % pid if pid > 0 else None
+        self._checked = None
+        self._other = False
+
+    def other_cpu(self, now):
+        if self._path is None:
+            return False
+        if self._checked is not None and now - self._checked < self.RECHECK:
+            return self._other
+        self._checked = now
+        peer = _proc_stat_cpu(self._path)
+        own = _proc_stat_cpu("/proc/thread-self/stat")
+        if peer is None or own is None:
+            self._path = None  # cannot tell: not asked again
+            self._other = False
+        else:
+            self._other = peer != own
+        return self._other
+
+
 class _Link(_Conn):
     SENDER = "sender"  # our role: we send requests to the peer
     SERVER = "server"  # our role: we serve the peer's requests
+    # Busy polling: bytes came last turn; polls in a row that found none,
+    # and chances left to skip because of them (busy_poll_backoff.h).
+    hot = False
+    busy_misses = 0
+    busy_skips = 0
+    placement = None
 
     def __init__(self, sock, role, group, index, pid):
         super().__init__(sock)
@@ -413,6 +531,81 @@ class _Link(_Conn):
     def describe(self):
         return "%s[%d] pid %d" % (self.peer_group, self.peer_index,
                                   self.peer_pid)
+
+
+class _EpollSelector:
+    """What Client's loop needs of a selector, on epoll directly: select()
+    returns (data, mask) pairs, without the SelectorKey per event that
+    selectors.DefaultSelector builds (a job wakes up once per request)."""
+
+    def __init__(self):
+        self._epoll = select.epoll()
+        self._keys = {}  # fd -> SelectorKey
+        self._data = {}  # fd -> data
+
+    @staticmethod
+    def _mask(events):
+        return (select.EPOLLIN if events & selectors.EVENT_READ else 0) | (
+            select.EPOLLOUT if events & selectors.EVENT_WRITE else 0)
+
+    def register(self, fileobj, events, data):
+        fd = fileobj.fileno()
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._epoll.register(fd, self._mask(events))
+        self._keys[fd] = key
+        self._data[fd] = data
+        return key
+
+    def unregister(self, fileobj):
+        fd = fileobj.fileno()
+        key = self._keys.pop(fd)
+        del self._data[fd]
+        try:
+            self._epoll.unregister(fd)
+        except OSError:
+            pass  # closed meanwhile: epoll forgot it already
+        return key
+
+    def modify(self, fileobj, events, data):
+        fd = fileobj.fileno()
+        self._epoll.modify(fd, self._mask(events))
+        key = self._keys[fd] = selectors.SelectorKey(fileobj, fd, events,
+                                                     data)
+        self._data[fd] = data
+        return key
+
+    def select(self, timeout=None):
+        """[(data, EVENT_READ|EVENT_WRITE)] of the ready files; an error or
+        hang-up counts as both, as in selectors."""
+        if timeout is None:
+            timeout = -1
+        elif timeout <= 0:
+            timeout = 0
+        else:
+            # epoll counts milliseconds: round up, or a timer due in less
+            # than one would spin.
+            timeout = math.ceil(timeout * 1e3) * 1e-3
+        try:
+            ready = self._epoll.poll(timeout, max(1, len(self._data)))
+        except InterruptedError:
+            return []
+        data = self._data
+        out = []
+        for fd, event in ready:
+            if fd in data:
+                out.append((data[fd], (
+                    selectors.EVENT_READ if event & ~select.EPOLLOUT else 0)
+                    | (selectors.EVENT_WRITE if event & ~select.EPOLLIN
+                       else 0)))
+        return out
+
+    def get_map(self):
+        return dict(self._keys)
+
+    def close(self):
+        self._keys.clear()
+        self._data.clear()
+        self._epoll.close()
 
 
 class _AsyncioSelector:
@@ -529,7 +722,7 @@ class Client:
         except ValueError:
             self.index = -1
 
-        self._sel = selectors.DefaultSelector()
+        self._sel = _EpollSelector()
         self._pool = _Conn(pool_sock)
         self._pool_open = True
         self._pending_fds = collections.deque()
@@ -575,6 +768,9 @@ class Client:
         self._serve_queue = []  # heap of (priority, sequence, Request)
         self._sequence = itertools.count(1)
         self._on_ready = None
+        # Busy polling (threaded loop only: asyncio polls for itself).
+        self._busy_budget = DEFAULT_BUSY_POLL_US / 1e6  # seconds; 0: never
+        self._hot = []  # links that brought bytes this turn
 
         # Sending side.
         self._routes = {}
@@ -814,8 +1010,10 @@ class Client:
             self._resume()
             while not self._finished.is_set():
                 timeout = self._next_timeout()
-                for key, mask in self._sel.select(timeout):
-                    self._on_io_event(key.data, mask)
+                if self._hot and timeout != 0 and self._busy_poll():
+                    timeout = 0  # one turn for the rest, then poll again
+                for conn, mask in self._sel.select(timeout):
+                    self._on_io_event(conn, mask)
                 self._end_turn()
         except _HandedOff:
             return  # another thread runs the loop: touch nothing on the way
@@ -971,6 +1169,8 @@ class Client:
         if self._stop_requested:
             self._stop_requested = False
             self._begin_stop()
+        if not self._calls:
+            return  # most turns; a call posted after this wakes the loop
         while True:
             with self._calls_lock:
                 if not self._calls:
@@ -1138,6 +1338,11 @@ class Client:
                 self._recycle_after = max(0, int(body.get("max_requests", 0)))
             except (TypeError, ValueError):
                 self._recycle_after = 0
+            try:
+                busy_us = int(body.get("busy_poll_us", DEFAULT_BUSY_POLL_US))
+            except (TypeError, ValueError):
+                busy_us = DEFAULT_BUSY_POLL_US
+            self._busy_budget = min(max(0, busy_us), MAX_BUSY_POLL_US) / 1e6
             first = not self._ready.is_set()
             self._ready.set()
             if first and self._on_ready is not None:
@@ -1200,7 +1405,8 @@ class Client:
                        if o.link is not None)
         body = {k: self.stats[k] for k in (
             "sent", "replied", "failed", "refused", "cancelled", "timed_out",
-            "served", "served_errors")}
+            "served", "served_errors", "busy_poll_reads",
+            "busy_poll_misses")}
         # Requests this process serves now, running or waiting here: the
         # Watcher drains idle processes first, and sizes autoscaled groups.
         serving = self._running + sum(
@@ -1230,8 +1436,9 @@ class Client:
         within the interval. RISING: a route's queue went from empty to not
         (the load outgrows the group it is sent to): at once, at most once
         per interval, so that an autoscaler starts timing it now."""
-        if not self._pool_open:
-            return
+        if not self._pool_open or (self._stats_due is not None
+                                   and not rising):
+            return  # they go soon anyway (most requests end here)
         now = time.monotonic()
         if rising and now - self._rising_sent_at >= STATS_INTERVAL:
             self._rising_sent_at = now
@@ -1272,7 +1479,7 @@ class Client:
     def _read_link(self, link):
         while not link.closed and link.reading:
             try:
-                data = link.sock.recv(262144)
+                data = link.sock.recv(_READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -1281,8 +1488,82 @@ class Client:
             if not data:
                 self._link_eof(link, "closed")
                 return
-            link.decoder.feed(data)
-            self._link_frames(link)
+            self._link_input(link, data)
+            if len(data) < _READ_SIZE:
+                # All there was: epoll says when more comes (another recv
+                # would cost a syscall and an exception per wake-up).
+                return
+
+    def _link_input(self, link, data):
+        link.decoder.feed(data)
+        self._link_frames(link)
+        # The answers to all of it in one send, before anything else.
+        if link.out:
+            self._flush(link)
+            self._dirty.discard(link)
+        if not link.hot and self._busy_budget and self._aio is None:
+            link.hot = True
+            self._hot.append(link)
+
+    def _busy_worth(self, link, now):
+        # busy_poll.h's WorthPolling: a peer on this CPU cannot answer
+        # while we spin; a sender waits for replies only while it has
+        # requests out; a link that keeps missing is polled ever more
+        # rarely.
+        if link.closed or link.draining or not link.reading:
+            return False
+        if link.role == _Link.SENDER and not link.inflight:
+            return False
+        if link.placement is None:
+            link.placement = _Placement(link.peer_pid)
+        if not link.placement.other_cpu(now):
+            return False
+        if link.busy_skips:
+            link.busy_skips -= 1
+            return False
+        return True
+
+    def _busy_poll(self):
+        """Before the loop sleeps, when links that just brought bytes are
+        worth it: polls without blocking, round after round, until
+        something is ready or busy_poll_us passed (docs/PROTOCOL.md, "Busy
+        polling"): waking a process that sleeps costs more than a request.
+        True when something was ready (and is handled: frames answered)."""
+        hot, self._hot = self._hot, []
+        now = time.monotonic()
+        links = []
+        for link in hot:
+            link.hot = False
+            if self._busy_worth(link, now):
+                links.append(link)
+        if not links or self._finished.is_set():
+            return False
+        end = now + self._busy_budget
+        # Each round asks epoll without waiting rather than recv on each
+        # link: an empty recv costs Python an exception. Whatever is ready
+        # (these links, or the pool channel) is handled as the loop would.
+        while True:
+            ready = self._sel.select(0)
+            if ready:
+                for conn, mask in ready:
+                    self._on_io_event(conn, mask)
+                break
+            if time.monotonic() >= end:
+                break
+            # Polite spinning: a process waiting for this CPU runs first.
+            os.sched_yield()
+        delivered = [link for link in links if link.hot]
+        if delivered:
+            self.stats["busy_poll_reads"] += 1
+            for link in delivered:
+                link.busy_misses = 0
+        else:
+            self.stats["busy_poll_misses"] += 1
+            for link in links:
+                link.busy_misses = min(link.busy_misses + 1, 6)
+                link.busy_skips = (1 << link.busy_misses) - 1
+        self._stats_changed()
+        return bool(ready)
 
     def _link_frames(self, link):
         decoder = link.decoder
@@ -1529,6 +1810,11 @@ class Client:
                 result = self._handler(request)
             else:
                 result = self._handler(request.body, request.meta)
+            # The common answers first, without a call.
+            if type(result) is bytes:
+                return True, result, meta
+            if type(result) is str:
+                return True, result.encode(), meta
             if isinstance(result, tuple):
                 result, meta = result
                 if isinstance(meta, dict):
@@ -1590,7 +1876,9 @@ class Client:
                 link.out += body
                 self._dirty.add(link)
                 link.serving.pop(request.id, None)
-                self._count("served")
+                self.stats["served"] += 1  # _count, unrolled
+                if self._stats_due is None:
+                    self._stats_changed()
                 self._answered_count += 1
                 if self._recycle_after and not self._recycle_reported:
                     self._report_recycle_limit()

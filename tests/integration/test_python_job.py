@@ -16,6 +16,7 @@ of line_reactor)."""
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -498,6 +499,71 @@ class AsyncPythonJobTest(PythonJobTest):
         self.assertIn("routes_to", result["text"])
         result = forwarded("echo crash")
         self.assertEqual(result["code"], wp_ipc.WORKER_DIED, result)
+
+
+class BusyPollTest(wp.TestCase):
+    """The Python library busy-polls its links as the C++ one does
+    (docs/PROTOCOL.md, "Busy polling"): with the reactor on one CPU and
+    the Python jobs on the other, a flood is read without sleeping, every
+    request still gets its own answer, and busy_poll_us: 0 turns it off."""
+
+    def group_requests(self, pool, name):
+        code, out, err = wp.run_cli(["status", "--json", "--socket",
+                                     os.path.join(pool.tmp, "py.sock")])
+        self.assertEqual(code, 0, err)
+        (group,) = [g for g in json.loads(out)["groups"] if g["name"] == name]
+        return group["requests"]
+
+    @unittest.skipUnless(len(os.sched_getaffinity(0)) >= 2 and
+                         shutil.which("taskset"), "needs two CPUs and taskset")
+    def test_busy_polling_python_jobs_on_another_cpu(self):
+        cpus = sorted(os.sched_getaffinity(0))
+        job = ", ".join('"%s"' % a for a in (
+            ["taskset", "-c", str(cpus[1])] +
+            json.loads(wp_ipc.python_command(EXAMPLE))))
+        pool = self.pool("""
+pool: {name: pybusy, stop_timeout: 5s, control_socket: "{tmp}/py.sock"}
+groups:
+  - name: front
+    type: reactor
+    processes: 1
+    command: [taskset, -c, "%(cpu0)d", "%(reactor)s"]
+    env: {KIT_SOCKET: "{tmp}/kit.sock"}
+    routes_to: [py, quiet]
+  - name: py
+    type: job
+    processes: 1
+    max_inflight: 16
+    command: [%(job)s]
+  - name: quiet
+    type: job
+    processes: 1
+    max_inflight: 16
+    busy_poll_us: 0
+    command: [%(job)s]
+""" % {"cpu0": cpus[0], "reactor": wp_ipc.LINE_REACTOR, "job": job})
+        c = wp_ipc.LineClient(os.path.join(pool.tmp, "kit.sock"))
+        self.addCleanup(c.close)
+        self.assertEqual(c.request_until_ok("py", "warm-up").body, "WARM-UP")
+        c.request_until_ok("quiet", "warm-up")
+        ids = c.send_many([("py", "r%d" % n, None) for n in range(500)])
+        for n, id_ in enumerate(ids):
+            a = c.answer(id_)
+            self.assertTrue(a.ok, a)
+            self.assertEqual(a.body, "R%d" % n)
+        # (The job answers in upper case; a flood wants its payload back.)
+        self.assertEqual(c.answer(c.flood("py", 20000, 64, "F" * 200),
+                                  timeout=120).body, "20000")
+        wp.wait_until(lambda: self.group_requests(pool, "py")
+                      .get("busy_poll_reads", 0) > 0 or None,
+                      what="busy-poll reads of the Python job")
+        self.assertEqual(c.answer(c.flood("quiet", 5000, 64, "Q" * 200),
+                                  timeout=120).body, "5000")
+        wp.wait_until(lambda: self.group_requests(pool, "quiet")
+                      .get("served", 0) >= 5001 or None,
+                      what="quiet's served count")
+        self.assertEqual(
+            self.group_requests(pool, "quiet").get("busy_poll_reads", 0), 0)
 
 
 class LibraryTest(unittest.TestCase):

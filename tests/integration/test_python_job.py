@@ -47,6 +47,7 @@ def handler(request):
             request.progress(n / steps, "step %%d" %% n)
         return "done " + text
     if text.startswith("sleep:"):
+        print("sleeping", text, flush=True)
         if request.wait_cancelled(int(text[6:]) / 1000.0):
             raise RuntimeError("cancelled")
         return "slept"
@@ -81,6 +82,7 @@ async def handler(request):
             await request.progress(n / steps, "step %%d" %% n)
         return "done " + text
     if text.startswith("sleep:"):
+        print("sleeping", text, flush=True)
         try:
             await asyncio.sleep(int(text[6:]) / 1000.0)
         except asyncio.CancelledError:
@@ -329,7 +331,9 @@ groups:
         c.request_until_ok("py", "warm-up")
         (old,) = pool.children("py")
         running = c.send("py", "sleep:60000")
-        time.sleep(0.3)  # a wait, not an assert: the request is running
+        # Killed once its handler runs (the job says so), not after a
+        # fixed pause a slow machine could outlast before it arrives.
+        pool.wait_for_log(r"py\[0\] %d: sleeping sleep:60000" % old.pid)
         os.kill(old.pid, signal.SIGKILL)
         a = c.answer(running)
         self.assertFalse(a.ok, a)

@@ -449,6 +449,95 @@ groups:
         self.assertIn("stubborn", names)
         self.assertEqual(self.pids(pool, "keep"), keep)
 
+    # -- large pools: output through one socket per group, the spawner
+
+    def test_shared_output_sockets_and_the_spawner_are_handed_over(self):
+        # RLIMIT_NOFILE 800 allows 272 children with a pipe each: 300 write
+        # to one socket per group (as test_output_socket forces it). Each
+        # child says hello, then waits on a FIFO and says more once the
+        # test writes to it, after the upgrade: those lines must come out
+        # under the child's name from the new Watcher's reading of the
+        # same socket.
+        children = 300
+        pool = self.pool("""
+pool: {name: up, stop_timeout: 3s, control_socket: "{tmp}/up.sock"}
+groups:
+  - name: talk
+    type: job
+    processes: %d
+    command: [sh, -c, 'echo "hello $$"; read x < {tmp}/go; echo "after $$";
+              exec sleep 1000']
+""" % children, start=False)
+        os.mkfifo(os.path.join(pool.tmp, "go"))
+        limited = os.path.join(pool.tmp, "workerpool-limited")
+        with open(limited, "w") as f:
+            f.write("#!/bin/sh\nexec prlimit --nofile=800:800 -- %s \"$@\"\n"
+                    % wp.BIN)
+        os.chmod(limited, 0o755)
+        binary = wp.BIN
+        wp.BIN = limited
+        try:
+            pool.start()
+        finally:
+            wp.BIN = binary
+        pool.wait_for_log(r"output of %d children through one socket per "
+                          r"group" % children)
+        talk = pool.wait_for_children(children, timeout=120)
+        for child in talk:
+            pool.wait_for_log(r"talk\[%d\] %d: hello %d$"
+                              % (child.index, child.pid, child.pid),
+                              timeout=30)
+
+        def spawners():
+            found = []
+            for pid in wp.pids_with_parent(pool.pid):
+                try:
+                    with open("/proc/%d/comm" % pid) as f:
+                        if f.read().startswith("workerpool-spaw"):
+                            found.append(pid)
+                except OSError:
+                    pass
+            return found
+        spawner = spawners()
+        self.assertEqual(len(spawner), 1)
+
+        mark = pool.mark()
+        code, out, err = self.upgrade(pool)
+        self.assertEqual(code, 0, out + err)
+        pool.wait_for_log(r"upgrade done: .* %d children, none restarted"
+                          % children, since=mark)
+        self.assertEqual(self.pids(pool), self.pids_of(talk))
+        self.assertEqual(spawners(), spawner)
+
+        # Every child's next line, read by the new Watcher, under its name.
+        with open(os.path.join(pool.tmp, "go"), "w") as go:
+            go.write("x\n" * children)
+        for child in talk:
+            pool.wait_for_log(r"talk\[%d\] %d: after %d$"
+                              % (child.index, child.pid, child.pid),
+                              since=mark, timeout=30)
+        # A child killed now is spawned by the same spawner, and its
+        # replacement writes to the same socket.
+        victim = talk[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        pool.wait_for_log(r"spawned talk\[%d\] pid" % victim.index,
+                          since=mark)
+        self.assertNotIn("spawner pid", pool.log_text()[mark:]
+                         .replace("spawner pid %d" % spawner[0], ""))
+        self.assertEqual(spawners(), spawner)
+        replacement = wp.wait_until(
+            lambda: pool.child("talk", victim.index)
+            if pool.child("talk", victim.index) is not None
+            and pool.child("talk", victim.index).pid != victim.pid else None,
+            what="the killed child replaced")
+        pool.wait_for_log(r"talk\[%d\] %d: hello %d$"
+                          % (victim.index, replacement.pid, replacement.pid),
+                          since=mark)
+        self.assertEqual(pool.zombies(), [])
+
+    def pids_of(self, children):
+        return sorted((c.group, c.index, c.pid) for c in children)
+
     def test_garbage_upgrade_requests_are_refused(self):
         pool = self.pool("""
 pool: {name: up, control_socket: "{tmp}/up.sock"}

@@ -84,7 +84,7 @@ def children_of(pid):
             if int(fields[1]) != pid:
                 continue
             # The spawner (workerpool-spawner) is the Watcher's helper, not
-            # a pool child: an upgrade ends it and the next spawn starts one.
+            # a pool child (an upgrade keeps it running; state version 2).
             with open(f"/proc/{entry}/comm") as f:
                 if f.read().startswith("workerpool-spaw"):
                     continue

@@ -133,8 +133,11 @@ void ChildTable::SaveState(UpgradeState* state, TimePoint now) const {
     }
     std::tie(out.output_fd, out.output_child_fd) =
         output_.SharedFds(group.get());
-    group->ForEachSlot([&out, now](const Slot* slot) {
+    group->ForEachSlot([this, &out, now](const Slot* slot) {
       out.slots.push_back(SaveSlot(*slot, now));
+      if (slot->output == nullptr && slot->has_child()) {
+        out.slots.back().output_pending = output_.SharedPartial(slot);
+      }
     });
     state->groups.push_back(std::move(out));
   }
@@ -314,6 +317,7 @@ Status ChildTable::AdoptState(const UpgradeState& state, TimePoint now) {
       } else if (shared && slot->has_child()) {
         // Writes to its group's socket: named after it again.
         output_.StartShared(slot);
+        output_.FeedShared(slot, saved_slot.output_pending);
       }
       slot->output_write_end = saved_slot.fds.output_write;
       slot->channel_child_end = saved_slot.fds.channel_child;

@@ -269,6 +269,25 @@ std::pair<int, int> OutputCapture::SharedFds(const Group* group) const {
   return {found->second->fd, found->second->child_end};
 }
 
+std::string OutputCapture::SharedPartial(const Slot* slot) const {
+  auto found = shared_children_.find(slot->pid);
+  if (found == shared_children_.end()) return {};
+  auto writer = found->second->writers.find(slot->pid);
+  if (writer == found->second->writers.end()) return {};
+  return writer->second.splitter.partial();
+}
+
+void OutputCapture::FeedShared(const Slot* slot, std::string_view bytes) {
+  if (bytes.empty()) return;
+  auto found = shared_children_.find(slot->pid);
+  if (found == shared_children_.end()) return;
+  GroupOutput::Writer& writer = found->second->writers[slot->pid];
+  LogBatch batch;
+  writer.splitter.Feed(bytes, [&writer](std::string_view line) {
+    LogLine(writer.prefix, line);
+  });
+}
+
 GroupOutput* OutputCapture::WatchShared(const Group* group, int fd,
                                         int child_end) {
   auto* output = new GroupOutput;

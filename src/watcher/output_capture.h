@@ -98,6 +98,11 @@ class OutputCapture {
   void AdoptShared(const Group* group, int fd, int child_end);
   // GROUP's socket ends (the Watcher's, the children's), -1 -1 when none.
   std::pair<int, int> SharedFds(const Group* group) const;
+  // The start of a line SLOT's child wrote to its group's socket and did
+  // not end yet ("" when none, or when it has a pipe), and, after
+  // StartShared in the new Watcher, the same bytes put back.
+  std::string SharedPartial(const Slot* slot) const;
+  void FeedShared(const Slot* slot, std::string_view bytes);
   // GROUP is gone: logs what is left and closes its socket.
   void ForgetGroup(const Group* group);
   // A descendant PID that was no child was reaped: flushes its last line.

@@ -147,11 +147,23 @@ groups:
                 i += 1
             conn.close()
 
+        def requests_to_echo(status):
+            """The requests the senders' latency histograms counted towards
+            echo (None before the first stats frame that has them)."""
+            for group in status["groups"]:
+                if group["name"] == "echo" and "latency" in group:
+                    return sum(group["latency"]["counts"])
+            return None
+
         threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
         for t in threads:
             t.start()
         fds = []
         rss = []
+        # The histograms are handed over (state version 2): right after
+        # each upgrade they are there, and they only grow.
+        counted = [wp.wait_until(lambda: requests_to_echo(self.status(pool)),
+                                 what="echo's latency in status")]
         try:
             for round_ in range(20):
                 binary = a if round_ % 2 == 0 else b
@@ -163,6 +175,9 @@ groups:
                 self.assertEqual(status["version"], version)
                 self.assertEqual(status["upgrade"]["attempts"], round_ + 1)
                 self.assertIsNone(status["upgrade"]["last_error"])
+                counted.append(requests_to_echo(status))
+                self.assertIsNotNone(counted[-1], status)
+                self.assertGreaterEqual(counted[-1], counted[-2], counted)
                 fds.append(fd_count(watcher))
                 rss.append(rss_kb(watcher))
                 time.sleep(0.1)

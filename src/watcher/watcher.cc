@@ -539,9 +539,17 @@ void Watcher::OnUpgradeTimer(uv_timer_t* timer) {
                   "\nSTATUS=upgrading to workerpool " + *version);
     self->upgrade_waits_ = 0;
   }
-  // At most a second for the children to read what was sent to them; a
-  // child that reads nothing for that long keeps its frames unsent.
-  if (!self->table_.ChannelsFlushed() && ++self->upgrade_waits_ < 500) return;
+  // At most a second for the children to read what was sent to them, and
+  // for control and metrics clients to take their answers (a status of a
+  // large pool outgrows the socket buffer; exec would cut it short); a
+  // reader that takes nothing for that long loses what is left.
+  const bool answering =
+      (self->control_server_ && self->control_server_->Writing()) ||
+      (self->metrics_server_ && self->metrics_server_->Writing());
+  if ((!self->table_.ChannelsFlushed() || answering) &&
+      ++self->upgrade_waits_ < 500) {
+    return;
+  }
   uv_timer_stop(timer);
   self->ExecUpgrade();
 }

@@ -550,6 +550,49 @@ groups:
                           since=mark)
         self.assertEqual(pool.zombies(), [])
 
+    def test_a_status_answer_being_written_is_not_cut_by_the_exec(self):
+        # A status of 2500 children (~270 KB) outgrows the control socket's
+        # buffer: the Watcher still holds the rest while the client has not
+        # read. An upgrade waits for the answer (up to a second) instead of
+        # exec dropping it; the client reads it whole, after the upgrade
+        # began.
+        children = 2500
+        pool = self.pool("""
+pool: {name: up, stop_timeout: 5s, control_socket: "{tmp}/up.sock"}
+groups:
+  - name: many
+    type: job
+    processes: %d
+    command: [sleep, "1000"]
+""" % children)
+        pool.wait_for_children(children, timeout=180)
+        import json
+        import socket as socket_module
+        client = socket_module.socket(socket_module.AF_UNIX)
+        client.connect(self.socket(pool))
+        client.sendall(b'{"command":"status"}\n')
+        mark = pool.mark()
+        upgrade = subprocess.Popen(
+            [wp.BIN, "upgrade", "--socket", self.socket(pool)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The checks begin; the status answer waits in the Watcher.
+        pool.wait_for_log(r"upgrade: checking", since=mark)
+        time.sleep(0.3)
+        data = b""
+        client.settimeout(60)
+        while not data.endswith(b"\n"):
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        client.close()
+        out, err = upgrade.communicate(timeout=120)
+        self.assertEqual(upgrade.returncode, 0, out + err)
+        answer = json.loads(data)
+        self.assertTrue(answer["ok"])
+        self.assertEqual(
+            len(answer["status"]["groups"][0]["children"]), children)
+
     def pids_of(self, children):
         return sorted((c.group, c.index, c.pid) for c in children)
 

@@ -22,7 +22,10 @@ after the upgrade was accepted (during the hand-over); "restart_ms" is from
 the kill to the replacement's first line (the victim resets its backoff
 after 100 ms up, so each kill restarts at once); "restart_quiet_ms" the same kill
 with no upgrade, for comparison. Children replaced and HTTP requests failed
-are counted over all rounds.
+are counted over all rounds. "watcher_handover_ms" is the new Watcher's own
+log of each hand-over (from the old one starting to write the state to the
+pool adopted: total, and its parts exec, read, adopt), which the pause
+contains along with one status answer.
 
 nginx: Debian's nginx with NGINX_WORKERS workers under the same load, the
 documented binary upgrade: USR2 to the master (a new master starts beside
@@ -38,6 +41,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -84,7 +88,7 @@ def children_of(pid):
             if int(fields[1]) != pid:
                 continue
             # The spawner (workerpool-spawner) is the Watcher's helper, not
-            # a pool child: an upgrade ends it and the next spawn starts one.
+            # a pool child (an upgrade keeps it running; state version 2).
             with open(f"/proc/{entry}/comm") as f:
                 if f.read().startswith("workerpool-spaw"):
                     continue
@@ -162,7 +166,7 @@ def bench_workerpool(args, tmp):
     with open(config, "w") as f:
         f.write(f"""
 pool: {{name: upbench, control_socket: "{sock}", stop_timeout: 5s,
-       log: {{level: warn}}}}
+       log: {{level: info}}}}
 groups:
   - name: many
     type: job
@@ -261,6 +265,18 @@ groups:
             restarts.append(restart)
             time.sleep(0.3)
         load.finish()
+        # The new Watcher's own account of each hand-over (its log line
+        # "hand-over X ms (state written and exec A, state and config read
+        # B, adoption C)"): the pause without the status poller's share.
+        parts = {"total": [], "exec": [], "read": [], "adopt": []}
+        with open(os.path.join(tmp, "watcher.log")) as f:
+            for match in re.finditer(
+                    r"hand-over ([\d.]+) ms \(state written and exec "
+                    r"([\d.]+), state and config read ([\d.]+), adoption "
+                    r"([\d.]+)\)", f.read()):
+                for key, value in zip(("total", "exec", "read", "adopt"),
+                                      match.groups()):
+                    parts[key].append(float(value))
         after = children_of(proc.pid)
         replaced = len(before - after)
         status = control(sock, {"command": "status"})["status"]
@@ -272,7 +288,8 @@ groups:
                 "restart_ms": sorted(restarts), "restart_quiet_ms": sorted(quiet),
                 "replaced": replaced, "http_ok": load.ok,
                 "http_failed": load.failed, "watcher_rss_bytes": rss,
-                "pid_unchanged": proc.poll() is None}
+                "pid_unchanged": proc.poll() is None,
+                "watcher_handover_ms": {k: sorted(v) for k, v in parts.items()}}
     finally:
         try:
             control(sock, {"command": "stop"}, timeout=5)

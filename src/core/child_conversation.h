@@ -104,7 +104,8 @@ class ChildConversation {
     routes_ = std::move(routes);
     refused_ = std::move(refused);
     offences_ = offences;
-    if (!stats.counters.empty() || !stats.app.empty()) {
+    if (!stats.counters.empty() || !stats.latency.empty() ||
+        !stats.routes.empty() || !stats.app.empty()) {
       KeepStats(std::move(stats));
     }
   }

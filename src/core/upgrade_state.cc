@@ -102,74 +102,114 @@ class TextWriter {
   bool pending_value_ = false;
 };
 
+// Version 2: a member holding its default is left out (the reader puts the
+// default back), so that a pool of idle children costs a few members each.
 void WriteSlot(TextWriter& w, const UpgradeSlot& slot) {
+  const UpgradeSlot none;
   w.Open('{');
   w.Key("index");
   w.Number(slot.index);
   w.Key("state");
   w.String(slot.state);
-  w.Key("pid");
-  w.Number(slot.pid);
-  w.Key("serial");
-  w.Number(slot.serial);
-  w.Key("age_ms");
-  w.Number(slot.age_ms);
-  w.Key("generation");
-  w.Number(slot.generation);
-  w.Key("outgoing");
-  w.Bool(slot.outgoing);
-  w.Key("replaces_serial");
-  w.Number(slot.replaces_serial);
-  w.Key("backoff_ms");
-  w.Number(slot.backoff_ms);
-  w.Key("timer_ms");
-  w.Number(slot.timer_ms);
-  w.Key("ready");
-  w.Bool(slot.ready);
-  w.Key("heartbeat");
-  w.Bool(slot.heartbeat);
-  w.Key("links");
-  w.String(slot.links_connect ? "connect" : "fd");
-  w.Key("recycle_after");
-  w.Number(slot.recycle_after);
-  w.Key("exit_status");
-  w.Number(slot.exit_status);
-  w.Key("ready_probe_passed");
-  w.Bool(slot.ready_probe_passed);
-  w.Key("not_ready_in_time");
-  w.Bool(slot.not_ready_in_time);
-  w.Key("health_failures");
-  w.Number(slot.health_failures);
-  w.Key("routes");
-  w.Strings(slot.routes);
-  w.Key("refused_routes");
-  w.Strings(slot.refused_routes);
-  w.Key("counters");
-  w.Open('{');
-  for (const auto& [name, value] : slot.counters) {
-    w.AnyKey(name);
+  auto number = [&w](const char* key, auto value, auto fallback) {
+    if (value == fallback) return;
+    w.Key(key);
     w.Number(value);
+  };
+  auto flag = [&w](const char* key, bool value) {
+    if (!value) return;
+    w.Key(key);
+    w.Bool(true);
+  };
+  number("pid", slot.pid, none.pid);
+  number("serial", slot.serial, none.serial);
+  number("age_ms", slot.age_ms, none.age_ms);
+  number("generation", slot.generation, none.generation);
+  flag("outgoing", slot.outgoing);
+  number("replaces_serial", slot.replaces_serial, none.replaces_serial);
+  number("backoff_ms", slot.backoff_ms, none.backoff_ms);
+  number("timer_ms", slot.timer_ms, none.timer_ms);
+  flag("ready", slot.ready);
+  flag("heartbeat", slot.heartbeat);
+  number("heartbeat_ms", slot.heartbeat_ms, none.heartbeat_ms);
+  if (slot.links_connect) {
+    w.Key("links");
+    w.String("connect");
   }
-  w.Close('}');
-  w.Key("app");
-  w.Raw(slot.app);
-  w.Key("offences");
-  w.Number(slot.offences);
-  w.Key("channel_pending");
-  w.String(ToHex(slot.channel_pending));
-  w.Key("output_pending");
-  w.String(ToHex(slot.output_pending));
-  w.Key("fds");
-  w.Open('{');
-  w.Key("channel");
-  w.Number(slot.fds.channel);
-  w.Key("output");
-  w.Number(slot.fds.output);
-  w.Key("output_write");
-  w.Number(slot.fds.output_write);
-  w.Key("channel_child");
-  w.Number(slot.fds.channel_child);
-  w.Close('}');
+  number("recycle_after", slot.recycle_after, none.recycle_after);
+  number("exit_status", slot.exit_status, none.exit_status);
+  flag("ready_probe_passed", slot.ready_probe_passed);
+  flag("not_ready_in_time", slot.not_ready_in_time);
+  number("health_failures", slot.health_failures, none.health_failures);
+  if (!slot.routes.empty()) {
+    w.Key("routes");
+    w.Strings(slot.routes);
+  }
+  if (!slot.refused_routes.empty()) {
+    w.Key("refused_routes");
+    w.Strings(slot.refused_routes);
+  }
+  if (!slot.counters.empty()) {
+    w.Key("counters");
+    w.Open('{');
+    for (const auto& [name, value] : slot.counters) {
+      w.AnyKey(name);
+      w.Number(value);
+    }
+    w.Close('}');
+  }
+  if (!slot.latency.empty()) {
+    w.Key("latency");
+    w.Open('{');
+    for (const auto& [target, histogram] : slot.latency) {
+      w.AnyKey(target);
+      w.Open('{');
+      w.Key("bounds_ms");
+      w.Numbers(histogram.bounds_ms);
+      w.Key("counts");
+      w.Numbers(histogram.counts);
+      w.Key("sum_ms");
+      w.Number(histogram.sum_ms);
+      w.Close('}');
+    }
+    w.Close('}');
+  }
+  if (!slot.route_load.empty()) {
+    w.Key("route_load");
+    w.Open('{');
+    for (const auto& [target, load] : slot.route_load) {
+      w.AnyKey(target);
+      w.Open('{');
+      w.Key("queued");
+      w.Number(load.queued);
+      w.Key("inflight");
+      w.Number(load.inflight);
+      w.Close('}');
+    }
+    w.Close('}');
+  }
+  if (!(slot.app.is_object() && slot.app.empty())) {
+    w.Key("app");
+    w.Raw(slot.app);
+  }
+  number("offences", slot.offences, none.offences);
+  if (!slot.channel_pending.empty()) {
+    w.Key("channel_pending");
+    w.String(ToHex(slot.channel_pending));
+  }
+  if (!slot.output_pending.empty()) {
+    w.Key("output_pending");
+    w.String(ToHex(slot.output_pending));
+  }
+  if (slot.fds != none.fds) {
+    w.Key("fds");
+    w.Open('{');
+    number("channel", slot.fds.channel, -1);
+    number("output", slot.fds.output, -1);
+    number("output_write", slot.fds.output_write, -1);
+    number("channel_child", slot.fds.channel_child, -1);
+    w.Close('}');
+  }
   w.Close('}');
 }
 
@@ -223,6 +263,15 @@ void WriteGroup(TextWriter& w, const UpgradeGroup& group) {
   w.Key("last_unix");
   w.Number(group.autoscale_last_unix);
   w.Close('}');
+  if (group.output_fd >= 0 || group.output_child_fd >= 0) {
+    w.Key("output");
+    w.Open('{');
+    w.Key("fd");
+    w.Number(group.output_fd);
+    w.Key("child_fd");
+    w.Number(group.output_child_fd);
+    w.Close('}');
+  }
   w.Key("slots");
   w.Open('[');
   for (const UpgradeSlot& slot : group.slots) WriteSlot(w, slot);
@@ -277,8 +326,8 @@ class Reader {
     *out = static_cast<T>(number);
   }
 
-  void Fd(const char* name, int* out) {
-    Int(name, out);
+  void Fd(const char* name, int* out, bool required = true) {
+    Int(name, out, required);
     if (ok() && *out < -1) Fail(name, "not a descriptor");
   }
 
@@ -376,33 +425,68 @@ class Reader {
   Status status_;
 };
 
-Status ReadSlot(const json& value, const std::string& where,
-                UpgradeSlot* slot) {
+// Reads a histogram or a route load object of a version 2 slot.
+Status ReadLatency(const json& value, const std::string& where,
+                   UpgradeLatency* out) {
   if (!value.is_object()) {
     return Status::Error("upgrade state: " + where + ": expected an object");
   }
   Reader r(value, where + ".");
+  r.Ints("bounds_ms", &out->bounds_ms);
+  r.Ints("counts", &out->counts);
+  r.Int("sum_ms", &out->sum_ms);
+  if (r.ok() && out->counts.size() != out->bounds_ms.size() + 1) {
+    r.Fail("counts", "expected one more than bounds_ms");
+  }
+  return r.status();
+}
+
+Status ReadRouteLoad(const json& value, const std::string& where,
+                     UpgradeRouteLoad* out) {
+  if (!value.is_object()) {
+    return Status::Error("upgrade state: " + where + ": expected an object");
+  }
+  Reader r(value, where + ".");
+  r.Int("queued", &out->queued);
+  r.Int("inflight", &out->inflight);
+  return r.status();
+}
+
+// VERSION 1 requires every member; version 2 leaves out those holding
+// their default (WriteSlot), except index and state.
+Status ReadSlot(const json& value, const std::string& where, int version,
+                UpgradeSlot* slot) {
+  if (!value.is_object()) {
+    return Status::Error("upgrade state: " + where + ": expected an object");
+  }
+  const bool all = version < 2;
+  Reader r(value, where + ".");
   r.Int("index", &slot->index);
   if (r.ok() && slot->index < 0) r.Fail("index", "out of range");
   r.String("state", &slot->state);
-  r.Int("pid", &slot->pid);
+  r.Int("pid", &slot->pid, all);
   if (r.ok() && slot->pid < 0) r.Fail("pid", "out of range");
-  r.Int("serial", &slot->serial);
-  r.Int("age_ms", &slot->age_ms);
-  r.Int("generation", &slot->generation);
-  r.Bool("outgoing", &slot->outgoing);
-  r.Int("replaces_serial", &slot->replaces_serial);
-  r.Int("backoff_ms", &slot->backoff_ms);
-  r.Int("timer_ms", &slot->timer_ms);
-  r.Bool("ready", &slot->ready);
-  r.Bool("heartbeat", &slot->heartbeat);
+  r.Int("serial", &slot->serial, all);
+  r.Int("age_ms", &slot->age_ms, all);
+  r.Int("generation", &slot->generation, all);
+  r.Bool("outgoing", &slot->outgoing, all);
+  r.Int("replaces_serial", &slot->replaces_serial, all);
+  r.Int("backoff_ms", &slot->backoff_ms, all);
+  r.Int("timer_ms", &slot->timer_ms, all);
+  r.Bool("ready", &slot->ready, all);
+  r.Bool("heartbeat", &slot->heartbeat, all);
+  if (!all) {
+    r.Int("heartbeat_ms", &slot->heartbeat_ms, /*required=*/false);
+    if (r.ok() && slot->heartbeat_ms < -1)
+      r.Fail("heartbeat_ms", "out of range");
+  }
   std::string links = "fd";
   r.String("links", &links, /*required=*/false);
   if (r.ok() && links != "fd" && links != "connect") {
     r.Fail("links", "expected fd or connect");
   }
   slot->links_connect = links == "connect";
-  r.Int("recycle_after", &slot->recycle_after);
+  r.Int("recycle_after", &slot->recycle_after, all);
   r.Int("exit_status", &slot->exit_status, /*required=*/false);
   r.Bool("ready_probe_passed", &slot->ready_probe_passed, /*required=*/false);
   r.Bool("not_ready_in_time", &slot->not_ready_in_time, /*required=*/false);
@@ -410,33 +494,63 @@ Status ReadSlot(const json& value, const std::string& where,
   if (r.ok() && slot->health_failures < 0) {
     r.Fail("health_failures", "out of range");
   }
-  r.Strings("routes", &slot->routes);
-  r.Strings("refused_routes", &slot->refused_routes);
-  if (const json* counters = r.Object("counters")) {
-    Reader c(*counters, r.Path("counters."));
-    for (auto it = counters->begin(); it != counters->end() && c.ok(); ++it) {
-      std::uint64_t number = 0;
-      c.Int(it.key().c_str(), &number);
-      slot->counters[it.key()] = number;
-    }
-    r.Take(c.status());
+  if (all || r.Member("routes", false) != nullptr) {
+    r.Strings("routes", &slot->routes);
   }
-  if (const json* app = r.Object("app")) slot->app = *app;
-  r.Int("offences", &slot->offences);
-  r.Bytes("channel_pending", &slot->channel_pending);
-  r.Bytes("output_pending", &slot->output_pending);
-  if (const json* fds = r.Object("fds")) {
-    Reader f(*fds, r.Path("fds."));
-    f.Fd("channel", &slot->fds.channel);
-    f.Fd("output", &slot->fds.output);
-    f.Fd("output_write", &slot->fds.output_write);
-    f.Fd("channel_child", &slot->fds.channel_child);
-    r.Take(f.status());
+  if (all || r.Member("refused_routes", false) != nullptr) {
+    r.Strings("refused_routes", &slot->refused_routes);
+  }
+  if (all || r.Member("counters", false) != nullptr) {
+    if (const json* counters = r.Object("counters")) {
+      Reader c(*counters, r.Path("counters."));
+      for (auto it = counters->begin(); it != counters->end() && c.ok(); ++it) {
+        std::uint64_t number = 0;
+        c.Int(it.key().c_str(), &number);
+        slot->counters[it.key()] = number;
+      }
+      r.Take(c.status());
+    }
+  }
+  if (!all && r.Member("latency", false) != nullptr) {
+    if (const json* latency = r.Object("latency")) {
+      for (auto it = latency->begin(); it != latency->end() && r.ok(); ++it) {
+        r.Take(ReadLatency(it.value(), r.Path("latency." + it.key()),
+                           &slot->latency[it.key()]));
+      }
+    }
+  }
+  if (!all && r.Member("route_load", false) != nullptr) {
+    if (const json* loads = r.Object("route_load")) {
+      for (auto it = loads->begin(); it != loads->end() && r.ok(); ++it) {
+        r.Take(ReadRouteLoad(it.value(), r.Path("route_load." + it.key()),
+                             &slot->route_load[it.key()]));
+      }
+    }
+  }
+  if (all || r.Member("app", false) != nullptr) {
+    if (const json* app = r.Object("app")) slot->app = *app;
+  }
+  r.Int("offences", &slot->offences, all);
+  if (all || r.Member("channel_pending", false) != nullptr) {
+    r.Bytes("channel_pending", &slot->channel_pending);
+  }
+  if (all || r.Member("output_pending", false) != nullptr) {
+    r.Bytes("output_pending", &slot->output_pending);
+  }
+  if (all || r.Member("fds", false) != nullptr) {
+    if (const json* fds = r.Object("fds")) {
+      Reader f(*fds, r.Path("fds."));
+      f.Fd("channel", &slot->fds.channel, all);
+      f.Fd("output", &slot->fds.output, all);
+      f.Fd("output_write", &slot->fds.output_write, all);
+      f.Fd("channel_child", &slot->fds.channel_child, all);
+      r.Take(f.status());
+    }
   }
   return r.status();
 }
 
-Status ReadGroup(const json& value, const std::string& where,
+Status ReadGroup(const json& value, const std::string& where, int version,
                  UpgradeGroup* group) {
   if (!value.is_object()) {
     return Status::Error("upgrade state: " + where + ": expected an object");
@@ -477,11 +591,22 @@ Status ReadGroup(const json& value, const std::string& where,
     a.Int("last_unix", &group->autoscale_last_unix);
     r.Take(a.status());
   }
+  if (version >= 2 && r.Member("output", false) != nullptr) {
+    if (const json* output = r.Object("output")) {
+      Reader o(*output, r.Path("output."));
+      o.Fd("fd", &group->output_fd);
+      o.Fd("child_fd", &group->output_child_fd);
+      if (o.ok() && (group->output_fd < 0) != (group->output_child_fd < 0)) {
+        o.Fail("child_fd", "expected both ends or neither");
+      }
+      r.Take(o.status());
+    }
+  }
   if (const json* slots = r.Array("slots")) {
     for (std::size_t i = 0; i < slots->size() && r.ok(); ++i) {
       UpgradeSlot slot;
       r.Take(ReadSlot((*slots)[i], where + ".slots[" + std::to_string(i) + "]",
-                      &slot));
+                      version, &slot));
       group->slots.push_back(std::move(slot));
     }
   }
@@ -491,7 +616,7 @@ Status ReadGroup(const json& value, const std::string& where,
 }  // namespace
 
 std::string FormatUpgradeState(const UpgradeState& state) {
-  json document = {{"workerpool_upgrade_state", state.version},
+  json document = {{"workerpool_upgrade_state", kUpgradeStateVersion},
                    {"from_version", state.from_version},
                    {"config_path", state.config_path},
                    {"config_content", state.config_content},
@@ -514,6 +639,13 @@ std::string FormatUpgradeState(const UpgradeState& state) {
                      {"metrics", state.metrics_fd},
                      {"fallback_exe", state.fallback_exe_fd},
                      {"listen", state.listen_fds}}}};
+  if (state.handing_since_ns > 0) {
+    document["handing_since_ns"] = state.handing_since_ns;
+  }
+  if (state.spawner_fd >= 0) {
+    document["spawner"] = {{"pid", state.spawner_pid},
+                           {"fd", state.spawner_fd}};
+  }
   // Replace, not throw, should a string not be UTF-8 (a config file's bytes
   // are checked by the parser, but the state must be written regardless).
   std::string text =
@@ -580,11 +712,27 @@ Result<UpgradeState> ParseUpgradeState(std::string_view text) {
   r.Int("upgrades", &state.upgrades);
   r.Int("last_upgrade_unix", &state.last_upgrade_unix);
   r.String("last_upgrade_error", &state.last_upgrade_error);
+  if (state.version >= 2) {
+    r.Int("handing_since_ns", &state.handing_since_ns, /*required=*/false);
+    if (r.ok() && state.handing_since_ns < 0) {
+      r.Fail("handing_since_ns", "out of range");
+    }
+  }
   if (const json* fds = r.Object("fds")) {
     Reader f(*fds, "fds.");
     f.Fd("control", &state.control_fd);
     f.Fd("metrics", &state.metrics_fd);
     f.Fd("fallback_exe", &state.fallback_exe_fd);
+    if (state.version >= 2 && r.Member("spawner", false) != nullptr) {
+      if (const json* spawner = r.Object("spawner")) {
+        Reader sp(*spawner, "spawner.");
+        sp.Int("pid", &state.spawner_pid);
+        if (sp.ok() && state.spawner_pid <= 0) sp.Fail("pid", "out of range");
+        sp.Fd("fd", &state.spawner_fd);
+        if (sp.ok() && state.spawner_fd < 0) sp.Fail("fd", "not a descriptor");
+        r.Take(sp.status());
+      }
+    }
     if (const json* listen = f.Object("listen")) {
       Reader l(*listen, "fds.listen.");
       for (auto it = listen->begin(); it != listen->end() && l.ok(); ++it) {
@@ -600,8 +748,8 @@ Result<UpgradeState> ParseUpgradeState(std::string_view text) {
   if (const json* groups = r.Array("groups")) {
     for (std::size_t i = 0; i < groups->size() && r.ok(); ++i) {
       UpgradeGroup group;
-      r.Take(
-          ReadGroup((*groups)[i], "groups[" + std::to_string(i) + "]", &group));
+      r.Take(ReadGroup((*groups)[i], "groups[" + std::to_string(i) + "]",
+                       state.version, &group));
       state.groups.push_back(std::move(group));
     }
   }
@@ -617,8 +765,11 @@ std::vector<int> UpgradeStateFds(const UpgradeState& state) {
   add(state.control_fd);
   add(state.metrics_fd);
   add(state.fallback_exe_fd);
+  add(state.spawner_fd);
   for (const auto& [address, fd] : state.listen_fds) add(fd);
   for (const UpgradeGroup& group : state.groups) {
+    add(group.output_fd);
+    add(group.output_child_fd);
     for (const UpgradeSlot& slot : group.slots) {
       add(slot.fds.channel);
       add(slot.fds.output);

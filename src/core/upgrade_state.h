@@ -29,9 +29,15 @@
 
 namespace workerpool {
 
-// Version 1: the first. Bump it when a member changes meaning or a required
-// one is added; a new optional member does not need it.
-inline constexpr int kUpgradeStateVersion = 1;
+// Version 1: the first. Version 2: a slot's members may be left out when
+// they hold their default (with 1000 children most do; reading the state is
+// most of the hand-over, while the control socket waits), and adds the
+// heartbeat's remaining time, latency histograms and route loads per slot,
+// the groups' shared output sockets and the spawner. Bump it when a member
+// changes meaning or a required one is added; a new optional member does
+// not need it. FormatUpgradeState writes the newest; ParseUpgradeState reads
+// every version from 1.
+inline constexpr int kUpgradeStateVersion = 2;
 
 // The file descriptor numbers of one child's plumbing, kept open across exec.
 // -1: none.
@@ -41,6 +47,23 @@ struct UpgradeSlotFds {
   int output_write = -1;   // the child's end of the output pipe, when held
   int channel_child = -1;  // the child's end of the channel, when held
   bool operator==(const UpgradeSlotFds&) const = default;
+};
+
+// A sender's request latency towards one target group, as the child last
+// reported it (core/child_protocol.h LatencyHistogram).
+struct UpgradeLatency {
+  std::vector<std::uint64_t> bounds_ms;
+  std::vector<std::uint64_t> counts;
+  std::uint64_t sum_ms = 0;
+  bool operator==(const UpgradeLatency&) const = default;
+};
+
+// A sender's backlog towards one target group (core/child_protocol.h
+// RouteLoad): what autoscale reads.
+struct UpgradeRouteLoad {
+  std::uint64_t queued = 0;
+  std::uint64_t inflight = 0;
+  bool operator==(const UpgradeRouteLoad&) const = default;
 };
 
 // One slot (core/slot_lifecycle.h) with its child.
@@ -57,6 +80,9 @@ struct UpgradeSlot {
   std::int64_t timer_ms = -1;  // the slot timer's remaining time; -1: idle
   bool ready = false;          // said hello and was greeted
   bool heartbeat = false;      // its heartbeat deadline runs
+  // Its remaining time (version 2); -1: not handed over (a version 1
+  // state), the deadline then runs a whole period again.
+  std::int64_t heartbeat_ms = -1;
   // Its hello asked for links by connect ("links": "connect"); optional in
   // the text (absent: by descriptor), so version 1 states without it read.
   bool links_connect = false;
@@ -70,6 +96,9 @@ struct UpgradeSlot {
   std::vector<std::string> routes;
   std::vector<std::string> refused_routes;
   std::map<std::string, std::uint64_t> counters;
+  // Version 2 (absent in 1: empty until the child's next stats frame).
+  std::map<std::string, UpgradeLatency> latency;       // by target group
+  std::map<std::string, UpgradeRouteLoad> route_load;  // by target group
   nlohmann::json app = nlohmann::json::object();
   std::uint64_t offences = 0;
   // Bytes read from its channel that do not make a whole frame yet, and the
@@ -113,6 +142,12 @@ struct UpgradeGroup {
   std::uint64_t autoscale_ups = 0;
   std::uint64_t autoscale_downs = 0;
   std::int64_t autoscale_last_unix = 0;
+  // The group's shared output socket (OutputMode kSocketPerGroup, large
+  // pools; version 2): the Watcher's reading end and the end every child
+  // writes to. -1: its children have a pipe each. A child's line not ended
+  // yet travels in its slot's output_pending.
+  int output_fd = -1;
+  int output_child_fd = -1;
   std::vector<UpgradeSlot> slots;  // outgoing slots too (outgoing: true)
   bool operator==(const UpgradeGroup&) const = default;
 };
@@ -140,10 +175,18 @@ struct UpgradeState {
   std::uint64_t upgrades = 0;
   std::int64_t last_upgrade_unix = 0;
   std::string last_upgrade_error;  // empty: it succeeded
+  // The steady clock (CLOCK_MONOTONIC) when the handing Watcher began to
+  // write the state: the one clock reading handed over, for the log of how
+  // long the hand-over took (same pid, same clock). 0: not given.
+  std::int64_t handing_since_ns = 0;
   // Descriptors kept open across exec.
   int control_fd = -1;
   int metrics_fd = -1;
-  int fallback_exe_fd = -1;               // the handing Watcher's own binary
+  int fallback_exe_fd = -1;  // the handing Watcher's own binary
+  // The spawner (os/spawner.h) and the Watcher's end of its socket, kept
+  // running across exec (version 2); 0 and -1: none ran.
+  std::int64_t spawner_pid = 0;
+  int spawner_fd = -1;
   std::map<std::string, int> listen_fds;  // by address as written
   std::vector<UpgradeGroup> groups;
   bool operator==(const UpgradeState&) const = default;

@@ -101,6 +101,13 @@ bool Spawner::Start() {
   return true;
 }
 
+void Spawner::Adopt(int socket, pid_t pid) {
+  socket_ = socket;
+  pid_ = pid;
+  started_once_ = true;
+  last_start_ = std::chrono::steady_clock::now();
+}
+
 void Spawner::Drop(const char* why) {
   spdlog::warn("spawner pid {} {}; spawning directly until it is restarted",
                pid_, why);

@@ -58,6 +58,11 @@ class Spawner {
   void Stop();
   // The spawner's pid, 0 when none runs.
   pid_t pid() const { return pid_; }
+  // The Watcher's end of its socket, -1 when none runs.
+  int socket() const { return socket_; }
+  // An in-place upgrade: the new Watcher takes over the spawner PID the old
+  // one ran, on SOCKET (socket() before exec, kept open across it).
+  void Adopt(int socket, pid_t pid);
   // Children spawned directly since start (the spawner was missing or
   // failed): for the log, status and tests.
   std::uint64_t direct_spawns() const { return direct_spawns_; }

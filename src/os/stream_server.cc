@@ -49,6 +49,8 @@ class ConnectionImpl final : public StreamConnection {
   void Close() override;
   bool answered() const override { return answered_; }
   bool closing() const override { return closing_; }
+  // An answer is queued that the socket has not taken whole yet.
+  bool writing() const { return answered_ && !written_ && !closing_; }
   int fd() const override {
     uv_os_fd_t fd = -1;
     if (uv_fileno(reinterpret_cast<const uv_handle_t*>(&socket_), &fd) != 0) {
@@ -337,6 +339,14 @@ Result<std::unique_ptr<StreamServer>> StreamServer::Listen(
 }
 
 StreamServer::~StreamServer() { Close(); }
+
+bool StreamServer::Writing() const {
+  if (listener_ == nullptr) return false;
+  for (const ConnectionImpl* connection : listener_->connections) {
+    if (connection->writing()) return true;
+  }
+  return false;
+}
 
 void StreamServer::Close() {
   if (listener_ == nullptr) return;

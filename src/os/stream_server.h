@@ -118,6 +118,10 @@ class StreamServer {
   // callback.
   void Close();
 
+  // Whether some connection's answer is still queued in this process (not
+  // all taken by the socket yet): an exec now would cut it short.
+  bool Writing() const;
+
  private:
   explicit StreamServer(StreamListener* listener) : listener_(listener) {}
   StreamListener* listener_;  // null once closed

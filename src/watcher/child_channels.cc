@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -168,7 +169,7 @@ void ChildChannels::SendConfig(Slot* slot) {
                        {"busy_poll_us", config.busy_poll_us}});
 }
 
-void ChildChannels::ArmHeartbeat(Slot* slot) {
+void ChildChannels::ArmHeartbeat(Slot* slot, Duration first) {
   const Duration timeout = slot->group->config.heartbeat_timeout;
   if (timeout.count() <= 0) {
     uv_timer_stop(&slot->heartbeat);
@@ -184,7 +185,9 @@ void ChildChannels::ArmHeartbeat(Slot* slot) {
                       FormatDuration(hung->group->config.heartbeat_timeout));
         hung->table->Signal(hung, SIGKILL);
       },
-      static_cast<uint64_t>(timeout.count()),
+      static_cast<uint64_t>(first.count() >= 0
+                                ? std::min(first.count(), timeout.count())
+                                : timeout.count()),
       static_cast<uint64_t>(timeout.count()));
 }
 
@@ -629,11 +632,11 @@ void ChildChannels::ApplyLimits(Group* group) {
   }
 }
 
-void ChildChannels::Adopt(Slot* slot, bool heartbeat) {
+void ChildChannels::Adopt(Slot* slot, bool heartbeat, Duration heartbeat_left) {
   for (const std::string& target : slot->conversation.routes()) {
     subscribers_[target].insert(slot);
   }
-  if (heartbeat) ArmHeartbeat(slot);
+  if (heartbeat) ArmHeartbeat(slot, heartbeat_left);
 }
 
 }  // namespace workerpool

@@ -62,7 +62,9 @@ class ChildChannels {
   // An in-place upgrade: SLOT's child, adopted with its channel open and
   // its conversation restored, is a subscriber of its routes again, and its
   // heartbeat deadline runs again when HEARTBEAT.
-  void Adopt(Slot* slot, bool heartbeat);
+  // HEARTBEAT_LEFT: the deadline's remaining time when the old Watcher
+  // handed it over; negative: a whole period.
+  void Adopt(Slot* slot, bool heartbeat, Duration heartbeat_left);
   void AdoptRefusedRequests(std::uint64_t count) { refused_requests_ = count; }
 
  private:
@@ -72,7 +74,9 @@ class ChildChannels {
   void OnRouteOpen(Slot* sender, const std::string& target);
   void SendConfig(Slot* slot);
   void SendRouteOpened(Slot* sender, const GroupConfig& config);
-  void ArmHeartbeat(Slot* slot);
+  // FIRST: until the first deadline when not negative (an adopted child's
+  // remaining time), else a whole period.
+  void ArmHeartbeat(Slot* slot, Duration first = Duration(-1));
   // Links SENDER to SERVER. True when the link waits for a child to
   // connect to its path (links by connect) and HOLD_ROUTE asks for the
   // sender's route_opened to wait for it.

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <set>
+#include <tuple>
 
 #include "watcher/channel.h"
 #include "watcher/child_table.h"
@@ -50,6 +51,10 @@ UpgradeSlot SaveSlot(const Slot& slot, TimePoint now) {
   out.ready = slot.ready;
   out.heartbeat =
       uv_is_active(reinterpret_cast<const uv_handle_t*>(&slot.heartbeat));
+  if (out.heartbeat) {
+    out.heartbeat_ms =
+        static_cast<std::int64_t>(uv_timer_get_due_in(&slot.heartbeat));
+  }
   out.recycle_after = slot.recycle_after;
   out.exit_status = slot.exit_status;
   out.ready_probe_passed = slot.ready_probe_passed;
@@ -62,6 +67,13 @@ UpgradeSlot SaveSlot(const Slot& slot, TimePoint now) {
                             conversation.refused_routes().end());
   for (const auto& [name, value] : conversation.stats().counters) {
     out.counters[name] = value;
+  }
+  for (const auto& [target, histogram] : conversation.stats().latency) {
+    out.latency[target] = {histogram.bounds_ms, histogram.counts,
+                           histogram.sum_ms};
+  }
+  for (const auto& [target, load] : conversation.stats().routes) {
+    out.route_load[target] = {load.queued, load.inflight};
   }
   // Null until the child reports application stats.
   if (conversation.stats().app.is_object()) {
@@ -85,6 +97,11 @@ UpgradeSlot SaveSlot(const Slot& slot, TimePoint now) {
 
 void ChildTable::SaveState(UpgradeState* state, TimePoint now) const {
   state->spawns = spawns_;
+  // The spawner goes on serving the next Watcher (its socket is kept).
+  if (spawner_.socket() >= 0 && spawner_.pid() > 0) {
+    state->spawner_pid = spawner_.pid();
+    state->spawner_fd = spawner_.socket();
+  }
   state->refused_routes = channels_.refused_requests();
   for (const auto& group : groups_) {
     UpgradeGroup out;
@@ -114,8 +131,13 @@ void ChildTable::SaveState(UpgradeState* state, TimePoint now) const {
       out.autoscale_downs = group->autoscale->downs;
       out.autoscale_last_unix = group->autoscale->last_unix;
     }
-    group->ForEachSlot([&out, now](const Slot* slot) {
+    std::tie(out.output_fd, out.output_child_fd) =
+        output_.SharedFds(group.get());
+    group->ForEachSlot([this, &out, now](const Slot* slot) {
       out.slots.push_back(SaveSlot(*slot, now));
+      if (slot->output == nullptr && slot->has_child()) {
+        out.slots.back().output_pending = output_.SharedPartial(slot);
+      }
     });
     state->groups.push_back(std::move(out));
   }
@@ -133,9 +155,19 @@ bool ChildTable::ChannelsFlushed() const {
 
 Status ChildTable::AdoptState(const UpgradeState& state, TimePoint now) {
   // Checked first, so that an error leaves nothing half-built.
+  if (state.spawner_fd >= 0 && !IsOpen(state.spawner_fd)) {
+    return Status::Error("the spawner's descriptor " +
+                         std::to_string(state.spawner_fd) + " is not open");
+  }
   std::set<std::string> names;
   for (const UpgradeGroup& group : state.groups) {
     const std::string where = "group " + group.name;
+    for (int fd : {group.output_fd, group.output_child_fd}) {
+      if (fd >= 0 && !IsOpen(fd)) {
+        return Status::Error(where + ": output socket descriptor " +
+                             std::to_string(fd) + " is not open");
+      }
+    }
     if (!group.removing) {
       const GroupConfig* config = config_->FindGroup(group.name);
       if (config == nullptr) {
@@ -170,6 +202,10 @@ Status ChildTable::AdoptState(const UpgradeState& state, TimePoint now) {
 
   spawns_ = state.spawns;
   channels_.AdoptRefusedRequests(state.refused_routes);
+  if (state.spawner_fd >= 0 && state.spawner_pid > 0) {
+    fcntl(state.spawner_fd, F_SETFD, FD_CLOEXEC);
+    spawner_.Adopt(state.spawner_fd, static_cast<pid_t>(state.spawner_pid));
+  }
   for (const UpgradeGroup& saved : state.groups) {
     GroupConfig config;
     if (const GroupConfig* defined = config_->FindGroup(saved.name);
@@ -211,6 +247,11 @@ Status ChildTable::AdoptState(const UpgradeState& state, TimePoint now) {
       }
     }
 
+    if (saved.output_fd >= 0 && saved.output_child_fd >= 0) {
+      output_.AdoptShared(group, saved.output_fd, saved.output_child_fd);
+    }
+    const bool shared = saved.output_fd >= 0;
+
     std::map<std::uint64_t, Slot*> by_serial;
     std::vector<std::pair<Slot*, std::uint64_t>> replacing;
     for (const UpgradeSlot& saved_slot : saved.slots) {
@@ -246,6 +287,13 @@ Status ChildTable::AdoptState(const UpgradeState& state, TimePoint now) {
       for (const auto& [name, value] : saved_slot.counters) {
         stats.counters[name] = value;
       }
+      for (const auto& [target, histogram] : saved_slot.latency) {
+        stats.latency[target] = {histogram.bounds_ms, histogram.counts,
+                                 histogram.sum_ms};
+      }
+      for (const auto& [target, load] : saved_slot.route_load) {
+        stats.routes[target] = {load.queued, load.inflight};
+      }
       stats.app = saved_slot.app;
       slot->conversation = ChildConversation(slot->pid);
       slot->conversation.Restore(
@@ -266,13 +314,18 @@ Status ChildTable::AdoptState(const UpgradeState& state, TimePoint now) {
         if (slot->output != nullptr) {
           slot->output->Feed(saved_slot.output_pending);
         }
+      } else if (shared && slot->has_child()) {
+        // Writes to its group's socket: named after it again.
+        output_.StartShared(slot);
+        output_.FeedShared(slot, saved_slot.output_pending);
       }
       slot->output_write_end = saved_slot.fds.output_write;
       slot->channel_child_end = saved_slot.fds.channel_child;
       if (saved_slot.timer_ms >= 0) {
         ArmTimer(slot, Duration(saved_slot.timer_ms));
       }
-      channels_.Adopt(slot, saved_slot.heartbeat);
+      channels_.Adopt(slot, saved_slot.heartbeat,
+                      Duration(saved_slot.heartbeat_ms));
       if (slot->serial != 0) by_serial[slot->serial] = slot;
       if (saved_slot.replaces_serial != 0) {
         replacing.emplace_back(slot, saved_slot.replaces_serial);

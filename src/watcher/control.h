@@ -69,6 +69,9 @@ class ControlServer {
   virtual void Close() = 0;
   // The listening socket (kept across exec by an in-place upgrade).
   virtual int fd() const = 0;
+  // An answer is still being written (an upgrade waits for it: exec would
+  // cut it short and the client would see a reset).
+  virtual bool Writing() const = 0;
 };
 
 class MetricsServer {
@@ -81,6 +84,7 @@ class MetricsServer {
       int adopt_fd = -1);
   virtual void Close() = 0;
   virtual int fd() const = 0;
+  virtual bool Writing() const = 0;
 };
 
 }  // namespace workerpool

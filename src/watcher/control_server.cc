@@ -298,6 +298,7 @@ class ControlServerImpl : public ControlServer {
   }
 
   int fd() const override { return fd_; }
+  bool Writing() const override { return server_ && server_->Writing(); }
 
  private:
   std::string path_;

@@ -138,6 +138,7 @@ class MetricsServerImpl : public MetricsServer {
       : server_(std::move(server)), fd_(fd) {}
   void Close() override { server_->Close(); }
   int fd() const override { return fd_; }
+  bool Writing() const override { return server_ && server_->Writing(); }
 
  private:
   std::unique_ptr<StreamServer> server_;

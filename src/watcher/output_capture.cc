@@ -252,11 +252,49 @@ int OutputCapture::SharedOutputFor(const Group* group) {
   shutdown(ends[1], SHUT_RD);
   // Only the Watcher's end: the children's end is their stdout, blocking.
   fcntl(ends[0], F_SETFL, fcntl(ends[0], F_GETFL) | O_NONBLOCK);
+  return WatchShared(group, ends[0], ends[1])->child_end;
+}
+
+void OutputCapture::AdoptShared(const Group* group, int fd, int child_end) {
+  if (shared_.count(group) != 0) return;
+  // Close-on-exec again (cleared for the exec that handed them over).
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  fcntl(child_end, F_SETFD, FD_CLOEXEC);
+  WatchShared(group, fd, child_end);
+}
+
+std::pair<int, int> OutputCapture::SharedFds(const Group* group) const {
+  auto found = shared_.find(group);
+  if (found == shared_.end()) return {-1, -1};
+  return {found->second->fd, found->second->child_end};
+}
+
+std::string OutputCapture::SharedPartial(const Slot* slot) const {
+  auto found = shared_children_.find(slot->pid);
+  if (found == shared_children_.end()) return {};
+  auto writer = found->second->writers.find(slot->pid);
+  if (writer == found->second->writers.end()) return {};
+  return writer->second.splitter.partial();
+}
+
+void OutputCapture::FeedShared(const Slot* slot, std::string_view bytes) {
+  if (bytes.empty()) return;
+  auto found = shared_children_.find(slot->pid);
+  if (found == shared_children_.end()) return;
+  GroupOutput::Writer& writer = found->second->writers[slot->pid];
+  LogBatch batch;
+  writer.splitter.Feed(bytes, [&writer](std::string_view line) {
+    LogLine(writer.prefix, line);
+  });
+}
+
+GroupOutput* OutputCapture::WatchShared(const Group* group, int fd,
+                                        int child_end) {
   auto* output = new GroupOutput;
   output->capture = this;
   output->name = group->config.name;
-  output->fd = ends[0];
-  output->child_end = ends[1];
+  output->fd = fd;
+  output->child_end = child_end;
   uv_poll_init(loop_, &output->poll, output->fd);
   output->poll.data = output;
   uv_poll_start(&output->poll, UV_READABLE,
@@ -266,7 +304,7 @@ int OutputCapture::SharedOutputFor(const Group* group) {
                   output->capture->ReadShared(output, kSharedReadPerWake);
                 });
   shared_[group] = output;
-  return output->child_end;
+  return output;
 }
 
 void OutputCapture::StartShared(Slot* slot) {

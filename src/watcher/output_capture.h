@@ -25,6 +25,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "core/line_splitter.h"
@@ -92,6 +93,16 @@ class OutputCapture {
   // SLOT's child (just spawned with SharedOutputFor's fd) writes to its
   // group's socket: its lines are named after it.
   void StartShared(Slot* slot);
+  // An in-place upgrade: GROUP's socket, FD (the Watcher's end) and
+  // CHILD_END, as the old Watcher had them (SharedFds), kept across exec.
+  void AdoptShared(const Group* group, int fd, int child_end);
+  // GROUP's socket ends (the Watcher's, the children's), -1 -1 when none.
+  std::pair<int, int> SharedFds(const Group* group) const;
+  // The start of a line SLOT's child wrote to its group's socket and did
+  // not end yet ("" when none, or when it has a pipe), and, after
+  // StartShared in the new Watcher, the same bytes put back.
+  std::string SharedPartial(const Slot* slot) const;
+  void FeedShared(const Slot* slot, std::string_view bytes);
   // GROUP is gone: logs what is left and closes its socket.
   void ForgetGroup(const Group* group);
   // A descendant PID that was no child was reaped: flushes its last line.
@@ -112,6 +123,8 @@ class OutputCapture {
   // a child of GROUP, else "group pid N".
   GroupOutput::Writer& WriterFor(GroupOutput* group, pid_t pid);
   void CloseShared(GroupOutput* group);
+  // Makes GROUP's GroupOutput on the ends FD and CHILD_END and reads FD.
+  GroupOutput* WatchShared(const Group* group, int fd, int child_end);
   // SLOT's child wrote to its group's socket: logs what it wrote and forgets
   // its pid. False when it had a pipe.
   bool DrainShared(Slot* slot);

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -416,6 +417,13 @@ Result<int> WriteStateMemfd(const std::string& text) {
 
 Result<std::string> ReadStateFd(int fd) {
   std::string text;
+  // Sized at once: the state of 1000 children is a few hundred KiB, and
+  // growing the string chunk by chunk costs copies while the pool waits.
+  struct stat info;
+  if (fstat(fd, &info) == 0 && info.st_size > 0 &&
+      info.st_size <= (256 << 20)) {
+    text.reserve(static_cast<std::size_t>(info.st_size));
+  }
   char chunk[64 * 1024];
   off_t offset = 0;
   for (;;) {

@@ -78,8 +78,11 @@ class Watcher : public ControlTarget,
   // from STATE_FD) describes, under CONFIG (parsed from its bytes). An
   // error means nothing outside this process changed: the caller execs the
   // old binary back.
+  // ENTERED and PARSED: when this process began to read the state and when
+  // it had parsed it and the config (for the log of the hand-over's time).
   Status Adopt(PoolConfig config, const UpgradeState& state, int state_fd,
-               const std::string& upgrade_error);
+               const std::string& upgrade_error, TimePoint entered,
+               TimePoint parsed);
   int Loop();
 
   // ChildTable::Observer.
@@ -484,16 +487,6 @@ nlohmann::json Watcher::UpgradeJson() const {
 // what it queued.
 Result<nlohmann::json> Watcher::Upgrade(const std::string& binary) {
   if (table_.stopping()) return Status::Error("the pool is stopping");
-  if (table_.output().shares_output()) {
-    // The state does not carry the groups' output sockets yet: the new
-    // Watcher would lose their reading ends and the children would meet
-    // EPIPE on their next line.
-    return Status::Error(
-        "the children's output goes through one socket per group (the file "
-        "limit allows no pipe each), which an upgrade cannot hand over yet; "
-        "raise RLIMIT_NOFILE (LimitNOFILE=) so that the pool fits with a "
-        "pipe each, or restart the pool");
-  }
   if (!upgrade_binary_.empty()) {
     return Status::Error("an upgrade to " + upgrade_binary_ + " is under way");
   }
@@ -546,9 +539,17 @@ void Watcher::OnUpgradeTimer(uv_timer_t* timer) {
                   "\nSTATUS=upgrading to workerpool " + *version);
     self->upgrade_waits_ = 0;
   }
-  // At most a second for the children to read what was sent to them; a
-  // child that reads nothing for that long keeps its frames unsent.
-  if (!self->table_.ChannelsFlushed() && ++self->upgrade_waits_ < 500) return;
+  // At most a second for the children to read what was sent to them, and
+  // for control and metrics clients to take their answers (a status of a
+  // large pool outgrows the socket buffer; exec would cut it short); a
+  // reader that takes nothing for that long loses what is left.
+  const bool answering =
+      (self->control_server_ && self->control_server_->Writing()) ||
+      (self->metrics_server_ && self->metrics_server_->Writing());
+  if ((!self->table_.ChannelsFlushed() || answering) &&
+      ++self->upgrade_waits_ < 500) {
+    return;
+  }
   uv_timer_stop(timer);
   self->ExecUpgrade();
 }
@@ -559,6 +560,9 @@ void Watcher::ExecUpgrade() {
   if (binary.empty() || table_.stopping()) return;
   UpgradeState state;
   const TimePoint now = Clock::now();
+  state.handing_since_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               now.time_since_epoch())
+                               .count();
   state.from_version = WorkerpoolVersion();
   state.config_path = reload_.path();
   state.config_content = reload_.content();
@@ -607,7 +611,8 @@ void Watcher::ExecUpgrade() {
 }
 
 Status Watcher::Adopt(PoolConfig initial, const UpgradeState& state,
-                      int state_fd, const std::string& upgrade_error) {
+                      int state_fd, const std::string& upgrade_error,
+                      TimePoint entered, TimePoint parsed) {
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   const TimePoint now = Clock::now();
   listen_sockets_.Adopt(state.listen_fds);
@@ -648,6 +653,13 @@ Status Watcher::Adopt(PoolConfig initial, const UpgradeState& state,
   }
   Status adopted = table_.AdoptState(state, now);
   if (!adopted.ok()) return adopted;
+  // How the children spawned from now on write their output (a pipe each,
+  // or the group's socket in a large pool), as the start decided it.
+  if (Status fits =
+          table_.FitFileLimit(table_.PlannedChildren(), table_.PlannedGroups());
+      !fits.ok()) {
+    spdlog::warn("after the upgrade: {}", fits.message());
+  }
 
   // The pool is ours from here.
   upgrades_ = state.upgrades;
@@ -662,11 +674,25 @@ Status Watcher::Adopt(PoolConfig initial, const UpgradeState& state,
   }
   UnblockUpgradeSignals();
   if (upgrade_error.empty()) {
+    // Where the pause went (docs/OPERATIONS.md): the old Watcher writing
+    // the state and exec, this one reading and parsing it with the config,
+    // then adopting the pool.
+    auto ms = [](Clock::duration d) {
+      return std::chrono::duration<double, std::milli>(d).count();
+    };
+    const TimePoint adopted_at = Clock::now();
+    const TimePoint handing =
+        state.handing_since_ns > 0
+            ? TimePoint(std::chrono::duration_cast<Clock::duration>(
+                  std::chrono::nanoseconds(state.handing_since_ns)))
+            : entered;
     spdlog::info(
         "upgrade done: workerpool {} adopted pool {} from workerpool {}: {} "
-        "children, none restarted",
+        "children, none restarted; hand-over {:.1f} ms (state written and "
+        "exec {:.1f}, state and config read {:.1f}, adoption {:.1f})",
         WorkerpoolVersion(), config().name, state.from_version,
-        table_.child_count());
+        table_.child_count(), ms(adopted_at - handing), ms(entered - handing),
+        ms(parsed - entered), ms(adopted_at - parsed));
   } else {
     spdlog::error("upgrade failed, workerpool {} took pool {} back: {}",
                   WorkerpoolVersion(), config().name, upgrade_error);
@@ -753,6 +779,7 @@ int FallBack(const UpgradeState* state, int fallback_fd,
 
 int RunAdoptingWatcher(const std::string& config_path, const char* argv0,
                        int state_fd, const std::string& upgrade_error) {
+  const TimePoint entered = Clock::now();
   Result<std::string> text = ReadStateFd(state_fd);
   Result<UpgradeState> state = text.ok() ? ParseUpgradeState(*text)
                                          : Result<UpgradeState>(text.status());
@@ -796,6 +823,7 @@ int RunAdoptingWatcher(const std::string& config_path, const char* argv0,
                     "the pool definition in force: " + load.ErrorText());
   }
   SetupLogging(load.config->log);
+  const TimePoint parsed = Clock::now();
   PoolConfig config = std::move(*load.config);
   config.name = state->pool_name;
   config.control_socket = state->control_socket;
@@ -803,8 +831,8 @@ int RunAdoptingWatcher(const std::string& config_path, const char* argv0,
   uv_loop_t* loop = uv_default_loop();
   {
     Watcher watcher(loop, state->config_path, SelfExecutable(argv0));
-    Status adopted =
-        watcher.Adopt(std::move(config), *state, state_fd, upgrade_error);
+    Status adopted = watcher.Adopt(std::move(config), *state, state_fd,
+                                   upgrade_error, entered, parsed);
     if (!adopted.ok()) {
       if (!upgrade_error.empty()) {
         spdlog::critical("cannot take the pool back: {}", adopted.message());

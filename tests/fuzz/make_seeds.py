@@ -291,7 +291,8 @@ CHILD_PROTOCOL = {
 for name, data in CHILD_PROTOCOL.items():
     write("fuzz_child_protocol", name, data)
 
-# --- fuzz_upgrade_state: states one Watcher hands to the next (version 1)
+# --- fuzz_upgrade_state: states one Watcher hands to the next (version 1,
+# every member present; version 2, defaults left out, new members)
 UPGRADE_SLOT = {
     "index": 0, "state": "up", "pid": 1234, "serial": 7, "age_ms": 5000,
     "generation": 1, "outgoing": False, "replaces_serial": 0,
@@ -330,7 +331,29 @@ UPGRADE_TEXT = json.dumps(UPGRADE_STATE)
 write("fuzz_upgrade_state", "valid", UPGRADE_TEXT)
 write("fuzz_upgrade_state", "truncated", UPGRADE_TEXT[:len(UPGRADE_TEXT) // 2])
 write("fuzz_upgrade_state", "newer",
-      json.dumps(dict(UPGRADE_STATE, workerpool_upgrade_state=2)))
+      json.dumps(dict(UPGRADE_STATE, workerpool_upgrade_state=3)))
+UPGRADE_V2 = dict(
+    UPGRADE_STATE, workerpool_upgrade_state=2, handing_since_ns=5000000000,
+    spawner={"pid": 4321, "fd": 17},
+    groups=[dict(UPGRADE_STATE["groups"][0],
+                 output={"fd": 15, "child_fd": 16},
+                 slots=[{"index": 0, "state": "up", "pid": 1234,
+                         "serial": 7, "ready": True, "heartbeat": True,
+                         "heartbeat_ms": 800, "routes": ["work"],
+                         "counters": {"served": 3},
+                         "latency": {"work": {"bounds_ms": [5, 50],
+                                              "counts": [3, 2, 1],
+                                              "sum_ms": 77}},
+                         "route_load": {"work": {"queued": 4,
+                                                 "inflight": 2}},
+                         "fds": {"channel": 9}},
+                        {"index": 1, "state": "backoff", "timer_ms": 250}])])
+UPGRADE_V2_TEXT = json.dumps(UPGRADE_V2)
+write("fuzz_upgrade_state", "valid-v2", UPGRADE_V2_TEXT)
+write("fuzz_upgrade_state", "truncated-v2",
+      UPGRADE_V2_TEXT[:len(UPGRADE_V2_TEXT) * 2 // 3])
+write("fuzz_upgrade_state", "wrong-types-v2",
+      UPGRADE_V2_TEXT.replace('"sum_ms": 77', '"sum_ms": -77'))
 write("fuzz_upgrade_state", "wrong-types",
       UPGRADE_TEXT.replace('"pid": 1234', '"pid": "1234"'))
 write("fuzz_upgrade_state", "empty", "")

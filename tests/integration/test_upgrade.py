@@ -147,11 +147,23 @@ groups:
                 i += 1
             conn.close()
 
+        def requests_to_echo(status):
+            """The requests the senders' latency histograms counted towards
+            echo (None before the first stats frame that has them)."""
+            for group in status["groups"]:
+                if group["name"] == "echo" and "latency" in group:
+                    return sum(group["latency"]["counts"])
+            return None
+
         threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
         for t in threads:
             t.start()
         fds = []
         rss = []
+        # The histograms are handed over (state version 2): right after
+        # each upgrade they are there, and they only grow.
+        counted = [wp.wait_until(lambda: requests_to_echo(self.status(pool)),
+                                 what="echo's latency in status")]
         try:
             for round_ in range(20):
                 binary = a if round_ % 2 == 0 else b
@@ -163,6 +175,9 @@ groups:
                 self.assertEqual(status["version"], version)
                 self.assertEqual(status["upgrade"]["attempts"], round_ + 1)
                 self.assertIsNone(status["upgrade"]["last_error"])
+                counted.append(requests_to_echo(status))
+                self.assertIsNotNone(counted[-1], status)
+                self.assertGreaterEqual(counted[-1], counted[-2], counted)
                 fds.append(fd_count(watcher))
                 rss.append(rss_kb(watcher))
                 time.sleep(0.1)
@@ -448,6 +463,138 @@ groups:
                       == ["keep"], what="the drained group removed")
         self.assertIn("stubborn", names)
         self.assertEqual(self.pids(pool, "keep"), keep)
+
+    # -- large pools: output through one socket per group, the spawner
+
+    def test_shared_output_sockets_and_the_spawner_are_handed_over(self):
+        # RLIMIT_NOFILE 800 allows 272 children with a pipe each: 300 write
+        # to one socket per group (as test_output_socket forces it). Each
+        # child says hello, then waits on a FIFO and says more once the
+        # test writes to it, after the upgrade: those lines must come out
+        # under the child's name from the new Watcher's reading of the
+        # same socket.
+        children = 300
+        pool = self.pool("""
+pool: {name: up, stop_timeout: 3s, control_socket: "{tmp}/up.sock"}
+groups:
+  - name: talk
+    type: job
+    processes: %d
+    command: [sh, -c, 'echo "hello $$"; read x < {tmp}/go; echo "after $$";
+              exec sleep 1000']
+""" % children, start=False)
+        os.mkfifo(os.path.join(pool.tmp, "go"))
+        limited = os.path.join(pool.tmp, "workerpool-limited")
+        with open(limited, "w") as f:
+            f.write("#!/bin/sh\nexec prlimit --nofile=800:800 -- %s \"$@\"\n"
+                    % wp.BIN)
+        os.chmod(limited, 0o755)
+        binary = wp.BIN
+        wp.BIN = limited
+        try:
+            pool.start()
+        finally:
+            wp.BIN = binary
+        pool.wait_for_log(r"output of %d children through one socket per "
+                          r"group" % children)
+        talk = pool.wait_for_children(children, timeout=120)
+        for child in talk:
+            pool.wait_for_log(r"talk\[%d\] %d: hello %d$"
+                              % (child.index, child.pid, child.pid),
+                              timeout=30)
+
+        def spawners():
+            found = []
+            for pid in wp.pids_with_parent(pool.pid):
+                try:
+                    with open("/proc/%d/comm" % pid) as f:
+                        if f.read().startswith("workerpool-spaw"):
+                            found.append(pid)
+                except OSError:
+                    pass
+            return found
+        spawner = spawners()
+        self.assertEqual(len(spawner), 1)
+
+        mark = pool.mark()
+        code, out, err = self.upgrade(pool)
+        self.assertEqual(code, 0, out + err)
+        pool.wait_for_log(r"upgrade done: .* %d children, none restarted"
+                          % children, since=mark)
+        self.assertEqual(self.pids(pool), self.pids_of(talk))
+        self.assertEqual(spawners(), spawner)
+
+        # Every child's next line, read by the new Watcher, under its name.
+        with open(os.path.join(pool.tmp, "go"), "w") as go:
+            go.write("x\n" * children)
+        for child in talk:
+            pool.wait_for_log(r"talk\[%d\] %d: after %d$"
+                              % (child.index, child.pid, child.pid),
+                              since=mark, timeout=30)
+        # A child killed now is spawned by the same spawner, and its
+        # replacement writes to the same socket.
+        victim = talk[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        pool.wait_for_log(r"spawned talk\[%d\] pid" % victim.index,
+                          since=mark)
+        self.assertNotIn("spawner pid", pool.log_text()[mark:]
+                         .replace("spawner pid %d" % spawner[0], ""))
+        self.assertEqual(spawners(), spawner)
+        replacement = wp.wait_until(
+            lambda: pool.child("talk", victim.index)
+            if pool.child("talk", victim.index) is not None
+            and pool.child("talk", victim.index).pid != victim.pid else None,
+            what="the killed child replaced")
+        pool.wait_for_log(r"talk\[%d\] %d: hello %d$"
+                          % (victim.index, replacement.pid, replacement.pid),
+                          since=mark)
+        self.assertEqual(pool.zombies(), [])
+
+    def test_a_status_answer_being_written_is_not_cut_by_the_exec(self):
+        # A status of 2500 children (~270 KB) outgrows the control socket's
+        # buffer: the Watcher still holds the rest while the client has not
+        # read. An upgrade waits for the answer (up to a second) instead of
+        # exec dropping it; the client reads it whole, after the upgrade
+        # began.
+        children = 2500
+        pool = self.pool("""
+pool: {name: up, stop_timeout: 5s, control_socket: "{tmp}/up.sock"}
+groups:
+  - name: many
+    type: job
+    processes: %d
+    command: [sleep, "1000"]
+""" % children)
+        pool.wait_for_children(children, timeout=180)
+        import json
+        import socket as socket_module
+        client = socket_module.socket(socket_module.AF_UNIX)
+        client.connect(self.socket(pool))
+        client.sendall(b'{"command":"status"}\n')
+        mark = pool.mark()
+        upgrade = subprocess.Popen(
+            [wp.BIN, "upgrade", "--socket", self.socket(pool)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The checks begin; the status answer waits in the Watcher.
+        pool.wait_for_log(r"upgrade: checking", since=mark)
+        time.sleep(0.3)
+        data = b""
+        client.settimeout(60)
+        while not data.endswith(b"\n"):
+            chunk = client.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        client.close()
+        out, err = upgrade.communicate(timeout=120)
+        self.assertEqual(upgrade.returncode, 0, out + err)
+        answer = json.loads(data)
+        self.assertTrue(answer["ok"])
+        self.assertEqual(
+            len(answer["status"]["groups"][0]["children"]), children)
+
+    def pids_of(self, children):
+        return sorted((c.group, c.index, c.pid) for c in children)
 
     def test_garbage_upgrade_requests_are_refused(self):
         pool = self.pool("""

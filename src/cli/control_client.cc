@@ -512,6 +512,7 @@ static int WaitForUpgrade(const ControlOptions& options,
   }
   ControlRequest status_request;
   status_request.command = ControlRequest::Command::kStatus;
+  status_request.usage = false;  // asked every 2 ms: no /proc reads
   const auto deadline =
       std::chrono::steady_clock::now() + std::chrono::seconds(60);
   std::string last_problem = "no answer";
@@ -594,6 +595,8 @@ int RunControlCommand(const ControlOptions& options) {
   ControlRequest request;
   if (options.command == "status") {
     request.command = ControlRequest::Command::kStatus;
+    // The table shows no figures per process; --json shows them all.
+    request.usage = options.json;
   } else if (options.command == "reload") {
     request.command = ControlRequest::Command::kReload;
   } else if (options.command == "stop") {

@@ -181,6 +181,15 @@ Result<ControlRequest> ParseControlRequest(std::string_view line) {
   ControlRequest parsed;
   if (name == "status") {
     parsed.command = ControlRequest::Command::kStatus;
+    if (auto usage = request.find("usage"); usage != request.end()) {
+      if (!usage->is_boolean()) {
+        return Status::Error(
+            "\"usage\" must be true or false (each process's memory and "
+            "CPU time in the status), got " +
+            Echo(*usage));
+      }
+      parsed.usage = usage->get<bool>();
+    }
   } else if (name == "reload") {
     parsed.command = ControlRequest::Command::kReload;
   } else if (name == "stop") {
@@ -232,6 +241,9 @@ std::string FormatControlRequest(const ControlRequest& request) {
   if (request.command == ControlRequest::Command::kScale ||
       request.command == ControlRequest::Command::kRestart) {
     out["group"] = request.group;
+  }
+  if (request.command == ControlRequest::Command::kStatus && !request.usage) {
+    out["usage"] = false;
   }
   if (request.command == ControlRequest::Command::kRestart &&
       request.with_dependents) {

@@ -4,7 +4,7 @@
 // fuzz_control_request.cc).
 //
 // Wire form: one JSON object on one line, e.g.
-//   {"command":"status"}
+//   {"command":"status"}   {"command":"status","usage":false}
 //   {"command":"scale","group":"web","processes":4}
 //   {"command":"scale","group":"web","processes":"auto"}
 //   {"command":"restart","group":"web"}
@@ -41,6 +41,10 @@ struct ControlRequest {
   // kRestart: then every group that depends on it, in order.
   bool with_dependents = false;
   std::string binary;  // kUpgrade: absolute path; empty: the running one
+  // kStatus: each child's resident memory and CPU time, read from /proc
+  // (one open and read per child: most of a large pool's status). Those
+  // who show no figures per process ask without (`workerpool status`).
+  bool usage = true;
 };
 
 // "status", "scale", ...: the name used on the wire and on the command line.

@@ -31,7 +31,9 @@ class ControlTarget {
   //  "requests":{"sent","replied","failed","refused","cancelled","timed_out",
   //  "served","served_errors"},"recycled","app":[...per child app stats],
   //  "children":[{"index","pid","uptime_ms","ready","draining"}]}]}
-  virtual nlohmann::json StatusJson() = 0;
+  // WITH_USAGE: also each child's "rss_bytes" and "cpu_ms" (and their sums
+  // per group), read from /proc: one read per child.
+  virtual nlohmann::json StatusJson(bool with_usage) = 0;
   virtual Status Scale(const std::string& group, int processes) = 0;
   virtual Status RestartGroup(const std::string& group) = 0;
   // `restart GROUP --with-dependents`: GROUP, then every group that depends

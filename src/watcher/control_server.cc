@@ -135,7 +135,7 @@ json Dispatch(ControlTarget* target, std::string_view text,
   const ControlRequest& request = *parsed;
   switch (request.command) {
     case ControlRequest::Command::kStatus:
-      return json{{"ok", true}, {"status", target->StatusJson()}};
+      return json{{"ok", true}, {"status", target->StatusJson(request.usage)}};
     case ControlRequest::Command::kScale: {
       spdlog::info("control ({}): scale {} to {}", peer, request.group,
                    request.processes);

@@ -81,7 +81,7 @@ class MetricsSession : public StreamSession {
     }
     std::string body;
     try {
-      body = MetricsText(target_->StatusJson());
+      body = MetricsText(target_->StatusJson(/*with_usage=*/true));
     } catch (const std::exception& e) {
       // Nothing may throw through a libuv callback.
       spdlog::error("metrics endpoint: cannot render the metrics: {}",

@@ -10,7 +10,8 @@
 
 namespace workerpool {
 
-nlohmann::json StatusJson(const PoolFacts& pool, const ChildTable& table) {
+nlohmann::json StatusJson(const PoolFacts& pool, const ChildTable& table,
+                          bool with_usage) {
   using nlohmann::json;
   const auto now = Clock::now();
   // Request latency per target group, summed over every sender's
@@ -56,7 +57,9 @@ nlohmann::json StatusJson(const PoolFacts& pool, const ChildTable& table) {
             slot->outgoing || (slot->state != SlotState::kUp &&
                                slot->state != SlotState::kStarting)}});
       // Read now, for this report only (the header says why).
-      if (std::optional<ProcessUsage> usage = ReadProcessUsage(slot->pid)) {
+      std::optional<ProcessUsage> usage;
+      if (with_usage) usage = ReadProcessUsage(slot->pid);
+      if (usage) {
         children.back()["rss_bytes"] = usage->rss_bytes;
         children.back()["cpu_ms"] = usage->cpu_ms;
         rss_bytes += usage->rss_bytes;
@@ -96,10 +99,12 @@ nlohmann::json StatusJson(const PoolFacts& pool, const ChildTable& table) {
                       {"requests", requests},
                       {"recycled", group->recycled},
                       {"protocol_errors", group->protocol_errors},
-                      {"rss_bytes", rss_bytes},
-                      {"cpu_ms", cpu_ms},
                       {"app", app},
                       {"children", children}});
+    if (with_usage) {
+      groups.back()["rss_bytes"] = rss_bytes;
+      groups.back()["cpu_ms"] = cpu_ms;
+    }
     json autoscale_json = nullptr;
     if (const Group::Autoscale* autoscale = group->autoscale) {
       const AutoscaleConfig& bounds = autoscale->policy.config();

@@ -33,7 +33,8 @@ struct PoolFacts {
   std::optional<std::uint64_t> generation;
 };
 
-nlohmann::json StatusJson(const PoolFacts& pool, const ChildTable& table);
+nlohmann::json StatusJson(const PoolFacts& pool, const ChildTable& table,
+                          bool with_usage);
 
 // One line for systemctl status: "demo: 6/6 children up in 2 groups;
 // failed: web; last reload failed: FILE:LINE:COL: ...".

@@ -61,8 +61,8 @@ class Watcher : public ControlTarget,
   int Run(PoolConfig initial, std::string content);
 
   // ControlTarget: what `workerpool status|scale|restart|reload|stop` ask.
-  nlohmann::json StatusJson() override {
-    nlohmann::json status = workerpool::StatusJson(Facts(), table_);
+  nlohmann::json StatusJson(bool with_usage) override {
+    nlohmann::json status = workerpool::StatusJson(Facts(), table_, with_usage);
     status["version"] = WorkerpoolVersion();
     status["upgrade"] = UpgradeJson();
     return status;

@@ -29,7 +29,7 @@ using workerpool::fuzz::Check;
 // A Watcher with one group "web" that accepts everything it understands.
 class FakeTarget : public workerpool::ControlTarget {
  public:
-  nlohmann::json StatusJson() override {
+  nlohmann::json StatusJson(bool /*with_usage*/) override {
     return {{"pool", "fuzz"}, {"groups", nlohmann::json::array()}};
   }
   workerpool::Status Scale(const std::string& group, int processes) override {

@@ -135,6 +135,39 @@ class ControlTest(wp.TestCase):
         self.assertEqual(self.group(status, "idle")["ready"], 0)
         self.assertEqual(pool.stop(), 0)
 
+    def test_status_with_and_without_usage(self):
+        pool = self.start()
+        self.wait_status(pool, lambda s: s["state"] == "running",
+                         "the pool to be running")
+        # status --json: each child's memory and CPU time, and their sums.
+        for g in self.status(pool)["groups"]:
+            self.assertGreater(g["rss_bytes"], 0, g)
+            self.assertIn("cpu_ms", g)
+            for c in g["children"]:
+                self.assertGreater(c["rss_bytes"], 0, c)
+                self.assertIn("cpu_ms", c)
+        # "usage": false: the same document without them (no /proc reads).
+        answer = json.loads(ask_raw(
+            pool.socket, b'{"command":"status","usage":false}\n'))
+        self.assertIs(answer["ok"], True, answer)
+        groups = answer["status"]["groups"]
+        self.assertEqual([g["name"] for g in groups], ["compute", "idle"])
+        for g in groups:
+            self.assertNotIn("rss_bytes", g)
+            self.assertNotIn("cpu_ms", g)
+            self.assertEqual(len(g["children"]), g["live"], g)
+            for c in g["children"]:
+                self.assertNotIn("rss_bytes", c)
+                self.assertIn("pid", c)
+        self.assertIn("rss_bytes", answer["status"]["watcher"])
+        # Garbage in the flag: an error naming it; the Watcher carries on.
+        for value in (b'0', b'"no"', b'null', b'[false]'):
+            answer = json.loads(ask_raw(
+                pool.socket, b'{"command":"status","usage":%s}\n' % value))
+            self.assertIs(answer["ok"], False, answer)
+            self.assertIn('"usage" must be true or false', answer["error"])
+        self.assertEqual(self.status(pool)["state"], "running")
+
     def test_status_table(self):
         pool = self.start()
         self.wait_status(pool, lambda s: s["state"] == "running",

@@ -282,5 +282,29 @@ TEST_CASE("control request: restart --with-dependents") {
   }
 }
 
+TEST_CASE("control request: status with or without each process's usage") {
+  Result<ControlRequest> plain = ParseControlRequest(R"({"command":"status"})");
+  REQUIRE(plain.ok());
+  CHECK(plain->usage);
+  CHECK(FormatControlRequest(*plain) == R"({"command":"status"})");
+
+  Result<ControlRequest> without =
+      ParseControlRequest(R"({"command":"status","usage":false})");
+  REQUIRE(without.ok());
+  CHECK_FALSE(without->usage);
+  Result<ControlRequest> again =
+      ParseControlRequest(FormatControlRequest(*without));
+  REQUIRE(again.ok());
+  CHECK_FALSE(again->usage);
+
+  for (const char* line : {R"({"command":"status","usage":0})",
+                           R"({"command":"status","usage":"no"})",
+                           R"({"command":"status","usage":null})",
+                           R"({"command":"status","usage":[false]})"}) {
+    CAPTURE(line);
+    CHECK(Contains(ErrorOf(line), "\"usage\" must be true or false"));
+  }
+}
+
 }  // namespace
 }  // namespace workerpool

@@ -45,6 +45,10 @@ TEST_CASE("control server: status answers the target's document") {
   REQUIRE(answer.is_object());
   CHECK(answer["ok"] == true);
   CHECK(answer["status"] == f.target.status);
+  CHECK(f.target.last_status_usage);
+  answer = Ask(f.path, "{\"command\":\"status\",\"usage\":false}\n");
+  CHECK(answer["ok"] == true);
+  CHECK_FALSE(f.target.last_status_usage);
 }
 
 TEST_CASE("control server: scale, restart and reload reach the target") {

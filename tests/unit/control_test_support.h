@@ -30,9 +30,10 @@ namespace workerpool::testing {
 // groups "web" (2 processes) and "compute" (4). Called on the loop thread.
 class FakeTarget : public ControlTarget {
  public:
-  nlohmann::json StatusJson() override {
+  nlohmann::json StatusJson(bool with_usage) override {
     std::lock_guard<std::mutex> lock(mutex);
     ++status_calls;
+    last_status_usage = with_usage;
     return status;
   }
   Status Scale(const std::string& group, int processes) override {
@@ -86,7 +87,8 @@ class FakeTarget : public ControlTarget {
   Status reload_result = Status::Ok();
   std::vector<std::string> calls;
   int status_calls = 0;
-  std::function<void()> on_stop;  // runs on the loop thread
+  bool last_status_usage = false;  // what the last status asked for
+  std::function<void()> on_stop;   // runs on the loop thread
 };
 
 // A private temp directory, removed at the end.

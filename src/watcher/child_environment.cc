@@ -69,15 +69,31 @@ bool ChildEnvironment::IsThisWorkerpool(const std::string& program) {
   return known->second;
 }
 
+SpawnSpec ChildEnvironment::GroupSpec(const GroupConfig& group, int index,
+                                      const std::vector<std::string>& argv,
+                                      bool running_as_root) const {
+  SpawnSpec spec;
+  // {index}: each process its own port, directory, ... (core/probe_spec.h).
+  for (const std::string& word : argv) {
+    spec.argv.push_back(ExpandIndex(word, index));
+  }
+  spec.env = base_environment_;
+  for (const auto& [key, value] : group.env) {
+    spec.env.push_back(key + "=" + ExpandIndex(value, index));
+  }
+  spec.cwd = ExpandIndex(group.cwd, index);
+  if (running_as_root) {
+    spec.uid = group.uid;
+    spec.gid = group.gid;
+  }
+  return spec;
+}
+
 SpawnSpec ChildEnvironment::SpecFor(const PoolConfig& pool,
                                     const GroupConfig& group, int index,
                                     const ListenSockets& sockets,
                                     int channel_fd, bool running_as_root) {
-  SpawnSpec spec;
-  // {index}: each process its own port, directory, ... (core/probe_spec.h).
-  for (const std::string& word : group.command) {
-    spec.argv.push_back(ExpandIndex(word, index));
-  }
+  SpawnSpec spec = GroupSpec(group, index, group.command, running_as_root);
   if (spec.argv.size() >= 3 && spec.argv[1] == "builtin" &&
       !builtin_exe_.empty() && IsThisWorkerpool(spec.argv[0])) {
     // One exec, not two: `workerpool builtin NAME` would exec it anyway.
@@ -85,10 +101,6 @@ SpawnSpec ChildEnvironment::SpecFor(const PoolConfig& pool,
     spec.argv[0] = builtin_exe_;
   } else if (!spec.argv.empty() && spec.argv[0] == "workerpool") {
     spec.argv[0] = self_exe_;
-  }
-  spec.env = base_environment_;
-  for (const auto& [key, value] : group.env) {
-    spec.env.push_back(key + "=" + ExpandIndex(value, index));
   }
   spec.env.push_back("WORKERPOOL_POOL=" + pool.name);
   spec.env.push_back("WORKERPOOL_GROUP=" + group.name);
@@ -116,11 +128,6 @@ SpawnSpec ChildEnvironment::SpecFor(const PoolConfig& pool,
   spec.env.push_back("WORKERPOOL_IPC_FD=" +
                      std::to_string(2 + spec.pass_fds.size()));
   spec.env = WithoutShadowedVariables(std::move(spec.env));
-  spec.cwd = ExpandIndex(group.cwd, index);
-  if (running_as_root) {
-    spec.uid = group.uid;
-    spec.gid = group.gid;
-  }
   return spec;
 }
 
@@ -128,21 +135,9 @@ SpawnSpec ChildEnvironment::ProbeSpecFor(const GroupConfig& group, int index,
                                          pid_t child_pid,
                                          const std::vector<std::string>& argv,
                                          bool running_as_root) const {
-  SpawnSpec spec;
-  for (const std::string& word : argv) {
-    spec.argv.push_back(ExpandIndex(word, index));
-  }
-  spec.env = base_environment_;
-  for (const auto& [key, value] : group.env) {
-    spec.env.push_back(key + "=" + ExpandIndex(value, index));
-  }
+  SpawnSpec spec = GroupSpec(group, index, argv, running_as_root);
   spec.env.push_back("WORKERPOOL_CHILD_PID=" + std::to_string(child_pid));
   spec.env = WithoutShadowedVariables(std::move(spec.env));
-  spec.cwd = ExpandIndex(group.cwd, index);
-  if (running_as_root) {
-    spec.uid = group.uid;
-    spec.gid = group.gid;
-  }
   return spec;
 }
 

@@ -41,6 +41,13 @@ class ChildEnvironment {
                          bool running_as_root) const;
 
  private:
+  // What a child of GROUP at INDEX and its probes share: ARGV with {index}
+  // expanded, the Watcher's environment with the group's `env` after it
+  // (duplicates not removed yet: callers add theirs, then remove them),
+  // the group's cwd and, when RUNNING_AS_ROOT, its user.
+  SpawnSpec GroupSpec(const GroupConfig& group, int index,
+                      const std::vector<std::string>& argv,
+                      bool running_as_root) const;
   bool IsThisWorkerpool(const std::string& program);
 
   std::string self_exe_;

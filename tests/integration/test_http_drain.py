@@ -11,6 +11,7 @@ slower than the drain (503, not a reset). A scale-down drains the same way.
 max_requests on a reactor group is refused with the reason."""
 
 import http.client
+import json
 import os
 import shutil
 import tempfile
@@ -136,6 +137,14 @@ class HttpDrainTest(wp.TestCase):
     def web_pids(self, pool):
         return {c.pid for c in pool.children("web")}
 
+    def web_ready(self, pool):
+        """How many of web's reactors are up (said hello) per status."""
+        code, out, err = wp.run_cli(["status", "--json", "--socket",
+                                     pool.socket])
+        self.assertEqual(code, 0, err)
+        (web,) = [g for g in json.loads(out)["groups"] if g["name"] == "web"]
+        return web["ready"]
+
     def wait_replaced(self, pool, old):
         wp.wait_until(lambda: len(self.web_pids(pool)) == self.reactors and
                       not (self.web_pids(pool) & old),
@@ -182,6 +191,8 @@ class HttpDrainTest(wp.TestCase):
 
     def test_scale_down_under_keep_alive_load_loses_no_request(self):
         pool = self.make_pool()
+        wp.wait_until(lambda: self.web_ready(pool) == 2,
+                      what="both reactors up")
         clients = [KeepAliveClient(self, "s%d" % i) for i in range(4)]
         clients.append(KeepAliveClient(self, "q", pipeline=3))
         for c in clients:
@@ -195,6 +206,11 @@ class HttpDrainTest(wp.TestCase):
                 pool.wait_for_children(count, "web")
                 wp.wait_until(lambda: len(self.web_pids(pool)) == count,
                               what="%d reactors" % count)
+                # Up, not only started: a reactor stopped before its hello
+                # is not drained (it has no connection yet) but SIGTERMed,
+                # and the scale-down after this one must drain one.
+                wp.wait_until(lambda: self.web_ready(pool) == count,
+                              what="%d reactors up" % count)
                 wp.wait_until(
                     lambda: sum(c.answered for c in clients) > before + 20,
                     what="answers with %d reactors" % count)
